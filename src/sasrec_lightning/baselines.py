@@ -1,0 +1,67 @@
+"""The most-popular baseline, evaluated with exactly the protocol and users the model is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .batches import EvalBatches
+from .metrics import RankingMetrics
+
+__all__ = ["most_popular_metrics"]
+
+
+def most_popular_metrics(
+    batches: EvalBatches, protocol: str = "sampled", exclude_seen: bool = True, ks: Sequence[int] = (10,),
+    prefix: str = "", seed: int = 0,
+) -> dict[str, float]:
+    """HR/NDCG/MRR of ranking items by their training-split popularity.
+
+    Popularity is counted on the training part of every sequence only (no validation or test item
+    leaks in); ties are broken by a fixed random order so the baseline is a strict ranking.
+
+    Args:
+        batches: the evaluation batches (``val`` or ``test``) the model is scored on.
+        protocol: ``sampled`` (rank among the fixed candidates) or ``full`` (among all items).
+        exclude_seen: under ``full``, skip items from the user's history (except the target).
+        ks: cut-offs.
+        prefix: prepended to metric names.
+        seed: seed of the tie-breaking order.
+
+    Returns:
+        Metric name -> value.
+    """
+    split = batches.split
+    data = split.data
+    lengths = split.train_ends - split.starts
+    train_items = data.items[np.repeat(split.train_ends - lengths.cumsum(), lengths) + np.arange(lengths.sum())]
+    counts = np.bincount(train_items, minlength=data.num_items + 1).astype(np.float64)  # (I + 1,)
+    counts += np.random.default_rng(seed).random(len(counts)) * 0.5  # strict order, ties broken at random
+    counts[0] = -np.inf
+    if protocol == "sampled":
+        scores = counts[batches.candidates]  # (N, 1 + n)
+        ranks = (scores[:, 1:] > scores[:, :1]).sum(axis=1)
+    elif protocol == "full":
+        order = np.argsort(-counts, kind="stable")
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))  # 0 = most popular
+        targets = batches.candidates[:, 0]
+        ranks = position[targets].astype(np.int64)
+        if exclude_seen:
+            rows = batches.rows
+            starts, ends = split.starts[rows], batches.history_ends[rows]
+            hist_len = ends - starts
+            owner = np.repeat(np.arange(len(rows)), hist_len)  # (S,)
+            seen = data.items[np.repeat(starts - np.cumsum(hist_len) + hist_len, hist_len) + np.arange(hist_len.sum())]
+            # Distinct seen items ranked above the target each remove one place.
+            keys = np.unique(owner * (data.num_items + 1) + seen)
+            owner, seen = keys // (data.num_items + 1), keys % (data.num_items + 1)
+            above = (position[seen] < position[targets[owner]]) & (seen != targets[owner])
+            ranks -= np.bincount(owner[above], minlength=len(rows))
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'sampled' or 'full'")
+    metric = RankingMetrics(ks, prefix=prefix)
+    metric.update(torch.from_numpy(ranks))
+    return {name: float(value) for name, value in metric.compute().items()}

@@ -1,0 +1,75 @@
+"""``sasrec-lightning``: the LightningCLI entry point (fit / validate / test / predict)."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .baselines import most_popular_metrics
+from .datamodule import SASRecDataModule
+from .module import SASRecModule
+
+__all__ = ["SASRecCLI", "cli_main", "main"]
+
+
+class SASRecCLI(LightningCLI):
+    """LightningCLI with the values the data decides linked into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Said once, in the data section; the model receives them.
+        parser.link_arguments("data.max_len", "model.init_args.max_len")
+        parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="after fit, test (the best checkpoint when checkpointing is on) and print the "
+            "most-popular baseline evaluated the same way",
+        )
+
+    def after_fit(self) -> None:
+        if not self.config_dump_value("test_after_fit"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        if not self.trainer.is_global_zero or not results:
+            return
+        model_hp = self.model.hparams
+        baseline = most_popular_metrics(
+            self.datamodule.eval_batches("test"), model_hp.eval_protocol, model_hp.exclude_seen,
+            model_hp.top_k, prefix="test_most_popular/",
+        )
+        if self.trainer.logger is not None:
+            self.trainer.logger.log_metrics(baseline)
+        k = max(model_hp.top_k) if 10 not in model_hp.top_k else 10
+        print(
+            f"[sasrec-lightning] test ({model_hp.eval_protocol} protocol): "
+            f"NDCG@{k} {results[0][f'test/ndcg@{k}']:.4f}, HR@{k} {results[0][f'test/hr@{k}']:.4f} | "
+            f"most-popular: NDCG@{k} {baseline[f'test_most_popular/ndcg@{k}']:.4f}, "
+            f"HR@{k} {baseline[f'test_most_popular/hr@{k}']:.4f}"
+        )
+
+    def config_dump_value(self, key: str):
+        """A top-level value of the running subcommand's config."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        return config.get(key)
+
+
+def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
+    """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``)."""
+    return SASRecCLI(
+        SASRecModule,
+        SASRecDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        **kwargs,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

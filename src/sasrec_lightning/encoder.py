@@ -1,0 +1,243 @@
+"""The SASRec encoder (Kang & McAuley, ICDM 2018) in plain PyTorch.
+
+Nothing here imports Lightning: the encoder can be dropped into any training loop.
+
+Conventions used throughout the package:
+
+* item ids are ``1..num_items``; id ``0`` is padding;
+* sequences are *left*-padded, so the most recent action is always the last column;
+* positions are counted from the right: the last column always uses positional embedding
+  ``max_len - 1`` (the paper's right-aligned ``P_n``), whatever the padded width ``L <= max_len``
+  of the batch. A batch padded only to its longest sequence therefore gives exactly the same
+  outputs at real positions as one padded to ``max_len``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward"]
+
+
+def attention_mask(input_ids: Tensor) -> Tensor:
+    """Boolean mask of the key positions each query may attend to.
+
+    A query attends to itself and to earlier real (non-padding) items. Letting every position see
+    itself keeps fully padded rows finite (softmax over one element) while no information flows
+    from padding into real positions.
+
+    Args:
+        input_ids: ``(B, L)`` item ids, 0 = padding.
+
+    Returns:
+        ``(B, 1, L, L)`` boolean mask, ``True`` = may attend.
+    """
+    length = input_ids.size(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril_()  # (L, L)
+    diagonal = torch.eye(length, dtype=torch.bool, device=input_ids.device)  # (L, L)
+    key_is_item = (input_ids != 0)[:, None, None, :]  # (B, 1, 1, L)
+    return causal & (key_is_item | diagonal)  # (B, 1, L, L)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention (paper Sec. III-B) with a causal padding mask."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size} "
+                f"and num_heads={num_heads}"
+            )
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Attend.
+
+        Args:
+            x: ``(B, L, d)`` inputs.
+            mask: ``(B, 1, L, L)`` boolean, ``True`` = may attend.
+            need_weights: also return the attention probabilities (slower, explicit softmax).
+
+        Returns:
+            ``(B, L, d)`` outputs and, if asked, ``(B, H, L, L)`` attention weights.
+        """
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(x).split(hidden, dim=-1)  # 3 x (B, L, d)
+        # (B, L, d) -> (B, H, L, d/H)
+        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, L, L)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, H, L, L)
+            y = F.dropout(weights, dropout_p, self.training) @ v  # (B, H, L, d/H)
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, L, d/H)
+        y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
+        return self.out(y), weights
+
+
+class PointWiseFeedForward(nn.Module):
+    """``F_i = ReLU(S_i W1 + b1) W2 + b2``, shared over positions (paper Eq. 4)."""
+
+    def __init__(self, hidden_size: int, dropout: float, inner_size: int | None = None) -> None:
+        super().__init__()
+        inner_size = inner_size or hidden_size
+        self.fc1 = nn.Linear(hidden_size, inner_size)
+        self.fc2 = nn.Linear(inner_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, L, d) -> (B, L, d)``."""
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class SASRecBlock(nn.Module):
+    """One self-attention block: each sub-layer ``g`` is ``x + Dropout(g(LayerNorm(x)))`` (Sec. III-C)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_residual: bool = True) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-8)
+        self.attention = CausalSelfAttention(hidden_size, num_heads, dropout)
+        self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=1e-8)
+        self.feed_forward = PointWiseFeedForward(hidden_size, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.use_residual = use_residual
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``(B, L, d) -> (B, L, d)``, plus ``(B, H, L, L)`` attention weights if asked."""
+        attended, weights = self.attention(self.attention_norm(x), mask, need_weights)
+        attended = self.dropout(attended)
+        x = x + attended if self.use_residual else attended
+        transformed = self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+        x = x + transformed if self.use_residual else transformed
+        return x, weights
+
+
+class SASRec(nn.Module):
+    """Self-Attentive Sequential Recommendation encoder.
+
+    Args:
+        num_items: number of items; ids are ``1..num_items`` and ``0`` is padding.
+        max_len: maximum sequence length ``n``; longer inputs must be cut to their last ``n`` items.
+        hidden_size: embedding size ``d``.
+        num_blocks: number of self-attention blocks ``b`` (0 allowed: embeddings only).
+        num_heads: attention heads (the paper uses 1).
+        dropout: dropout rate on embeddings, attention weights and sub-layer outputs.
+        use_positional: add the learned positional embedding (paper ablation "remove PE").
+        share_item_embedding: score with the input item embedding ``M`` (the paper's default);
+            ``False`` learns a separate output embedding (ablation "unshared IE").
+        use_residual: residual connections (ablation "remove RC").
+        scale_embedding: multiply item embeddings by ``sqrt(d)`` as the original TF code does.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int,
+        hidden_size: int = 50,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        use_positional: bool = True,
+        share_item_embedding: bool = True,
+        use_residual: bool = True,
+        scale_embedding: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be at least 1, got {num_items}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        self.num_items = num_items
+        self.max_len = max_len
+        self.hidden_size = hidden_size
+        self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len, hidden_size) if use_positional else None
+        self.output_embedding = (
+            None if share_item_embedding else nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
+        )
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            SASRecBlock(hidden_size, num_heads, dropout, use_residual) for _ in range(num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
+        self.embedding_scale = math.sqrt(hidden_size) if scale_embedding else 1.0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal weights, zero biases, as the reference PyTorch port; padding row zero."""
+        for name, parameter in self.named_parameters():
+            if "norm" in name:
+                continue
+            if parameter.dim() > 1:
+                nn.init.xavier_normal_(parameter)
+            else:
+                nn.init.zeros_(parameter)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+            if self.output_embedding is not None:
+                self.output_embedding.weight[0].zero_()
+
+    @property
+    def output_weight(self) -> Tensor:
+        """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding)."""
+        return (self.output_embedding or self.item_embedding).weight
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Item plus right-aligned positional embedding: ``(B, L) -> (B, L, d)``."""
+        length = input_ids.size(1)
+        if length > self.max_len:
+            raise ValueError(
+                f"input has {length} positions but the model was built with max_len={self.max_len}; "
+                "keep the last max_len items of each sequence"
+            )
+        x = self.item_embedding(input_ids) * self.embedding_scale  # (B, L, d)
+        if self.position_embedding is not None:
+            positions = torch.arange(self.max_len - length, self.max_len, device=input_ids.device)  # (L,)
+            x = x + self.position_embedding(positions)  # (B, L, d)
+        return self.embedding_dropout(x)
+
+    def forward(self, input_ids: Tensor, need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Encode left-padded item sequences.
+
+        Args:
+            input_ids: ``(B, L)`` item ids with ``L <= max_len``, left-padded with 0.
+            need_weights: also return each block's attention weights (paper Fig. 4).
+
+        Returns:
+            ``(B, L, d)`` hidden states; position ``t`` summarizes items ``<= t``. Padded positions
+            are zero before the final LayerNorm. With ``need_weights`` a pair
+            ``(hidden, [ (B, H, L, L) per block ])``.
+        """
+        keep = (input_ids != 0).unsqueeze(-1)  # (B, L, 1)
+        x = self.embed(input_ids) * keep  # (B, L, d)
+        mask = attention_mask(input_ids)  # (B, 1, L, L)
+        weights = []
+        for block in self.blocks:
+            x, block_weights = block(x, mask, need_weights)
+            x = x * keep  # (B, L, d): padded positions carry nothing into the next block
+            weights.append(block_weights)
+        hidden = self.final_norm(x)  # (B, L, d)
+        return (hidden, weights) if need_weights else hidden
+
+    def score_items(self, hidden: Tensor, item_ids: Tensor) -> Tensor:
+        """Dot-product scores of given items: ``hidden (..., d)``, ``item_ids (..., C) -> (..., C)``."""
+        item_vectors = F.embedding(item_ids, self.output_weight)  # (..., C, d)
+        return (item_vectors @ hidden.unsqueeze(-1)).squeeze(-1)  # (..., C)
+
+    def score_all(self, hidden: Tensor) -> Tensor:
+        """Scores of every item id: ``hidden (..., d) -> (..., num_items + 1)``; column 0 is padding."""
+        return hidden @ self.output_weight.T
+
+    def last_hidden(self, input_ids: Tensor) -> Tensor:
+        """Hidden state at the most recent position: ``(B, L) -> (B, d)``."""
+        return self(input_ids)[:, -1]

@@ -1,0 +1,174 @@
+"""``SASRecModule``: the LightningModule that trains and evaluates the :class:`SASRec` encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from .encoder import SASRec
+from .losses import LOSSES
+from .metrics import RankingMetrics, rank_of_target
+
+__all__ = ["SASRecModule"]
+
+
+class SASRecModule(L.LightningModule):
+    """SASRec with the paper's loss, optimizer and evaluation protocol.
+
+    Args:
+        num_items: number of items; linked from the data module, never typed by hand.
+        max_len: maximum sequence length ``n``; linked from the data module.
+        hidden_size: embedding size ``d`` (paper: 50).
+        num_blocks: self-attention blocks ``b`` (paper: 2; 0 allowed).
+        num_heads: attention heads (paper: 1).
+        dropout: dropout rate (paper: 0.2 for ML-1M, 0.5 for the sparse datasets).
+        use_positional: learned positional embedding (ablation switch).
+        share_item_embedding: score with the input item embedding (ablation switch).
+        use_residual: residual connections (ablation switch).
+        loss: training loss; ``bce`` is the paper's.
+        lr: Adam learning rate (paper: 0.001).
+        betas: Adam betas (the original code uses (0.9, 0.98)).
+        weight_decay: Adam weight decay on all parameters.
+        l2_emb: L2 penalty ``l2_emb * ||M||^2 / 2`` on the item embedding table.
+        optimizer: any optimizer factory (LightningCLI ``--model.optimizer``); overrides lr/betas/
+            weight_decay when given.
+        lr_scheduler: optional scheduler factory.
+        eval_protocol: ``sampled`` ranks the held-out item against the data module's sampled
+            negatives (paper: 100); ``full`` ranks it against every item.
+        exclude_seen: under full ranking, ignore items from the user's history (except the target).
+        top_k: cut-offs for HR@K and NDCG@K.
+        eval_chunk_size: items scored at once under full ranking (bounds memory).
+    """
+
+    def __init__(
+        self,
+        num_items: int = 1,
+        max_len: int = 50,
+        hidden_size: int = 50,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        use_positional: bool = True,
+        share_item_embedding: bool = True,
+        use_residual: bool = True,
+        loss: Literal["bce"] = "bce",
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.0,
+        l2_emb: float = 0.0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        eval_protocol: Literal["sampled", "full"] = "sampled",
+        exclude_seen: bool = True,
+        top_k: Sequence[int] = (10,),
+        eval_chunk_size: int = 65536,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+        self.model = SASRec(
+            num_items=num_items,
+            max_len=max_len,
+            hidden_size=hidden_size,
+            num_blocks=num_blocks,
+            num_heads=num_heads,
+            dropout=dropout,
+            use_positional=use_positional,
+            share_item_embedding=share_item_embedding,
+            use_residual=use_residual,
+        )
+        self.loss_fn = LOSSES[loss]
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_metrics = RankingMetrics(top_k, prefix="val/")
+        self.test_metrics = RankingMetrics(top_k, prefix="test/")
+
+    # ----------------------------------------------------------------------------------- training
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """``(B, L)`` item ids -> ``(B, L, d)`` hidden states."""
+        return self.model(input_ids)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hidden = self.model(batch["input_ids"])  # (B, L, d)
+        real = batch["targets"] != 0  # (B, L)
+        loss = self.loss_fn(self.model, hidden[real], batch["targets"][real], batch["negatives"][real])
+        if self.hparams.l2_emb:
+            loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.parameters())
+        else:
+            optimizer = torch.optim.Adam(
+                self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                weight_decay=self.hparams.weight_decay,
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # --------------------------------------------------------------------------------- evaluation
+    def target_ranks(self, batch: dict[str, Tensor]) -> Tensor:
+        """0-based rank of each held-out item under the configured protocol: ``(B,)``."""
+        hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
+        if self.hparams.eval_protocol == "sampled":
+            scores = self.model.score_items(hidden, batch["candidates"])  # (B, 1 + n)
+            return rank_of_target(scores[:, 1:], scores[:, 0])
+        return self.full_ranks(hidden, batch)
+
+    def full_ranks(self, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Rank of the target among all items, scored in chunks so memory stays bounded."""
+        targets = batch["targets"]  # (B,)
+        target_scores = self.model.score_items(hidden, targets.unsqueeze(-1)).squeeze(-1)  # (B,)
+        seen_rows, seen_items = batch["seen_rows"], batch["seen_items"]  # (S,), (S,)
+        if self.hparams.exclude_seen:
+            keep = seen_items != targets[seen_rows]  # (S,) the target itself stays rankable
+            seen_rows, seen_items = seen_rows[keep], seen_items[keep]
+        weight = self.model.output_weight.float()  # (I + 1, d)
+        ranks = torch.zeros_like(targets)
+        chunk = self.hparams.eval_chunk_size
+        for start in range(1, weight.size(0), chunk):
+            stop = min(start + chunk, weight.size(0))
+            scores = hidden @ weight[start:stop].T  # (B, C)
+            beats = scores >= target_scores.unsqueeze(-1)  # (B, C)
+            in_chunk = (targets >= start) & (targets < stop)  # (B,)
+            rows = torch.nonzero(in_chunk).squeeze(-1)
+            beats[rows, targets[rows] - start] = False  # the target does not outrank itself
+            if self.hparams.exclude_seen:
+                here = (seen_items >= start) & (seen_items < stop)  # (S,)
+                beats[seen_rows[here], seen_items[here] - start] = False
+            ranks += beats.sum(dim=-1)
+        return ranks
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.val_metrics.update(self.target_ranks(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.test_metrics.update(self.target_ranks(batch))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top ``max(top_k)`` items per user (internal ids), seen items excluded if configured."""
+        hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
+        scores = self.model.score_all(hidden)  # (B, I + 1)
+        scores[:, 0] = float("-inf")
+        if self.hparams.exclude_seen:
+            scores[batch["seen_rows"], batch["seen_items"]] = float("-inf")
+        k = min(max(self.hparams.top_k), self.model.num_items)
+        top_scores, top_items = scores.topk(k, dim=-1)  # (B, k)
+        return {"users": batch["users"], "items": top_items, "scores": top_scores}

@@ -1,0 +1,81 @@
+"""Vectorized negative sampling: uniform item ids that a user never interacted with.
+
+Membership is tested against one sorted array of ``user * (num_items + 1) + item`` keys with
+``np.searchsorted``, so sampling for a whole batch (or every user at once) is a handful of array
+operations and rejected draws are simply drawn again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["InteractionIndex", "sample_negatives"]
+
+
+class InteractionIndex:
+    """Sorted ``(user, item)`` keys for O(log n) vectorized membership tests.
+
+    Args:
+        users: ``(n,)`` user row index of every interaction.
+        items: ``(n,)`` item id of every interaction (1..num_items).
+        num_items: number of items.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int) -> None:
+        self.num_items = int(num_items)
+        self.keys = np.unique(users.astype(np.int64) * (self.num_items + 1) + items.astype(np.int64))  # (n',)
+        user_of_key = self.keys // (self.num_items + 1)
+        self.items_per_user = np.bincount(user_of_key) if len(user_of_key) else np.zeros(0, np.int64)
+
+    @classmethod
+    def from_csr(cls, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_items: int) -> InteractionIndex:
+        """Index of ``items[starts[u]:ends[u]]`` for every user row ``u``."""
+        lengths = ends - starts
+        users = np.repeat(np.arange(len(starts)), lengths)  # (n,)
+        positions = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        return cls(users, items[positions], num_items)
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each ``(users[i], items[i])`` pair was seen; inputs broadcast together."""
+        keys = users.astype(np.int64) * (self.num_items + 1) + items
+        where = np.searchsorted(self.keys, keys)
+        where = np.minimum(where, len(self.keys) - 1)
+        return self.keys[where] == keys if len(self.keys) else np.zeros(keys.shape, bool)
+
+
+def sample_negatives(
+    index: InteractionIndex,
+    users: np.ndarray,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    max_rounds: int = 1000,
+) -> np.ndarray:
+    """Draw item ids uniformly from the items each user never interacted with.
+
+    Args:
+        index: the interactions that must not be drawn.
+        users: ``(B,)`` user rows.
+        shape: trailing shape per user, e.g. ``(L,)`` or ``(L, k)`` or ``(100,)``.
+        rng: numpy generator (seeded by the caller for reproducibility).
+        max_rounds: give up after this many rejection rounds.
+
+    Returns:
+        ``(B, *shape)`` int64 item ids in ``1..num_items``.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    seen = index.items_per_user[np.minimum(users, len(index.items_per_user) - 1)] if len(index.items_per_user) else 0
+    if np.any(np.asarray(seen) >= index.num_items) and np.any(users < len(index.items_per_user)):
+        full = users[np.asarray(seen) >= index.num_items]
+        raise ValueError(
+            f"user rows {full[:5].tolist()} interacted with all {index.num_items} items, so no negative "
+            "item can be sampled for them; drop such users or add items"
+        )
+    user_grid = np.broadcast_to(users.reshape((-1,) + (1,) * len(shape)), (len(users), *shape))
+    negatives = rng.integers(1, index.num_items + 1, size=user_grid.shape, dtype=np.int64)
+    for _ in range(max_rounds):
+        clash = index.contains(user_grid, negatives)
+        count = int(clash.sum())
+        if count == 0:
+            return negatives
+        negatives[clash] = rng.integers(1, index.num_items + 1, size=count, dtype=np.int64)
+    raise RuntimeError(f"negative sampling did not converge after {max_rounds} rounds")
