@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .baselines import most_popular_metrics
 from .datamodule import SASRecDataModule
+from .errors import DataError
 from .module import SASRecModule
 
 __all__ = ["SASRecCLI", "cli_main", "main"]
@@ -67,8 +70,12 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli_main()
+    """Console-script entry point; bad input data exits with status 2 and a one-paragraph message."""
+    try:
+        cli_main()
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
+from typing import Literal
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from .batches import EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
-from .preprocessing import SequenceData, build_sequences, dataset_statistics
-from .sources import load_interactions
+from .cache import SequenceCache, cache_key, default_cache_root
+from .errors import DataError
+from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
+from .preprocessing import preprocess as preprocess_table
+from .sources import detect_format, download, load_interactions, source_identity
+from .splits import TemporalSplit, temporal_cutoffs
 from .synthetic import synthetic_interactions
 
 __all__ = ["SASRecDataModule"]
@@ -22,17 +30,43 @@ class SASRecDataModule(L.LightningDataModule):
     """Sequences for SASRec from a file, a hub dataset or the built-in synthetic log.
 
     Args:
-        path: interactions file (SASRec ``.txt``, CSV/TSV, Parquet, JSON lines), a folder saved
-            with ``save_to_disk``, or a hub dataset id. Empty: the built-in synthetic dataset.
-        format: force a format (``sasrec``, ``csv``, ``tsv``, ``parquet``, ``json``, ``disk``,
-            ``hub``) instead of detecting it from the extension.
-        user_column: user column in the source.
-        item_column: item column in the source.
-        timestamp_column: timestamp column used to order each user's actions; empty keeps file
-            order (SASRec text files are already chronological).
+        path: interactions file (SASRec ``.txt``, CSV/TSV, Parquet, JSON lines or one Python-literal
+            dict per line as in the raw Steam/Amazon files, MovieLens ``ratings.dat`` or ``ml-*.zip``;
+            ``.gz`` is read as is), a folder saved with ``save_to_disk``, or a hub dataset id. Empty:
+            ``url`` when set, otherwise the built-in synthetic dataset.
+        format: force a format (``sasrec``, ``csv``, ``tsv``, ``parquet``, ``json``, ``literal``,
+            ``movielens``, ``disk``, ``hub``) instead of detecting it from the extension.
+        user_column: user column (or dict key) in the source.
+        item_column: item column (or dict key) in the source.
+        timestamp_column: timestamp column used to order each user's actions (integers, numbers or
+            ISO-8601 dates); empty keeps file order (SASRec text files are already chronological).
         name: hub dataset configuration name.
-        split: hub dataset split.
-        cache_dir: where ``datasets`` keeps its Arrow cache.
+        split: hub dataset split (or the split of a ``save_to_disk`` DatasetDict).
+        cache_dir: cache folder: ``datasets`` keeps its Arrow cache and downloads here and the
+            processed sequences go to ``<cache_dir>/sequences``. Empty: the ``datasets`` default and
+            ``$SASREC_LIGHTNING_CACHE`` or ``~/.cache/sasrec_lightning``.
+        rating_column: rating column (MovieLens files always have one); needed by ``min_rating``.
+        url: when ``path`` is empty, download this file once into the cache (e.g. the Steam reviews
+            published with the paper); offline this fails with a message naming the URL.
+        min_user_interactions: drop users with fewer interactions. Empty: 5 (the paper) for raw
+            logs, 0 for SASRec ``.txt`` files, which are already preprocessed.
+        min_item_interactions: drop items with fewer interactions; empty: the same defaults.
+        filter_mode: ``one_pass``: count once on the raw log and drop rare users' and items' rows
+            (the paper's script); ``k_core``: repeat until every user and item meets the thresholds.
+        min_rating: keep only interactions rated at least this (e.g. 4 for "positive" MovieLens ratings).
+        deduplicate: keep only the earliest of repeated (user, item) interactions.
+        holdout: ``leave_one_out`` (the paper: last item test, second-to-last validation) or
+            ``temporal`` (global split: interactions after ``val_cutoff``/``test_cutoff`` are held out).
+        val_cutoff: temporal split: validation starts at this time (Unix seconds or an ISO date).
+            Empty: the ``temporal_quantiles[0]`` quantile of all timestamps.
+        test_cutoff: temporal split: test starts at this time. Empty: the ``temporal_quantiles[1]`` quantile.
+        temporal_quantiles: default cut-off quantiles of the temporal split.
+        num_proc: processes for parsing Python-literal lines; empty: all CPU cores for large files.
+        use_cache: cache the processed sequences on disk (keyed by the file's path, size and
+            modification time and every preprocessing option) and reuse them on the next run.
+        rebuild_cache: ignore a cached entry and preprocess again (the entry is replaced).
+        hash_source: key the cache on a SHA-256 of the file content instead of its modification time.
+        print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
         max_len: maximum sequence length ``n`` (the most recent ``n`` actions are kept).
         batch_size: training sequences per batch (paper: 128).
         eval_batch_size: users per evaluation batch.
@@ -56,6 +90,22 @@ class SASRecDataModule(L.LightningDataModule):
         name: str | None = None,
         split: str = "train",
         cache_dir: str | None = None,
+        rating_column: str | None = None,
+        url: str | None = None,
+        min_user_interactions: int | None = None,
+        min_item_interactions: int | None = None,
+        filter_mode: Literal["one_pass", "k_core"] = "one_pass",
+        min_rating: float | None = None,
+        deduplicate: bool = False,
+        holdout: Literal["leave_one_out", "temporal"] = "leave_one_out",
+        val_cutoff: int | str | None = None,
+        test_cutoff: int | str | None = None,
+        temporal_quantiles: tuple[float, float] = (0.8, 0.9),
+        num_proc: int | None = None,
+        use_cache: bool = True,
+        rebuild_cache: bool = False,
+        hash_source: bool = False,
+        print_statistics: bool = True,
         max_len: int = 50,
         batch_size: int = 128,
         eval_batch_size: int = 256,
@@ -70,7 +120,7 @@ class SASRecDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._sequences: SequenceData | None = None
-        self._split: LeaveOneOutSplit | None = None
+        self._split: LeaveOneOutSplit | TemporalSplit | None = None
         self._eval: dict[str, EvalBatches] = {}
 
     # ------------------------------------------------------------------------------- the data
@@ -79,18 +129,59 @@ class SASRecDataModule(L.LightningDataModule):
         """Per-user sequences, loaded on first use."""
         if self._sequences is None:
             hp = self.hparams
-            if hp.path:
-                table = load_interactions(
-                    hp.path, hp.format, hp.user_column, hp.item_column, hp.timestamp_column or None,
-                    hp.name, hp.split, hp.cache_dir,
-                )
-                timestamp = "timestamp" if hp.timestamp_column else None
+            if hp.path or hp.url:
+                self._sequences = self._load_sequences()
             else:
                 table = synthetic_interactions(hp.synthetic_users, hp.synthetic_items, seed=hp.seed)
-                timestamp = "timestamp"
-            self._sequences = build_sequences(table, timestamp_column=timestamp)
-            log.info("dataset statistics: %s", self.statistics)
+                self._sequences = build_sequences(table, timestamp_column="timestamp")
+            self._report_statistics()
         return self._sequences
+
+    def preprocess_options(self, format: str) -> PreprocessOptions:
+        """The preprocessing recipe for a source of ``format`` (SASRec text files are not filtered again)."""
+        hp = self.hparams
+        default = 0 if format == "sasrec" else 5
+        min_user = default if hp.min_user_interactions is None else hp.min_user_interactions
+        min_item = default if hp.min_item_interactions is None else hp.min_item_interactions
+        return PreprocessOptions(min_user, min_item, hp.filter_mode, hp.min_rating, hp.deduplicate)
+
+    def _load_sequences(self) -> SequenceData:
+        """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
+        hp = self.hparams
+        path = hp.path or download(hp.url, hp.cache_dir)
+        format = hp.format or detect_format(path)
+        options = self.preprocess_options(format)
+        num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() or 1)
+        if num_proc > 1 and os.path.isfile(path) and os.path.getsize(path) < (64 << 20):
+            num_proc = None  # worker start-up costs more than it saves on small files
+        timestamp_column = hp.timestamp_column or None
+
+        def build() -> SequenceData:
+            table = load_interactions(path, format, hp.user_column, hp.item_column, timestamp_column, hp.name,
+                                      hp.split, hp.cache_dir, hp.rating_column, num_proc)
+            return preprocess_table(table, options, source=path)
+
+        if not hp.use_cache:
+            return build()
+        if format != "hub" and not os.path.exists(path):
+            return build()  # raises the missing-file error before anything touches the cache
+        recipe = {**asdict(options), "format": format, "user_column": hp.user_column, "item_column": hp.item_column,
+                  "timestamp_column": timestamp_column, "rating_column": hp.rating_column}
+        identity = source_identity(path, format, hp.name, hp.split, hp.hash_source)
+        root = os.path.join(hp.cache_dir, "sequences") if hp.cache_dir else default_cache_root()
+        return SequenceCache(root).get_or_build(
+            cache_key(identity, recipe), build, meta={"source": identity, "recipe": recipe}, rebuild=hp.rebuild_cache
+        )
+
+    @rank_zero_only
+    def _report_statistics(self) -> None:
+        statistics = self.statistics
+        log.info("dataset statistics: %s", statistics)
+        if self.hparams.print_statistics:
+            name = os.path.basename(str(self.hparams.path or self.hparams.url or "synthetic").rstrip("/"))
+            cache = self._sequences.info.get("cache")
+            origin = "" if cache is None else f" ({'from cache' if cache['hit'] else 'cached to'} {cache['path']})"
+            print(f"[sasrec-lightning] dataset statistics{origin}:\n{format_statistics(statistics, name)}")
 
     @property
     def statistics(self) -> dict[str, float]:
@@ -103,19 +194,34 @@ class SASRecDataModule(L.LightningDataModule):
         return self.sequences.num_items
 
     @property
-    def split_data(self) -> LeaveOneOutSplit:
+    def split_data(self) -> LeaveOneOutSplit | TemporalSplit:
+        """The train/validation/test split chosen by ``holdout``."""
         if self._split is None:
-            self._split = LeaveOneOutSplit(self.sequences)
+            hp = self.hparams
+            if hp.holdout == "temporal":
+                val_cutoff, test_cutoff = temporal_cutoffs(
+                    self.sequences, _time(hp.val_cutoff, "val_cutoff"), _time(hp.test_cutoff, "test_cutoff"),
+                    tuple(hp.temporal_quantiles),
+                )
+                self._split = TemporalSplit(self.sequences, val_cutoff, test_cutoff)
+            else:
+                self._split = LeaveOneOutSplit(self.sequences)
         return self._split
 
     def setup(self, stage: str | None = None) -> None:
         self.split_data  # noqa: B018  (load once per process, before the loaders are built)
+        trainer = self.trainer
+        if trainer is not None and trainer.logger is not None and not getattr(self, "_logged_statistics", False):
+            trainer.logger.log_hyperparams({f"data/{key}": value for key, value in self.statistics.items()})
+            self._logged_statistics = True
 
     def eval_batches(self, stage: str) -> EvalBatches:
         """The (cached) evaluation batches of ``val``, ``test`` or ``predict``."""
         if stage not in self._eval:
             hp = self.hparams
-            self._eval[stage] = EvalBatches(self.split_data, stage, hp.max_len, hp.num_eval_negatives, hp.seed)
+            split = self.split_data
+            users = split.stage_users(stage) if isinstance(split, TemporalSplit) else None
+            self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users)
         return self._eval[stage]
 
     # ---------------------------------------------------------------------------- the loaders
@@ -153,3 +259,18 @@ class SASRecDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         dataset = self.eval_batches("predict")
         return self._loader(dataset, dataset.lengths, self.hparams.eval_batch_size, train=False)
+
+
+def _time(value: int | str | None, field: str) -> int | None:
+    """A cut-off given as Unix seconds or an ISO-8601 date/time, as Unix seconds."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return int(np.datetime64(value.rstrip("Z"), "s").astype(np.int64))
+    except ValueError as error:
+        raise DataError(f"--data.{field} {value!r} is neither Unix seconds nor an ISO-8601 date like "
+                        "'2018-01-01'") from error

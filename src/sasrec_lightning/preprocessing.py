@@ -5,12 +5,16 @@ Everything here is column-wise numpy on the Arrow columns: no per-user Python lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["SequenceData", "build_sequences", "dataset_statistics"]
+from .errors import DataError
+
+__all__ = ["SequenceData", "PreprocessOptions", "preprocess", "build_sequences", "dataset_statistics",
+           "format_statistics"]
 
 
 @dataclass
@@ -49,17 +53,165 @@ class SequenceData:
         return self.items[self.offsets[user_row] : self.offsets[user_row + 1]]
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique values and the index of each value in them."""
-    uniques, codes = np.unique(values, return_inverse=True)
-    return uniques, codes.reshape(-1).astype(np.int64)
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """The preprocessing recipe; every field is part of the processed-data cache key.
+
+    Attributes:
+        min_user_interactions: drop users with fewer interactions (paper: 5; 0 keeps all).
+        min_item_interactions: drop items with fewer interactions (paper: 5; 0 keeps all).
+        filter_mode: ``one_pass`` counts once on the raw log and drops the rows of rare users and
+            items (the SASRec preprocessing script; survivors can fall below the thresholds), or
+            ``k_core`` repeats until every user and item meets them (a fixpoint).
+        min_rating: keep only interactions with ``rating >= min_rating`` (needs a rating column).
+        deduplicate: keep only the earliest of repeated (user, item) interactions.
+    """
+
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    filter_mode: str = "one_pass"
+    min_rating: float | None = None
+    deduplicate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.filter_mode not in ("one_pass", "k_core"):
+            raise ValueError(f"filter_mode must be 'one_pass' or 'k_core', got {self.filter_mode!r}")
+        if self.min_user_interactions < 0 or self.min_item_interactions < 0:
+            raise ValueError("min_user_interactions and min_item_interactions must be >= 0, got "
+                             f"{self.min_user_interactions} and {self.min_item_interactions}")
+
+
+def _encode(values: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Sorted distinct values and each row's index in them (hash-based, column-wise)."""
+    if isinstance(values, pa.ChunkedArray) and pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    uniques = pc.unique(values)
+    uniques = uniques.take(pc.sort_indices(uniques))
+    codes = pc.index_in(values, value_set=uniques)
+    codes = codes.to_numpy() if isinstance(codes, pa.Array) else codes.combine_chunks().to_numpy()
+    return uniques, codes.astype(np.int64, copy=False)
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
     column = table.column(name)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    return column.to_numpy(zero_copy_only=False)
+    return column.to_numpy()
+
+
+def _filter_counts(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
+                   options: PreprocessOptions) -> tuple[np.ndarray, int]:
+    """Rows kept by the user/item thresholds, and the number of passes it took."""
+    keep = np.ones(len(users), dtype=bool)
+    passes = 0
+    while True:
+        passes += 1
+        user_counts = np.bincount(users[keep], minlength=num_users)  # (U,)
+        item_counts = np.bincount(items[keep], minlength=num_items)  # (I,)
+        new_keep = keep & (user_counts[users] >= options.min_user_interactions) & (
+            item_counts[items] >= options.min_item_interactions
+        )
+        changed = bool((new_keep != keep).any())
+        keep = new_keep
+        if options.filter_mode == "one_pass" or not changed:
+            return keep, passes
+
+
+def _compact(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the codes that occur to ``0..K-1`` keeping their order; returns (new codes, old code of each)."""
+    present = np.bincount(codes, minlength=size) > 0  # (size,)
+    new_of_old = np.cumsum(present) - 1
+    return new_of_old[codes], np.flatnonzero(present)
+
+
+def _counts(users: np.ndarray, items: np.ndarray) -> dict[str, int]:
+    return {"actions": len(users), "users": len(np.unique(users)), "items": len(np.unique(items))}
+
+
+def preprocess(table: pa.Table, options: PreprocessOptions | None = None, source: str = "the data",
+               timestamp_column: str | None = "timestamp") -> SequenceData:
+    """The paper's recipe: filter, de-duplicate, order each user's actions in time, renumber ids.
+
+    Steps (all column-wise numpy/Arrow, no per-user Python): rating threshold; earliest-first
+    de-duplication of (user, item); user/item thresholds (one pass or k-core); a stable sort by
+    (user, timestamp), ties keeping file order; users renumbered to rows ``0..U-1`` and items to
+    ``1..I`` in sorted order of their original ids (0 stays padding), so a file whose ids are already
+    ``1..N`` keeps them.
+
+    Args:
+        table: canonical interactions (``user``, ``item``, optional ``timestamp``/``rating``).
+        options: the recipe; ``PreprocessOptions()`` (the paper's) when ``None``.
+        source: name of the source, for error messages.
+        timestamp_column: order by this column when the table has it; otherwise file order.
+
+    Returns:
+        The sequences and id maps; ``info`` holds the counts before/after filtering.
+
+    Raises:
+        DataError: nothing is left after filtering, or ``min_rating`` without a rating column.
+    """
+    options = options or PreprocessOptions()
+    num_rows = table.num_rows
+    keep = None
+    if options.min_rating is not None:
+        if "rating" not in table.column_names:
+            raise DataError(f"{source}: min_rating={options.min_rating} needs a rating column; the columns are "
+                            f"{table.column_names}. Set --data.rating_column or drop --data.min_rating")
+        keep = pc.fill_null(pc.greater_equal(table.column("rating"), options.min_rating), False)
+        table = table.filter(keep)
+    user_vocab, users = _encode(table.column("user"))  # (n,), (n,)
+    item_vocab, items = _encode(table.column("item"))
+    raw = _counts(users, items)
+    raw["rows_read"] = num_rows
+    if timestamp_column is not None and timestamp_column in table.column_names:
+        timestamps = _column(table, timestamp_column).astype(np.int64, copy=False)
+        order = np.lexsort((timestamps, users))  # stable: ties keep file order
+    else:
+        timestamps = None
+        order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    timestamps = None if timestamps is None else timestamps[order]
+    keep = np.ones(len(users), dtype=bool)
+    if options.deduplicate:
+        keys = users * len(item_vocab) + items  # (n,) chronological within each user
+        _, first = np.unique(keys, return_index=True)
+        keep[:] = False
+        keep[first] = True
+    passes = 0
+    if options.min_user_interactions > 0 or options.min_item_interactions > 0:
+        kept_rows = np.flatnonzero(keep)
+        filtered, passes = _filter_counts(users[kept_rows], items[kept_rows], len(user_vocab), len(item_vocab),
+                                          options)
+        keep[kept_rows[~filtered]] = False
+    if not keep.any():
+        user_counts = np.bincount(users, minlength=len(user_vocab))
+        item_counts = np.bincount(items, minlength=len(item_vocab))
+        raise DataError(
+            f"{source}: every interaction was filtered out (min_user_interactions={options.min_user_interactions}, "
+            f"min_item_interactions={options.min_item_interactions}, filter_mode={options.filter_mode!r}, "
+            f"min_rating={options.min_rating}, deduplicate={options.deduplicate}); before filtering there were "
+            f"{raw['actions']} interactions of {raw['users']} users (most active: {user_counts.max(initial=0)}) "
+            f"on {raw['items']} items (most popular: {item_counts.max(initial=0)}). Lower "
+            "--data.min_user_interactions / --data.min_item_interactions"
+        )
+    if not keep.all():
+        users, items = users[keep], items[keep]
+        timestamps = None if timestamps is None else timestamps[keep]
+    users, user_rows = _compact(users, len(user_vocab))
+    items, item_rows = _compact(items, len(item_vocab))
+    items += 1
+    offsets = np.zeros(len(user_rows) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=len(user_rows)), out=offsets[1:])
+    item_ids = item_vocab.take(pa.array(item_rows)).to_numpy(zero_copy_only=False)
+    data = SequenceData(
+        items=items,
+        offsets=offsets,
+        user_ids=user_vocab.take(pa.array(user_rows)).to_numpy(zero_copy_only=False),
+        item_ids=np.concatenate([item_ids[:1], item_ids]),  # index 0 (padding) is a placeholder
+        timestamps=timestamps,
+    )
+    data.info = {"raw": raw, "filter_passes": passes, "options": asdict(options)}
+    return data
 
 
 def build_sequences(
@@ -68,7 +220,7 @@ def build_sequences(
     item_column: str = "item",
     timestamp_column: str | None = None,
 ) -> SequenceData:
-    """Group a table of interactions into chronological per-user sequences.
+    """Group a table of interactions into chronological per-user sequences, without filtering.
 
     Rows are ordered by user, then timestamp (when a timestamp column is given), ties keeping file
     order (a stable sort). Users and items are renumbered in sorted order of their original ids:
@@ -84,28 +236,11 @@ def build_sequences(
     Returns:
         The sequences and id maps.
     """
-    users = _column(table, user_column)
-    items = _column(table, item_column)
-    user_ids, user_codes = _factorize(users)
-    item_ids, item_codes = _factorize(items)
-    item_codes += 1
-    timestamps = None
+    columns = {"user": table.column(user_column), "item": table.column(item_column)}
     if timestamp_column is not None:
-        timestamps = _column(table, timestamp_column).astype(np.int64)
-        order = np.lexsort((timestamps, user_codes))  # stable: ties keep file order
-    else:
-        order = np.argsort(user_codes, kind="stable")
-    counts = np.bincount(user_codes, minlength=len(user_ids))
-    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    item_vocab = np.concatenate([item_ids[:1], item_ids])  # index 0 (padding) is a placeholder
-    return SequenceData(
-        items=item_codes[order],
-        offsets=offsets,
-        user_ids=user_ids,
-        item_ids=item_vocab,
-        timestamps=None if timestamps is None else timestamps[order],
-    )
+        columns["timestamp"] = table.column(timestamp_column)
+    options = PreprocessOptions(min_user_interactions=0, min_item_interactions=0)
+    return preprocess(pa.table(columns), options, timestamp_column="timestamp" if timestamp_column else None)
 
 
 def dataset_statistics(data: SequenceData) -> dict[str, float]:
@@ -118,3 +253,13 @@ def dataset_statistics(data: SequenceData) -> dict[str, float]:
         "avg_actions_per_user": actions / max(data.num_users, 1),
         "avg_actions_per_item": actions / max(data.num_items, 1),
     }
+
+
+def format_statistics(statistics: dict[str, float], name: str = "dataset") -> str:
+    """Statistics as a row of the paper's Table II (a small Markdown table)."""
+    header = "| dataset | #users | #items | avg. actions/user | avg. actions/item | #actions |"
+    return (
+        f"{header}\n|---|---:|---:|---:|---:|---:|\n"
+        f"| {name} | {statistics['users']:,} | {statistics['items']:,} | {statistics['avg_actions_per_user']:.2f} | "
+        f"{statistics['avg_actions_per_item']:.2f} | {statistics['actions']:,} |"
+    )

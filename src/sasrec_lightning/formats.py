@@ -1,0 +1,171 @@
+"""Line formats that are not CSV/JSON/Parquet, parsed column-wise from the ``datasets`` ``text`` builder.
+
+- SASRec text: ``user item`` per line (whitespace separated integers), already chronological.
+- MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``.
+- Python-literal dicts, one per line: the raw Steam reviews file and the older Amazon review
+  files (``{'reviewerID': 'A1', 'asin': 'B0', 'unixReviewTime': 1234, ...}``), parsed with
+  :func:`ast.literal_eval` (never ``eval``) in a batched, multi-process ``datasets.map``.
+
+Each parser returns an Arrow table with string or integer columns and a ``line`` column (the
+1-based line number in the file) so later errors can point at the offending line. Empty lines are
+skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DataError
+
+__all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts"]
+
+_INTEGER = r"^[+-]?\d+$"
+
+
+def _lines(dataset: datasets.Dataset) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Non-empty lines (whitespace-trimmed) and their 1-based line numbers."""
+    text = pc.utf8_trim_whitespace(dataset.data.table.column("text"))
+    keep = pc.not_equal(text, "")
+    numbers = np.flatnonzero(keep.to_numpy(zero_copy_only=False)) + 1  # (n,)
+    return text.filter(keep), numbers
+
+
+def _first_bad(ok: pa.ChunkedArray | pa.Array) -> int | None:
+    """Index of the first ``False`` in a boolean array, or ``None`` when all are ``True``."""
+    values = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~values)
+    return int(bad[0]) if len(bad) else None
+
+
+def _split_fields(text: pa.ChunkedArray, numbers: np.ndarray, path: str, separator: str, regex: bool,
+                  expected: int, what: str) -> list[pa.Array]:
+    """Split every line into exactly ``expected`` fields, or raise naming the first bad line."""
+    split = pc.split_pattern_regex(text, separator) if regex else pc.split_pattern(text, separator)
+    split = split.combine_chunks() if isinstance(split, pa.ChunkedArray) else split
+    bad = _first_bad(pc.equal(pc.list_value_length(split), expected))
+    if bad is not None:
+        raise DataError(
+            f"{path}, line {numbers[bad]}: expected {what}, found {text[bad].as_py()!r}. "
+            "Fix or remove that line, or set --data.format if this is not the format you meant"
+        )
+    flat = split.flatten()
+    return [flat[i::expected] for i in range(expected)]
+
+
+def _integers(field: pa.Array, numbers: np.ndarray, path: str, name: str, line_format: str) -> pa.Array:
+    bad = _first_bad(pc.match_substring_regex(field, _INTEGER))
+    if bad is not None:
+        raise DataError(
+            f"{path}, line {numbers[bad]}: {name} {field[bad].as_py()!r} is not an integer; every line must "
+            f"be {line_format}"
+        )
+    return pc.cast(field, pa.int64())
+
+
+def parse_sasrec_lines(dataset: datasets.Dataset, path: str) -> pa.Table:
+    """``user item`` lines (two whitespace-separated integers) -> ``user``, ``item``, ``line``."""
+    text, numbers = _lines(dataset)
+    line_format = "two whitespace-separated integers 'user item'"
+    users, items = _split_fields(text, numbers, path, r"\s+", True, 2, line_format)
+    return pa.table({
+        "user": _integers(users, numbers, path, "user", line_format),
+        "item": _integers(items, numbers, path, "item", line_format),
+        "line": pa.array(numbers, pa.int64()),
+    })
+
+
+def parse_movielens_lines(dataset: datasets.Dataset, path: str) -> pa.Table:
+    """``UserID::MovieID::Rating::Timestamp`` lines -> ``user``, ``item``, ``rating``, ``timestamp``, ``line``."""
+    text, numbers = _lines(dataset)
+    line_format = "'UserID::MovieID::Rating::Timestamp' (MovieLens ratings.dat)"
+    users, items, ratings, times = _split_fields(text, numbers, path, "::", False, 4, line_format)
+    return pa.table({
+        "user": _integers(users, numbers, path, "UserID", line_format),
+        "item": _integers(items, numbers, path, "MovieID", line_format),
+        "rating": pc.cast(_integers(ratings, numbers, path, "Rating", line_format), pa.float64()),
+        "timestamp": _integers(times, numbers, path, "Timestamp", line_format),
+        "line": pa.array(numbers, pa.int64()),
+    })
+
+
+def looks_like_literal_dicts(first_line: str) -> bool:
+    """True when a JSON-lines file is really one Python-literal dict per line (Steam, old Amazon)."""
+    first_line = first_line.strip()
+    if not first_line.startswith("{"):
+        return False
+    try:
+        json.loads(first_line)
+    except ValueError:
+        try:
+            return isinstance(ast.literal_eval(first_line), dict)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return False
+    return False
+
+
+def _literal_batch(batch: dict, indices: list[int], keys: tuple[str, ...]) -> dict:
+    """``datasets.map`` function: literal-eval each line and keep ``keys`` as strings (None if absent).
+
+    Never raises: a bad line is reported in the ``error`` column so the parent process can name it.
+    """
+    out: dict[str, list] = {key: [] for key in keys}
+    out["line"], out["error"] = [], []
+    for text, index in zip(batch["text"], indices, strict=True):
+        text = text.strip()
+        if not text:
+            continue
+        error = None
+        try:
+            record = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+            record, error = {}, f"not a Python literal ({type(exc).__name__}: {exc})"
+        if error is None and not isinstance(record, dict):
+            record, error = {}, f"expected a dict, found a {type(record).__name__}"
+        if error is None:
+            missing = [key for key in keys if key not in record]
+            if missing:
+                error = f"key(s) {missing} not found; the keys are {sorted(record)}"
+        for key in keys:
+            value = record.get(key)
+            out[key].append(None if value is None else str(value))
+        out["line"].append(index + 1)
+        out["error"].append(error)
+    return out
+
+
+def parse_literal_dicts(dataset: datasets.Dataset, path: str, keys: tuple[str, ...],
+                        num_proc: int | None = None) -> pa.Table:
+    """Python-literal dict lines -> a table with the string columns ``keys`` and ``line``.
+
+    Args:
+        dataset: the file read with the ``text`` builder (one row per line).
+        path: the file name, for error messages.
+        keys: dict keys to keep (user, item, timestamp, rating source names).
+        num_proc: worker processes for ``datasets.map``.
+
+    Returns:
+        Arrow table with one string column per key and the int64 ``line`` column.
+    """
+    features = datasets.Features({**{key: datasets.Value("string") for key in keys},
+                                  "line": datasets.Value("int64"), "error": datasets.Value("string")})
+    parsed = dataset.map(
+        _literal_batch, batched=True, batch_size=10_000, with_indices=True, num_proc=num_proc,
+        fn_kwargs={"keys": keys}, remove_columns=dataset.column_names, features=features,
+        desc="parsing Python-literal lines",
+    )
+    table = parsed.data.table
+    errors = table.column("error")
+    if errors.null_count != len(errors):
+        bad = _first_bad(pc.is_null(errors))
+        raise DataError(
+            f"{path}, line {table.column('line')[bad].as_py()}: {errors[bad].as_py()}. Expected one Python dict "
+            f"per line with the keys {list(keys)} (set --data.user_column/--data.item_column/"
+            "--data.timestamp_column to the names used in the file)"
+        )
+    return table.drop_columns(["error"])
