@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -13,6 +14,8 @@ from torch import Tensor
 from .encoder import SASRec
 from .losses import LOSSES
 from .metrics import RankingMetrics, rank_of_target
+from .recommend import Recommendations, recommend, top_k_scores
+from .vocabulary import ItemVocabulary
 
 __all__ = ["SASRecModule"]
 
@@ -43,6 +46,8 @@ class SASRecModule(L.LightningModule):
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking (bounds memory).
+        predict_k: items recommended per user by ``predict`` (and the prediction writer).
+        predict_exclude_seen: under ``predict``, never recommend an item from the user's history.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class SASRecModule(L.LightningModule):
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
         eval_chunk_size: int = 65536,
+        predict_k: int = 10,
+        predict_exclude_seen: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -88,6 +95,10 @@ class SASRecModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
         self.test_metrics = RankingMetrics(top_k, prefix="test/")
+        # Served with the weights: interaction counts (empty-history fallback of ``recommend``) and,
+        # in the checkpoint, the original item ids (see ``on_save_checkpoint``).
+        self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
+        self.item_vocabulary: ItemVocabulary | None = None
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -163,12 +174,63 @@ class SASRecModule(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top ``max(top_k)`` items per user (internal ids), seen items excluded if configured."""
+        """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left).
+
+        Seen items are excluded if ``predict_exclude_seen``; the prediction writer
+        (:class:`~sasrec_lightning.prediction.PredictionWriter`) turns the ids into original ones.
+        """
         hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
         scores = self.model.score_all(hidden)  # (B, I + 1)
-        scores[:, 0] = float("-inf")
-        if self.hparams.exclude_seen:
-            scores[batch["seen_rows"], batch["seen_items"]] = float("-inf")
-        k = min(max(self.hparams.top_k), self.model.num_items)
-        top_scores, top_items = scores.topk(k, dim=-1)  # (B, k)
+        seen = (batch["seen_rows"], batch["seen_items"]) if self.hparams.predict_exclude_seen else (None, None)
+        top_scores, top_items = top_k_scores(scores, self.hparams.predict_k, *seen)  # (B, k), (B, k)
         return {"users": batch["users"], "items": top_items, "scores": top_scores}
+
+    # ------------------------------------------------------------------------- recommendations
+    def set_item_vocabulary(self, item_ids, popularity=None) -> None:
+        """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
+
+        Done automatically from a data module with ``sequences`` at setup; call it by hand for a
+        model trained elsewhere.
+        """
+        vocabulary = ItemVocabulary(item_ids)
+        if vocabulary.num_items != self.model.num_items:
+            raise ValueError(f"item vocabulary has {vocabulary.num_items} items but the model was built with "
+                             f"num_items={self.model.num_items}; expected the id map of the training data")
+        self.item_vocabulary = vocabulary
+        if popularity is not None:
+            counts = torch.as_tensor(popularity, dtype=torch.int64).reshape(-1)  # (I + 1,)
+            if counts.numel() != self.model.num_items + 1:
+                raise ValueError(f"popularity has {counts.numel()} entries; expected num_items + 1 = "
+                                 f"{self.model.num_items + 1} (index 0 = padding)")
+            self.item_popularity.copy_(counts)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sequences = getattr(datamodule, "sequences", None)
+        if self.item_vocabulary is None and sequences is not None and sequences.num_items == self.model.num_items:
+            counts = torch.from_numpy(np.bincount(sequences.items, minlength=sequences.num_items + 1))
+            self.set_item_vocabulary(sequences.item_ids, counts)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.item_vocabulary is not None:
+            checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("item_ids") is not None:
+            self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+
+    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> Recommendations:
+        """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
+
+        Args:
+            sequences: item-id sequences, oldest first, in the dataset's original ids when the
+                model knows them (trained from a data module or a checkpoint of one), otherwise
+                internal ids ``1..num_items``. Unknown ids are skipped with a warning; a sequence
+                with no known item gets the most-popular items.
+            k: items per sequence.
+            exclude_seen: never recommend an item already in the sequence.
+
+        Returns:
+            ``Recommendations(items, scores)``: one list of ids (best first) and one of scores per sequence.
+        """
+        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity)

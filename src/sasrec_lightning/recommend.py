@@ -1,0 +1,167 @@
+"""Top-K recommendations for raw item-id sequences, without a Trainer.
+
+This is what :meth:`SASRecModule.recommend` runs: map original ids to internal ones (unknown ids
+are skipped with one warning), left-pad the last ``max_len`` items of every sequence, encode,
+score every item, drop the padding id and (optionally) the items already in the sequence, and
+take the top K. A sequence left empty gets the most-popular items instead (the encoder has
+nothing to attend to).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .batches import left_padded
+from .encoder import SASRec
+from .vocabulary import ItemVocabulary
+
+__all__ = ["Recommendations", "recommend", "top_k_scores"]
+
+
+class Recommendations(NamedTuple):
+    """Per input sequence, the recommended item ids (best first) and their scores.
+
+    ``items[b]`` and ``scores[b]`` are plain lists of equal length ``<= k`` (shorter only when
+    fewer than ``k`` items are left after excluding the sequence's own items). For a sequence
+    with no known item, the items are the most popular ones and the scores their interaction
+    counts in the training data.
+    """
+
+    items: list[list]
+    scores: list[list[float]]
+
+
+def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
+                 seen_items: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k over all items with the padding id and optional seen items masked out.
+
+    Args:
+        scores: ``(B, num_items + 1)`` scores; column 0 is padding. Modified in place.
+        k: number of items (capped at ``num_items``).
+        seen_rows: ``(S,)`` row of each excluded (row, item) pair.
+        seen_items: ``(S,)`` item id of each excluded pair.
+
+    Returns:
+        ``(B, k)`` scores and ``(B, k)`` internal item ids; ``-inf`` scores mark slots that had no
+        item left.
+    """
+    scores[:, 0] = float("-inf")
+    if seen_rows is not None and seen_items is not None and seen_rows.numel():
+        scores[seen_rows, seen_items] = float("-inf")  # (B, I + 1)
+    k = min(int(k), scores.size(1) - 1)
+    return scores.topk(k, dim=-1)  # (B, k), (B, k)
+
+
+def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabulary | None,
+                        num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat internal ids and CSR offsets of the known items of every sequence."""
+    lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)  # (B,)
+    flat = [item for sequence in sequences for item in sequence]
+    if vocabulary is not None:
+        internal = vocabulary.to_internal(flat)  # (n,)
+    else:
+        internal = np.asarray(flat, dtype=np.int64).reshape(-1)
+        internal = np.where((internal >= 1) & (internal <= num_items), internal, 0)
+    known = internal != 0  # (n,)
+    if not known.all():
+        unknown = [flat[i] for i in np.flatnonzero(~known)[:5]]
+        warnings.warn(
+            f"recommend: skipped {int((~known).sum())} unknown item id(s) not in the model's vocabulary "
+            f"of {num_items} items (first: {unknown}); expected ids seen in training",
+            stacklevel=4,  # the caller of SASRecModule.recommend
+        )
+    row_of = np.repeat(np.arange(len(sequences)), lengths)  # (n,)
+    kept_lengths = np.bincount(row_of[known], minlength=len(sequences)).astype(np.int64)  # (B,)
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum(kept_lengths, out=offsets[1:])
+    return internal[known], offsets
+
+
+def recommend(
+    encoder: SASRec,
+    sequences: Sequence[Sequence],
+    k: int = 10,
+    exclude_seen: bool = True,
+    vocabulary: ItemVocabulary | None = None,
+    popularity: Tensor | None = None,
+    batch_size: int = 1024,
+) -> Recommendations:
+    """Recommend the top ``k`` items after each item sequence (oldest item first).
+
+    Args:
+        encoder: a trained encoder (switched to eval mode for the call and restored after).
+        sequences: item-id sequences, original ids when ``vocabulary`` is given, otherwise internal
+            ids ``1..num_items``.
+        k: items per sequence.
+        exclude_seen: never recommend an item already in the sequence.
+        vocabulary: original <-> internal id map; ``None`` answers in internal ids.
+        popularity: ``(num_items + 1,)`` interaction counts for the empty-sequence fallback.
+        batch_size: sequences encoded at once.
+
+    Returns:
+        :class:`Recommendations`, one entry per input sequence, in input order.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if isinstance(sequences, (str, bytes)) or any(
+        isinstance(sequence, (str, bytes)) or not hasattr(sequence, "__len__") for sequence in sequences[:1]
+    ):
+        raise TypeError(f"sequences must be a list of item-id sequences, e.g. [[3, 7, 9]]; got {sequences!r:.80}. "
+                        "For one user pass [sequence]")
+    num_items = encoder.num_items
+    items, offsets = _internal_sequences(sequences, vocabulary, num_items)
+    starts, ends = offsets[:-1], offsets[1:]  # (B,), (B,)
+    device = encoder.output_weight.device
+    counts = popularity if popularity is not None else torch.zeros(num_items + 1)
+    counts = counts.detach().to("cpu", torch.float64).clone()  # (I + 1,)
+    counts[0] = float("-inf")
+    popular_scores, popular_items = counts.topk(min(k, num_items))  # (k,), (k,)
+
+    out_items: list[list] = []
+    out_scores: list[list[float]] = []
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for begin in range(0, len(sequences), batch_size):
+                rows = np.arange(begin, min(begin + batch_size, len(sequences)))  # (B,)
+                lengths = ends[rows] - starts[rows]  # (B,)
+                width = max(1, int(min(encoder.max_len, lengths.max(initial=0))))
+                input_ids = torch.from_numpy(left_padded(items, starts[rows], ends[rows], width)).to(device)  # (B, L)
+                hidden = encoder(input_ids)[:, -1].float()  # (B, d)
+                scores = encoder.score_all(hidden)  # (B, I + 1)
+                seen_rows = seen_items = None
+                if exclude_seen:
+                    seen_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)).to(device)  # (S,)
+                    at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) \
+                        + np.repeat(starts[rows], lengths)  # (S,) positions in ``items``
+                    seen_items = torch.from_numpy(items[at]).to(device)  # (S,)
+                top_scores, top_items = top_k_scores(scores, k, seen_rows, seen_items)  # (B, k), (B, k)
+                top_scores, top_items = top_scores.cpu(), top_items.cpu()
+                empty = torch.from_numpy(lengths == 0)  # (B,)
+                top_items[empty] = popular_items
+                top_scores[empty] = popular_scores.to(top_scores.dtype)
+                ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
+                batch_items, batch_scores = ids.tolist(), top_scores.tolist()
+                for row in np.flatnonzero(~torch.isfinite(top_scores).all(dim=-1).numpy()):
+                    # -inf = no item left after excluding the sequence's own items: drop those slots.
+                    kept = torch.isfinite(top_scores[row]).numpy()
+                    batch_items[row] = ids[row][kept].tolist()
+                    batch_scores[row] = top_scores[row][kept].tolist()
+                out_items += batch_items
+                out_scores += batch_scores
+    finally:
+        encoder.train(was_training)
+    if np.any(ends - starts == 0):
+        warnings.warn(
+            f"recommend: {int(np.sum(ends - starts == 0))} sequence(s) had no known item; answered with the "
+            "most-popular items (scores are interaction counts)",
+            stacklevel=3,
+        )
+    return Recommendations(out_items, out_scores)
