@@ -1,18 +1,42 @@
 """Training losses on the hidden states of non-padded positions.
 
 Every loss takes the hidden states already gathered at real positions, so no work is spent on
-padding, and computes in fp32 even under mixed precision.
+padding, and computes in fp32 even under mixed precision. All share one call signature,
+``loss(encoder, hidden (N, d), targets (N,), negatives (N, k)) -> scalar``, and are chosen by the
+module's single ``loss`` field:
+
+* ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
+* ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``;
+* ``sampled_softmax`` — softmax over the positive and ``N`` negatives shared by the whole batch
+  (uniform, popularity-proportional or in-batch mixed with uniform) with logQ correction;
+* ``ce`` — exact softmax over the whole catalogue, item-chunked (:mod:`.chunked_ce`).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from .chunked_ce import chunked_cross_entropy
 from .encoder import SASRec
 
-__all__ = ["bce_loss", "LOSSES"]
+__all__ = [
+    "bce_loss",
+    "gbce_loss",
+    "gbce_beta",
+    "sampled_softmax_loss",
+    "BCELoss",
+    "GBCELoss",
+    "SampledSoftmaxLoss",
+    "FullCrossEntropyLoss",
+    "LOSSES",
+    "build_loss",
+]
+
+Sampling = Literal["uniform", "popularity", "in_batch"]
 
 
 def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
@@ -38,4 +62,184 @@ def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor
         return F.softplus(-positive).mean() + F.softplus(negative).mean(dim=-1).mean()
 
 
-LOSSES = {"bce": bce_loss}
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+    """gSASRec's power on the positive probability: ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``.
+
+    ``alpha = k / (|I| - 1)`` is the negative sampling rate; ``t = 0`` gives ``beta = 1`` (plain
+    BCE), ``t = 1`` gives ``beta = alpha`` (fully calibrated, paper Theorem 4.1).
+    """
+    alpha = num_negatives / max(num_items - 1, 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor, t: float = 0.75) -> Tensor:
+    """Generalized BCE (gSASRec, Petrov & Macdonald, RecSys 2023, Eq. 11).
+
+    The positive probability is raised to ``beta``: ``sigma(s+)^beta``, i.e. the positive logit is
+    replaced by ``log(1 / (sigma(s+)^-beta - 1))``; BCE is then averaged over the ``k + 1`` logits
+    of each position as in the reference code. Since ``-log(sigma(s)^beta) = beta * softplus(-s)``
+    the transformed term is computed in closed form, with no clamping.
+
+    Args:
+        encoder: the model.
+        hidden: ``(N, d)`` hidden states at real positions.
+        targets: ``(N,)`` next items.
+        negatives: ``(N, k)`` sampled negatives.
+        t: calibration parameter in ``[0, 1]``.
+
+    Returns:
+        Scalar loss.
+    """
+    beta = gbce_beta(negatives.size(-1), encoder.num_items, t)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden = hidden.float()
+        positive = encoder.score_items(hidden, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+        negative = encoder.score_items(hidden, negatives)  # (N, k)
+        per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
+        return (per_position / (negatives.size(-1) + 1)).mean()
+
+
+def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
+                         log_q: Tensor | None = None) -> Tensor:
+    """Softmax cross-entropy of each target against negatives shared by all positions.
+
+    Accidental hits (a shared negative equal to the position's target) are removed. With
+    ``log_q`` (log expected count of each item in the sample) the logQ correction
+    ``s - log Q`` is applied to the positive and the negatives alike, which makes the sampled
+    softmax an unbiased-in-the-limit estimate of the full one for non-uniform samplers.
+
+    Args:
+        encoder: the model.
+        hidden: ``(N, d)`` hidden states at real positions.
+        targets: ``(N,)`` next items.
+        shared: ``(M,)`` negative item ids for the whole batch.
+        log_q: optional ``(I + 1,)`` log expected sample count of every item id.
+
+    Returns:
+        Scalar loss.
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden = hidden.float()
+        weight = encoder.output_weight.float()
+        positive = (hidden * weight[targets]).sum(dim=-1)  # (N,)
+        negative = hidden @ weight[shared].T  # (N, M)
+        if log_q is not None:
+            positive = positive - log_q[targets]
+            negative = negative - log_q[shared]
+        negative = negative.masked_fill(shared.unsqueeze(0) == targets.unsqueeze(-1), float("-inf"))  # (N, M)
+        logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)  # (N, 1 + M)
+        return (torch.logsumexp(logits, dim=-1) - positive).mean()
+
+
+class BCELoss(nn.Module):
+    """``bce``: the paper's loss with the data module's ``k`` negatives per position."""
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+        return bce_loss(encoder, hidden, targets, negatives)
+
+
+class GBCELoss(nn.Module):
+    """``gbce``: generalized BCE with calibration ``t`` and the data module's ``k`` negatives."""
+
+    def __init__(self, t: float = 0.75) -> None:
+        super().__init__()
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"gbce_t must be in [0, 1], got {t}")
+        self.t = t
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+        return gbce_loss(encoder, hidden, targets, negatives, self.t)
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """``sampled_softmax``: ``num_negatives`` negatives drawn once per batch and shared.
+
+    Args:
+        num_items: catalogue size ``I``.
+        num_negatives: shared negatives per batch ``M`` (e.g. 3000).
+        sampling: ``uniform``; ``popularity`` (proportional to training frequency); ``in_batch``
+            (other positions' targets, i.e. popularity-proportional for free) mixed with uniform.
+        in_batch_fraction: share of the ``M`` negatives taken in-batch under ``in_batch``.
+        logq_correction: subtract ``log Q`` (off only for ablations; a no-op for uniform).
+    """
+
+    def __init__(self, num_items: int, num_negatives: int = 3000, sampling: Sampling = "uniform",
+                 in_batch_fraction: float = 0.5, logq_correction: bool = True) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise ValueError(f"sampled_softmax needs at least 1 negative, got num_negatives={num_negatives}")
+        if sampling not in ("uniform", "popularity", "in_batch"):
+            raise ValueError(f"unknown negative sampling {sampling!r}; expected uniform, popularity or in_batch")
+        if not 0.0 <= in_batch_fraction <= 1.0:
+            raise ValueError(f"in_batch_fraction must be in [0, 1], got {in_batch_fraction}")
+        self.num_items = num_items
+        self.num_negatives = num_negatives
+        self.sampling = sampling
+        self.in_batch_fraction = in_batch_fraction
+        self.logq_correction = logq_correction
+        # Training target frequency of every item id (row 0 unused); uniform until set_frequencies.
+        counts = torch.ones(num_items + 1, dtype=torch.float64)
+        counts[0] = 0
+        self.register_buffer("frequencies", counts, persistent=False)
+
+    def set_frequencies(self, counts: Tensor) -> None:
+        """Item counts ``(I + 1,)`` that define popularity sampling and the in-batch logQ."""
+        counts = torch.as_tensor(counts, dtype=torch.float64, device=self.frequencies.device).clone()
+        if counts.shape != self.frequencies.shape:
+            raise ValueError(f"expected {tuple(self.frequencies.shape)} item counts, got {tuple(counts.shape)}")
+        counts[0] = 0
+        self.frequencies = counts
+
+    def sample(self, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Shared negatives ``(M,)`` and the ``(I + 1,)`` log expected count of every item."""
+        m, num_items, device = self.num_negatives, self.num_items, targets.device
+        uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
+        if self.sampling == "uniform":
+            return torch.randint(1, num_items + 1, (m,), device=device), (uniform_q * m).log()
+        popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
+        if self.sampling == "popularity":
+            shared = torch.multinomial(popularity.float(), m, replacement=True)  # (M,)
+            return shared, (popularity * m).log()
+        in_batch = round(m * self.in_batch_fraction)
+        picks = torch.randint(0, targets.numel(), (in_batch,), device=device)  # (M_b,)
+        shared = torch.cat([targets[picks], torch.randint(1, num_items + 1, (m - in_batch,), device=device)])
+        # Expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I.
+        return shared, (in_batch * popularity + (m - in_batch) * uniform_q).log()
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+        shared, log_q = self.sample(targets)
+        return sampled_softmax_loss(encoder, hidden, targets, shared,
+                                    log_q.float() if self.logq_correction else None)
+
+
+class FullCrossEntropyLoss(nn.Module):
+    """``ce``: exact softmax over every item, item-chunked so memory stays bounded."""
+
+    def __init__(self, chunk_size: int = 65536) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size)
+
+
+LOSSES = {"bce": BCELoss, "gbce": GBCELoss, "sampled_softmax": SampledSoftmaxLoss, "ce": FullCrossEntropyLoss}
+
+
+def build_loss(name: str, num_items: int, gbce_t: float = 0.75, sampled_negatives: int = 3000,
+               negative_sampling: Sampling = "uniform", in_batch_fraction: float = 0.5,
+               logq_correction: bool = True, ce_chunk_size: int = 65536) -> nn.Module:
+    """The loss module named ``name`` with its options (the module's config fields)."""
+    if name == "bce":
+        return BCELoss()
+    if name == "gbce":
+        return GBCELoss(gbce_t)
+    if name == "sampled_softmax":
+        return SampledSoftmaxLoss(num_items, sampled_negatives, negative_sampling, in_batch_fraction, logq_correction)
+    if name == "ce":
+        if ce_chunk_size < 1:
+            raise ValueError(f"ce_chunk_size must be at least 1, got {ce_chunk_size}")
+        return FullCrossEntropyLoss(ce_chunk_size)
+    raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+

@@ -12,9 +12,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from .encoder import SASRec
-from .losses import LOSSES
+from .losses import LOSSES, SampledSoftmaxLoss, build_loss
 from .metrics import RankingMetrics, rank_of_target
 from .recommend import Recommendations, recommend, top_k_scores
+from .sampling import item_counts
 from .vocabulary import ItemVocabulary
 
 __all__ = ["SASRecModule"]
@@ -33,7 +34,17 @@ class SASRecModule(L.LightningModule):
         use_positional: learned positional embedding (ablation switch).
         share_item_embedding: score with the input item embedding (ablation switch).
         use_residual: residual connections (ablation switch).
-        loss: training loss; ``bce`` is the paper's.
+        loss: training loss: ``bce`` (the paper's, ``data.num_negatives`` negatives per position),
+            ``gbce`` (gSASRec's generalized BCE, same negatives), ``sampled_softmax`` (softmax over
+            ``sampled_negatives`` negatives shared by the batch) or ``ce`` (exact full softmax,
+            item-chunked).
+        gbce_t: gBCE calibration parameter ``t`` in ``[0, 1]`` (gSASRec default 0.75).
+        sampled_negatives: shared negatives per batch for ``sampled_softmax`` (e.g. 3000).
+        negative_sampling: ``sampled_softmax`` negatives: ``uniform``, ``popularity`` (training
+            frequency) or ``in_batch`` (other positions' targets mixed with uniform).
+        in_batch_fraction: share of in-batch negatives under ``in_batch``.
+        logq_correction: subtract the log sampling probability under non-uniform sampling.
+        ce_chunk_size: items per chunk of the ``ce`` loss (peak memory ~ positions x chunk).
         lr: Adam learning rate (paper: 0.001).
         betas: Adam betas (the original code uses (0.9, 0.98)).
         weight_decay: Adam weight decay on all parameters.
@@ -61,7 +72,13 @@ class SASRecModule(L.LightningModule):
         use_positional: bool = True,
         share_item_embedding: bool = True,
         use_residual: bool = True,
-        loss: Literal["bce"] = "bce",
+        loss: Literal["bce", "gbce", "sampled_softmax", "ce"] = "bce",
+        gbce_t: float = 0.75,
+        sampled_negatives: int = 3000,
+        negative_sampling: Literal["uniform", "popularity", "in_batch"] = "uniform",
+        in_batch_fraction: float = 0.5,
+        logq_correction: bool = True,
+        ce_chunk_size: int = 65536,
         lr: float = 0.001,
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
@@ -90,7 +107,11 @@ class SASRecModule(L.LightningModule):
             share_item_embedding=share_item_embedding,
             use_residual=use_residual,
         )
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn = build_loss(
+            loss, num_items, gbce_t=gbce_t, sampled_negatives=sampled_negatives,
+            negative_sampling=negative_sampling, in_batch_fraction=in_batch_fraction,
+            logq_correction=logq_correction, ce_chunk_size=ce_chunk_size,
+        )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
@@ -113,6 +134,19 @@ class SASRecModule(L.LightningModule):
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
+
+    def on_fit_start(self) -> None:
+        # Popularity / in-batch sampled softmax needs the training item frequencies.
+        if isinstance(self.loss_fn, SampledSoftmaxLoss) and self.hparams.negative_sampling != "uniform":
+            split = getattr(self.trainer.datamodule, "split_data", None)
+            if split is None:
+                raise ValueError(
+                    f"negative_sampling={self.hparams.negative_sampling!r} needs item frequencies from a data "
+                    "module with `split_data` (SASRecDataModule); use negative_sampling: uniform otherwise"
+                )
+            # Frequencies of training targets: what in-batch negatives are drawn from.
+            counts = item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
+            self.loss_fn.set_frequencies(torch.from_numpy(counts))
 
     def configure_optimizers(self):
         if self.optimizer_factory is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InteractionIndex", "sample_negatives"]
+__all__ = ["InteractionIndex", "sample_negatives", "item_counts"]
 
 
 class InteractionIndex:
@@ -49,8 +49,9 @@ def sample_negatives(
     shape: tuple[int, ...],
     rng: np.random.Generator,
     max_rounds: int = 1000,
+    probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Draw item ids uniformly from the items each user never interacted with.
+    """Draw item ids from the items each user never interacted with, uniformly or by popularity.
 
     Args:
         index: the interactions that must not be drawn.
@@ -58,6 +59,9 @@ def sample_negatives(
         shape: trailing shape per user, e.g. ``(L,)`` or ``(L, k)`` or ``(100,)``.
         rng: numpy generator (seeded by the caller for reproducibility).
         max_rounds: give up after this many rejection rounds.
+        probabilities: optional ``(num_items + 1,)`` sampling weights of every item id (row 0
+            ignored), e.g. item counts for popularity-proportional negatives; uniform if omitted.
+            Rejection keeps the draw proportional to the weights among the user's unseen items.
 
     Returns:
         ``(B, *shape)`` int64 item ids in ``1..num_items``.
@@ -71,11 +75,33 @@ def sample_negatives(
             "item can be sampled for them; drop such users or add items"
         )
     user_grid = np.broadcast_to(users.reshape((-1,) + (1,) * len(shape)), (len(users), *shape))
-    negatives = rng.integers(1, index.num_items + 1, size=user_grid.shape, dtype=np.int64)
+    if probabilities is None:
+        def draw(size):
+            return rng.integers(1, index.num_items + 1, size=size, dtype=np.int64)
+    else:
+        weights = np.asarray(probabilities, dtype=np.float64).copy()
+        if weights.shape != (index.num_items + 1,) or np.any(weights < 0):
+            raise ValueError(
+                f"probabilities must be {index.num_items + 1} non-negative weights (one per item id), "
+                f"got shape {weights.shape}"
+            )
+        weights[0] = 0.0
+        cdf = np.cumsum(weights) / weights.sum()  # (I + 1,)
+
+        def draw(size):
+            return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), index.num_items).astype(np.int64)
+    negatives = draw(user_grid.shape)
     for _ in range(max_rounds):
         clash = index.contains(user_grid, negatives)
         count = int(clash.sum())
         if count == 0:
             return negatives
-        negatives[clash] = rng.integers(1, index.num_items + 1, size=count, dtype=np.int64)
+        negatives[clash] = draw(count)
     raise RuntimeError(f"negative sampling did not converge after {max_rounds} rounds")
+
+
+def item_counts(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_items: int) -> np.ndarray:
+    """How often every item id occurs in ``items[starts[u]:ends[u]]`` over all rows: ``(num_items + 1,)``."""
+    lengths = np.maximum(ends - starts, 0)
+    positions = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+    return np.bincount(items[positions], minlength=num_items + 1).astype(np.int64)

@@ -1,0 +1,106 @@
+"""Exact full-softmax cross-entropy over the whole catalogue, computed in item chunks.
+
+The naive loss materializes an ``(N, I)`` logit matrix (positions x items) and keeps it, plus
+its softmax, for the backward pass: at 1M items and a few thousand positions that is tens of
+GiB. :class:`ChunkedCrossEntropy` instead walks over the items in chunks of ``C``:
+
+* forward: an online log-sum-exp (running max ``m`` and running sum ``s``) gives ``lse`` per
+  position; only ``hidden``, ``weight``, ``targets`` and ``lse`` ``(N,)`` are saved;
+* backward: each chunk's logits are recomputed, ``p = exp(logits - lse)`` is the exact softmax
+  of that chunk, and ``dh += p W_c``, ``dW_c = p^T h``; the target term ``-W[y]`` / ``-h`` is
+  added once.
+
+Peak extra memory is ``O(N * C)`` instead of ``O(N * I)``, and the result equals the naive loss
+up to float rounding. When the catalogue fits in a single chunk the softmax is kept from the
+forward pass, so the backward pass costs no recomputation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["ChunkedCrossEntropy", "chunked_cross_entropy", "naive_cross_entropy"]
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``softmax(hidden @ weight[1:].T)`` against ``targets``, item-chunked."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            ctx: autograd context.
+            hidden: ``(N, d)`` fp32 hidden states of real positions.
+            weight: ``(I + 1, d)`` fp32 item vectors; row 0 (padding) is never a class.
+            targets: ``(N,)`` item ids in ``1..I``.
+            chunk_size: items scored at once.
+
+        Returns:
+            Scalar mean loss.
+        """
+        num_rows = weight.size(0)
+        running_max = hidden.new_full((hidden.size(0),), float("-inf"))  # (N,)
+        running_sum = hidden.new_zeros(hidden.size(0))  # (N,)
+        single = chunk_size >= num_rows - 1
+        probs = None
+        for start in range(1, num_rows, chunk_size):
+            logits = hidden @ weight[start : start + chunk_size].T  # (N, C)
+            chunk_max = logits.max(dim=-1).values  # (N,)
+            new_max = torch.maximum(running_max, chunk_max)  # (N,)
+            logits.sub_(new_max.unsqueeze(-1)).exp_()  # (N, C) in place: exp(logit - m)
+            running_sum = running_sum * torch.exp(running_max - new_max) + logits.sum(dim=-1)
+            running_max = new_max
+            if single:
+                probs = logits.div_(running_sum.unsqueeze(-1))  # (N, I) the softmax itself
+        lse = running_max + running_sum.log()  # (N,)
+        target_logits = (hidden * weight[targets]).sum(dim=-1)  # (N,)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(hidden, weight, targets, lse, probs if single else lse.new_empty(0))
+        ctx.single = single
+        return (lse - target_logits).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        hidden, weight, targets, lse, probs = ctx.saved_tensors
+        scale = grad_output / hidden.size(0)
+        grad_hidden = torch.zeros_like(hidden)  # (N, d)
+        grad_weight = torch.zeros_like(weight)  # (I + 1, d)
+        chunk = ctx.chunk_size
+        for start in range(1, weight.size(0), chunk):
+            w = weight[start : start + chunk]  # (C, d)
+            if ctx.single:
+                p = probs  # (N, I)
+            else:
+                p = (hidden @ w.T).sub_(lse.unsqueeze(-1)).exp_()  # (N, C) softmax of this chunk
+            grad_hidden.addmm_(p, w)  # (N, d)
+            grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
+        grad_hidden.sub_(weight[targets])  # d(-target logit)/dh
+        grad_weight.index_add_(0, targets, -hidden)  # d(-target logit)/dW[y]
+        return grad_hidden * scale, grad_weight * scale, None, None
+
+
+def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384) -> Tensor:
+    """Exact full-catalogue cross-entropy in fp32 without an ``(N, I)`` logit matrix.
+
+    Args:
+        hidden: ``(N, d)`` hidden states at real positions.
+        weight: ``(I + 1, d)`` item vectors, row 0 = padding (excluded from the softmax).
+        targets: ``(N,)`` next items in ``1..I``.
+        chunk_size: items per chunk; peak extra memory is about ``3 * N * chunk_size`` floats.
+
+    Returns:
+        Scalar mean loss (fp32).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"ce chunk_size must be at least 1, got {chunk_size}")
+    if hidden.size(0) == 0:
+        return (hidden.sum() + weight.sum()) * 0.0
+    return ChunkedCrossEntropy.apply(hidden.float(), weight.float(), targets, int(chunk_size))
+
+
+def naive_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """Reference: the same loss with the full ``(N, I)`` logit matrix (tests, small catalogues)."""
+    logits = hidden.float() @ weight.float()[1:].T  # (N, I)
+    return torch.nn.functional.cross_entropy(logits, targets - 1)

@@ -1,0 +1,200 @@
+"""The four training losses against independent reference formulas, on tiny sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sasrec_lightning.chunked_ce import ChunkedCrossEntropy, chunked_cross_entropy, naive_cross_entropy
+from sasrec_lightning.encoder import SASRec
+from sasrec_lightning.losses import (
+    LOSSES,
+    SampledSoftmaxLoss,
+    bce_loss,
+    build_loss,
+    gbce_beta,
+    gbce_loss,
+    sampled_softmax_loss,
+)
+
+NUM_ITEMS = 12
+
+
+@pytest.fixture
+def encoder() -> SASRec:
+    torch.manual_seed(0)
+    model = SASRec(num_items=NUM_ITEMS, max_len=5, hidden_size=8, num_blocks=1)
+    with torch.no_grad():  # make scores spread out so the losses are not all ~log 2
+        model.item_embedding.weight.mul_(3.0)
+    return model
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(6, 8, generator=generator)  # (N, d)
+    targets = torch.tensor([1, 5, 12, 5, 7, 3])  # (N,)
+    negatives = torch.tensor([[2, 4], [1, 9], [11, 2], [6, 8], [1, 12], [10, 4]])  # (N, k)
+    return hidden, targets, negatives
+
+
+# ------------------------------------------------------------------------------------------ ce
+@pytest.mark.parametrize("chunk_size", [1, 3, 5, 11, 12, 100])
+def test_chunked_ce_matches_naive_loss_and_gradients(chunk_size):
+    generator = torch.Generator().manual_seed(chunk_size)
+    hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(NUM_ITEMS + 1, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.tensor([1, 12, 3, 3, 7, 11, 2])
+
+    loss = ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    grad_hidden, grad_weight = torch.autograd.grad(loss, (hidden, weight))
+    logits = hidden @ weight[1:].T  # (N, I) in float64: an independent reference
+    reference = F.cross_entropy(logits, targets - 1)
+    ref_hidden, ref_weight = torch.autograd.grad(reference, (hidden, weight))
+
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(grad_hidden, ref_hidden)
+    torch.testing.assert_close(grad_weight, ref_weight)
+    assert torch.all(grad_weight[0] == 0), "the padding row is not a class and gets no gradient"
+
+
+def test_chunked_ce_passes_gradcheck():
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(4, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(8, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.tensor([1, 7, 4, 4])
+    assert torch.autograd.gradcheck(lambda h, w: ChunkedCrossEntropy.apply(h, w, targets, 3), (hidden, weight))
+
+
+def test_ce_loss_module_equals_naive_in_fp32(encoder, batch):
+    hidden, targets, negatives = batch
+    loss = build_loss("ce", NUM_ITEMS, ce_chunk_size=4)(encoder, hidden, targets, negatives)
+    torch.testing.assert_close(loss, naive_cross_entropy(hidden, encoder.output_weight, targets))
+    assert loss.dtype == torch.float32
+
+
+def test_chunked_ce_rejects_bad_chunk_and_handles_no_positions(encoder):
+    with pytest.raises(ValueError, match="chunk_size"):
+        build_loss("ce", NUM_ITEMS, ce_chunk_size=0)
+    empty = torch.zeros(0, 8, requires_grad=True)
+    loss = chunked_cross_entropy(empty, encoder.output_weight, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------- bce
+def test_bce_with_k_negatives_matches_formula(encoder, batch):
+    hidden, targets, negatives = batch
+    weight = encoder.output_weight
+    positive = (hidden * weight[targets]).sum(-1)
+    negative = torch.einsum("nd,nkd->nk", hidden, weight[negatives])
+    expected = -(torch.sigmoid(positive).log().mean() + (1 - torch.sigmoid(negative)).log().mean())
+    torch.testing.assert_close(bce_loss(encoder, hidden, targets, negatives), expected)
+    # One negative per position is the paper's Eq. 6.
+    one = negatives[:, :1]
+    expected_one = -(torch.sigmoid(positive).log() + (1 - torch.sigmoid(negative[:, 0])).log()).mean()
+    torch.testing.assert_close(bce_loss(encoder, hidden, targets, one), expected_one)
+
+
+# ---------------------------------------------------------------------------------------- gbce
+def test_gbce_beta_limits():
+    assert gbce_beta(4, 1001, 0.0) == pytest.approx(1.0)
+    assert gbce_beta(4, 1001, 1.0) == pytest.approx(4 / 1000)
+    # gSASRec paper: beta = alpha (t (1 - 1/alpha) + 1/alpha).
+    alpha = 256 / (3416 - 1)
+    assert gbce_beta(256, 3416, 0.75) == pytest.approx(alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.5, 0.75, 1.0])
+def test_gbce_matches_reference_transform(encoder, batch, t):
+    hidden, targets, negatives = batch
+    weight = encoder.output_weight.double()
+    positive = (hidden.double() * weight[targets]).sum(-1, keepdim=True)  # (N, 1)
+    negative = torch.einsum("nd,nkd->nk", hidden.double(), weight[negatives])  # (N, k)
+    beta = gbce_beta(negatives.size(-1), NUM_ITEMS, t)
+    # The gSASRec reference: replace the positive logit by log(1 / (sigma(s)^-beta - 1)), then BCE
+    # with labels [1, 0, ..., 0] averaged over the k + 1 logits.
+    transformed = torch.log(1.0 / (torch.sigmoid(positive).pow(-beta) - 1.0))
+    logits = torch.cat([transformed, negative], dim=-1)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1
+    expected = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1).mean()
+    loss = gbce_loss(encoder, hidden, targets, negatives, t)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gbce_t0_is_bce_averaged_over_all_logits(encoder, batch):
+    hidden, targets, negatives = batch
+    k = negatives.size(-1)
+    bce_sum = bce_loss(encoder, hidden, targets, negatives[:, :1])  # k = 1: pos + neg
+    torch.testing.assert_close(gbce_loss(encoder, hidden, targets, negatives[:, :1], t=0.0), bce_sum / 2)
+    with pytest.raises(ValueError, match="gbce_t"):
+        build_loss("gbce", NUM_ITEMS, gbce_t=1.5)
+    assert k == 2
+
+
+# ----------------------------------------------------------------------------- sampled softmax
+def test_sampled_softmax_over_every_item_is_full_softmax(encoder, batch):
+    hidden, targets, _ = batch
+    every_item = torch.arange(1, NUM_ITEMS + 1)  # the target is an accidental hit and is masked
+    loss = sampled_softmax_loss(encoder, hidden, targets, every_item)
+    torch.testing.assert_close(loss, naive_cross_entropy(hidden, encoder.output_weight, targets))
+    # A constant logQ (uniform sampling) changes nothing.
+    log_q = torch.full((NUM_ITEMS + 1,), math.log(3.0))
+    torch.testing.assert_close(sampled_softmax_loss(encoder, hidden, targets, every_item, log_q), loss)
+
+
+def test_sampled_softmax_logq_subtracts_log_expected_count(encoder, batch):
+    hidden, targets, _ = batch
+    shared = torch.tensor([2, 4, 4, 9])
+    log_q = torch.linspace(-3, 1, NUM_ITEMS + 1)
+    weight = encoder.output_weight
+    logits = hidden @ weight.T - log_q  # (N, I + 1) corrected
+    rows = torch.arange(len(targets))
+    candidates = torch.cat([logits[rows, targets].unsqueeze(-1), logits[:, shared]], dim=-1)
+    candidates[:, 1:][shared.unsqueeze(0) == targets.unsqueeze(-1)] = float("-inf")
+    expected = F.cross_entropy(candidates, torch.zeros(len(targets), dtype=torch.long))
+    torch.testing.assert_close(sampled_softmax_loss(encoder, hidden, targets, shared, log_q), expected)
+
+
+def test_sampled_softmax_samplers():
+    torch.manual_seed(0)
+    counts = torch.zeros(NUM_ITEMS + 1)
+    counts[3], counts[7] = 30.0, 10.0
+    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=4000, sampling="popularity")
+    loss.set_frequencies(counts)
+    shared, log_q = loss.sample(torch.tensor([1, 2]))
+    assert set(shared.tolist()) == {3, 7}
+    assert (shared == 3).float().mean().item() == pytest.approx(0.75, abs=0.03)
+    assert log_q[3].item() == pytest.approx(math.log(0.75 * 4000))
+
+    mixed = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=10, sampling="in_batch", in_batch_fraction=0.6)
+    mixed.set_frequencies(counts)
+    targets = torch.tensor([11, 11, 11])
+    shared, log_q = mixed.sample(targets)
+    assert shared.shape == (10,) and torch.all(shared[:6] == 11)
+    assert log_q[3].item() == pytest.approx(math.log(6 * 0.75 + 4 / NUM_ITEMS))
+
+    uniform = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=50)
+    shared, _ = uniform.sample(targets)
+    assert shared.min() >= 1 and shared.max() <= NUM_ITEMS
+    with pytest.raises(ValueError, match="negative sampling"):
+        SampledSoftmaxLoss(NUM_ITEMS, sampling="zipf")
+
+
+# ----------------------------------------------------------------------------------- all losses
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_fp32_under_autocast_and_trains(encoder, batch, name):
+    hidden, targets, negatives = batch
+    loss_fn = build_loss(name, NUM_ITEMS, sampled_negatives=20, ce_chunk_size=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(encoder, hidden.bfloat16(), targets, negatives)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert encoder.item_embedding.weight.grad is not None
+    assert encoder.item_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("hinge", NUM_ITEMS)
