@@ -72,6 +72,8 @@ class SASRecDataModule(L.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         num_negatives: sampled negatives per training position (paper: 1).
         num_eval_negatives: sampled negatives per user for the sampled protocol (paper: 100).
+        eval_negative_sampling: how those negatives are drawn: ``uniform`` (the paper) or
+            ``popularity`` (proportional to item counts).
         seed: seed of the shuffling, the training negatives and the fixed evaluation negatives.
         num_workers: DataLoader worker processes (batches are built vectorized, 0 is usually fine).
         length_bucketing: batch sequences of similar length together and pad each batch only to
@@ -111,6 +113,7 @@ class SASRecDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_negatives: int = 1,
         num_eval_negatives: int = 100,
+        eval_negative_sampling: Literal["uniform", "popularity"] = "uniform",
         seed: int = 42,
         num_workers: int = 0,
         length_bucketing: bool = True,
@@ -149,7 +152,7 @@ class SASRecDataModule(L.LightningDataModule):
         """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
         hp = self.hparams
         path = hp.path or download(hp.url, hp.cache_dir)
-        format = hp.format or detect_format(path)
+        format = hp.format or detect_format(hp.path or hp.url)  # downloads are stored under a hashed name
         options = self.preprocess_options(format)
         num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() or 1)
         if num_proc > 1 and os.path.isfile(path) and os.path.getsize(path) < (64 << 20):
@@ -221,7 +224,8 @@ class SASRecDataModule(L.LightningDataModule):
             hp = self.hparams
             split = self.split_data
             users = split.stage_users(stage) if isinstance(split, TemporalSplit) else None
-            self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users)
+            self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users,
+                                        negative_sampling=hp.eval_negative_sampling)
         return self._eval[stage]
 
     # ---------------------------------------------------------------------------- the loaders

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -118,14 +119,20 @@ def _row_hint(table: pa.Table, row: int, format: str) -> str:
     return f"row {row + 1}"
 
 
-def _parse_datetimes(values: pa.ChunkedArray) -> pa.ChunkedArray | None:
-    """ISO-8601 dates/date-times as UTC seconds, or ``None`` when some value does not parse."""
-    for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):
+_DATE_PATTERNS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z",
+                  "%Y-%m-%d %H:%M:%S%z")
+
+
+def _parse_datetimes(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ISO-8601 dates/date-times as UTC seconds (int64); null where a value does not parse."""
+    values = pc.utf8_trim_whitespace(values)
+    for target in (pa.timestamp("s"), pa.timestamp("s", tz="UTC")):  # fast paths: one uniform style
         try:
-            return pc.cast(pc.cast(pc.utf8_trim_whitespace(values), target), pa.int64())
+            return pc.cast(pc.cast(values, target), pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-    return None
+    parsed = [pc.cast(pc.strptime(values, pattern, "s", error_is_null=True), pa.int64()) for pattern in _DATE_PATTERNS]
+    return pc.coalesce(*parsed)
 
 
 def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, format: str) -> np.ndarray:
@@ -163,16 +170,10 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
         if pc.all(numeric).as_py():
             return np.floor(pc.cast(pc.utf8_trim_whitespace(values), pa.float64()).to_numpy()).astype(np.int64)
         parsed = _parse_datetimes(values)
-        if parsed is not None:
+        row = _first_false(pc.or_(numeric, pc.is_valid(parsed)))
+        if row is None and parsed.null_count == 0:
             return parsed.to_numpy()
-        # Name the first value that is neither a number nor a date (or, when both kinds are mixed,
-        # the first number among dates).
-        good = numeric
-        for pattern in ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"):
-            parsed_rows = pc.is_valid(pc.strptime(pc.utf8_trim_whitespace(values), pattern, "s", error_is_null=True))
-            good = pc.or_(good, parsed_rows)
-        row = _first_false(good)
-        if row is None:
+        if row is None:  # every value is a number or a date, but both kinds occur
             row = _first_false(pc.invert(numeric)) or 0
             expected += " (one kind per column: this column mixes numbers and dates)"
         raise DataError(f"{source}, {_row_hint(table, row, format)}: timestamp field {field!r} is "
@@ -229,8 +230,17 @@ def _canonical(table: pa.Table, source: str, format: str, user_column: str, item
 
 
 # ---------------------------------------------------------------------------------------- loading
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _is_zip(path: str) -> bool:
+    return path.lower().endswith(".zip") or zipfile.is_zipfile(path)
+
+
 def _first_line(path: str) -> str:
-    opener = gzip.open if path.lower().endswith(".gz") else open
+    opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if line.strip():
@@ -252,19 +262,20 @@ def _corrupt_archive(error: BaseException) -> BaseException | None:
 def _load(builder: str, path: str, cache_dir: str | None, **kwargs) -> datasets.Dataset:
     """``datasets.load_dataset`` of one local file, with decompression errors turned into ``DataError``."""
     data_files = path
-    if path.lower().endswith(".zip"):  # the published MovieLens archive: read ratings.dat inside it
+    archive = _is_zip(path)
+    if archive:  # the published MovieLens archive: read ratings.dat inside it
         data_files = f"zip://*/ratings.dat::{os.path.abspath(path)}"
     try:
         return datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as error:  # noqa: BLE001  (datasets wraps reader errors; find the real cause)
         cause = _corrupt_archive(error)
         if cause is not None:
-            kind = "zip archive" if path.lower().endswith(".zip") else "compressed file"
+            kind = "zip archive" if archive else "compressed file"
             raise DataError(
                 f"{path}: the {kind} is corrupt or truncated ({type(cause).__name__}: {cause}); expected a "
                 "complete archive. Download the file again"
             ) from error
-        if path.lower().endswith(".zip") and isinstance(error, FileNotFoundError):
+        if archive and isinstance(error, FileNotFoundError):
             raise DataError(f"{path}: no '*/ratings.dat' inside the zip archive; expected the MovieLens "
                             "archive as published (ml-1m.zip holds ml-1m/ratings.dat)") from error
         raise

@@ -1,0 +1,122 @@
+"""The processed-sequence cache: hits skip preprocessing, any change rebuilds, writes are atomic."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sasrec_lightning import SASRecDataModule
+from sasrec_lightning import datamodule as datamodule_module
+from sasrec_lightning.cache import SequenceCache, cache_key
+from sasrec_lightning.preprocessing import PreprocessOptions, preprocess
+from sasrec_lightning.sources import load_interactions
+
+LOG = "user,item,ts\nu1,a,1\nu1,b,2\nu2,a,1\nu2,c,3\nu1,c,3\n"
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    """Count how often the source is actually read (a cache hit reads nothing)."""
+    calls = []
+
+    def counting_load(*args, **kwargs):
+        calls.append(args[0])
+        return load_interactions(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule_module, "load_interactions", counting_load)
+    return calls
+
+
+def _module(path, tmp_path, **kwargs):
+    defaults = {"timestamp_column": "ts", "min_user_interactions": 0, "min_item_interactions": 0}
+    return SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False,
+                            **{**defaults, **kwargs})
+
+
+def _entries(tmp_path):
+    return sorted(p.name for p in (tmp_path / "cache" / "sequences").iterdir())
+
+
+def test_second_run_skips_preprocessing_and_gives_identical_data(tmp_path, counted):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    first = _module(path, tmp_path).sequences
+    second = _module(path, tmp_path).sequences
+    assert len(counted) == 1
+    assert first.info["cache"]["hit"] is False and second.info["cache"]["hit"] is True
+    for name in ("items", "offsets", "timestamps", "user_ids", "item_ids"):
+        assert np.array_equal(getattr(first, name), getattr(second, name)), name
+    assert second.user_ids.tolist() == ["u1", "u2"] and second.item_ids[1:].tolist() == ["a", "b", "c"]
+    assert second.info["raw"] == first.info["raw"]
+    assert len(_entries(tmp_path)) == 1
+
+
+def test_option_change_or_file_change_rebuilds(tmp_path, counted):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    _module(path, tmp_path).sequences  # noqa: B018
+    _module(path, tmp_path, deduplicate=True).sequences  # noqa: B018
+    _module(path, tmp_path, min_user_interactions=3).sequences  # noqa: B018
+    assert len(counted) == 3 and len(_entries(tmp_path)) == 3
+    path.write_text(LOG + "u3,a,4\n")
+    os.utime(path, ns=(1, 1))  # a different size and modification time
+    data = _module(path, tmp_path).sequences
+    assert len(counted) == 4 and data.num_users == 3
+
+
+def test_hash_source_keys_on_content(tmp_path, counted):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    _module(path, tmp_path, hash_source=True).sequences  # noqa: B018
+    os.utime(path, ns=(2, 2))  # touched, same bytes: still a hit
+    _module(path, tmp_path, hash_source=True).sequences  # noqa: B018
+    assert len(counted) == 1
+
+
+def test_force_rebuild_and_disabled_cache(tmp_path, counted):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    _module(path, tmp_path).sequences  # noqa: B018
+    rebuilt = _module(path, tmp_path, rebuild_cache=True).sequences
+    assert len(counted) == 2 and rebuilt.info["cache"]["hit"] is False and len(_entries(tmp_path)) == 1
+    uncached = _module(path, tmp_path, use_cache=False).sequences
+    assert len(counted) == 3 and "cache" not in uncached.info
+
+
+def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
+    data = preprocess(load_interactions(_write(tmp_path), timestamp_column="ts"), PreprocessOptions(0, 0))
+    cache = SequenceCache(tmp_path / "cache")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing the id tables
+
+    monkeypatch.setattr(pq, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.save("k", data)
+    assert list((tmp_path / "cache").iterdir()) == []  # no entry, no temporary folder left
+    assert cache.load("k") is None
+
+
+def test_entries_load_without_pickle(tmp_path):
+    data = preprocess(load_interactions(_write(tmp_path), timestamp_column="ts"), PreprocessOptions(0, 0))
+    folder = SequenceCache(tmp_path / "cache").save("k", data)
+    assert sorted(os.listdir(folder)) == ["arrays.npz", "item_ids.parquet", "meta.json", "user_ids.parquet"]
+    with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+        assert all(arrays[name].dtype == np.int64 for name in arrays.files)
+    assert pq.read_table(folder / "user_ids.parquet").column(0).to_pylist() == ["u1", "u2"]
+
+
+def test_cache_key_depends_on_every_part():
+    base = cache_key({"path": "/a", "size": 1}, {"min_user_interactions": 5})
+    assert base == cache_key({"size": 1, "path": "/a"}, {"min_user_interactions": 5})  # order does not matter
+    assert base != cache_key({"path": "/a", "size": 2}, {"min_user_interactions": 5})
+    assert base != cache_key({"path": "/a", "size": 1}, {"min_user_interactions": 4})
+
+
+def _write(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    return str(path)

@@ -1,0 +1,145 @@
+"""Bad input: one clear paragraph naming file/field/line, CLI exit 2 without a traceback, no cache entry."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+
+import datasets
+import huggingface_hub.constants
+import pytest
+
+from sasrec_lightning import SASRecDataModule
+from sasrec_lightning.cli import main
+from sasrec_lightning.errors import DataError
+
+datasets.disable_progress_bars()
+
+
+def _corrupt_gzip(path):
+    data = gzip.compress(b"".join(b"{'username': 'u%d', 'product_id': '1', 'date': '2017-01-01'}\n" % i
+                                  for i in range(2000)))
+    path.write_bytes(data[: len(data) // 2])  # truncated mid-stream
+
+
+# name -> (file name, file content or writer, extra data args, fragments the message must contain)
+CASES = {
+    "missing file": ("absent.txt", None, {}, ["absent.txt", "does not exist", "--data.path"]),
+    "empty file": ("empty.csv", "", {}, ["empty.csv", "is empty"]),
+    "txt line not two integers": ("log.txt", "1 2\n1 3\n\n2 x\n", {}, ["log.txt", "line 4", "'x'", "two"]),
+    "txt line with three fields": ("log.txt", "1 2\n1 3 4\n", {}, ["log.txt", "line 2", "'1 3 4'"]),
+    "misnamed column": (
+        "log.csv", "uid,item,ts\n1,2,3\n", {"timestamp_column": "ts"},
+        ["log.csv", "['user']", "not found", "['uid', 'item', 'ts']", "--data.user_column"],
+    ),
+    "missing literal key": (
+        "steam.json", "{'username': 'a', 'product_id': '1', 'date': '2017-01-01'}\n{'username': 'b', 'date': 'x'}\n",
+        {"user_column": "username", "item_column": "product_id", "timestamp_column": "date"},
+        ["steam.json", "line 2", "'product_id'", "not found", "['date', 'username']"],
+    ),
+    "unparseable timestamp": (
+        "log.csv", "user,item,time\n1,2,2017-01-01\n1,3,yesterday\n", {"timestamp_column": "time"},
+        ["log.csv", "line 3", "'time'", "'yesterday'", "ISO-8601"],
+    ),
+    "non-numeric movielens timestamp": (
+        "ratings.dat", "1::2::5::978300760\n1::3::4::soon\n", {},
+        ["ratings.dat", "line 2", "Timestamp", "'soon'", "UserID::MovieID::Rating::Timestamp"],
+    ),
+    "all users filtered out": (
+        "log.csv", "user,item\n1,2\n1,3\n2,2\n", {"min_user_interactions": 5},
+        ["log.csv", "every interaction was filtered out", "min_user_interactions=5", "most active: 2"],
+    ),
+    "corrupt gzip": (
+        "steam_reviews.json.gz", _corrupt_gzip,
+        {"user_column": "username", "item_column": "product_id", "timestamp_column": "date"},
+        ["steam_reviews.json.gz", "corrupt or truncated", "EOFError"],
+    ),
+    "not gzip at all": ("reviews.jsonl.gz", "plain text, not gzip\n", {}, ["reviews.jsonl.gz", "BadGzipFile"]),
+}
+
+
+def _write(tmp_path, name, content):
+    path = tmp_path / name
+    if callable(content):
+        content(path)
+    elif content is not None:
+        path.write_text(content)
+    return path
+
+
+def _assert_cache_empty(cache):
+    sequences = cache / "sequences"
+    assert not sequences.exists() or list(sequences.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_raises_data_error(tmp_path, case):
+    name, content, kwargs, fragments = CASES[case]
+    path = _write(tmp_path, name, content)
+    module = SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False, **kwargs)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    message = str(error.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert "\n" not in message  # one paragraph
+    _assert_cache_empty(tmp_path / "cache")
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_hub_id_while_offline(tmp_path, offline):
+    module = SASRecDataModule(path="nobody/no-such-dataset", format="hub", name="cfg", split="train",
+                              cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    with pytest.raises(DataError, match=r"hub dataset 'nobody/no-such-dataset' \(name='cfg', split='train'\).*offline"):
+        module.sequences  # noqa: B018
+    _assert_cache_empty(tmp_path / "cache")
+
+
+def test_url_download_while_offline_names_url_and_option(tmp_path, offline):
+    url = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
+    module = SASRecDataModule(url=url, user_column="username", item_column="product_id", timestamp_column="date",
+                              cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    assert url in str(error.value) and "--data.path" in str(error.value)
+    _assert_cache_empty(tmp_path / "cache")
+
+
+def test_url_download_failure_when_online(tmp_path, monkeypatch):
+    """Online but unreachable: the real download call fails and the message still names the URL."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+
+    def unreachable(self, url):
+        raise ConnectionError(f"Couldn't reach {url}")
+
+    monkeypatch.setattr(datasets.DownloadManager, "download", unreachable)
+    url = "https://example.org/steam_reviews.json.gz"
+    module = SASRecDataModule(url=url, cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    with pytest.raises(DataError, match="cannot download https://example.org/steam_reviews.json.gz.*--data.path"):
+        module.sequences  # noqa: B018
+
+
+@pytest.mark.parametrize("case", ["txt line not two integers", "missing file", "corrupt gzip"])
+def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, case):
+    name, content, kwargs, fragments = CASES[case]
+    path = _write(tmp_path, name, content)
+    argv = ["sasrec-lightning", "fit", "--seed_everything", "0", "--model", "sasrec_lightning.SASRecModule",
+            "--data.path", str(path), "--data.cache_dir", str(tmp_path / "cache"),
+            "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
+    for key, value in kwargs.items():
+        argv += [f"--data.{key}", str(value)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") or "\nerror: " in err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+    _assert_cache_empty(tmp_path / "cache")
