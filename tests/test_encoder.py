@@ -1,0 +1,134 @@
+"""The SASRec encoder: causality, padding invariance, finiteness, ablation switches, attention weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sasrec_lightning import SASRec
+
+NUM_ITEMS, MAX_LEN = 20, 8
+
+
+def make_encoder(**kwargs) -> SASRec:
+    torch.manual_seed(0)
+    options = {"hidden_size": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.3, **kwargs}
+    return SASRec(NUM_ITEMS, MAX_LEN, **options).eval()
+
+
+def left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
+    return torch.tensor([[0] * (width - len(row)) + row for row in rows])
+
+
+ROWS = [[3, 7, 1, 9, 4, 2], [5, 5, 8], [11], [1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+@pytest.mark.parametrize("t", range(MAX_LEN))
+def test_future_items_never_change_earlier_outputs(t):
+    encoder = make_encoder()
+    ids = torch.randint(1, NUM_ITEMS + 1, (4, MAX_LEN), generator=torch.Generator().manual_seed(t))
+    changed = ids.clone()
+    changed[:, t + 1 :] = torch.randint(1, NUM_ITEMS + 1, changed[:, t + 1 :].shape)
+    changed[:, t + 1 :] = torch.where(changed[:, t + 1 :] == ids[:, t + 1 :], changed[:, t + 1 :] % NUM_ITEMS + 1,
+                                      changed[:, t + 1 :])
+    with torch.no_grad():
+        before, after = encoder(ids), encoder(changed)
+    torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1], rtol=0, atol=1e-6)
+    if t + 1 < MAX_LEN:
+        assert not torch.allclose(before[:, t + 1 :], after[:, t + 1 :])  # the change is visible later
+
+
+def test_more_left_padding_never_changes_real_positions():
+    encoder = make_encoder()
+    with torch.no_grad():
+        reference = encoder(left_pad(ROWS, MAX_LEN))  # padded to max_len
+        for width in (len(max(ROWS, key=len)),):  # padded only to the longest row
+            narrow = encoder(left_pad(ROWS, width))
+            torch.testing.assert_close(narrow, reference[:, -width:], rtol=0, atol=1e-5)
+        for row in ROWS:  # every row alone, padded only to its own length, then more
+            for width in range(len(row), MAX_LEN + 1):
+                alone = encoder(left_pad([row], width))[0, -len(row) :]
+                torch.testing.assert_close(alone, reference[ROWS.index(row), -len(row) :], rtol=0, atol=1e-5)
+
+
+def test_padding_in_the_batch_never_leaks_into_real_positions():
+    encoder = make_encoder()
+    ids = left_pad(ROWS, MAX_LEN)
+    with torch.no_grad():
+        reference = encoder(ids)
+        # Item embedding of the padding row is irrelevant: perturb it and nothing real changes.
+        encoder.item_embedding.weight[0].normal_()
+        perturbed = encoder(ids)
+    real = ids != 0
+    torch.testing.assert_close(perturbed[real], reference[real], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fully_padded_rows_are_finite(training):
+    encoder = make_encoder()
+    encoder.train(training)
+    ids = torch.cat([left_pad(ROWS, MAX_LEN), torch.zeros(2, MAX_LEN, dtype=torch.long)])
+    hidden = encoder(ids)
+    assert torch.isfinite(hidden).all()
+    hidden.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert torch.isfinite(encoder(torch.zeros(3, 1, dtype=torch.long))).all()
+
+
+ABLATIONS = {
+    "no_positions": {"use_positional": False},
+    "unshared_embeddings": {"share_item_embedding": False},
+    "no_residual": {"use_residual": False},
+    "zero_blocks": {"num_blocks": 0},
+    "multi_head": {"num_heads": 4},
+    "one_head": {"num_heads": 1},
+}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablation_switches_construct_run_and_train(name):
+    encoder = make_encoder(**ABLATIONS[name]).train()
+    ids = left_pad(ROWS, MAX_LEN)
+    hidden = encoder(ids)  # (B, L, d)
+    assert hidden.shape == (len(ROWS), MAX_LEN, 16) and torch.isfinite(hidden).all()
+    scores = encoder.score_all(hidden[:, -1])  # (B, I + 1)
+    assert scores.shape == (len(ROWS), NUM_ITEMS + 1)
+    picked = encoder.score_items(hidden[:, -1], torch.tensor([[1, 2]] * len(ROWS)))  # (B, 2)
+    torch.testing.assert_close(picked, scores[:, 1:3])
+    scores.sum().backward()
+    assert encoder.item_embedding.weight.grad is not None
+    if name == "unshared_embeddings":
+        assert encoder.output_weight is not encoder.item_embedding.weight
+    if name == "no_positions":
+        assert encoder.position_embedding is None
+    if name == "zero_blocks":
+        assert len(encoder.blocks) == 0
+
+
+def test_heads_must_divide_hidden_size():
+    with pytest.raises(ValueError, match="divisible"):
+        SASRec(NUM_ITEMS, MAX_LEN, hidden_size=10, num_heads=3)
+
+
+def test_too_long_input_names_max_len():
+    with pytest.raises(ValueError, match="max_len=8"):
+        make_encoder()(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+
+
+def test_attention_weights_are_causal_distributions_and_match_fast_path():
+    encoder = make_encoder(num_blocks=2, num_heads=2)
+    ids = left_pad(ROWS, MAX_LEN)
+    with torch.no_grad():
+        hidden, weights = encoder(ids, need_weights=True)
+        fast = encoder(ids)
+    torch.testing.assert_close(hidden, fast, rtol=0, atol=1e-5)  # explicit softmax == SDPA
+    assert len(weights) == 2
+    future = torch.ones(MAX_LEN, MAX_LEN, dtype=torch.bool).triu(1)  # (L, L) key after query
+    key_is_pad = (ids == 0)[:, None, None, :]  # (B, 1, 1, L)
+    query_is_real = (ids != 0)[:, None, :, None]  # (B, 1, L, 1)
+    for block_weights in weights:
+        assert block_weights.shape == (len(ROWS), 2, MAX_LEN, MAX_LEN)
+        torch.testing.assert_close(block_weights.sum(-1), torch.ones(len(ROWS), 2, MAX_LEN))
+        assert (block_weights[..., future] == 0).all()
+        assert (block_weights.masked_select(key_is_pad & query_is_real) == 0).all()  # no weight on padding
