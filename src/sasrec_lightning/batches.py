@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from .preprocessing import SequenceData
-from .sampling import InteractionIndex, sample_negatives
+from .sampling import InteractionIndex, item_counts, sample_negatives
 
 __all__ = [
     "LeaveOneOutSplit",
@@ -138,7 +138,9 @@ class EvalBatches(Dataset):
 
     Candidates for the sampled protocol are fixed once per split from ``seed``: column 0 is the
     target, then ``num_negatives`` items the user never interacted with (anywhere in the sequence),
-    so evaluating the same checkpoint twice gives identical numbers.
+    so evaluating the same checkpoint twice gives identical numbers. ``negative_sampling`` is
+    ``uniform`` (the paper) or ``popularity`` (proportional to each item's count in the whole log,
+    as in e.g. BERT4Rec's popularity-sampled evaluation).
 
     Batch keys: ``input_ids`` ``(B, L)``, ``users`` ``(B,)``; with a target also ``targets``
     ``(B,)`` and ``candidates`` ``(B, 1 + num_negatives)``; ``seen_rows``/``seen_items`` ``(S,)``
@@ -146,7 +148,9 @@ class EvalBatches(Dataset):
     """
 
     def __init__(self, split: LeaveOneOutSplit, stage: str, max_len: int, num_negatives: int = 100,
-                 seed: int = 0, users: np.ndarray | None = None) -> None:
+                 seed: int = 0, users: np.ndarray | None = None, negative_sampling: str = "uniform") -> None:
+        if negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"unknown eval negative sampling {negative_sampling!r}; expected uniform or popularity")
         self.split = split
         self.stage = stage
         self.max_len = max_len
@@ -164,7 +168,11 @@ class EvalBatches(Dataset):
             # Salt the seed with the stage so validation and test negatives differ.
             rng = np.random.default_rng((seed, 1 if stage == "test" else 0))
             index = InteractionIndex.from_csr(split.data.items, split.starts, split.ends, split.data.num_items)
-            negatives = sample_negatives(index, self.rows, (num_negatives,), rng) if num_negatives else \
+            weights = None
+            if negative_sampling == "popularity":
+                weights = item_counts(split.data.items, split.starts, split.ends, split.data.num_items)
+            negatives = sample_negatives(index, self.rows, (num_negatives,), rng, probabilities=weights) \
+                if num_negatives else \
                 np.zeros((len(self.rows), 0), np.int64)
             targets = split.data.items[self.history_ends[self.rows]]  # (N,)
             self.candidates = np.concatenate([targets[:, None], negatives], axis=1)  # (N, 1 + n)
