@@ -10,6 +10,7 @@ from .baselines import most_popular_metrics
 from .datamodule import SASRecDataModule
 from .errors import DataError
 from .module import SASRecModule
+from .prediction import PredictionWriter
 
 __all__ = ["SASRecCLI", "cli_main", "main"]
 
@@ -19,13 +20,16 @@ class SASRecCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Said once, in the data section; the model receives them.
-        parser.link_arguments("data.max_len", "model.init_args.max_len")
+        # (subclass mode: the source must be spelled data.init_args.*; "data.max_len" silently linked nothing)
+        parser.link_arguments("data.init_args.max_len", "model.init_args.max_len")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="after fit, test (the best checkpoint when checkpointing is on) and print the "
             "most-popular baseline evaluated the same way",
         )
+        # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
 
     def after_fit(self) -> None:
         if not self.config_dump_value("test_after_fit"):

@@ -9,12 +9,15 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from .batches import EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
+from .loaders import ResumableLoader
+from .prediction import read_user_list
 from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
 from .preprocessing import preprocess as preprocess_table
 from .sources import detect_format, download, load_interactions, source_identity
@@ -80,6 +83,8 @@ class SASRecDataModule(L.LightningDataModule):
             its longest sequence (same outputs as padding to ``max_len``, much less work).
         synthetic_users: users of the built-in synthetic dataset.
         synthetic_items: items of the built-in synthetic dataset.
+        predict_users: ``predict`` only these users: a file with one original user id per line (or
+            Parquet / JSON lines with a ``user`` column). Empty: every user.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class SASRecDataModule(L.LightningDataModule):
         length_bucketing: bool = True,
         synthetic_users: int = 2000,
         synthetic_items: int = 500,
+        predict_users: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -224,6 +230,8 @@ class SASRecDataModule(L.LightningDataModule):
             hp = self.hparams
             split = self.split_data
             users = split.stage_users(stage) if isinstance(split, TemporalSplit) else None
+            if stage == "predict" and hp.predict_users:
+                users = read_user_list(hp.predict_users, self.sequences.user_ids)
             self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users,
                                         negative_sampling=hp.eval_negative_sampling)
         return self._eval[stage]
@@ -241,10 +249,19 @@ class SASRecDataModule(L.LightningDataModule):
             lengths, batch_size, shuffle=train, seed=self.hparams.seed, num_replicas=world_size, rank=rank,
             bucket=self.hparams.length_bucketing, even=train,
         )
-        return DataLoader(
-            dataset, batch_size=None, sampler=sampler, num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        # Own generator: creating a loader iterator draws a base seed, which must not consume the
+        # global torch RNG (dropout), or a resumed run would diverge from an uninterrupted one.
+        options = dict(batch_size=None, sampler=sampler, num_workers=self.hparams.num_workers,
+                       persistent_workers=self.hparams.num_workers > 0,
+                       generator=torch.Generator().manual_seed(self.hparams.seed))
+        if train:  # checkpointable: ``fit --ckpt_path last`` resumes mid-epoch at the next batch
+            return ResumableLoader(dataset, batches_done=self._train_batches_done, **options)
+        return DataLoader(dataset, **options)
+
+    def _train_batches_done(self) -> int:
+        """Training batches of the current epoch this rank has finished (saved in checkpoints)."""
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -57,8 +57,6 @@ class SASRecModule(L.LightningModule):
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking (bounds memory).
-        predict_k: items recommended per user by ``predict`` (and the prediction writer).
-        predict_exclude_seen: under ``predict``, never recommend an item from the user's history.
     """
 
     def __init__(
@@ -89,8 +87,6 @@ class SASRecModule(L.LightningModule):
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
         eval_chunk_size: int = 65536,
-        predict_k: int = 10,
-        predict_exclude_seen: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -120,6 +116,10 @@ class SASRecModule(L.LightningModule):
         # in the checkpoint, the original item ids (see ``on_save_checkpoint``).
         self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
         self.item_vocabulary: ItemVocabulary | None = None
+        # What ``predict_step`` returns; the prediction writer sets them from its config
+        # (``--prediction.k``), since LightningCLI takes model hyper-parameters from ``--ckpt_path``.
+        self.predict_k = 10
+        self.predict_exclude_seen = True
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -152,9 +152,13 @@ class SASRecModule(L.LightningModule):
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
+            # Fused Adam: one pass over each parameter instead of ~10 foreach kernels. The dense
+            # item table dominates the parameters, so this is most of a CPU step's optimizer cost
+            # (docs/performance.md); the update is the same Adam.
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.parameters())
             optimizer = torch.optim.Adam(
                 self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                weight_decay=self.hparams.weight_decay,
+                weight_decay=self.hparams.weight_decay, fused=fused or None,
             )
         if self.lr_scheduler_factory is None:
             return optimizer
@@ -208,15 +212,16 @@ class SASRecModule(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left).
+        """Top ``self.predict_k`` items per user in internal ids (``-inf`` score = no item left).
 
-        Seen items are excluded if ``predict_exclude_seen``; the prediction writer
-        (:class:`~sasrec_lightning.prediction.PredictionWriter`) turns the ids into original ones.
+        Seen items are excluded if ``self.predict_exclude_seen``; the prediction writer
+        (:class:`~sasrec_lightning.prediction.PredictionWriter`) sets both and turns the ids into
+        original ones.
         """
         hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
         scores = self.model.score_all(hidden)  # (B, I + 1)
-        seen = (batch["seen_rows"], batch["seen_items"]) if self.hparams.predict_exclude_seen else (None, None)
-        top_scores, top_items = top_k_scores(scores, self.hparams.predict_k, *seen)  # (B, k), (B, k)
+        seen = (batch["seen_rows"], batch["seen_items"]) if self.predict_exclude_seen else (None, None)
+        top_scores, top_items = top_k_scores(scores, self.predict_k, *seen)  # (B, k), (B, k)
         return {"users": batch["users"], "items": top_items, "scores": top_scores}
 
     # ------------------------------------------------------------------------- recommendations
@@ -248,10 +253,20 @@ class SASRecModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.item_vocabulary is not None:
             checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
+        # The torch RNG drives dropout (and sampled-softmax negatives): saving it makes a resumed
+        # run draw the same masks as an uninterrupted one. Byte tensors: weights_only-safe.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("item_ids") is not None:
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming and checkpoint.get("torch_rng_state") is not None:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+            if checkpoint.get("cuda_rng_state") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], self.device)
 
     def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> Recommendations:
         """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).

@@ -1,0 +1,244 @@
+"""``predict`` to a file: top-K items per user in the dataset's original ids, Parquet or JSON lines.
+
+:class:`PredictionWriter` is a Lightning :class:`~lightning.pytorch.callbacks.BasePredictionWriter`.
+It collects the ``predict_step`` outputs of its process (internal ids, a few numbers per user),
+and at the end of ``predict``
+
+* with one process writes the output file directly;
+* under DDP every rank writes ``<output>.part-<rank>-of-<world>.parquet``, all ranks meet at a
+  barrier, and rank 0 merges the parts into the one output file (sorted by user, each user once)
+  and deletes them. The output folder must be shared by all nodes (it is on a single machine).
+
+Output schema, one row per user: ``user`` (original id), ``items`` (list of original item ids,
+best first) and ``scores`` (list of float32 scores). Fewer than K items appear only when the user
+has seen almost every item.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.json
+import pyarrow.parquet as pq
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+__all__ = ["PredictionWriter", "read_user_list", "output_format", "recommendations_table"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def output_format(path: str) -> str:
+    """``parquet`` or ``jsonl`` from the output file's extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(
+            f"prediction.output {path!r}: cannot tell the format from the extension {suffix!r}; expected one of "
+            f"{sorted(FORMATS)} (Parquet or JSON lines)"
+        )
+    return FORMATS[suffix]
+
+
+def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
+    """User rows of the original user ids listed in a file, in sorted row order, each once.
+
+    Args:
+        path: a text file with one original user id per line, or a Parquet / JSON-lines file with
+            a ``user`` column.
+        user_ids: ``(U,)`` original user ids of the data, row -> id (sorted, as built by
+            :func:`~sasrec_lightning.preprocessing.build_sequences`).
+
+    Returns:
+        ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.predict_users {path!r} does not exist; expected a file with one user id "
+                                "per line (or Parquet / JSON lines with a 'user' column)")
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
+        table = pq.read_table(path) if suffix in (".parquet", ".pq") else pyarrow.json.read_json(path)
+        if "user" not in table.column_names:
+            raise ValueError(f"data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
+        wanted = table.column("user").to_numpy(zero_copy_only=False)
+    else:
+        with open(path, encoding="utf-8") as handle:
+            wanted = np.array([line.strip() for line in handle if line.strip()])
+    user_ids = np.asarray(user_ids)
+    wanted = np.asarray(wanted)
+    known = np.ones(len(wanted), dtype=bool)  # (N,)
+    if user_ids.dtype.kind in "iu":
+        text = wanted.astype(str)
+        known = np.char.isdigit(np.char.lstrip(text, "-"))  # (N,) ids that can be integers at all
+        wanted = np.zeros(len(text), dtype=np.int64)
+        wanted[known] = text[known].astype(np.int64)
+    else:
+        wanted, user_ids = wanted.astype(str), user_ids.astype(str)
+    order = np.argsort(user_ids, kind="stable")  # (U,)
+    where = np.minimum(np.searchsorted(user_ids[order], wanted), max(len(user_ids) - 1, 0))  # (N,)
+    rows = order[where]  # (N,)
+    found = known & (user_ids[rows] == wanted)  # (N,)
+    if not found.all():
+        missing = np.asarray(wanted)[~found][:5].tolist()
+        log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)",
+                    path, int((~found).sum()), missing)
+    return np.unique(rows[found]).astype(np.int64)
+
+
+def recommendations_table(
+    user_rows: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
+) -> pa.Table:
+    """One row per user: ``user``, ``items`` (list) and ``scores`` (list), ``-inf`` slots dropped.
+
+    Args:
+        user_rows: ``(N,)`` internal user rows.
+        items: ``(N, K)`` internal item ids.
+        scores: ``(N, K)`` scores; ``-inf`` marks a slot with no item.
+        user_ids: row -> original user id, or ``None`` to keep rows.
+        item_ids: internal -> original item id, or ``None`` to keep internal ids.
+    """
+    valid = np.isfinite(scores)  # (N, K)
+    offsets = np.zeros(len(user_rows) + 1, dtype=np.int32)
+    np.cumsum(valid.sum(axis=1), out=offsets[1:])
+    flat_items = items[valid]  # (n,) row-major, so each user's items stay in rank order
+    flat_items = flat_items if item_ids is None else np.asarray(item_ids)[flat_items]
+    users = user_rows if user_ids is None else np.asarray(user_ids)[user_rows]
+    return pa.table({
+        "user": pa.array(users),
+        "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_items)),
+        "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid].astype(np.float32))),
+    })
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write Parquet or JSON lines, chosen by the extension of ``path``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if output_format(path) == "parquet":
+        pq.write_table(table, path)
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        for batch in table.to_batches(max_chunksize=65536):
+            handle.writelines(json.dumps(row) + "\n" for row in batch.to_pylist())
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write every predicted user's top-K items and scores in original ids to a file.
+
+    K and the seen-item switch live here rather than on the model because LightningCLI rebuilds
+    the model from the hyper-parameters stored in ``--ckpt_path``; the writer hands them to the
+    module's ``predict_step`` when ``predict`` starts.
+
+    Args:
+        output: output file; ``.parquet`` writes Parquet, ``.jsonl`` (or ``.json``/``.ndjson``)
+            writes JSON lines. Relative paths are relative to the working directory.
+        k: items per user.
+        exclude_seen: never recommend an item from the user's own history.
+    """
+
+    def __init__(self, output: str = "predictions.parquet", k: int = 10, exclude_seen: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        # Lightning tracks per-sample indices for writers; ours carry the user rows in the outputs and
+        # our batch sampler yields whole batches, so that bookkeeping (and its warning) does not apply.
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
+        output_format(output)  # fail at configuration time, not after predicting
+        if k < 1:
+            raise ValueError(f"prediction.k must be at least 1, got {k}")
+        self.output = output
+        self.k = k
+        self.exclude_seen = exclude_seen
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._chunks = []
+        pl_module.predict_k = self.k
+        pl_module.predict_exclude_seen = self.exclude_seen
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, torch.Tensor], batch_indices,
+                           batch, batch_idx: int, dataloader_idx: int) -> None:
+        self._chunks.append(tuple(prediction[key].detach().cpu().numpy() for key in ("users", "items", "scores")))
+
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._chunks:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+        users, items, scores = (np.concatenate(parts) for parts in zip(*self._chunks, strict=True))
+        return users, items, scores
+
+    @staticmethod
+    def _id_maps(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray | None, np.ndarray | None]:
+        sequences = getattr(trainer.datamodule, "sequences", None) if trainer.datamodule is not None else None
+        user_ids = None if sequences is None else sequences.user_ids
+        vocabulary = getattr(pl_module, "item_vocabulary", None)
+        item_ids = sequences.item_ids if sequences is not None else None
+        if vocabulary is not None:  # the ids the weights were trained with
+            item_ids = vocabulary.item_ids
+        if user_ids is None or item_ids is None:
+            log.warning("prediction writer: no id map found (datamodule without `sequences`); writing internal ids")
+        return user_ids, item_ids
+
+    def part_path(self, rank: int, world_size: int) -> str:
+        return f"{self.output}.part-{rank}-of-{world_size}.parquet"
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        user_ids, item_ids = self._id_maps(trainer, pl_module)
+        users, items, scores = self._gathered()
+        self._chunks = []
+        world_size, rank = trainer.world_size, trainer.global_rank
+        if world_size == 1:
+            order = np.argsort(users, kind="stable")
+            write_table(recommendations_table(users[order], items[order], scores[order], user_ids, item_ids),
+                        self.output)
+            print(f"[sasrec-lightning] wrote the top-{items.shape[1] if items.ndim == 2 else 0} items of "
+                  f"{len(users)} users to {self.output}")
+            return
+        # Parts keep internal ids (compact, exact); rank 0 maps them once while merging.
+        k = items.shape[1] if items.ndim == 2 else 0
+        part = pa.table({
+            "user_row": pa.array(users, pa.int64()),
+            "items": pa.FixedSizeListArray.from_arrays(pa.array(items.reshape(-1), pa.int64()), k),
+            "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), k),
+        })
+        Path(self.output).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, self.part_path(rank, world_size))
+        trainer.strategy.barrier("prediction_writer_parts")
+        if rank == 0:
+            self._merge(world_size, user_ids, item_ids)
+        trainer.strategy.barrier("prediction_writer_merged")
+
+    def _merge(self, world_size: int, user_ids, item_ids) -> None:
+        paths = [self.part_path(r, world_size) for r in range(world_size)]
+        tables = [pq.read_table(path) for path in paths if pq.read_metadata(path).num_rows]
+        if tables:
+            merged = pa.concat_tables(tables)
+            users = merged.column("user_row").to_numpy()
+            rows, first = np.unique(users, return_index=True)  # sorted by user, each user once
+            if len(rows) < len(users):
+                log.warning("prediction writer: %d duplicated user row(s) across ranks dropped",
+                            len(users) - len(rows))
+            k = merged.schema.field("items").type.list_size
+            items = merged.column("items").combine_chunks().flatten().to_numpy().reshape(-1, k)[first]  # (N, K)
+            scores = merged.column("scores").combine_chunks().flatten().to_numpy().reshape(-1, k)[first]  # (N, K)
+        else:
+            rows, items, scores = np.zeros(0, np.int64), np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+        write_table(recommendations_table(rows, items, scores, user_ids, item_ids), self.output)
+        for path in paths:
+            os.remove(path)
+        print(f"[sasrec-lightning] merged {world_size} ranks: wrote the top-{items.shape[1]} items of "
+              f"{len(rows)} users to {self.output}")
+
+
+def user_rows_from(path: str | None, user_ids: Sequence) -> np.ndarray | None:
+    """:func:`read_user_list` when a file is given, else ``None`` (every user)."""
+    return None if not path else read_user_list(path, np.asarray(user_ids))
