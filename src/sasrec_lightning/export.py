@@ -1,0 +1,143 @@
+"""Export a trained SASRec for serving: TorchScript and ONNX.
+
+The exported graph is the encoder plus the item embedding table: left-padded item ids in, a
+score for every item and the user vector out. Batch size and sequence length are dynamic
+(``1 <= L <= max_len``; right-aligned positions make a short batch exact, see ``encoder.py``).
+Ids are internal (``1..num_items``, 0 = padding); the command writes the original item ids next
+to the model (``<output>.items.json``, index = internal id) so a service can translate both ways.
+
+``sasrec-lightning-export --ckpt_path model.ckpt --output model.onnx`` (or ``model.pt`` for
+TorchScript). ONNX needs the optional extra: ``pip install "sasrec-lightning[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .encoder import SASRec
+
+__all__ = ["ServingModel", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
+
+INPUT_NAMES = ["input_ids"]
+OUTPUT_NAMES = ["scores", "user_vectors"]
+
+
+class ServingModel(nn.Module):
+    """Encoder + item embeddings in eval mode, the graph that is exported.
+
+    Args:
+        encoder: a trained :class:`SASRec` (copied, so the original keeps training).
+    """
+
+    def __init__(self, encoder: SASRec) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder).eval()
+        self.register_buffer("padding_column", torch.arange(encoder.num_items + 1) == 0, persistent=False)
+        self.eval()
+
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Score every item after each sequence.
+
+        Args:
+            input_ids: ``(B, L)`` int64 internal item ids, left-padded with 0, ``L <= max_len``.
+
+        Returns:
+            ``scores`` ``(B, num_items + 1)`` (column 0, padding, is ``-inf``) and ``user_vectors``
+            ``(B, d)``, the hidden state at the last position (for nearest-neighbour serving against
+            the item embeddings).
+        """
+        hidden = self.encoder(input_ids)[:, -1]  # (B, d)
+        scores = hidden @ self.encoder.output_weight.T  # (B, I + 1)
+        return scores.masked_fill(self.padding_column, float("-inf")), hidden  # (B, I + 1), (B, d)
+
+
+def example_input(encoder: SASRec, batch: int = 2) -> Tensor:
+    """A ``(batch, max_len)`` example with a left-padded row, for tracing/exporting."""
+    ids = torch.arange(batch * encoder.max_len).reshape(batch, encoder.max_len) % encoder.num_items + 1  # (B, n)
+    ids[0, : encoder.max_len // 2] = 0
+    return ids
+
+
+def export_torchscript(encoder: SASRec, path: str | Path) -> Path:
+    """Trace :class:`ServingModel` and save it with ``torch.jit.save``.
+
+    Tracing records tensor shapes symbolically, so the saved module accepts any batch size and
+    length ``L <= max_len`` (checked by the tests). ``torch.jit`` is deprecated in recent PyTorch
+    releases but still the format many serving stacks load; its deprecation warning is silenced.
+    """
+    model = ServingModel(encoder)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # deprecation + "converting a tensor to a Python integer" notes
+        traced = torch.jit.trace(model, example_input(encoder))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(path))
+    return path
+
+
+def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = None) -> Path:
+    """Export :class:`ServingModel` to ONNX with the ``torch.export``-based exporter.
+
+    The exporter needs ``onnxscript`` (``pip install "sasrec-lightning[onnx]"``); batch and length
+    are dynamic axes, the length bounded by ``max_len``.
+    """
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs the optional packages onnx and onnxscript: pip install \"sasrec-lightning[onnx]\""
+        ) from error
+    from torch.export import Dim
+
+    model = ServingModel(encoder)
+    batch, length = Dim("batch", min=1), Dim("length", min=1, max=encoder.max_len)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model, (example_input(encoder),), dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            dynamic_shapes=({0: batch, 1: length},), opset_version=opset_version, verbose=False,
+        )
+    program.save(str(path))
+    return path
+
+
+def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
+    """Load a ``SASRecModule`` checkpoint (``weights_only``) and export it; returns the written files."""
+    from .module import SASRecModule
+
+    output = Path(output)
+    format = format or {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(output.suffix.lower())
+    if format not in ("onnx", "torchscript"):
+        raise ValueError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
+                         "(ONNX) or .pt/.ts (TorchScript), or pass --format onnx|torchscript")
+    module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
+    written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
+    if module.item_vocabulary is not None:
+        items = output.with_name(output.name + ".items.json")
+        items.write_text(json.dumps(module.item_vocabulary.to_list()))
+        written.append(items)
+    return written
+
+
+def main(args: list[str] | None = None) -> None:
+    """``sasrec-lightning-export``: a checkpoint to TorchScript or ONNX."""
+    parser = argparse.ArgumentParser(prog="sasrec-lightning-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `sasrec-lightning fit`")
+    parser.add_argument("--output", required=True, help="model.onnx (ONNX) or model.pt (TorchScript)")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default=None,
+                        help="override the format chosen from the extension")
+    options = parser.parse_args(args)
+    for path in export_checkpoint(options.ckpt_path, options.output, options.format):
+        print(f"[sasrec-lightning] wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""TorchScript and ONNX exports score exactly like the PyTorch model, padded and variable-length input included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sasrec_lightning import SASRec, SASRecModule
+from sasrec_lightning.export import ServingModel, export_checkpoint, export_onnx, export_torchscript, main
+
+NUM_ITEMS, MAX_LEN = 40, 6
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(NUM_ITEMS, MAX_LEN, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3).eval()
+
+
+def random_inputs() -> list[torch.Tensor]:
+    """Random batches of several sizes and widths, with left padding and one fully padded row."""
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for batch, length in [(3, MAX_LEN), (5, 3), (1, 1), (4, MAX_LEN)]:
+        ids = torch.randint(1, NUM_ITEMS + 1, (batch, length), generator=generator)
+        pad = torch.randint(0, length + 1, (batch,), generator=generator)  # (B,) padded columns per row
+        ids[torch.arange(length) < pad[:, None]] = 0
+        batches.append(ids)
+    batches[-1][0] = 0  # a sequence that is all padding
+    return batches
+
+
+def reference(encoder: SASRec, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        hidden = encoder(ids)[:, -1]
+        return encoder.score_all(hidden), hidden
+
+
+def assert_scores_match(scores, hidden, expected_scores, expected_hidden):
+    scores, hidden = torch.as_tensor(scores), torch.as_tensor(hidden)
+    assert torch.isneginf(scores[:, 0]).all()  # padding is never recommended
+    torch.testing.assert_close(scores[:, 1:], expected_scores[:, 1:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hidden, expected_hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_serving_model_equals_the_encoder_and_leaves_it_training(encoder):
+    encoder.train()
+    serving = ServingModel(encoder)
+    encoder.eval()
+    assert not serving.training
+    for ids in random_inputs():
+        assert_scores_match(*serving(ids), *reference(encoder, ids))
+
+
+def test_torchscript_export_matches_pytorch(encoder, tmp_path):
+    path = export_torchscript(encoder, tmp_path / "model.pt")
+    loaded = torch.jit.load(str(path))
+    for ids in random_inputs():
+        with torch.no_grad():
+            assert_scores_match(*loaded(ids), *reference(encoder, ids))
+
+
+def test_onnx_export_matches_pytorch(encoder, tmp_path):
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = export_onnx(encoder, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["scores", "user_vectors"]
+    for ids in random_inputs():
+        scores, hidden = session.run(None, {"input_ids": ids.numpy()})
+        assert_scores_match(scores, hidden, *reference(encoder, ids))
+
+
+def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
+    import lightning as L
+
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
+    module.set_item_vocabulary(["", "a", "b", "c", "d", "e"], [0, 1, 2, 3, 4, 5])
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    main(["--ckpt_path", str(tmp_path / "model.ckpt"), "--output", str(tmp_path / "serve" / "model.pt")])
+    assert "model.pt.items.json" in capsys.readouterr().out
+    assert json.loads((tmp_path / "serve" / "model.pt.items.json").read_text()) == ["", "a", "b", "c", "d", "e"]
+    loaded = torch.jit.load(str(tmp_path / "serve" / "model.pt"))
+    ids = torch.tensor([[0, 0, 2, 3]])
+    assert_scores_match(*loaded(ids), *reference(module.model.eval(), ids))
+    with pytest.raises(ValueError, match=r"expected \.onnx"):
+        export_checkpoint(tmp_path / "model.ckpt", tmp_path / "model.bin")
