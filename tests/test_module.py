@@ -1,0 +1,173 @@
+"""SASRecModule: loss, evaluation protocols, the most-popular baseline and a learning check.
+
+The loss ignores padding; evaluation is deterministic under both protocols; the most-popular
+baseline equals a brute-force computation; a few epochs beat it on synthetic data.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.baselines import most_popular_metrics
+from sasrec_lightning.batches import BatchKey, TrainBatches
+from sasrec_lightning.losses import LOSSES
+from sasrec_lightning.metrics import ranking_metrics
+
+
+def tiny_trainer(tmp_path, **kwargs) -> L.Trainer:
+    options = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "enable_checkpointing": False, "default_root_dir": tmp_path, **kwargs}
+    return L.Trainer(**options)
+
+
+# ------------------------------------------------------------------------------------------ loss
+PADDED_BATCH = {
+    "input_ids": torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 4, 5], [0, 0, 0, 0, 7]]),
+    "targets": torch.tensor([[0, 0, 2, 3, 4], [0, 0, 0, 5, 6], [0, 0, 0, 0, 8]]),
+    "negatives": torch.tensor([[[0], [0], [9], [9], [1]], [[0], [0], [0], [1], [2]], [[0], [0], [0], [0], [3]]]),
+    "users": torch.tensor([0, 1, 2]),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_loss_ignores_padded_positions(loss):
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=10, max_len=5, hidden_size=8, num_blocks=1, dropout=0.0, loss=loss,
+                          sampled_negatives=4)
+    padded = PADDED_BATCH["targets"] == 0  # (B, L)
+
+    def loss_of(batch):
+        torch.manual_seed(1)  # sampled softmax draws its shared negatives
+        return module.training_step(batch, 0).item()
+
+    reference = loss_of(PADDED_BATCH)
+    changed = {name: value.clone() for name, value in PADDED_BATCH.items()}
+    changed["negatives"][padded] = torch.randint(1, 11, changed["negatives"][padded].shape)
+    assert loss_of(changed) == reference
+    if loss in ("bce", "gbce"):  # positive control: a negative at a real position does count
+        changed["negatives"][0, -1] = 7
+        assert loss_of(changed) != reference
+
+
+def test_bce_equals_the_paper_formula_over_real_positions_only():
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=10, max_len=5, hidden_size=8, num_blocks=2, dropout=0.0)
+    batch = PADDED_BATCH
+    real = batch["targets"] != 0
+    hidden = module.model(batch["input_ids"])  # (B, L, d)
+    weight = module.model.item_embedding.weight
+    positive = (hidden * weight[batch["targets"]]).sum(-1)[real]
+    negative = (hidden * weight[batch["negatives"][..., 0]]).sum(-1)[real]
+    expected = -(torch.log(torch.sigmoid(positive)).mean() + torch.log(1 - torch.sigmoid(negative)).mean())
+    torch.testing.assert_close(module.training_step(batch, 0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_real_batches_pad_inputs_and_targets_together(synthetic_txt):
+    split = SASRecDataModule(path=str(synthetic_txt), print_statistics=False).split_data
+    dataset = TrainBatches(split, max_len=8)
+    batch = dataset[BatchKey(rows=np.arange(len(dataset)), epoch=0, index=0)]
+    assert torch.equal(batch["input_ids"] == 0, batch["targets"] == 0)
+    assert torch.equal(batch["negatives"][..., 0] == 0, batch["targets"] == 0)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+@pytest.fixture
+def checkpoint(tmp_path, synthetic_txt):
+    """A tiny model trained for one epoch on the synthetic file, saved as a checkpoint."""
+    L.seed_everything(0)
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=10, batch_size=16, print_statistics=False)
+    model = SASRecModule(num_items=data.num_items, max_len=10, hidden_size=8, num_blocks=1, top_k=(1, 5, 10))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    path = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_testing_a_checkpoint_twice_gives_identical_numbers(tmp_path, synthetic_txt, checkpoint, protocol):
+    results = []
+    for _ in range(2):
+        model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol)
+        data = SASRecDataModule(path=str(synthetic_txt), max_len=10, eval_batch_size=7, print_statistics=False)
+        results.append(tiny_trainer(tmp_path).test(model, datamodule=data, verbose=False)[0])
+    assert results[0] == results[1]
+    assert set(results[0]) == {"test/hr@1", "test/ndcg@1", "test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10",
+                               "test/mrr"}
+    assert 0 < results[0]["test/hr@10"] <= 1
+    assert results[0]["test/ndcg@10"] <= results[0]["test/hr@10"]
+
+
+def test_full_and_sampled_protocols_rank_against_their_candidates(synthetic_txt, checkpoint):
+    """Both protocols run on the same checkpoint; each rank equals a count over ``score_all``."""
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=10, print_statistics=False)
+    batches = data.eval_batches("test")
+    batch = batches[BatchKey(np.arange(len(batches)), 0, 0)]
+    ranks = {}
+    for protocol in ("sampled", "full"):
+        model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol).eval()
+        with torch.no_grad():
+            ranks[protocol] = model.target_ranks(batch).tolist()
+            scores = model.model.score_all(model.model.last_hidden(batch["input_ids"])).numpy()  # (B, I + 1)
+    seen = [set() for _ in batch["users"]]
+    for row, item in zip(batch["seen_rows"].tolist(), batch["seen_items"].tolist(), strict=True):
+        seen[row].add(item)
+    for row, target in enumerate(batch["targets"].tolist()):
+        negatives = batch["candidates"][row, 1:].tolist()
+        assert ranks["sampled"][row] == sum(scores[row, n] >= scores[row, target] for n in negatives)
+        others = [i for i in range(1, data.num_items + 1) if i != target and i not in seen[row]]
+        assert ranks["full"][row] == sum(scores[row, i] >= scores[row, target] for i in others)
+
+
+# -------------------------------------------------------------------------------- most popular
+def brute_force_most_popular(data: SASRecDataModule, stage: str, protocol: str, exclude_seen: bool, seed: int = 0):
+    """Per-user loops over plain Python lists: popularity from training parts, the documented tie-break."""
+    split, batches = data.split_data, data.eval_batches(stage)
+    sequences = [split.data.items[s:e].tolist() for s, e in zip(split.starts, split.ends, strict=True)]
+    train = [split.data.items[s:e].tolist() for s, e in zip(split.starts, split.train_ends, strict=True)]
+    num_items = split.data.num_items
+    counts = [0.0] * (num_items + 1)
+    for sequence in train:
+        for item in sequence:
+            counts[item] += 1
+    jitter = np.random.default_rng(seed).random(num_items + 1) * 0.5  # ties broken by a fixed random order
+    score = [counts[i] + jitter[i] for i in range(num_items + 1)]
+    ranks = []
+    for row, user in enumerate(batches.rows):
+        cut = len(sequences[user]) - (2 if stage == "val" else 1)
+        history, target = sequences[user][:cut], sequences[user][cut]
+        if protocol == "sampled":
+            candidates = batches.candidates[row, 1:].tolist()
+        else:
+            candidates = [i for i in range(1, num_items + 1) if i != target and not (exclude_seen and i in history)]
+        ranks.append(sum(score[c] > score[target] for c in candidates))
+    metrics = ranking_metrics(torch.tensor(ranks), (1, 10))
+    return {name: value.mean().item() for name, value in metrics.items()}
+
+
+@pytest.mark.parametrize(("protocol", "exclude_seen"), [("sampled", True), ("full", True), ("full", False)])
+@pytest.mark.parametrize("stage", ["val", "test"])
+def test_most_popular_baseline_equals_brute_force(synthetic_txt, protocol, exclude_seen, stage):
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=10, print_statistics=False)
+    got = most_popular_metrics(data.eval_batches(stage), protocol, exclude_seen, ks=(1, 10))
+    expected = brute_force_most_popular(data, stage, protocol, exclude_seen)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+# ----------------------------------------------------------------------------------- learning
+def test_a_few_epochs_beat_most_popular_on_synthetic_data(tmp_path):
+    L.seed_everything(0)
+    data = SASRecDataModule(synthetic_users=200, synthetic_items=100, max_len=20, batch_size=32, print_statistics=False)
+    model = SASRecModule(num_items=data.num_items, max_len=20, hidden_size=16, num_blocks=1, dropout=0.1, lr=0.005)
+    trainer = tiny_trainer(tmp_path, max_epochs=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    result = trainer.test(model, datamodule=data, verbose=False)[0]
+    baseline = most_popular_metrics(data.eval_batches("test"), "sampled", ks=(10,), prefix="test/")
+    assert result["test/ndcg@10"] > baseline["test/ndcg@10"] + 0.05, (result, baseline)
+    assert result["test/hr@10"] > baseline["test/hr@10"]
