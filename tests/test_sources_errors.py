@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import zipfile
 
 import datasets
 import huggingface_hub.constants
@@ -20,6 +21,11 @@ def _corrupt_gzip(path):
     data = gzip.compress(b"".join(b"{'username': 'u%d', 'product_id': '1', 'date': '2017-01-01'}\n" % i
                                   for i in range(2000)))
     path.write_bytes(data[: len(data) // 2])  # truncated mid-stream
+
+
+def _zip_without_ratings(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ml-1m/movies.dat", "1::Toy Story (1995)::Animation\n")
 
 
 # name -> (file name, file content or writer, extra data args, fragments the message must contain)
@@ -55,6 +61,8 @@ CASES = {
         ["steam_reviews.json.gz", "corrupt or truncated", "EOFError"],
     ),
     "not gzip at all": ("reviews.jsonl.gz", "plain text, not gzip\n", {}, ["reviews.jsonl.gz", "BadGzipFile"]),
+    "corrupt zip": ("ml-1m.zip", "PK\x03\x04 not really a zip", {}, ["ml-1m.zip", "zip archive is corrupt"]),
+    "zip without ratings.dat": ("ml-1m.zip", _zip_without_ratings, {}, ["ml-1m.zip", "no 'ratings.dat'"]),
 }
 
 

@@ -13,6 +13,7 @@ published ``ml-*.zip``), ``disk`` (a ``save_to_disk`` folder) and ``hub`` (a dat
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import os
@@ -259,14 +260,28 @@ def _corrupt_archive(error: BaseException) -> BaseException | None:
     return None
 
 
+def _extract_ratings(path: str, cache_dir: str | None) -> str:
+    """``*/ratings.dat`` of a MovieLens zip, extracted (once) by ``datasets`` into its cache.
+
+    ``datasets`` extracts local archives itself (also offline, where ``zip://`` URLs are refused).
+    """
+    config = datasets.DownloadConfig(cache_dir=os.path.join(cache_dir, "downloads") if cache_dir else None)
+    folder = datasets.DownloadManager(download_config=config).extract(os.path.abspath(path))
+    found = sorted(glob.glob(os.path.join(folder, "*", "ratings.dat")) + glob.glob(os.path.join(folder, "ratings.dat")))
+    if not found:
+        raise DataError(f"{path}: no 'ratings.dat' inside the zip archive; expected the MovieLens archive as "
+                        "published (ml-1m.zip holds ml-1m/ratings.dat)")
+    return found[0]
+
+
 def _load(builder: str, path: str, cache_dir: str | None, **kwargs) -> datasets.Dataset:
     """``datasets.load_dataset`` of one local file, with decompression errors turned into ``DataError``."""
-    data_files = path
     archive = _is_zip(path)
-    if archive:  # the published MovieLens archive: read ratings.dat inside it
-        data_files = f"zip://*/ratings.dat::{os.path.abspath(path)}"
     try:
+        data_files = _extract_ratings(path, cache_dir) if archive else path
         return datasets.load_dataset(builder, data_files=data_files, split="train", cache_dir=cache_dir, **kwargs)
+    except DataError:
+        raise
     except Exception as error:  # noqa: BLE001  (datasets wraps reader errors; find the real cause)
         cause = _corrupt_archive(error)
         if cause is not None:
@@ -275,9 +290,6 @@ def _load(builder: str, path: str, cache_dir: str | None, **kwargs) -> datasets.
                 f"{path}: the {kind} is corrupt or truncated ({type(cause).__name__}: {cause}); expected a "
                 "complete archive. Download the file again"
             ) from error
-        if archive and isinstance(error, FileNotFoundError):
-            raise DataError(f"{path}: no '*/ratings.dat' inside the zip archive; expected the MovieLens "
-                            "archive as published (ml-1m.zip holds ml-1m/ratings.dat)") from error
         raise
 
 
