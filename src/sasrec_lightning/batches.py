@@ -235,6 +235,12 @@ class UserBatchSampler(DistributedSampler):
         self.even = even
         self.bucket_window = bucket_window
         self.epoch = 0
+        self.resume_epoch: int | None = None  # mid-epoch resume: skip this rank's first
+        self.resume_skip = 0  # ``resume_skip`` batches of epoch ``resume_epoch`` (once)
+
+    def skip_once(self, epoch: int, batches: int) -> None:
+        """On the next pass over ``epoch``, skip this rank's first ``batches`` batches (already trained on)."""
+        self.resume_epoch, self.resume_skip = int(epoch), int(batches)
 
     def _batches(self) -> list[np.ndarray]:
         n = len(self.lengths)
@@ -257,7 +263,14 @@ class UserBatchSampler(DistributedSampler):
         if self.even and self.num_replicas > 1 and batches:
             per_rank = -(-len(batches) // self.num_replicas)
             batches += batches[: per_rank * self.num_replicas - len(batches)]
-        for index in range(self.rank, len(batches), self.num_replicas):
+        indices = range(self.rank, len(batches), self.num_replicas)
+        if self.resume_epoch is not None:
+            if self.resume_epoch == self.epoch:
+                # The order is a pure function of (seed, epoch), so the skipped batches are exactly the
+                # ones the interrupted run consumed, and the rest keep their indices (and negatives).
+                indices = indices[self.resume_skip :]
+            self.resume_epoch, self.resume_skip = None, 0
+        for index in indices:
             yield BatchKey(rows=batches[index], epoch=self.epoch, index=index)
 
     def __len__(self) -> int:

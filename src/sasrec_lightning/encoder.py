@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import FastDropout, dropout
+
 __all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward"]
 
 
@@ -74,13 +76,16 @@ class CausalSelfAttention(nn.Module):
         # (B, L, d) -> (B, H, L, d/H)
         q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
+        if need_weights or dropout_p > 0.0:
+            # Explicit softmax when training with dropout too: SDPA's CPU dropout draws its mask with
+            # bernoulli_, several times slower than the thresholded uniform of ``dropout``.
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, L, L)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, H, L, L)
-            y = F.dropout(weights, dropout_p, self.training) @ v  # (B, H, L, d/H)
+            y = dropout(weights, dropout_p, self.training) @ v  # (B, H, L, d/H)
+            weights = weights if need_weights else None
         else:
             weights = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, L, d/H)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, d/H)
         y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
         return self.out(y), weights
 
@@ -93,7 +98,7 @@ class PointWiseFeedForward(nn.Module):
         inner_size = inner_size or hidden_size
         self.fc1 = nn.Linear(hidden_size, inner_size)
         self.fc2 = nn.Linear(inner_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, d) -> (B, L, d)``."""
@@ -109,7 +114,7 @@ class SASRecBlock(nn.Module):
         self.attention = CausalSelfAttention(hidden_size, num_heads, dropout)
         self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.feed_forward = PointWiseFeedForward(hidden_size, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.use_residual = use_residual
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -165,7 +170,7 @@ class SASRec(nn.Module):
         self.output_embedding = (
             None if share_item_embedding else nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
         )
-        self.embedding_dropout = nn.Dropout(dropout)
+        self.embedding_dropout = FastDropout(dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(hidden_size, num_heads, dropout, use_residual) for _ in range(num_blocks)
         )

@@ -1,0 +1,246 @@
+"""Speed and memory benchmark: the way to reproduce the numbers in ``docs/performance.md``.
+
+Every benchmark runs in its own process (so peak memory is that benchmark's alone) through the
+real Lightning ``Trainer``, i.e. end to end: batch building, negative sampling, forward, loss,
+backward, optimizer step, Lightning's loop.
+
+    python benchmarks/speed.py train            # BCE training throughput (paper's Amazon settings)
+    python benchmarks/speed.py eval-sampled     # all users, 100 sampled negatives
+    python benchmarks/speed.py eval-full        # all users, full ranking over every item
+    python benchmarks/speed.py ce-epoch         # one epoch of full-softmax CE training
+    python benchmarks/speed.py large            # 1M synthetic items: sampled softmax + full ranking
+    python benchmarks/speed.py all              # all of the above, one process each
+
+Prints one ``RESULT {json}`` line per benchmark: sequences/s, seconds, peak resident memory
+(``ru_maxrss``) and the machine load (``os.getloadavg``) at start and end. The machine is shared:
+always report the load next to the number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEAUTY = REPO.parent / "shared" / "data" / "beauty.txt"
+BENCHMARKS = ("train", "eval-sampled", "eval-full", "ce-epoch", "large")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_trainer(**kwargs):
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def throughput_callback(warmup: int):
+    """A callback timing training from the start of batch ``warmup`` to the end of the last batch."""
+    import lightning as L
+
+    class Throughput(L.Callback):
+        def __init__(self) -> None:
+            self.start = None
+            self.sequences = 0
+            self.steps = 0
+            self.end = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == warmup and self.start is None:
+                self.start = time.perf_counter()
+                self.cpu_start = time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.start is not None:
+                self.sequences += batch["input_ids"].size(0)
+                self.steps += 1
+                self.end = time.perf_counter()
+                self.cpu_end = time.process_time()
+
+    return Throughput()
+
+
+def beauty_data(args, **kwargs):
+    from sasrec_lightning import SASRecDataModule
+
+    if not Path(args.data).exists():
+        sys.exit(f"{args.data} not found; pass --data path/to/beauty.txt")
+    options = dict(path=str(args.data), max_len=50, batch_size=128, print_statistics=False, seed=args.seed)
+    options.update(kwargs)
+    return SASRecDataModule(**options)
+
+
+def model_for(data, **kwargs):
+    from sasrec_lightning import SASRecModule
+
+    options = dict(num_items=data.num_items, max_len=50, hidden_size=50, num_blocks=2, num_heads=1, dropout=0.5)
+    options.update(kwargs)
+    return SASRecModule(**options)
+
+
+def bench_train(args) -> dict:
+    import lightning as L
+
+    L.seed_everything(args.seed, verbose=False)
+    data = beauty_data(args)
+    model = model_for(data, loss="bce")
+    timer = throughput_callback(args.warmup)
+    trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
+                           log_every_n_steps=args.log_every_n_steps)
+    if args.compile:
+        model.model = __import__("torch").compile(model.model, dynamic=True)
+    trainer.fit(model, datamodule=data)
+    seconds = timer.end - timer.start
+    cpu = timer.cpu_end - timer.cpu_start
+    return {"sequences_per_s": timer.sequences / seconds, "steps": timer.steps, "seconds": seconds,
+            "sequences": timer.sequences, "cpu_seconds": cpu, "sequences_per_cpu_s": timer.sequences / cpu}
+
+
+def bench_eval(args, protocol: str) -> dict:
+    import lightning as L
+
+    L.seed_everything(args.seed, verbose=False)
+    data = beauty_data(args, eval_batch_size=args.eval_batch_size)
+    model = model_for(data, eval_protocol=protocol, exclude_seen=True, top_k=(10,))
+    trainer = make_trainer(limit_val_batches=1.0)
+    data.prepare_data()
+    data.setup("validate")
+    start = time.perf_counter()
+    data.eval_batches("val")  # fixed candidates of every user (sampled negatives drawn here)
+    prepared = time.perf_counter()
+    metrics = trainer.validate(model, datamodule=data, verbose=False)[0]
+    end = time.perf_counter()
+    users = len(data.eval_batches("val"))
+    return {"seconds": end - start, "candidate_seconds": prepared - start, "loop_seconds": end - prepared,
+            "users": users, "items": data.num_items, "val_ndcg@10_untrained": metrics["val/ndcg@10"]}
+
+
+def bench_ce_epoch(args) -> dict:
+    import lightning as L
+
+    L.seed_everything(args.seed, verbose=False)
+    data = beauty_data(args)
+    model = model_for(data, loss="ce", ce_chunk_size=args.ce_chunk_size)
+    timer = throughput_callback(0)
+    trainer = make_trainer(max_epochs=1, callbacks=[timer], log_every_n_steps=args.log_every_n_steps)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    end = time.perf_counter()
+    return {"epoch_seconds": timer.end - timer.start, "fit_seconds": end - start, "steps": timer.steps,
+            "sequences_per_s": timer.sequences / (timer.end - timer.start)}
+
+
+def bench_large(args) -> dict:
+    import lightning as L
+    import numpy as np
+    import pyarrow as pa
+
+    from sasrec_lightning import SASRecDataModule, SASRecModule
+    from sasrec_lightning.preprocessing import build_sequences
+
+    L.seed_everything(args.seed, verbose=False)
+    num_items, num_users = args.large_items, args.large_users
+    rng = np.random.default_rng(args.seed)
+    lengths = rng.integers(3, 51, size=num_users)  # (U,)
+    users = np.repeat(np.arange(num_users), lengths)
+    items = rng.integers(1, num_items + 1, size=len(users))
+    if len(items) >= num_items:  # every item id occurs at least once
+        items[:num_items] = rng.permutation(num_items) + 1
+    table = pa.table({"user": users, "item": items})
+    sequences = build_sequences(table)
+
+    class Synthetic(SASRecDataModule):
+        @property
+        def sequences(self):
+            return sequences
+
+    data = Synthetic(max_len=50, batch_size=128, eval_batch_size=256, print_statistics=False, seed=args.seed)
+    model = SASRecModule(num_items=sequences.num_items, max_len=50, hidden_size=64, num_blocks=2, num_heads=1,
+                         dropout=0.2, loss="sampled_softmax", sampled_negatives=args.sampled_negatives,
+                         eval_protocol="full", exclude_seen=True)
+    timer = throughput_callback(args.warmup)
+    trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
+                           log_every_n_steps=args.log_every_n_steps)
+    trainer.fit(model, datamodule=data)
+    train_seconds = timer.end - timer.start
+    start = time.perf_counter()
+    trainer.validate(model, datamodule=data, verbose=False)
+    eval_seconds = time.perf_counter() - start
+    return {"items": sequences.num_items, "users": num_users, "actions": len(sequences.items),
+            "train_sequences_per_s": timer.sequences / train_seconds, "train_steps": timer.steps,
+            "full_eval_seconds": eval_seconds, "eval_users": len(data.eval_batches("val"))}
+
+
+def run_one(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    if args.benchmark == "train":
+        result = bench_train(args)
+    elif args.benchmark == "eval-sampled":
+        result = bench_eval(args, "sampled")
+    elif args.benchmark == "eval-full":
+        result = bench_eval(args, "full")
+    elif args.benchmark == "ce-epoch":
+        result = bench_ce_epoch(args)
+    else:
+        result = bench_large(args)
+    result.update(
+        benchmark=args.benchmark, wall_seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb(),
+        threads=torch.get_num_threads(), load_before=[round(x, 2) for x in load_before],
+        load_after=[round(x, 2) for x in os.getloadavg()], torch=torch.__version__, compile=args.compile,
+    )
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=(*BENCHMARKS, "all"))
+    parser.add_argument("--data", default=str(BEAUTY), help="Amazon Beauty in SASRec 'user item' format")
+    parser.add_argument("--steps", type=int, default=300, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--eval_batch_size", type=int, default=256)
+    parser.add_argument("--ce_chunk_size", type=int, default=65536)
+    parser.add_argument("--log_every_n_steps", type=int, default=50)
+    parser.add_argument("--large_items", type=int, default=1_000_000)
+    parser.add_argument("--large_users", type=int, default=50_000)
+    parser.add_argument("--sampled_negatives", type=int, default=3000)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (train only)")
+    parser.add_argument("--repeat", type=int, default=1, help="with 'all': run each benchmark this many times")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.benchmark != "all":
+        run_one(args)
+        return
+    passthrough = sys.argv[1:]
+    passthrough.remove("all")
+    if "--repeat" in passthrough:
+        at = passthrough.index("--repeat")
+        del passthrough[at : at + 2]
+    for name in BENCHMARKS:
+        for _ in range(args.repeat):
+            subprocess.run([sys.executable, __file__, name, *passthrough], check=True)
+
+
+if __name__ == "__main__":
+    main()
