@@ -46,8 +46,12 @@ def write_sasrec_txt(path: Path, lines: list[tuple[int, int]]) -> Path:
 
 @pytest.fixture(autouse=True)
 def _private_caches(tmp_path, monkeypatch):
-    """Processed-sequence cache under ``tmp_path`` so tests never share or leave state."""
+    """Processed-sequence cache under ``tmp_path`` so tests never share or leave state.
+
+    ``sys.argv`` is reset so in-process ``cli_main(args)`` calls do not see pytest's own arguments.
+    """
     monkeypatch.setenv("SASREC_LIGHTNING_CACHE", str(tmp_path / "sequence_cache"))
+    monkeypatch.setattr(sys, "argv", ["sasrec-lightning"])
 
 
 @pytest.fixture

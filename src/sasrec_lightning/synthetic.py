@@ -50,6 +50,10 @@ def synthetic_interactions(
     rng = np.random.default_rng(seed)
     items = np.arange(1, num_items + 1)
     cluster_of = rng.integers(0, num_clusters, size=num_items)  # (I,)
+    # Small catalogues can leave a cluster empty (its popularity would be 0/0): move one item of the
+    # largest cluster into each empty one. No extra random draws, so other logs are unchanged.
+    for c in np.setdiff1d(np.arange(num_clusters), cluster_of):
+        cluster_of[np.flatnonzero(cluster_of == np.bincount(cluster_of).argmax())[0]] = c
     popularity = 1.0 / np.arange(1, num_items + 1) ** 0.8
     popularity = popularity[rng.permutation(num_items)]
     popularity /= popularity.sum()  # (I,)

@@ -1,0 +1,65 @@
+"""The ``sasrec-lightning`` CLI: ``--help``, ``--print_config``, and ``fit`` then ``test`` in subprocesses."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from conftest import CONFIGS, TINY_MODEL, TINY_TRAINER, run_cli
+from sasrec_lightning.cli import cli_main
+
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert re.search(rf"\b{subcommand}\b", out), subcommand
+
+
+def test_model_and_data_help_come_from_the_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--model.help", "SASRecModule"])
+    out = capsys.readouterr().out
+    assert "--model.hidden_size" in out and "embedding size" in out
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--data.help", "SASRecDataModule"])
+    out = capsys.readouterr().out
+    assert "--data.path" in out and "--data.max_len" in out and "maximum sequence length" in out
+
+
+def test_print_config_shows_overrides_and_links(capsys, tiny_txt):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "-c", QUICKSTART, "--data.path", str(tiny_txt), "--model.init_args.hidden_size", "12",
+                  "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["path"] == str(tiny_txt)
+    assert config["model"]["class_path"] == "sasrec_lightning.SASRecModule"
+    assert config["model"]["init_args"]["hidden_size"] == 12
+    # Said once in the data section and linked into the model, never typed for the model.
+    assert "num_items" not in config["model"]["init_args"] and "max_len" not in config["model"]["init_args"]
+    assert config["data"]["init_args"]["max_len"] == 50
+
+
+def test_fit_then_test_a_checkpoint_in_subprocesses(tmp_path, synthetic_txt):
+    common = ["-c", QUICKSTART, "--data.path", str(synthetic_txt), "--data.init_args.max_len", "10",
+              *TINY_MODEL, *TINY_TRAINER]
+    fit = run_cli(["fit", *common, "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "true",
+                   "--trainer.default_root_dir", str(tmp_path)], cwd=tmp_path)
+    summary = re.search(r"NDCG@10 ([0-9.]+), HR@10 ([0-9.]+) \| most-popular: NDCG@10 ([0-9.]+)", fit.stdout)
+    assert summary, fit.stdout
+    checkpoints = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 1, list(tmp_path.rglob("*"))
+    test = run_cli(["test", *common, "--ckpt_path", str(checkpoints[0])], cwd=tmp_path)
+    ndcg = re.search(r"test/ndcg@10\s+([0-9.]+)", test.stdout)
+    hr = re.search(r"test/hr@10\s+([0-9.]+)", test.stdout)
+    assert ndcg and hr, test.stdout
+    # fit tested the same checkpoint after training: the numbers agree.
+    assert float(ndcg.group(1)) == pytest.approx(float(summary.group(1)), abs=1e-4)
+    assert float(hr.group(1)) == pytest.approx(float(summary.group(2)), abs=1e-4)

@@ -1,0 +1,47 @@
+"""Every shipped YAML in ``configs/`` runs ``fit`` with ``fast_dev_run`` (tiny dims, tiny data)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import CONFIGS, TINY_MODEL, TINY_TRAINER
+from sasrec_lightning.cli import cli_main
+
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+PAPER = {"steam.yaml": (50, 0.5), "beauty.yaml": (50, 0.5), "games.yaml": (50, 0.5), "ml-1m.yaml": (200, 0.2)}
+
+
+def test_the_shipped_configs_are_found():
+    assert {path.name for path in ALL_CONFIGS} >= {"quickstart.yaml", *PAPER}
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.name)
+def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, synthetic_txt):
+    monkeypatch.chdir(tmp_path)  # loggers and config dumps land in tmp_path
+    data = yaml.safe_load(config.read_text()).get("data", {}).get("init_args", {})
+    args = ["fit", "-c", str(config), *TINY_MODEL, *TINY_TRAINER, "--trainer.fast_dev_run", "true",
+            "--trainer.default_root_dir", str(tmp_path), "--data.init_args.max_len", "10",
+            "--data.init_args.cache_dir", str(tmp_path / "cache")]
+    if data.get("path") or data.get("url"):  # a dataset config: point it at a tiny SASRec text file
+        args += ["--data.path", str(synthetic_txt)]
+    else:
+        args += ["--data.init_args.synthetic_users", "60", "--data.init_args.synthetic_items", "30"]
+    cli = cli_main(args)
+    assert cli.trainer.state.finished
+    assert cli.model.model.num_items == cli.datamodule.num_items  # linked, never typed
+    assert cli.model.model.max_len == 10
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_dataset_configs_carry_the_papers_settings(name):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    max_len, dropout = PAPER[name]
+    assert (data["max_len"], model["dropout"]) == (max_len, dropout)
+    assert (model["hidden_size"], model["num_blocks"], model["num_heads"], model["lr"]) == (50, 2, 1, 0.001)
+    assert data["batch_size"] == 128 and tuple(model.get("betas", (0.9, 0.98))) == (0.9, 0.98)
+    assert model.get("loss", "bce") == "bce" and model.get("eval_protocol", "sampled") == "sampled"
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert callbacks["ModelCheckpoint"]["monitor"] == "val/ndcg@10" and callbacks["ModelCheckpoint"]["mode"] == "max"
+    assert callbacks["EarlyStopping"]["monitor"] == "val/ndcg@10" and callbacks["EarlyStopping"]["patience"] >= 1
