@@ -195,3 +195,64 @@ def test_steam_config_loads_a_local_file(tmp_path):
     assert cli.datamodule.num_items == 3
     assert cli.model.hparams.num_items == 3
     assert np.array_equal(cli.datamodule.sequences.offsets, [0, 2, 5])
+
+
+TRICKY_LINES = [
+    "{'username': 'u', 'date': '2017-12-17', 'text': 'None of it: True, False', 'early_access': False, 'x': None}",
+    "{'a': 'it\\'s', 'b': \"say 'hi'\"}",
+    "{'a': b'x'}", "{'a': (1, 2)}", "{'a': +1}", "{'a': 0x1f}", "{1: 'a'}", "{'a': 'x' 'y'}", "{'a': {1, 2}}",
+    "{'a': [1, 2.5, -3e-05, {'b': None}], 'c': 'tab\there'}", "{'TrueName': 'True'}", "{'a': 12345678901234567890}",
+    "{'a': 1.0, 'b': -0.0}", "{'a': 'é ü 中'}", "{'a': ''}", "{'a': 1,}", "{'a': 'x\\ny'}", "['a', 1]",
+]
+
+
+@pytest.mark.parametrize("line", TRICKY_LINES)
+def test_literal_fast_path_equals_literal_eval(line):
+    import ast
+
+    from sasrec_lightning.formats import literal_eval_line
+
+    expected = ast.literal_eval(line)
+    assert repr(literal_eval_line(line)) == repr(expected)
+
+
+@pytest.mark.parametrize("line", ["{'a': true}", "{'a': NaN}", "{'a': __import__('os')}", "{'a': x}"])
+def test_literal_parser_rejects_what_literal_eval_rejects(line):
+    from sasrec_lightning.formats import literal_eval_line
+
+    with pytest.raises((ValueError, SyntaxError)):
+        literal_eval_line(line)
+
+
+def test_literal_fast_path_fuzz_against_literal_eval():
+    """Random nested values with quotes, backslashes, newlines, unicode: repr -> parse == literal_eval."""
+    import ast
+    import random
+
+    from sasrec_lightning.formats import literal_eval_line
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", "'", '"', "\\", "\n", "\t", "é", "中", "\x00", "😀", "True", "None", ":", ",", "{", "]", "#"]
+
+    def text():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+
+    def value(depth=0):
+        kind = rng.randint(0, 7 if depth < 2 else 4)
+        if kind == 0:
+            return text()
+        if kind == 1:
+            return rng.randint(-10**20, 10**20)
+        if kind == 2:
+            return rng.choice([0.0, -0.0, 1e-300, 1e300, rng.random()])
+        if kind == 3:
+            return rng.choice([True, False, None])
+        if kind == 4:
+            return text()
+        if kind == 5:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {text(): value(depth + 1) for _ in range(rng.randint(0, 3))}
+
+    for _ in range(2000):
+        line = repr({text(): value() for _ in range(rng.randint(0, 4))})
+        assert repr(literal_eval_line(line)) == repr(ast.literal_eval(line)), line

@@ -4,7 +4,9 @@
 - MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``.
 - Python-literal dicts, one per line: the raw Steam reviews file and the older Amazon review
   files (``{'reviewerID': 'A1', 'asin': 'B0', 'unixReviewTime': 1234, ...}``), parsed with
-  :func:`ast.literal_eval` (never ``eval``) in a batched, multi-process ``datasets.map``.
+  :func:`ast.literal_eval` (never ``eval``) in a batched, multi-process ``datasets.map``; lines
+  simple enough to be read exactly by the C JSON parser take that faster path (see
+  :func:`literal_eval_line`).
 
 Each parser returns an Arrow table with string or integer columns and a ``line`` column (the
 1-based line number in the file) so later errors can point at the offending line. Empty lines are
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 
 import datasets
 import numpy as np
@@ -109,6 +112,54 @@ def looks_like_literal_dicts(first_line: str) -> bool:
     return False
 
 
+_PYTHON_WORDS = re.compile(r"\b(True|False|None)\b")
+_JSON_ONLY_WORDS = re.compile(r"\b(true|false|null|NaN|Infinity)\b")
+_JSON_OF = {"True": "true", "False": "false", "None": "null"}
+# A (non-prefixed, single-line) Python string literal in either quote; the capture group makes
+# re.split alternate syntax (even parts) and string literals (odd parts).
+_STRING = re.compile(r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a Python literal")
+
+
+def _json_string(literal: str) -> str:
+    """A Python string literal (from :data:`_STRING`) as a JSON string with the same value."""
+    content = literal[1:-1]
+    if "\\" in content:  # Python and JSON escapes differ: let Python decode this one string
+        return json.dumps(ast.literal_eval(literal), ensure_ascii=False)
+    return '"' + content.replace('"', '\\"') + '"' if literal[0] == "'" else literal
+
+
+def _literal_via_json(text: str) -> object | None:
+    """``ast.literal_eval(text)`` for the common simple line, via the C JSON parser; ``None`` if not simple.
+
+    The line is split into string literals and the syntax between them (scanning left to right, as
+    Python's tokenizer does); strings are re-quoted for JSON with their value unchanged and only the
+    syntax is rewritten (``True``/``False``/``None``). Anything JSON cannot read the way Python
+    does (string prefixes like ``b''``, implicit concatenation, tuples, sets, ``+1``, hex,
+    non-string keys, trailing commas, ...) fails to parse here and falls back to ``literal_eval``.
+    """
+    parts = _STRING.split(text)
+    syntax = parts[0::2]
+    joined = " ".join(syntax)
+    if "'" in joined or '"' in joined or _JSON_ONLY_WORDS.search(joined):
+        return None  # an unterminated or multi-line string, or a JSON-only word
+    parts[0::2] = [_PYTHON_WORDS.sub(lambda match: _JSON_OF[match[0]], part) for part in syntax]
+    parts[1::2] = [_json_string(literal) for literal in parts[1::2]]
+    try:
+        return json.loads("".join(parts), strict=False, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def literal_eval_line(text: str) -> object:
+    """A Python literal, safely: a fast exact JSON path for simple lines, else :func:`ast.literal_eval`."""
+    value = _literal_via_json(text)
+    return ast.literal_eval(text) if value is None else value
+
+
 def _literal_batch(batch: dict, indices: list[int], keys: tuple[str, ...]) -> dict:
     """``datasets.map`` function: literal-eval each line and keep ``keys`` as strings (None if absent).
 
@@ -122,7 +173,7 @@ def _literal_batch(batch: dict, indices: list[int], keys: tuple[str, ...]) -> di
             continue
         error = None
         try:
-            record = ast.literal_eval(text)
+            record = literal_eval_line(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
             record, error = {}, f"not a Python literal ({type(exc).__name__}: {exc})"
         if error is None and not isinstance(record, dict):
