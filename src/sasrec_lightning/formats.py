@@ -117,7 +117,7 @@ _JSON_ONLY_WORDS = re.compile(r"\b(true|false|null|NaN|Infinity)\b")
 _JSON_OF = {"True": "true", "False": "false", "None": "null"}
 # A (non-prefixed, single-line) Python string literal in either quote; the capture group makes
 # re.split alternate syntax (even parts) and string literals (odd parts).
-_STRING = re.compile(r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+_STRING = re.compile(r"""('[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*")""")  # unrolled: fast
 
 
 def _reject_constant(name: str) -> None:
@@ -146,8 +146,13 @@ def _literal_via_json(text: str) -> object | None:
     joined = " ".join(syntax)
     if "'" in joined or '"' in joined or _JSON_ONLY_WORDS.search(joined):
         return None  # an unterminated or multi-line string, or a JSON-only word
-    parts[0::2] = [_PYTHON_WORDS.sub(lambda match: _JSON_OF[match[0]], part) for part in syntax]
-    parts[1::2] = [_json_string(literal) for literal in parts[1::2]]
+    if _PYTHON_WORDS.search(joined):
+        parts[0::2] = [_PYTHON_WORDS.sub(lambda match: _JSON_OF[match[0]], part) for part in syntax]
+    parts[1::2] = [
+        _json_string(literal) if "\\" in literal or literal[0] == "'" and '"' in literal
+        else ('"' + literal[1:-1] + '"' if literal[0] == "'" else literal)
+        for literal in parts[1::2]
+    ]  # the common cases inline: the per-call overhead dominates on short strings
     try:
         return json.loads("".join(parts), strict=False, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
