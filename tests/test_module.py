@@ -74,6 +74,21 @@ def test_real_batches_pad_inputs_and_targets_together(synthetic_txt):
     assert torch.equal(batch["negatives"][..., 0] == 0, batch["targets"] == 0)
 
 
+def test_padding_to_the_longest_sequence_or_to_max_len_gives_the_same_loss(synthetic_txt):
+    split = SASRecDataModule(path=str(synthetic_txt), print_statistics=False).split_data
+    key = BatchKey(rows=np.arange(10), epoch=0, index=0)
+    narrow = TrainBatches(split, max_len=30)[key]
+    wide = TrainBatches(split, max_len=30, pad_to_max_len=True)[key]
+    width = narrow["input_ids"].size(1)
+    assert width < 30 and wide["input_ids"].size(1) == 30
+    assert torch.equal(wide["input_ids"][:, -width:], narrow["input_ids"])
+    assert (wide["input_ids"][:, :-width] == 0).all()
+    wide["negatives"][:, -width:] = narrow["negatives"]  # same negatives at the real positions
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=split.data.num_items, max_len=30, hidden_size=8, dropout=0.0)
+    torch.testing.assert_close(module.training_step(wide, 0), module.training_step(narrow, 0), rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- evaluation
 @pytest.fixture
 def checkpoint(tmp_path, synthetic_txt):

@@ -32,7 +32,8 @@ class InteractionIndex:
         """Index of ``items[starts[u]:ends[u]]`` for every user row ``u``."""
         lengths = ends - starts
         users = np.repeat(np.arange(len(starts)), lengths)  # (n,)
-        positions = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (n,) user start minus row start
+        positions = np.arange(lengths.sum()) + offsets  # (n,)
         return cls(users, items[positions], num_items)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
