@@ -120,3 +120,23 @@ def _write(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text(LOG)
     return str(path)
+
+
+def test_cold_and_cached_runs_give_identical_splits_and_negatives(tmp_path):
+    from sasrec_lightning.batches import BatchKey
+
+    path = tmp_path / "log.csv"
+    lines = [f"u{u},i{(u * 7 + t * 3) % 11},{t}" for u in range(6) for t in range(5)]
+    path.write_text("user,item,ts\n" + "\n".join(lines) + "\n")
+    runs = []
+    for _ in range(2):
+        module = _module(path, tmp_path, num_eval_negatives=5, seed=3)
+        module.setup("fit")
+        train = next(iter(module.train_dataloader()))
+        runs.append((module.sequences.info["cache"]["hit"], module.eval_batches("test").candidates,
+                     module.eval_batches("val")[BatchKey(np.arange(3), 0, 0)]["input_ids"], train))
+    (hit0, cand0, val0, train0), (hit1, cand1, val1, train1) = runs
+    assert (hit0, hit1) == (False, True)
+    assert np.array_equal(cand0, cand1) and np.array_equal(val0, val1)
+    for key in train0:
+        assert np.array_equal(train0[key], train1[key]), key
