@@ -140,3 +140,31 @@ def test_cold_and_cached_runs_give_identical_splits_and_negatives(tmp_path):
     assert np.array_equal(cand0, cand1) and np.array_equal(val0, val1)
     for key in train0:
         assert np.array_equal(train0[key], train1[key]), key
+
+
+def _build_in_process(root, marker):
+    import time
+
+    def build():
+        with open(marker, "a") as handle:
+            handle.write("built\n")
+        time.sleep(0.5)  # long enough for the other process to arrive while this one builds
+        return preprocess(load_interactions(str(root / "log.csv"), timestamp_column="ts"), PreprocessOptions(0, 0))
+
+    SequenceCache(root / "cache").get_or_build("k", build)
+
+
+def test_concurrent_processes_build_an_entry_once(tmp_path):
+    import multiprocessing
+
+    _write(tmp_path)
+    marker = tmp_path / "builds.txt"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_build_in_process, args=(tmp_path, marker)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert marker.read_text() == "built\n"
+    assert SequenceCache(tmp_path / "cache").load("k").user_ids.tolist() == ["u1", "u2"]

@@ -9,13 +9,14 @@ killed mid-write leaves no entry a later run could read half of.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,27 @@ def default_cache_root() -> str:
         return os.environ["SASREC_LIGHTNING_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sasrec_lightning")
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, key: str) -> Iterator[None]:
+    """An exclusive inter-process lock per cache entry (a no-op where ``fcntl`` is unavailable).
+
+    The lock file lives in the temporary directory, not in the cache, so a failed build leaves the
+    cache untouched.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, concurrent builders each write an identical entry
+        yield
+        return
+    name = hashlib.sha256(f"{os.path.abspath(root)}/{key}".encode()).hexdigest()[:24]
+    with open(os.path.join(tempfile.gettempdir(), f"sasrec_lightning-{name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cache_key(source: dict, options: dict) -> str:
@@ -105,14 +127,19 @@ class SequenceCache:
 
     def get_or_build(self, key: str, build: Callable[[], SequenceData], meta: dict | None = None,
                      rebuild: bool = False) -> SequenceData:
-        """The cached entry for ``key``; otherwise ``build()`` it and store it (only if it succeeds)."""
-        if not rebuild:
-            data = self.load(key)
-            if data is not None:
-                log.info("loaded processed sequences from cache %s", self.path(key))
-                return data
-        data = build()
-        folder = self.save(key, data, meta)
+        """The cached entry for ``key``; otherwise ``build()`` it and store it (only if it succeeds).
+
+        Processes building the same key (e.g. DDP ranks started together) take turns: the first
+        builds, the others wait and then read its entry instead of preprocessing again.
+        """
+        with _build_lock(self.root, key):
+            if not rebuild:
+                data = self.load(key)
+                if data is not None:
+                    log.info("loaded processed sequences from cache %s", self.path(key))
+                    return data
+            data = build()
+            folder = self.save(key, data, meta)
         data.info["cache"] = {"key": key, "path": str(folder), "hit": False}
         log.info("cached processed sequences in %s", folder)
         return data
