@@ -10,6 +10,7 @@ backward, optimizer step, Lightning's loop.
     python benchmarks/speed.py ce-epoch         # one epoch of full-softmax CE training
     python benchmarks/speed.py large            # 1M synthetic items: sampled softmax + full ranking
     python benchmarks/speed.py all              # all of the above, one process each
+    python benchmarks/speed.py accuracy         # val metrics after --epochs epochs (before/after checks)
 
 Prints one ``RESULT {json}`` line per benchmark: sequences/s, seconds, peak resident memory
 (``ru_maxrss``) and the machine load (``os.getloadavg``) at start and end. The machine is shared:
@@ -144,6 +145,21 @@ def bench_ce_epoch(args) -> dict:
             "sequences_per_s": timer.sequences / (timer.end - timer.start)}
 
 
+def bench_accuracy(args) -> dict:
+    """Validation metrics after ``--epochs`` epochs with the paper's Amazon settings (before/after checks)."""
+    import lightning as L
+
+    L.seed_everything(args.seed, verbose=False)
+    data = beauty_data(args)
+    model = model_for(data, loss="bce", eval_protocol="sampled", top_k=(10,))
+    trainer = make_trainer(max_epochs=args.epochs, limit_val_batches=1.0, check_val_every_n_epoch=args.epochs,
+                           log_every_n_steps=args.log_every_n_steps)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+    return {"epochs": args.epochs, "fit_seconds": time.perf_counter() - start, **metrics}
+
+
 def bench_large(args) -> dict:
     import lightning as L
     import numpy as np
@@ -200,6 +216,8 @@ def run_one(args) -> None:
         result = bench_eval(args, "full")
     elif args.benchmark == "ce-epoch":
         result = bench_ce_epoch(args)
+    elif args.benchmark == "accuracy":
+        result = bench_accuracy(args)
     else:
         result = bench_large(args)
     result.update(
@@ -212,9 +230,10 @@ def run_one(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=(*BENCHMARKS, "all"))
+    parser.add_argument("benchmark", choices=(*BENCHMARKS, "accuracy", "all"))
     parser.add_argument("--data", default=str(BEAUTY), help="Amazon Beauty in SASRec 'user item' format")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps")
+    parser.add_argument("--epochs", type=int, default=5, help="accuracy: epochs before the validation")
     parser.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")

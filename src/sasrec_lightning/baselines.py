@@ -62,6 +62,6 @@ def most_popular_metrics(
             ranks -= np.bincount(owner[above], minlength=len(rows))
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected 'sampled' or 'full'")
-    metric = RankingMetrics(ks, prefix=prefix)
+    metric = RankingMetrics(ks, prefix=prefix, sync_on_compute=False)  # all users, here: no DDP sync (rank 0 only)
     metric.update(torch.from_numpy(ranks))
     return {name: float(value) for name, value in metric.compute().items()}

@@ -253,7 +253,8 @@ class UserBatchSampler(DistributedSampler):
                 order = order[np.argsort(keys, kind="stable")]
         else:
             order = np.argsort(-self.lengths, kind="stable") if self.bucket else np.arange(n)
-        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        size = self._batch_size()
+        batches = [order[i : i + size] for i in range(0, n, size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -273,8 +274,15 @@ class UserBatchSampler(DistributedSampler):
         for index in indices:
             yield BatchKey(rows=batches[index], epoch=self.epoch, index=index)
 
+    def _batch_size(self) -> int:
+        # Uneven (evaluation) shards: use smaller batches when there are fewer batches than processes,
+        # so no process gets an empty loader (it would skip the epoch-end metric sync and hang the rest).
+        if self.even or self.num_replicas == 1:
+            return self.batch_size
+        return max(1, min(self.batch_size, -(-len(self.lengths) // self.num_replicas)))
+
     def __len__(self) -> int:
-        total = -(-len(self.lengths) // self.batch_size)
+        total = -(-len(self.lengths) // self._batch_size())
         if self.even:
             return -(-total // self.num_replicas)
         return len(range(self.rank, total, self.num_replicas))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .baselines import most_popular_metrics
@@ -30,6 +31,22 @@ class SASRecCLI(LightningCLI):
         )
         # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def before_fit(self) -> None:
+        if not self.trainer.loggers:
+            return
+        # With any logger (W&B, CSV, TensorBoard), track the learning rate without every config
+        # having to list the callback (a YAML list would replace the config's other callbacks).
+        if not any(isinstance(callback, LearningRateMonitor) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        # The run config: model and data hyper-parameters are logged by Lightning; add the trainer's.
+        trainer_config = self.config[self.subcommand].get("trainer", {}) if self.subcommand else {}
+        primitive = (bool, int, float, str, type(None))
+        settings = {f"trainer/{key}": value for key, value in dict(trainer_config).items()
+                    if isinstance(value, primitive) and "." not in key}  # not the logger's own init args
+        settings["seed_everything"] = self.config_dump_value("seed_everything")
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(settings)
 
     def after_fit(self) -> None:
         if not self.config_dump_value("test_after_fit"):

@@ -168,10 +168,12 @@ class SASRecModule(L.LightningModule):
     def target_ranks(self, batch: dict[str, Tensor]) -> Tensor:
         """0-based rank of each held-out item under the configured protocol: ``(B,)``."""
         hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
-        if self.hparams.eval_protocol == "sampled":
-            scores = self.model.score_items(hidden, batch["candidates"])  # (B, 1 + n)
-            return rank_of_target(scores[:, 1:], scores[:, 0])
-        return self.full_ranks(hidden, batch)
+        # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            if self.hparams.eval_protocol == "sampled":
+                scores = self.model.score_items(hidden, batch["candidates"])  # (B, 1 + n)
+                return rank_of_target(scores[:, 1:], scores[:, 0])
+            return self.full_ranks(hidden, batch)
 
     def full_ranks(self, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Rank of the target among all items, scored in chunks so memory stays bounded."""
@@ -219,7 +221,8 @@ class SASRecModule(L.LightningModule):
         original ones.
         """
         hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
-        scores = self.model.score_all(hidden)  # (B, I + 1)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
+            scores = self.model.score_all(hidden)  # (B, I + 1)
         seen = (batch["seen_rows"], batch["seen_items"]) if self.predict_exclude_seen else (None, None)
         top_scores, top_items = top_k_scores(scores, self.predict_k, *seen)  # (B, k), (B, k)
         return {"users": batch["users"], "items": top_items, "scores": top_scores}
