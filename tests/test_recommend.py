@@ -78,6 +78,8 @@ def test_empty_and_all_unknown_sequences_get_the_most_popular_items():
     with pytest.warns(UserWarning, match="most-popular"):
         out = module.recommend([[], ["kiwi"], ["apple"]], k=3)
     assert out.items[0] == out.items[1] == ["cherry", "elder", "apple"]  # counts 9, 7, 5
+    with pytest.warns(UserWarning, match="most-popular"):
+        assert module.recommend([[]], k=2).items == [["cherry", "elder"]]  # a batch of nothing but empty rows
     assert out.scores[0] == [9.0, 7.0, 5.0]
     assert "apple" not in out.items[2]
 
@@ -115,3 +117,20 @@ def test_vocabulary_and_popularity_survive_a_weights_only_checkpoint(tmp_path):
     assert restored.item_popularity.tolist() == POPULARITY
     sequence = [["banana", "fig"]]
     assert restored.recommend(sequence, k=3) == module.recommend(sequence, k=3)
+
+
+def test_checkpoints_without_the_popularity_buffer_still_load(tmp_path):
+    import lightning as L
+
+    module = tiny_module()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    del checkpoint["state_dict"]["item_popularity"], checkpoint["item_ids"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    restored = SASRecModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    assert restored.item_popularity.sum() == 0 and restored.item_vocabulary is None
+    with pytest.warns(UserWarning, match="most-popular"):
+        assert len(restored.recommend([[]], k=2).items[0]) == 2

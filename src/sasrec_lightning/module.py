@@ -265,6 +265,9 @@ class SASRecModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("item_ids") is not None:
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+        state = checkpoint.get("state_dict")
+        if state is not None and "item_popularity" not in state:  # written before the buffer existed
+            state["item_popularity"] = torch.zeros_like(self.item_popularity)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         if resuming and checkpoint.get("torch_rng_state") is not None:
             torch.set_rng_state(checkpoint["torch_rng_state"])

@@ -133,7 +133,9 @@ def recommend(
                 rows = np.arange(begin, min(begin + batch_size, len(sequences)))  # (B,)
                 lengths = ends[rows] - starts[rows]  # (B,)
                 width = max(1, int(min(encoder.max_len, lengths.max(initial=0))))
-                input_ids = torch.from_numpy(left_padded(items, starts[rows], ends[rows], width)).to(device)  # (B, L)
+                # A trailing 0 keeps the gather valid when every sequence of the batch is empty.
+                padded = left_padded(np.append(items, 0), starts[rows], ends[rows], width)  # (B, L)
+                input_ids = torch.from_numpy(padded).to(device)  # (B, L)
                 hidden = encoder(input_ids)[:, -1].float()  # (B, d)
                 scores = encoder.score_all(hidden)  # (B, I + 1)
                 seen_rows = seen_items = None
