@@ -29,7 +29,7 @@ def test_every_init_argument_is_documented(cls):
 
 def test_readme_links_resolve():
     readme = (REPO / "README.md").read_text()
-    for target in re.findall(r"\]\(((?:docs|configs)/[^)#]*|CHANGELOG.md)\)", readme):
+    for target in re.findall(r"\]\(((?:docs|configs)/[^)#]*|CHANGELOG.md)(?:#[^)]*)?\)", readme):
         assert (REPO / target).exists(), target
     for config in re.findall(r"`(configs/[\w.-]+\.yaml)`", readme):
         assert (REPO / config).exists(), config
