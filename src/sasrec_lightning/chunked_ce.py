@@ -10,7 +10,8 @@ GiB. :class:`ChunkedCrossEntropy` instead walks over the items in chunks of ``C`
   of that chunk, and ``dh += p W_c``, ``dW_c = p^T h``; the target term ``-W[y]`` / ``-h`` is
   added once.
 
-Peak extra memory is ``O(N * C)`` instead of ``O(N * I)``, and the result equals the naive loss
+Peak extra memory is ``O(N * C)`` plus the dense ``(I + 1, d)`` weight gradient (which any
+training step holds) instead of ``O(N * I)``, and the result equals the naive loss
 up to float rounding. When the catalogue fits in a single chunk the softmax is kept from the
 forward pass, so the backward pass costs no recomputation.
 """
@@ -78,7 +79,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
         grad_hidden.sub_(weight[targets])  # d(-target logit)/dh
         grad_weight.index_add_(0, targets, -hidden)  # d(-target logit)/dW[y]
-        return grad_hidden * scale, grad_weight * scale, None, None
+        return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None  # in place: no second (I, d) copy
 
 
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384) -> Tensor:
