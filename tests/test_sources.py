@@ -256,3 +256,20 @@ def test_literal_fast_path_fuzz_against_literal_eval():
     for _ in range(2000):
         line = repr({text(): value() for _ in range(rng.randint(0, 4))})
         assert repr(literal_eval_line(line)) == repr(ast.literal_eval(line)), line
+
+
+def test_hub_id_passes_name_and_split(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, cache_dir=None):
+        calls.append((path, name, split, cache_dir))
+        return datasets.Dataset(_generic_table())
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    module = _module("someone/reviews", tmp_path, format="hub", name="beauty", split="full", user_column="uid",
+                     item_column="iid", timestamp_column="ts", min_user_interactions=0, min_item_interactions=0)
+    _expected_generic(module.sequences)
+    assert calls == [("someone/reviews", "beauty", "full", str(tmp_path / "cache"))]
+    again = _module("someone/reviews", tmp_path, format="hub", name="beauty", split="full", user_column="uid",
+                    item_column="iid", timestamp_column="ts", min_user_interactions=0, min_item_interactions=0)
+    assert again.sequences.info["cache"]["hit"] and len(calls) == 1  # cached by (id, name, split)
