@@ -8,8 +8,8 @@ batch. The encoder counts positions from the right, so this gives the same outpu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -191,7 +191,7 @@ class EvalBatches(Dataset):
         }
         lengths = ends - starts
         seen_rows = np.repeat(np.arange(len(users)), lengths)  # (S,)
-        seen_at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        seen_at = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (S,)
         batch["seen_rows"] = torch.from_numpy(seen_rows)
         batch["seen_items"] = torch.from_numpy(items[seen_at])
         if self.candidates is not None:

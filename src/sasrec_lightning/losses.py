@@ -63,7 +63,7 @@ def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor
 
 
 def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
-    """gSASRec's power on the positive probability: ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``.
+    """The power gSASRec puts on the positive probability: ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``.
 
     ``alpha = k / (|I| - 1)`` is the negative sampling rate; ``t = 0`` gives ``beta = 1`` (plain
     BCE), ``t = 1`` gives ``beta = alpha`` (fully calibrated, paper Theorem 4.1).
