@@ -76,16 +76,15 @@ class CausalSelfAttention(nn.Module):
         # (B, L, d) -> (B, H, L, d/H)
         q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights or dropout_p > 0.0:
-            # Explicit softmax when training with dropout too: SDPA's CPU dropout draws its mask with
-            # bernoulli_, several times slower than the thresholded uniform of ``dropout``.
+        if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, L, L)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, H, L, L)
             y = dropout(weights, dropout_p, self.training) @ v  # (B, H, L, d/H)
-            weights = weights if need_weights else None
         else:
+            # SDPA keeps its own dropout: an explicit softmax + cheaper mask measured slower overall
+            # (more small ops per step; docs/performance.md).
             weights = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, d/H)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, L, d/H)
         y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
         return self.out(y), weights
 
