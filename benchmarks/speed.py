@@ -116,7 +116,8 @@ def bench_eval(args, protocol: str) -> dict:
 
     L.seed_everything(args.seed, verbose=False)
     data = beauty_data(args, eval_batch_size=args.eval_batch_size)
-    model = model_for(data, eval_protocol=protocol, exclude_seen=True, top_k=(10,))
+    model = model_for(data, eval_protocol=protocol, exclude_seen=True, top_k=(10,),
+                      eval_chunk_size=args.eval_chunk_size)
     trainer = make_trainer(limit_val_batches=1.0)
     data.prepare_data()
     data.setup("validate")
@@ -246,6 +247,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--eval_batch_size", type=int, default=256)
     parser.add_argument("--ce_chunk_size", type=int, default=65536)
+    parser.add_argument("--eval_chunk_size", type=int, default=4096, help="items scored at once (full ranking)")
     parser.add_argument("--log_every_n_steps", type=int, default=50)
     parser.add_argument("--large_items", type=int, default=1_000_000)
     parser.add_argument("--large_users", type=int, default=40_000, help="~26 actions each: >= 1M actions")

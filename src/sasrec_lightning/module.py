@@ -56,7 +56,8 @@ class SASRecModule(L.LightningModule):
             negatives (paper: 100); ``full`` ranks it against every item.
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
-        eval_chunk_size: items scored at once under full ranking (bounds memory).
+        eval_chunk_size: items scored at once under full ranking (bounds memory; 4096 keeps each
+            users x items block cache-sized: 3x faster than 65536 on Beauty, docs/performance.md).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class SASRecModule(L.LightningModule):
         eval_protocol: Literal["sampled", "full"] = "sampled",
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
-        eval_chunk_size: int = 65536,
+        eval_chunk_size: int = 4096,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
