@@ -169,3 +169,21 @@ def test_eval_sampler_shards_are_uneven_and_disjoint():
     train = [list(UserBatchSampler(lengths, 8, shuffle=True, num_replicas=2, rank=r, even=True)) for r in range(2)]
     assert len(train[0]) == len(train[1]) == 4  # even in training so gradient syncs line up
     assert torch.distributed.is_available()
+
+
+FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml")) + sorted((REPO / "configs" / "logger").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_config_fragments_compose_with_a_main_config(fragment, capsys):
+    """Every trainer/logger fragment parses on top of a main config (GPU ones are not instantiated here)."""
+    import yaml
+
+    from sasrec_lightning.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(fragment), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for key, value in yaml.safe_load(fragment.read_text())["trainer"].items():
+        assert printed["trainer"][key] == value or key in ("logger", "callbacks"), key
