@@ -1,6 +1,6 @@
 """Summarize a ``run_beauty.sh`` output folder: validation curve, best epoch, test metrics.
 
-    python benchmarks/accuracy/summarize.py /work/notes/runs/beauty-ce
+python benchmarks/accuracy/summarize.py /work/notes/runs/beauty-ce
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_metrics(log: Path) -> dict[str, float]:
     """``test/...`` values from the table Lightning prints after ``test``."""
     if not log.exists():
         return {}
-    pattern = re.compile(r"(test/[a-z]+(?:@\d+)?)\s*[│|]\s*([0-9.eE-]+)")
+    pattern = re.compile(r"^\s*(test/[a-z]+(?:@\d+)?)\s+[│|]?\s*([0-9.eE-]+)", re.MULTILINE)
     return {m.group(1): float(m.group(2)) for m in pattern.finditer(log.read_text())}
 
 
