@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import CONFIGS, TINY_MODEL, TINY_TRAINER
+from conftest import CONFIGS, TINY_LINES, TINY_MODEL, TINY_TRAINER, write_sasrec_txt
+from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli import cli_main
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
@@ -45,3 +46,18 @@ def test_dataset_configs_carry_the_papers_settings(name):
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/ndcg@10" and callbacks["ModelCheckpoint"]["mode"] == "max"
     assert callbacks["EarlyStopping"]["monitor"] == "val/ndcg@10" and callbacks["EarlyStopping"]["patience"] >= 1
+
+
+def _data_options(path):
+    return yaml.safe_load(path.read_text()).get("data", {}).get("init_args", {})
+
+
+@pytest.mark.parametrize("config", [path for path in ALL_CONFIGS if _data_options(path).get("path")
+                                    or _data_options(path).get("url")], ids=lambda path: path.name)
+def test_dataset_configs_do_not_filter_a_sasrec_text_file_again(config, tmp_path):
+    """A SASRec ``.txt`` is already preprocessed: every dataset config keeps all its rows (raw files get 5/5)."""
+    tiny = write_sasrec_txt(tmp_path / "tiny.txt", TINY_LINES)  # users with 1-5 actions, items with 2-4
+    options = {key: value for key, value in _data_options(config).items() if key != "url"}
+    data = SASRecDataModule(**{**options, "path": str(tiny), "cache_dir": str(tmp_path / "cache"),
+                               "print_statistics": False})
+    assert data.statistics["actions"] == len(TINY_LINES)

@@ -37,7 +37,8 @@ SCRIPT = textwrap.dedent(
             self.out, self.seen = out, []
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.seen.append([int(trainer.current_epoch), batch["users"].tolist(), int(batch["negatives"].sum())])
+            self.seen.append([int(trainer.current_epoch), batch["users"].tolist(), int(batch["negatives"].sum()),
+                              batch["sample_seed"]])
 
         def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
             if trainer.state.fn == "validate":
@@ -136,11 +137,13 @@ def test_ddp_two_processes_match_single_process(synthetic_txt, tmp_path, strateg
     train = seen["fit"]
     assert len(train[0]) == len(train[1]) > 0
     for epoch in (0, 1):
-        users = [{u for e, batch, _ in steps if e == epoch for u in batch} for steps in train]
+        users = [{u for e, batch, *_ in steps if e == epoch for u in batch} for steps in train]
         assert users[0] and users[1] and users[0] != users[1]
         # Together the ranks cover every training user in the epoch (the even split may repeat a batch).
         assert users[0] | users[1] == set(data.split_data.train_users.tolist())
-    assert [n for _, _, n in train[0]] != [n for _, _, n in train[1]]
+    assert [n for _, _, n, _ in train[0]] != [n for _, _, n, _ in train[1]]
+    # The seeds of what a loss samples itself (sampled-softmax negatives) differ between the ranks too.
+    assert [seed for *_, seed in train[0]] != [seed for *_, seed in train[1]]
 
 
 @pytest.mark.slow

@@ -185,6 +185,21 @@ def test_sampled_softmax_samplers():
         SampledSoftmaxLoss(NUM_ITEMS, sampling="zipf")
 
 
+@pytest.mark.parametrize("sampling", ["uniform", "popularity", "in_batch"])
+def test_sampled_softmax_negatives_come_from_the_given_generator(sampling):
+    """Each training batch seeds the shared negatives (per DDP rank, resumable), not the global RNG."""
+    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=30, sampling=sampling)
+    loss.set_frequencies(torch.arange(NUM_ITEMS + 1, dtype=torch.float64))
+    targets = torch.arange(1, 9)
+
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)
+        return loss.sample(targets, torch.Generator().manual_seed(seed))[0]
+
+    assert torch.equal(draw(5, global_seed=0), draw(5, global_seed=1))
+    assert not torch.equal(draw(5, global_seed=0), draw(6, global_seed=0))
+
+
 # ----------------------------------------------------------------------------------- all losses
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_fp32_under_autocast_and_trains(encoder, batch, name):

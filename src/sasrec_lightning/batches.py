@@ -93,7 +93,7 @@ class TrainBatches(Dataset):
     ``(seed, epoch, batch index)`` so a run is reproducible and resumable.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``targets`` ``(B, L)`` (0 where padded), ``negatives``
-    ``(B, L, k)``, ``users`` ``(B,)``.
+    ``(B, L, k)``, ``users`` ``(B,)`` and ``sample_seed`` (an ``int`` seeding the loss's own sampling).
     """
 
     def __init__(self, split: LeaveOneOutSplit, max_len: int, num_negatives: int = 1, seed: int = 0,
@@ -126,6 +126,10 @@ class TrainBatches(Dataset):
             "targets": torch.from_numpy(targets),
             "negatives": torch.from_numpy(negatives),
             "users": torch.from_numpy(users),
+            # Seeds whatever the loss samples itself (sampled-softmax negatives): like the negatives
+            # above it depends on (seed, epoch, batch index) only, so it differs between DDP ranks and
+            # is the same after a resume.
+            "sample_seed": int(rng.integers(2**62)),
         }
 
 

@@ -175,6 +175,9 @@ class SASRec(nn.Module):
         )
         self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.embedding_scale = math.sqrt(hidden_size) if scale_embedding else 1.0
+        # Item-table lookups give sparse gradients when a RowGradient keeps the tables' dense
+        # gradient buffers (the LightningModule does this in training; module row_grad.py).
+        self.sparse_item_grad = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -196,6 +199,10 @@ class SASRec(nn.Module):
         """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding)."""
         return (self.output_embedding or self.item_embedding).weight
 
+    def item_vectors(self, item_ids: Tensor) -> Tensor:
+        """Output-embedding rows of ``item_ids``: ``(...) -> (..., d)`` (row 0, padding, gets no gradient)."""
+        return F.embedding(item_ids, self.output_weight, padding_idx=0, sparse=self.sparse_item_grad)
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """Item plus right-aligned positional embedding: ``(B, L) -> (B, L, d)``."""
         length = input_ids.size(1)
@@ -204,7 +211,8 @@ class SASRec(nn.Module):
                 f"input has {length} positions but the model was built with max_len={self.max_len}; "
                 "keep the last max_len items of each sequence"
             )
-        x = self.item_embedding(input_ids) * self.embedding_scale  # (B, L, d)
+        x = F.embedding(input_ids, self.item_embedding.weight, padding_idx=0, sparse=self.sparse_item_grad)
+        x = x * self.embedding_scale  # (B, L, d)
         if self.position_embedding is not None:
             positions = torch.arange(self.max_len - length, self.max_len, device=input_ids.device)  # (L,)
             x = x + self.position_embedding(positions)  # (B, L, d)
@@ -235,8 +243,7 @@ class SASRec(nn.Module):
 
     def score_items(self, hidden: Tensor, item_ids: Tensor) -> Tensor:
         """Dot-product scores of given items: ``hidden (..., d)``, ``item_ids (..., C) -> (..., C)``."""
-        item_vectors = F.embedding(item_ids, self.output_weight)  # (..., C, d)
-        return (item_vectors @ hidden.unsqueeze(-1)).squeeze(-1)  # (..., C)
+        return (self.item_vectors(item_ids) * hidden.unsqueeze(-2)).sum(dim=-1)  # (..., C, d) -> (..., C)
 
     def score_all(self, hidden: Tensor) -> Tensor:
         """Scores of every item id: ``hidden (..., d) -> (..., num_items + 1)``; column 0 is padding."""

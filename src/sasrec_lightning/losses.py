@@ -2,7 +2,8 @@
 
 Every loss takes the hidden states already gathered at real positions, so no work is spent on
 padding, and computes in fp32 even under mixed precision. All share one call signature,
-``loss(encoder, hidden (N, d), targets (N,), negatives (N, k)) -> scalar``, and are chosen by the
+``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None) -> scalar`` (the
+generator seeds negatives a loss samples itself), and are chosen by the
 module's single ``loss`` field:
 
 * ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
@@ -120,9 +121,8 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
-        weight = encoder.output_weight.float()
-        positive = (hidden * weight[targets]).sum(dim=-1)  # (N,)
-        negative = hidden @ weight[shared].T  # (N, M)
+        positive = (hidden * encoder.item_vectors(targets).float()).sum(dim=-1)  # (N,)
+        negative = hidden @ encoder.item_vectors(shared).float().T  # (N, M)
         if log_q is not None:
             positive = positive - log_q[targets]
             negative = negative - log_q[shared]
@@ -134,7 +134,8 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
 class BCELoss(nn.Module):
     """``bce``: the paper's loss with the data module's ``k`` negatives per position."""
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
         return bce_loss(encoder, hidden, targets, negatives)
 
 
@@ -147,7 +148,8 @@ class GBCELoss(nn.Module):
             raise ValueError(f"gbce_t must be in [0, 1], got {t}")
         self.t = t
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
         return gbce_loss(encoder, hidden, targets, negatives, self.t)
 
 
@@ -190,24 +192,30 @@ class SampledSoftmaxLoss(nn.Module):
         counts[0] = 0
         self.frequencies = counts
 
-    def sample(self, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Shared negatives ``(M,)`` and the ``(I + 1,)`` log expected count of every item."""
+    def sample(self, targets: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Shared negatives ``(M,)`` and the ``(I + 1,)`` log expected count of every item.
+
+        Drawn from ``generator`` (the training batches seed one per batch) or the global torch RNG.
+        """
         m, num_items, device = self.num_negatives, self.num_items, targets.device
         uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
         if self.sampling == "uniform":
-            return torch.randint(1, num_items + 1, (m,), device=device), (uniform_q * m).log()
+            shared = torch.randint(1, num_items + 1, (m,), device=device, generator=generator)  # (M,)
+            return shared, (uniform_q * m).log()
         popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
         if self.sampling == "popularity":
-            shared = torch.multinomial(popularity.float(), m, replacement=True)  # (M,)
+            shared = torch.multinomial(popularity.float(), m, replacement=True, generator=generator)  # (M,)
             return shared, (popularity * m).log()
         in_batch = round(m * self.in_batch_fraction)
-        picks = torch.randint(0, targets.numel(), (in_batch,), device=device)  # (M_b,)
-        shared = torch.cat([targets[picks], torch.randint(1, num_items + 1, (m - in_batch,), device=device)])
+        picks = torch.randint(0, targets.numel(), (in_batch,), device=device, generator=generator)  # (M_b,)
+        uniform = torch.randint(1, num_items + 1, (m - in_batch,), device=device, generator=generator)
+        shared = torch.cat([targets[picks], uniform])  # (M,)
         # Expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I.
         return shared, (in_batch * popularity + (m - in_batch) * uniform_q).log()
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
-        shared, log_q = self.sample(targets)
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+        shared, log_q = self.sample(targets, generator)
         return sampled_softmax_loss(encoder, hidden, targets, shared,
                                     log_q.float() if self.logq_correction else None)
 
@@ -219,7 +227,8 @@ class FullCrossEntropyLoss(nn.Module):
         super().__init__()
         self.chunk_size = chunk_size
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size)
 
