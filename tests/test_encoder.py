@@ -132,3 +132,19 @@ def test_attention_weights_are_causal_distributions_and_match_fast_path():
         torch.testing.assert_close(block_weights.sum(-1), torch.ones(len(ROWS), 2, MAX_LEN))
         assert (block_weights[..., future] == 0).all()
         assert (block_weights.masked_select(key_is_pad & query_is_real) == 0).all()  # no weight on padding
+
+
+@pytest.mark.parametrize("init", ["normal", "xavier"])
+def test_initialization_schemes(init):
+    torch.manual_seed(0)
+    encoder = SASRec(num_items=5000, max_len=20, hidden_size=32, num_blocks=2, init=init, init_std=0.05)
+    table = encoder.item_embedding.weight
+    assert not table[0].any()  # padding row
+    expected = 0.05 if init == "normal" else (2 / (5001 + 32)) ** 0.5
+    assert table[1:].std().item() == pytest.approx(expected, rel=0.03)
+    qkv = encoder.blocks[0].attention.qkv.weight  # (3d, d)
+    assert qkv.std().item() == pytest.approx(0.05 if init == "normal" else (2 / (32 + 96)) ** 0.5, rel=0.1)
+    assert not encoder.blocks[0].attention.qkv.bias.any()
+    assert torch.equal(encoder.final_norm.weight, torch.ones(32)) and not encoder.final_norm.bias.any()
+    with pytest.raises(ValueError, match="unknown init"):
+        SASRec(num_items=5, max_len=4, init="kaiming")

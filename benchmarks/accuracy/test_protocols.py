@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/beauty.txt")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     args = parser.parse_args()
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)  # the safe path
     known = set(inspect.signature(SASRecModule.__init__).parameters)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in known}
     hparams["top_k"] = (1, 5, 10, 20)

@@ -35,6 +35,9 @@ class SASRecModule(L.LightningModule):
         use_positional: learned positional embedding (ablation switch).
         share_item_embedding: score with the input item embedding (ablation switch).
         use_residual: residual connections (ablation switch).
+        init: weight initialization: ``normal`` (``N(0, init_std^2)``, as BERT / RecBole / the RecSys
+            2023 SASRec code) or ``xavier`` (the original TF code and the common PyTorch port).
+        init_std: standard deviation of ``init: normal``.
         loss: training loss: ``bce`` (the paper's, ``data.num_negatives`` negatives per position),
             ``gbce`` (gSASRec's generalized BCE, same negatives), ``sampled_softmax`` (softmax over
             ``sampled_negatives`` negatives shared by the batch) or ``ce`` (exact full softmax,
@@ -72,6 +75,8 @@ class SASRecModule(L.LightningModule):
         use_positional: bool = True,
         share_item_embedding: bool = True,
         use_residual: bool = True,
+        init: Literal["normal", "xavier"] = "normal",
+        init_std: float = 0.02,
         loss: Literal["bce", "gbce", "sampled_softmax", "ce"] = "bce",
         gbce_t: float = 0.75,
         sampled_negatives: int = 3000,
@@ -104,6 +109,8 @@ class SASRecModule(L.LightningModule):
             use_positional=use_positional,
             share_item_embedding=share_item_embedding,
             use_residual=use_residual,
+            init=init,
+            init_std=init_std,
         )
         self.loss_fn = build_loss(
             loss, num_items, gbce_t=gbce_t, sampled_negatives=sampled_negatives,
