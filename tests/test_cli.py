@@ -63,3 +63,21 @@ def test_fit_then_test_a_checkpoint_in_subprocesses(tmp_path, synthetic_txt):
     # fit tested the same checkpoint after training: the numbers agree.
     assert float(ndcg.group(1)) == pytest.approx(float(summary.group(1)), abs=1e-4)
     assert float(hr.group(1)) == pytest.approx(float(summary.group(2)), abs=1e-4)
+
+
+def test_test_with_a_checkpoint_takes_evaluation_settings_from_the_command(tmp_path, synthetic_txt, monkeypatch):
+    """Training hyper-parameters come from the checkpoint; how to evaluate comes from the running command."""
+    monkeypatch.chdir(tmp_path)
+    common = ["-c", QUICKSTART, "--data.path", str(synthetic_txt), "--data.init_args.max_len", "10", *TINY_TRAINER,
+              "--trainer.default_root_dir", str(tmp_path)]
+    cli_main(["fit", *common, *TINY_MODEL, "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "true",
+              "--model.init_args.eval_protocol", "full", "--test_after_fit", "false"])
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint), "--model.init_args.hidden_size", "16",
+                    "--model.init_args.eval_protocol", "sampled", "--model.init_args.top_k", "[1, 5]"])
+    assert cli.model.hparams.hidden_size == 8  # what was trained (TINY_MODEL), whatever the command says
+    assert cli.model.hparams.eval_protocol == "sampled" and list(cli.model.hparams.top_k) == [1, 5]
+    assert {"test/hr@1", "test/hr@5", "test/ndcg@5"} <= set(cli.trainer.callback_metrics)
+    # Without a flag the command's config decides too (quickstart: the default sampled protocol).
+    cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint)])
+    assert cli.model.hparams.eval_protocol == "sampled" and list(cli.model.hparams.top_k) == [10]

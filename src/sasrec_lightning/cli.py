@@ -16,8 +16,18 @@ from .prediction import PredictionWriter
 __all__ = ["SASRecCLI", "cli_main", "main"]
 
 
+# How a model is evaluated, not what it learned: taken from the command's own config and flags, not
+# from the checkpoint, so `test --ckpt_path best.ckpt --model.init_args.eval_protocol sampled` tests a
+# model trained under full ranking with the sampled protocol.
+EVALUATION_SETTINGS = ("eval_protocol", "exclude_seen", "top_k", "eval_chunk_size")
+
+
 class SASRecCLI(LightningCLI):
-    """LightningCLI with the values the data decides linked into the model."""
+    """LightningCLI with the values the data decides linked into the model.
+
+    With ``--ckpt_path``, LightningCLI rebuilds the model from the checkpoint's hyper-parameters;
+    the evaluation settings (``EVALUATION_SETTINGS``) keep the values of the running command.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Said once, in the data section; the model receives them.
@@ -31,6 +41,15 @@ class SASRecCLI(LightningCLI):
         )
         # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        prefix = f"{subcommand}.model.init_args."
+        given = {key: self.config.get(prefix + key) for key in EVALUATION_SETTINGS} if subcommand else {}
+        super()._parse_ckpt_path()
+        for key, value in given.items():
+            if value is not None and self.config.get(prefix + key, None) is not None:
+                self.config[prefix + key] = value
 
     def before_fit(self) -> None:
         if not self.trainer.loggers:
