@@ -38,6 +38,10 @@ CASES = {
         "log.csv", "uid,item,ts\n1,2,3\n", {"timestamp_column": "ts"},
         ["log.csv", "['user']", "not found", "['uid', 'item', 'ts']", "--data.user_column"],
     ),
+    "missing timestamp column": (
+        "log.jsonl", '{"user": 1, "item": 2}\n', {"timestamp_column": "time"},
+        ["log.jsonl", "['time']", "not found", "['user', 'item']", "--data.timestamp_column"],
+    ),
     "missing literal key": (
         "steam.json", "{'username': 'a', 'product_id': '1', 'date': '2017-01-01'}\n{'username': 'b', 'date': 'x'}\n",
         {"user_column": "username", "item_column": "product_id", "timestamp_column": "date"},
@@ -46,6 +50,10 @@ CASES = {
     "unparseable timestamp": (
         "log.csv", "user,item,time\n1,2,2017-01-01\n1,3,yesterday\n", {"timestamp_column": "time"},
         ["log.csv", "line 3", "'time'", "'yesterday'", "ISO-8601"],
+    ),
+    "non-numeric json timestamp": (
+        "log.jsonl", '{"user": 1, "item": 2, "ts": true}\n', {"timestamp_column": "ts"},
+        ["log.jsonl", "'ts'", "has type bool", "expected integers"],
     ),
     "non-numeric movielens timestamp": (
         "ratings.dat", "1::2::5::978300760\n1::3::4::soon\n", {},
@@ -76,8 +84,9 @@ def _write(tmp_path, name, content):
 
 
 def _assert_cache_empty(cache):
-    sequences = cache / "sequences"
-    assert not sequences.exists() or list(sequences.iterdir()) == []
+    """Nothing at all is left under ``--data.cache_dir``: no sequences entry, no ``datasets`` Arrow cache."""
+    left = sorted(str(path.relative_to(cache)) for path in cache.rglob("*") if not path.is_dir())
+    assert left == [], left
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -132,22 +141,46 @@ def test_url_download_failure_when_online(tmp_path, monkeypatch):
         module.sequences  # noqa: B018
 
 
-@pytest.mark.parametrize("case", ["txt line not two integers", "missing file", "corrupt gzip"])
-def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, case):
-    name, content, kwargs, fragments = CASES[case]
-    path = _write(tmp_path, name, content)
+def test_successful_local_load_caches_only_the_sequences(tmp_path):
+    """The raw ``datasets`` Arrow cache of a local file is temporary; only ``sequences/`` is kept."""
+    path = _write(tmp_path, "log.csv", "user,item,ts\n1,2,1\n1,3,2\n1,4,3\n2,2,1\n2,4,2\n2,3,3\n")
+    module = SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), timestamp_column="ts",
+                              min_user_interactions=0, min_item_interactions=0, print_statistics=False)
+    assert module.sequences.num_items == 3
+    assert [child.name for child in (tmp_path / "cache").iterdir()] == ["sequences"]
+
+
+URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
+# Bad input that is not a local file: (data args, fragments the message must contain).
+REMOTE_CASES = {
+    "hub id while offline": ({"path": "nobody/no-such-dataset", "format": "hub"},
+                             ["hub dataset 'nobody/no-such-dataset'", "offline mode"]),
+    "download while offline": ({"url": URL}, ["cannot download", URL, "--data.path"]),
+}
+
+
+@pytest.mark.parametrize("case", [*CASES, *REMOTE_CASES])
+def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, case):
+    """Every bad-input case, through the console-script entry point (in-process: no interpreter start-up)."""
+    if case in REMOTE_CASES:
+        data, fragments = REMOTE_CASES[case]
+    else:
+        name, content, kwargs, fragments = CASES[case]
+        data = {"path": _write(tmp_path, name, content), **kwargs}
     argv = ["sasrec-lightning", "fit", "--seed_everything", "0", "--model", "sasrec_lightning.SASRecModule",
-            "--data.path", str(path), "--data.cache_dir", str(tmp_path / "cache"),
-            "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
-    for key, value in kwargs.items():
+            "--data.cache_dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
+    for key, value in data.items():
         argv += [f"--data.{key}", str(value)]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
+    assert exit_info.value.__suppress_context__  # raised "from None": nothing chained to print
     err = capsys.readouterr().err
-    assert err.startswith("error: ") or "\nerror: " in err
     assert "Traceback" not in err
+    lines = err.rstrip("\n").split("\n")
+    message = lines[-1]
+    assert message.startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1]), err
     for fragment in fragments:
-        assert fragment in err
+        assert fragment in message, (fragment, message)
     _assert_cache_empty(tmp_path / "cache")

@@ -13,12 +13,16 @@ published ``ml-*.zip``), ``disk`` (a ``save_to_disk`` folder) and ``hub`` (a dat
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
 import os
+import shutil
+import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -260,12 +264,29 @@ def _corrupt_archive(error: BaseException) -> BaseException | None:
     return None
 
 
-def _extract_ratings(path: str, cache_dir: str | None) -> str:
-    """``*/ratings.dat`` of a MovieLens zip, extracted (once) by ``datasets`` into its cache.
+@contextlib.contextmanager
+def _scratch_cache() -> Iterator[str]:
+    """A throw-away ``datasets`` cache for reading one local file, removed afterwards (also on errors).
+
+    The Arrow files ``load_dataset`` writes for a local file (and ``map`` results, extracted
+    archives, lock files) go here instead of ``--data.cache_dir``: a failed load leaves nothing in
+    the cache, and a successful one needs no raw copy, since the processed sequences are cached.
+    It lives in the system temporary directory (``$TMPDIR``). Tables read from it stay valid after
+    the removal: they are memory-mapped, and an unlinked file's mapping lives on (POSIX).
+    """
+    scratch = tempfile.mkdtemp(prefix="sasrec-lightning-read-")
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _extract_ratings(path: str, cache_dir: str) -> str:
+    """``*/ratings.dat`` of a MovieLens zip, extracted by ``datasets`` into ``cache_dir``.
 
     ``datasets`` extracts local archives itself (also offline, where ``zip://`` URLs are refused).
     """
-    config = datasets.DownloadConfig(cache_dir=os.path.join(cache_dir, "downloads") if cache_dir else None)
+    config = datasets.DownloadConfig(cache_dir=os.path.join(cache_dir, "downloads"))
     folder = datasets.DownloadManager(download_config=config).extract(os.path.abspath(path))
     found = sorted(glob.glob(os.path.join(folder, "*", "ratings.dat")) + glob.glob(os.path.join(folder, "ratings.dat")))
     if not found:
@@ -274,8 +295,11 @@ def _extract_ratings(path: str, cache_dir: str | None) -> str:
     return found[0]
 
 
-def _load(builder: str, path: str, cache_dir: str | None, **kwargs) -> datasets.Dataset:
-    """``datasets.load_dataset`` of one local file, with decompression errors turned into ``DataError``."""
+def _load(builder: str, path: str, cache_dir: str, **kwargs) -> datasets.Dataset:
+    """``datasets.load_dataset`` of one local file, with decompression errors turned into ``DataError``.
+
+    ``cache_dir`` is the scratch cache of :func:`_scratch_cache`.
+    """
     archive = _is_zip(path)
     try:
         data_files = _extract_ratings(path, cache_dir) if archive else path
@@ -316,7 +340,8 @@ def load_interactions(
             always uses its timestamps).
         name: hub dataset configuration name.
         split: hub dataset split (and the split of a ``save_to_disk`` ``DatasetDict``).
-        cache_dir: where ``datasets`` keeps its Arrow cache.
+        cache_dir: the ``datasets`` cache of hub ids (their prepared Arrow files are kept there). Local files are read through a temporary cache that is removed afterwards, so
+            loading a local file, successfully or not, writes nothing to ``cache_dir``.
         rating_column: rating column name, or ``None`` (``movielens`` always reads its ratings).
         num_proc: worker processes for parsing Python-literal lines.
 
@@ -343,38 +368,42 @@ def load_interactions(
                             "complete (gzip) JSON-lines file") from error
         format = "literal" if literal else "json"
 
-    if format == "sasrec":
-        table = parse_sasrec_lines(_load("text", path, cache_dir), path)
-        user_column, item_column, timestamp_column, rating_column = "user", "item", None, None
-    elif format == "movielens":
-        table = parse_movielens_lines(_load("text", path, cache_dir), path)
-        user_column, item_column, timestamp_column = "user", "item", "timestamp"
-        rating_column = "rating"
-    elif format == "literal":
-        keys = tuple(dict.fromkeys(k for k in (user_column, item_column, timestamp_column, rating_column) if k))
-        table = parse_literal_dicts(_load("text", path, cache_dir), path, keys, num_proc)
-    elif format in ("csv", "tsv"):
-        table = _load("csv", path, cache_dir, sep="\t" if format == "tsv" else ",").data.table
-    elif format in ("parquet", "json"):
-        table = _load(format, path, cache_dir).data.table
-    elif format == "disk":
-        try:
-            dataset = datasets.load_from_disk(path)
-        except FileNotFoundError as error:
-            raise DataError(f"{path}: not a folder written by Dataset.save_to_disk ({error})") from error
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise DataError(f"{path}: split {split!r} not found; the splits are {list(dataset)} (--data.split)")
-            dataset = dataset[split]
-        table = dataset.data.table
-    else:
-        try:
-            table = datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
-        except (ConnectionError, FileNotFoundError) as error:
-            offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
-            raise DataError(
-                f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
-                f"{type(error).__name__}: {error}. Expected a dataset id reachable on the Hugging Face Hub or "
-                "already in the local datasets cache (--data.cache_dir); for a local file check --data.path"
-            ) from error
-    return _canonical(table, path, format, user_column, item_column, timestamp_column, rating_column)
+    with contextlib.ExitStack() as stack:
+        # Local files: the datasets cache is a scratch folder (nothing lands in cache_dir); hub ids
+        # keep using cache_dir, where datasets prepares into "*.incomplete" and renames when done.
+        scratch = None if format in ("disk", "hub") else stack.enter_context(_scratch_cache())
+        if format == "sasrec":
+            table = parse_sasrec_lines(_load("text", path, scratch), path)
+            user_column, item_column, timestamp_column, rating_column = "user", "item", None, None
+        elif format == "movielens":
+            table = parse_movielens_lines(_load("text", path, scratch), path)
+            user_column, item_column, timestamp_column = "user", "item", "timestamp"
+            rating_column = "rating"
+        elif format == "literal":
+            keys = tuple(dict.fromkeys(k for k in (user_column, item_column, timestamp_column, rating_column) if k))
+            table = parse_literal_dicts(_load("text", path, scratch), path, keys, num_proc)
+        elif format in ("csv", "tsv"):
+            table = _load("csv", path, scratch, sep="\t" if format == "tsv" else ",").data.table
+        elif format in ("parquet", "json"):
+            table = _load(format, path, scratch).data.table
+        elif format == "disk":
+            try:
+                dataset = datasets.load_from_disk(path)
+            except FileNotFoundError as error:
+                raise DataError(f"{path}: not a folder written by Dataset.save_to_disk ({error})") from error
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise DataError(f"{path}: split {split!r} not found; the splits are {list(dataset)} (--data.split)")
+                dataset = dataset[split]
+            table = dataset.data.table
+        else:
+            try:
+                table = datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
+            except (ConnectionError, FileNotFoundError) as error:
+                offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
+                raise DataError(
+                    f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
+                    f"{type(error).__name__}: {error}. Expected a dataset id reachable on the Hugging Face Hub or "
+                    "already in the local datasets cache (--data.cache_dir); for a local file check --data.path"
+                ) from error
+        return _canonical(table, path, format, user_column, item_column, timestamp_column, rating_column)
