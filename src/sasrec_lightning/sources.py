@@ -340,8 +340,9 @@ def load_interactions(
             always uses its timestamps).
         name: hub dataset configuration name.
         split: hub dataset split (and the split of a ``save_to_disk`` ``DatasetDict``).
-        cache_dir: the ``datasets`` cache of hub ids (their prepared Arrow files are kept there). Local files are read through a temporary cache that is removed afterwards, so
-            loading a local file, successfully or not, writes nothing to ``cache_dir``.
+        cache_dir: the ``datasets`` cache of hub ids (their prepared Arrow files are kept there).
+            Local files are read through a temporary cache that is removed afterwards, so loading
+            a local file, successfully or not, writes nothing to ``cache_dir``.
         rating_column: rating column name, or ``None`` (``movielens`` always reads its ratings).
         num_proc: worker processes for parsing Python-literal lines.
 
