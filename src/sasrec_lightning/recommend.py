@@ -30,7 +30,8 @@ class Recommendations(NamedTuple):
     ``items[b]`` and ``scores[b]`` are plain lists of equal length ``<= k`` (shorter only when
     fewer than ``k`` items are left after excluding the sequence's own items). For a sequence
     with no known item, the items are the most popular ones and the scores their interaction
-    counts in the training data.
+    counts over every interaction of the (preprocessed) dataset the model was trained from:
+    training, validation and test items alike, the full history a served model should use.
     """
 
     items: list[list]
