@@ -117,6 +117,19 @@ def test_hub_id_while_offline(tmp_path, offline):
     _assert_cache_empty(tmp_path / "cache")
 
 
+def test_hub_dataset_whose_files_disagree_is_a_data_error(tmp_path, offline):
+    """A hub-style dataset (a folder of data files, loaded by ``load_dataset``) that cannot be built."""
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text("user,item\n1,2\n1,3\n")
+    (folder / "part-1.csv").write_text("customer,product,price\n1,2,9.5\n")
+    module = SASRecDataModule(path=str(folder), format="hub", cache_dir=str(tmp_path / "cache"),
+                              print_statistics=False)
+    with pytest.raises(DataError, match=r"hub dataset .*my-dataset.* could not be built: .*consistent table") as error:
+        module.sequences  # noqa: B018
+    assert "\n" not in str(error.value)  # one paragraph
+
+
 def test_url_download_while_offline_names_url_and_option(tmp_path, offline):
     url = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
     module = SASRecDataModule(url=url, user_column="username", item_column="product_id", timestamp_column="date",

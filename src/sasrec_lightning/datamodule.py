@@ -45,9 +45,10 @@ class SASRecDataModule(L.LightningDataModule):
             ISO-8601 dates); empty keeps file order (SASRec text files are already chronological).
         name: hub dataset configuration name.
         split: hub dataset split (or the split of a ``save_to_disk`` DatasetDict).
-        cache_dir: cache folder: ``datasets`` keeps its Arrow cache and downloads here and the
-            processed sequences go to ``<cache_dir>/sequences``. Empty: the ``datasets`` default and
-            ``$SASREC_LIGHTNING_CACHE`` or ``~/.cache/sasrec_lightning``.
+        cache_dir: cache folder: the processed sequences go to ``<cache_dir>/sequences``, ``url``
+            downloads and hub datasets to ``datasets``' cache here (local files are read through a
+            temporary ``datasets`` cache that is removed afterwards). Empty: the ``datasets`` default
+            and ``$SASREC_LIGHTNING_CACHE`` or ``~/.cache/sasrec_lightning``.
         rating_column: rating column (MovieLens files always have one); needed by ``min_rating``.
         url: when ``path`` is empty, download this file once into the cache (e.g. the Steam reviews
             published with the paper); offline this fails with a message naming the URL.

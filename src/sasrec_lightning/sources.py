@@ -400,6 +400,15 @@ def load_interactions(
         else:
             try:
                 table = datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
+            except datasets.exceptions.DatasetGenerationError as error:  # the hub files themselves are bad
+                cause = error.__cause__ or error
+                detail = " ".join(str(cause).split())  # one paragraph (schema dumps span many lines)
+                detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+                raise DataError(
+                    f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be built: "
+                    f"{type(cause).__name__}: {detail}. Expected files of one consistent table with "
+                    "user/item(/timestamp) columns"
+                ) from error
             except (ConnectionError, FileNotFoundError) as error:
                 offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
                 raise DataError(
