@@ -129,7 +129,7 @@ class SASRecModule(L.LightningModule):
         # (``--prediction.k``), since LightningCLI takes model hyper-parameters from ``--ckpt_path``.
         self.predict_k = 10
         self.predict_exclude_seen = True
-        self._row_grads: list[RowGradient] | None = None  # set while training (optimizer_zero_grad)
+        self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -163,6 +163,8 @@ class SASRecModule(L.LightningModule):
             row_grad.zero_(full=full)
 
     def _install_row_gradients(self) -> None:
+        if self._row_grads is not None:  # still installed (e.g. a fit that raised before on_train_end)
+            return
         tables = {id(p): p for p in (self.model.item_embedding.weight, self.model.output_weight)}
         self._row_grads = [RowGradient(table) for table in tables.values()]
         self.model.sparse_item_grad = True
