@@ -160,6 +160,40 @@ def test_sampled_softmax_logq_subtracts_log_expected_count(encoder, batch):
     torch.testing.assert_close(sampled_softmax_loss(encoder, hidden, targets, shared, log_q), expected)
 
 
+def test_sampled_softmax_with_negatives_per_sequence_matches_a_loop_over_positions(encoder, batch):
+    hidden, targets, _ = batch
+    rows = torch.tensor([0, 0, 0, 1, 2, 2])  # positions 0-2 belong to sequence 0, 3 to 1, 4-5 to 2
+    shared = torch.tensor([[2, 5, 9], [4, 5, 6], [7, 3, 3]])  # (B, M): 5 and 7/3 are accidental hits
+    log_q = torch.linspace(-2, 1, NUM_ITEMS + 1)
+    weight = encoder.output_weight
+    expected = []
+    for n in range(len(targets)):  # brute force: each position against its own sequence's negatives
+        negatives = shared[rows[n]]
+        logits = torch.cat([(hidden[n] @ weight[targets[n]]).view(1) - log_q[targets[n]],
+                            hidden[n] @ weight[negatives].T - log_q[negatives]])
+        logits[1:][negatives == targets[n]] = float("-inf")
+        expected.append(torch.logsumexp(logits, 0) - logits[0])
+    loss = sampled_softmax_loss(encoder, hidden, targets, shared, log_q, rows=rows)
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    with pytest.raises(ValueError, match="rows"):
+        sampled_softmax_loss(encoder, hidden, targets, shared)
+
+
+def test_sampled_softmax_loss_module_draws_negatives_per_sequence(encoder, batch):
+    hidden, targets, _ = batch
+    rows = torch.tensor([0, 0, 1, 1, 1, 3])  # sequence 2 has no real position (all padding)
+    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=5, sharing="sequence")
+    shared, _ = loss.sample(targets, torch.Generator().manual_seed(0), (4, 5))
+    assert shared.shape == (4, 5) and shared.min() >= 1 and shared.max() <= NUM_ITEMS
+    value = loss(encoder, hidden, targets, None, torch.Generator().manual_seed(0), rows)
+    expected = sampled_softmax_loss(encoder, hidden, targets, shared, None, rows)
+    torch.testing.assert_close(value, expected)  # uniform: the (constant) logQ cancels
+    with pytest.raises(ValueError, match="rows"):
+        loss(encoder, hidden, targets, None)
+    with pytest.raises(ValueError, match="negative sharing"):
+        SampledSoftmaxLoss(NUM_ITEMS, sharing="user")
+
+
 def test_sampled_softmax_samplers():
     torch.manual_seed(0)
     counts = torch.zeros(NUM_ITEMS + 1)

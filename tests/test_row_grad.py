@@ -51,6 +51,7 @@ def train(module_class, steps: int = 12, accumulate: int = 1, **options) -> dict
         {"loss": "bce"},
         {"loss": "gbce"},
         {"loss": "sampled_softmax", "sampled_negatives": 10},
+        {"loss": "sampled_softmax", "sampled_negatives": 10, "negative_sharing": "sequence"},
         {"loss": "ce"},  # a dense table gradient arrives too: the clear must be a full one
         {"loss": "bce", "share_item_embedding": False},  # two tables
         {"loss": "bce", "l2_emb": 0.01},

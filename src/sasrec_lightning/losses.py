@@ -2,14 +2,16 @@
 
 Every loss takes the hidden states already gathered at real positions, so no work is spent on
 padding, and computes in fp32 even under mixed precision. All share one call signature,
-``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None) -> scalar`` (the
-generator seeds negatives a loss samples itself), and are chosen by the
+``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None, rows=None) ->
+scalar`` (the generator seeds negatives a loss samples itself; ``rows`` is the sequence of each
+position, for negatives shared per sequence), and are chosen by the
 module's single ``loss`` field:
 
 * ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
 * ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``;
-* ``sampled_softmax`` — softmax over the positive and ``N`` negatives shared by the whole batch
-  (uniform, popularity-proportional or in-batch mixed with uniform) with logQ correction;
+* ``sampled_softmax`` — softmax over the positive and ``M`` negatives shared by the whole batch or
+  by each sequence (uniform, popularity-proportional or in-batch mixed with uniform) with logQ
+  correction;
 * ``ce`` — exact softmax over the whole catalogue, item-chunked (:mod:`.chunked_ce`).
 """
 
@@ -100,21 +102,43 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
         return (per_position / (negatives.size(-1) + 1)).mean()
 
 
-def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
-                         log_q: Tensor | None = None) -> Tensor:
-    """Softmax cross-entropy of each target against negatives shared by all positions.
+def sequence_scores(hidden: Tensor, rows: Tensor, vectors: Tensor) -> Tensor:
+    """Score each position against the item vectors of its own sequence in one batched matmul.
 
-    Accidental hits (a shared negative equal to the position's target) are removed. With
-    ``log_q`` (log expected count of each item in the sample) the logQ correction
-    ``s - log Q`` is applied to the positive and the negatives alike, which makes the sampled
-    softmax an unbiased-in-the-limit estimate of the full one for non-uniform samplers.
+    Args:
+        hidden: ``(N, d)`` hidden states of real positions in row-major order (as ``hidden[real]``).
+        rows: ``(N,)`` sequence (batch row) of each position, non-decreasing.
+        vectors: ``(B, M, d)`` item vectors of each sequence.
+
+    Returns:
+        ``(N, M)`` scores.
+    """
+    counts = torch.bincount(rows, minlength=vectors.size(0))  # (B,)
+    column = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]  # (N,)
+    padded = hidden.new_zeros(vectors.size(0), int(counts.max()), hidden.size(-1))  # (B, L', d)
+    padded = padded.index_put((rows, column), hidden)  # positions back in their sequences
+    return torch.bmm(padded, vectors.transpose(1, 2))[rows, column]  # (B, L', M) -> (N, M)
+
+
+def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
+                         log_q: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """Softmax cross-entropy of each target against sampled negatives shared by many positions.
+
+    ``shared`` is either ``(M,)`` negatives for every position of the batch, or ``(B, M)``
+    negatives per sequence, shared by that sequence's positions (``rows`` says which sequence each
+    position belongs to; Klenitskiy & Vasilev's SASRec+ 3000 samples per sequence). Accidental hits
+    (a negative equal to the position's target) are removed. With ``log_q`` (log expected count of
+    each item in one sample of ``M``) the logQ correction ``s - log Q`` is applied to the positive
+    and the negatives alike, which makes the sampled softmax an unbiased-in-the-limit estimate of
+    the full one for non-uniform samplers.
 
     Args:
         encoder: the model.
-        hidden: ``(N, d)`` hidden states at real positions.
+        hidden: ``(N, d)`` hidden states at real positions (row-major, as ``hidden[real]``).
         targets: ``(N,)`` next items.
-        shared: ``(M,)`` negative item ids for the whole batch.
+        shared: ``(M,)`` negative item ids for the whole batch or ``(B, M)`` per sequence.
         log_q: optional ``(I + 1,)`` log expected sample count of every item id.
+        rows: ``(N,)`` sequence of each position; needed with per-sequence negatives.
 
     Returns:
         Scalar loss.
@@ -122,11 +146,18 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
         positive = (hidden * encoder.item_vectors(targets).float()).sum(dim=-1)  # (N,)
-        negative = hidden @ encoder.item_vectors(shared).float().T  # (N, M)
+        if shared.dim() == 1:
+            negative = hidden @ encoder.item_vectors(shared).float().T  # (N, M)
+            negative_ids = shared.unsqueeze(0)  # (1, M)
+        else:
+            if rows is None:
+                raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
+            negative = sequence_scores(hidden, rows, encoder.item_vectors(shared).float())  # (N, M)
+            negative_ids = shared[rows]  # (N, M)
         if log_q is not None:
             positive = positive - log_q[targets]
-            negative = negative - log_q[shared]
-        negative = negative.masked_fill(shared.unsqueeze(0) == targets.unsqueeze(-1), float("-inf"))  # (N, M)
+            negative = negative - log_q[negative_ids]
+        negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))  # (N, M)
         logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)  # (N, 1 + M)
         return (torch.logsumexp(logits, dim=-1) - positive).mean()
 
@@ -135,7 +166,7 @@ class BCELoss(nn.Module):
     """``bce``: the paper's loss with the data module's ``k`` negatives per position."""
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         return bce_loss(encoder, hidden, targets, negatives)
 
 
@@ -149,24 +180,29 @@ class GBCELoss(nn.Module):
         self.t = t
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         return gbce_loss(encoder, hidden, targets, negatives, self.t)
 
 
 class SampledSoftmaxLoss(nn.Module):
-    """``sampled_softmax``: ``num_negatives`` negatives drawn once per batch and shared.
+    """``sampled_softmax``: ``num_negatives`` sampled negatives shared by the batch or by each sequence.
 
     Args:
         num_items: catalogue size ``I``.
-        num_negatives: shared negatives per batch ``M`` (e.g. 3000).
+        num_negatives: negatives ``M`` per batch or per sequence (e.g. 3000).
         sampling: ``uniform``; ``popularity`` (proportional to training frequency); ``in_batch``
             (other positions' targets, i.e. popularity-proportional for free) mixed with uniform.
         in_batch_fraction: share of the ``M`` negatives taken in-batch under ``in_batch``.
         logq_correction: subtract ``log Q`` (off only for ablations; a no-op for uniform).
+        sharing: ``batch``: one draw of ``M`` for every position of the batch (one ``(N, M)``
+            matmul); ``sequence``: a draw of ``M`` per sequence, shared by its positions, as in
+            Klenitskiy & Vasilev's SASRec+ (independent negatives across sequences: a less noisy
+            batch gradient for ``B`` times the sampled item vectors).
     """
 
     def __init__(self, num_items: int, num_negatives: int = 3000, sampling: Sampling = "uniform",
-                 in_batch_fraction: float = 0.5, logq_correction: bool = True) -> None:
+                 in_batch_fraction: float = 0.5, logq_correction: bool = True,
+                 sharing: Literal["batch", "sequence"] = "batch") -> None:
         super().__init__()
         if num_negatives < 1:
             raise ValueError(f"sampled_softmax needs at least 1 negative, got num_negatives={num_negatives}")
@@ -174,11 +210,14 @@ class SampledSoftmaxLoss(nn.Module):
             raise ValueError(f"unknown negative sampling {sampling!r}; expected uniform, popularity or in_batch")
         if not 0.0 <= in_batch_fraction <= 1.0:
             raise ValueError(f"in_batch_fraction must be in [0, 1], got {in_batch_fraction}")
+        if sharing not in ("batch", "sequence"):
+            raise ValueError(f"unknown negative sharing {sharing!r}; expected batch or sequence")
         self.num_items = num_items
         self.num_negatives = num_negatives
         self.sampling = sampling
         self.in_batch_fraction = in_batch_fraction
         self.logq_correction = logq_correction
+        self.sharing = sharing
         # Training target frequency of every item id (row 0 unused); uniform until set_frequencies.
         counts = torch.ones(num_items + 1, dtype=torch.float64)
         counts[0] = 0
@@ -192,32 +231,42 @@ class SampledSoftmaxLoss(nn.Module):
         counts[0] = 0
         self.frequencies = counts
 
-    def sample(self, targets: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Shared negatives ``(M,)`` and the ``(I + 1,)`` log expected count of every item.
+    def sample(self, targets: Tensor, generator: torch.Generator | None = None,
+               shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+        """Negatives of ``shape`` and the ``(I + 1,)`` log expected count of every item in a draw of ``M``.
 
-        Drawn from ``generator`` (the training batches seed one per batch) or the global torch RNG.
+        ``shape`` is ``(M,)`` by default, ``(B, M)`` for negatives per sequence. Drawn from
+        ``generator`` (the training batches seed one per batch) or the global torch RNG.
         """
         m, num_items, device = self.num_negatives, self.num_items, targets.device
+        shape = shape or (m,)
+        lead = shape[:-1]
         uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
         if self.sampling == "uniform":
-            shared = torch.randint(1, num_items + 1, (m,), device=device, generator=generator)  # (M,)
+            shared = torch.randint(1, num_items + 1, shape, device=device, generator=generator)
             return shared, (uniform_q * m).log()
         popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
         if self.sampling == "popularity":
-            shared = torch.multinomial(popularity.float(), m, replacement=True, generator=generator)  # (M,)
-            return shared, (popularity * m).log()
+            count = int(torch.tensor(shape).prod())
+            shared = torch.multinomial(popularity.float(), count, replacement=True, generator=generator)
+            return shared.view(shape), (popularity * m).log()
         in_batch = round(m * self.in_batch_fraction)
-        picks = torch.randint(0, targets.numel(), (in_batch,), device=device, generator=generator)  # (M_b,)
-        uniform = torch.randint(1, num_items + 1, (m - in_batch,), device=device, generator=generator)
-        shared = torch.cat([targets[picks], uniform])  # (M,)
+        picks = torch.randint(0, targets.numel(), (*lead, in_batch), device=device, generator=generator)
+        uniform = torch.randint(1, num_items + 1, (*lead, m - in_batch), device=device, generator=generator)
+        shared = torch.cat([targets[picks], uniform], dim=-1)  # (..., M)
         # Expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I.
         return shared, (in_batch * popularity + (m - in_batch) * uniform_q).log()
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
-        shared, log_q = self.sample(targets, generator)
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
+        shape = None
+        if self.sharing == "sequence":
+            if rows is None:
+                raise ValueError("sampled_softmax with sharing='sequence' needs `rows`, the sequence of each position")
+            shape = (int(rows.max()) + 1 if rows.numel() else 1, self.num_negatives)
+        shared, log_q = self.sample(targets, generator, shape)
         return sampled_softmax_loss(encoder, hidden, targets, shared,
-                                    log_q.float() if self.logq_correction else None)
+                                    log_q.float() if self.logq_correction else None, rows)
 
 
 class FullCrossEntropyLoss(nn.Module):
@@ -228,7 +277,7 @@ class FullCrossEntropyLoss(nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size)
 
@@ -238,14 +287,16 @@ LOSSES = {"bce": BCELoss, "gbce": GBCELoss, "sampled_softmax": SampledSoftmaxLos
 
 def build_loss(name: str, num_items: int, gbce_t: float = 0.75, sampled_negatives: int = 3000,
                negative_sampling: Sampling = "uniform", in_batch_fraction: float = 0.5,
-               logq_correction: bool = True, ce_chunk_size: int = 65536) -> nn.Module:
+               logq_correction: bool = True, ce_chunk_size: int = 65536,
+               negative_sharing: Literal["batch", "sequence"] = "batch") -> nn.Module:
     """The loss module named ``name`` with its options (the module's config fields)."""
     if name == "bce":
         return BCELoss()
     if name == "gbce":
         return GBCELoss(gbce_t)
     if name == "sampled_softmax":
-        return SampledSoftmaxLoss(num_items, sampled_negatives, negative_sampling, in_batch_fraction, logq_correction)
+        return SampledSoftmaxLoss(num_items, sampled_negatives, negative_sampling, in_batch_fraction, logq_correction,
+                                  negative_sharing)
     if name == "ce":
         if ce_chunk_size < 1:
             raise ValueError(f"ce_chunk_size must be at least 1, got {ce_chunk_size}")

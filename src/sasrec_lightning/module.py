@@ -40,14 +40,17 @@ class SASRecModule(L.LightningModule):
         init_std: standard deviation of ``init: normal``.
         loss: training loss: ``bce`` (the paper's, ``data.num_negatives`` negatives per position),
             ``gbce`` (gSASRec's generalized BCE, same negatives), ``sampled_softmax`` (softmax over
-            ``sampled_negatives`` negatives shared by the batch) or ``ce`` (exact full softmax,
+            ``sampled_negatives`` negatives shared by the batch or each sequence) or ``ce`` (exact full softmax,
             item-chunked).
         gbce_t: gBCE calibration parameter ``t`` in ``[0, 1]`` (gSASRec default 0.75).
-        sampled_negatives: shared negatives per batch for ``sampled_softmax`` (e.g. 3000).
+        sampled_negatives: negatives per batch (or per sequence) for ``sampled_softmax`` (e.g. 3000).
         negative_sampling: ``sampled_softmax`` negatives: ``uniform``, ``popularity`` (training
             frequency) or ``in_batch`` (other positions' targets mixed with uniform).
         in_batch_fraction: share of in-batch negatives under ``in_batch``.
         logq_correction: subtract the log sampling probability under non-uniform sampling.
+        negative_sharing: ``sampled_softmax``: ``batch`` draws one set of negatives for every
+            position of a batch; ``sequence`` one per sequence, shared by its positions (SASRec+ of
+            Klenitskiy & Vasilev; independent across sequences, ``batch_size`` times the vectors).
         ce_chunk_size: items per chunk of the ``ce`` loss (peak memory ~ positions x chunk).
         lr: Adam learning rate (paper: 0.001).
         betas: Adam betas (the original code uses (0.9, 0.98)).
@@ -83,6 +86,7 @@ class SASRecModule(L.LightningModule):
         negative_sampling: Literal["uniform", "popularity", "in_batch"] = "uniform",
         in_batch_fraction: float = 0.5,
         logq_correction: bool = True,
+        negative_sharing: Literal["batch", "sequence"] = "batch",
         ce_chunk_size: int = 65536,
         lr: float = 0.001,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -115,7 +119,7 @@ class SASRecModule(L.LightningModule):
         self.loss_fn = build_loss(
             loss, num_items, gbce_t=gbce_t, sampled_negatives=sampled_negatives,
             negative_sampling=negative_sampling, in_batch_fraction=in_batch_fraction,
-            logq_correction=logq_correction, ce_chunk_size=ce_chunk_size,
+            logq_correction=logq_correction, ce_chunk_size=ce_chunk_size, negative_sharing=negative_sharing,
         )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -142,7 +146,8 @@ class SASRecModule(L.LightningModule):
         generator = None
         if "sample_seed" in batch:  # the loss's own sampling is seeded per batch (per DDP rank, resumable)
             generator = torch.Generator(device=hidden.device).manual_seed(int(batch["sample_seed"]))
-        loss = self.loss_fn(self.model, hidden[real], batch["targets"][real], batch["negatives"][real], generator)
+        rows = torch.nonzero(real)[:, 0]  # (N,) the sequence of each real position (for per-sequence negatives)
+        loss = self.loss_fn(self.model, hidden[real], batch["targets"][real], batch["negatives"][real], generator, rows)
         if self.hparams.l2_emb:
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
