@@ -17,6 +17,7 @@ module's single ``loss`` field:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -247,8 +248,7 @@ class SampledSoftmaxLoss(nn.Module):
             return shared, (uniform_q * m).log()
         popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
         if self.sampling == "popularity":
-            count = int(torch.tensor(shape).prod())
-            shared = torch.multinomial(popularity.float(), count, replacement=True, generator=generator)
+            shared = torch.multinomial(popularity.float(), math.prod(shape), replacement=True, generator=generator)
             return shared.view(shape), (popularity * m).log()
         in_batch = round(m * self.in_batch_fraction)
         picks = torch.randint(0, targets.numel(), (*lead, in_batch), device=device, generator=generator)
