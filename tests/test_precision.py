@@ -35,7 +35,8 @@ def test_bf16_mixed_trains_finite_with_fp32_loss_and_metrics(synthetic_txt, loss
     assert trainer.precision == "bf16-mixed"
     assert len(record.losses) == 2 * len(data.train_dataloader())
     assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in record.losses)
-    assert record.losses[-1] < record.losses[0]  # it learned something
+    per_epoch = len(record.losses) // 2  # batch losses scale with their positions: compare whole epochs
+    assert sum(record.losses[per_epoch:]) < sum(record.losses[:per_epoch])  # it learned something
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     metrics = trainer.callback_metrics
     assert metrics["val/ndcg@10"].dtype == torch.float32 and torch.isfinite(metrics["val/ndcg@10"])

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from .encoder import SASRec
@@ -52,6 +53,13 @@ class SASRecModule(L.LightningModule):
             position of a batch; ``sequence`` one per sequence, shared by its positions (SASRec+ of
             Klenitskiy & Vasilev; independent across sequences, ``batch_size`` times the vectors).
         ce_chunk_size: items per chunk of the ``ce`` loss (peak memory ~ positions x chunk).
+        loss_normalization: how a batch's loss is divided: ``epoch`` sums it over the batch's
+            positions and divides by the mean number of positions per training batch (every position
+            weighs the same across the epoch, also when length bucketing makes batches of short
+            sequences); ``batch`` takes the mean over the batch's positions (the reference code,
+            where a position in a batch of short sequences weighs more). With random batches the
+            two agree in expectation. ``epoch`` needs a training dataset with per-sample
+            ``lengths`` (ours); other data falls back to ``batch`` with a warning.
         lr: Adam learning rate (paper: 0.001).
         betas: Adam betas (the original code uses (0.9, 0.98)).
         weight_decay: Adam weight decay on all parameters.
@@ -88,6 +96,7 @@ class SASRecModule(L.LightningModule):
         logq_correction: bool = True,
         negative_sharing: Literal["batch", "sequence"] = "batch",
         ce_chunk_size: int = 65536,
+        loss_normalization: Literal["epoch", "batch"] = "epoch",
         lr: float = 0.001,
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
@@ -134,6 +143,7 @@ class SASRecModule(L.LightningModule):
         self.predict_k = 10
         self.predict_exclude_seen = True
         self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
+        self._positions_per_batch: float | None = None  # loss_normalization: epoch (on_train_start)
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -148,9 +158,11 @@ class SASRecModule(L.LightningModule):
             generator = torch.Generator(device=hidden.device).manual_seed(int(batch["sample_seed"]))
         rows = torch.nonzero(real)[:, 0]  # (N,) the sequence of each real position (for per-sequence negatives)
         loss = self.loss_fn(self.model, hidden[real], batch["targets"][real], batch["negatives"][real], generator, rows)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))  # per position
+        if self._positions_per_batch is not None:  # position mean -> sum / epoch-mean positions per batch
+            loss = loss * (rows.numel() / self._positions_per_batch)
         if self.hparams.l2_emb:
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
@@ -178,6 +190,21 @@ class SASRecModule(L.LightningModule):
         # Before the first forward pass: Lightning calls optimizer_zero_grad between a step's forward
         # and backward, so installing there would leave the first step with dense lookups.
         self._install_row_gradients()
+        self._positions_per_batch = self._mean_positions_per_batch()
+
+    def _mean_positions_per_batch(self) -> float | None:
+        """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
+        if self.hparams.get("loss_normalization", "batch") != "epoch":
+            return None
+        loader = self.trainer.train_dataloader
+        lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
+        batches = len(loader) * self.trainer.world_size if lengths is not None else 0
+        if batches == 0:
+            rank_zero_warn("loss_normalization='epoch' needs a training dataset with per-sample `lengths` "
+                           "(SASRecDataModule's has them); this one has none, so each batch's loss is the mean "
+                           "over its positions (loss_normalization='batch').")
+            return None
+        return float(np.sum(lengths)) / batches
 
     def on_train_end(self) -> None:
         # Back to ordinary dense gradients for any later use of the encoder outside this loop.
