@@ -74,11 +74,17 @@ class _Record(L.Callback):
         self.value = pl_module._positions_per_batch
 
 
-def test_fit_divides_by_the_epoch_mean_positions_per_batch(synthetic_txt):
+class _OwnTrainStart(SASRecModule):
+    def on_train_start(self) -> None:  # a user's override that does not call super()
+        pass
+
+
+@pytest.mark.parametrize("module_class", [SASRecModule, _OwnTrainStart])
+def test_fit_divides_by_the_epoch_mean_positions_per_batch(synthetic_txt, module_class):
     L.seed_everything(0, verbose=False)
     data = SASRecDataModule(path=str(synthetic_txt), max_len=6, batch_size=16, print_statistics=False,
                             length_bucketing=True)
-    model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
+    model = module_class(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
     record = _Record()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -143,7 +143,8 @@ class SASRecModule(L.LightningModule):
         self.predict_k = 10
         self.predict_exclude_seen = True
         self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
-        self._positions_per_batch: float | None = None  # loss_normalization: epoch (on_train_start)
+        self._positions_per_batch: float | None = None  # loss_normalization: epoch (see _epoch_normalizer)
+        self._normalizer_loader: int | None = None  # id of the training loader it was computed for
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -159,8 +160,9 @@ class SASRecModule(L.LightningModule):
         rows = torch.nonzero(real)[:, 0]  # (N,) the sequence of each real position (for per-sequence negatives)
         loss = self.loss_fn(self.model, hidden[real], batch["targets"][real], batch["negatives"][real], generator, rows)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))  # per position
-        if self._positions_per_batch is not None:  # position mean -> sum / epoch-mean positions per batch
-            loss = loss * (rows.numel() / self._positions_per_batch)
+        positions_per_batch = self._epoch_normalizer()
+        if positions_per_batch is not None:  # position mean -> sum / epoch-mean positions per batch
+            loss = loss * (rows.numel() / positions_per_batch)
         if self.hparams.l2_emb:
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
         return loss
@@ -190,13 +192,26 @@ class SASRecModule(L.LightningModule):
         # Before the first forward pass: Lightning calls optimizer_zero_grad between a step's forward
         # and backward, so installing there would leave the first step with dense lookups.
         self._install_row_gradients()
-        self._positions_per_batch = self._mean_positions_per_batch()
 
-    def _mean_positions_per_batch(self) -> float | None:
-        """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
-        if self.hparams.get("loss_normalization", "batch") != "epoch":
+    def _epoch_normalizer(self) -> float | None:
+        """``loss_normalization: epoch``: mean positions per training batch, else None.
+
+        Computed on the first training step of each training loader (not in ``on_train_start``,
+        which subclasses may override without calling ``super()``). Without a trainer (a direct
+        ``training_step`` call) it is whatever ``_positions_per_batch`` holds, None by default.
+        """
+        if self._trainer is None:
+            return self._positions_per_batch
+        if self.hparams.get("loss_normalization", "batch") != "epoch":  # checkpoints before the option: batch
             return None
         loader = self.trainer.train_dataloader
+        if loader is not None and id(loader) != self._normalizer_loader:
+            self._normalizer_loader = id(loader)
+            self._positions_per_batch = self._mean_positions_per_batch(loader)
+        return self._positions_per_batch
+
+    def _mean_positions_per_batch(self, loader) -> float | None:
+        """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
         lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
         batches = len(loader) * self.trainer.world_size if lengths is not None else 0
         if batches == 0:
