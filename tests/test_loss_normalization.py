@@ -48,7 +48,7 @@ def test_batch_losses_weigh_positions_as_configured(normalization):
     short = _batch(30, [1, 2, 1, 2], width=8, seed=1)  # 6 positions
     long = _batch(30, [8, 7, 8, 8], width=8, seed=2)  # 31 positions
     if normalization == "epoch":
-        model._positions_per_batch = (6 + 31) / 2  # what on_train_start computes for this "epoch"
+        model._epoch_normalizer = lambda: (6 + 31) / 2  # what fit computes for this two-batch "epoch"
     with torch.no_grad():
         returned = [model.training_step(batch, 0) for batch in (short, long)]
         per_position = [_per_position_bce(model, batch) for batch in (short, long)]

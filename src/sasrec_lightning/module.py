@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
@@ -144,7 +145,7 @@ class SASRecModule(L.LightningModule):
         self.predict_exclude_seen = True
         self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
         self._positions_per_batch: float | None = None  # loss_normalization: epoch (see _epoch_normalizer)
-        self._normalizer_loader: int | None = None  # id of the training loader it was computed for
+        self._normalizer_loader: weakref.ref | None = None  # the training loader it was computed for
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -197,29 +198,26 @@ class SASRecModule(L.LightningModule):
         """``loss_normalization: epoch``: mean positions per training batch, else None.
 
         Computed on the first training step of each training loader (not in ``on_train_start``,
-        which subclasses may override without calling ``super()``). Without a trainer (a direct
-        ``training_step`` call) it is whatever ``_positions_per_batch`` holds, None by default.
+        which subclasses may override without calling ``super()``) and kept for that loader. None
+        without a trainer (a direct ``training_step`` call): the per-batch mean.
         """
-        if self._trainer is None:
-            return self._positions_per_batch
-        if self.hparams.get("loss_normalization", "batch") != "epoch":  # checkpoints before the option: batch
-            return None
+        if self._trainer is None or self.hparams.get("loss_normalization", "batch") != "epoch":
+            return None  # (checkpoints from before the option have none: batch)
         loader = self.trainer.train_dataloader
-        if loader is not None and id(loader) != self._normalizer_loader:
-            self._normalizer_loader = id(loader)
+        if loader is not None and (self._normalizer_loader is None or self._normalizer_loader() is not loader):
+            self._normalizer_loader = weakref.ref(loader)  # not id(): a later loader may reuse a freed one's id
             self._positions_per_batch = self._mean_positions_per_batch(loader)
         return self._positions_per_batch
 
     def _mean_positions_per_batch(self, loader) -> float | None:
         """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
         lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
-        batches = len(loader) * self.trainer.world_size if lengths is not None else 0
-        if batches == 0:
+        if lengths is None or len(loader) == 0:
             rank_zero_warn("loss_normalization='epoch' needs a training dataset with per-sample `lengths` "
                            "(SASRecDataModule's has them); this one has none, so each batch's loss is the mean "
                            "over its positions (loss_normalization='batch').")
             return None
-        return float(np.sum(lengths)) / batches
+        return float(np.sum(lengths)) / (len(loader) * self.trainer.world_size)
 
     def on_train_end(self) -> None:
         # Back to ordinary dense gradients for any later use of the encoder outside this loop.
