@@ -80,7 +80,8 @@ def beauty_data(args, **kwargs):
 
     if not Path(args.data).exists():
         sys.exit(f"{args.data} not found; pass --data path/to/beauty.txt")
-    options = dict(path=str(args.data), max_len=50, batch_size=128, print_statistics=False, seed=args.seed)
+    options = dict(path=str(args.data), max_len=50, batch_size=128, print_statistics=False, seed=args.seed,
+                   num_workers=args.num_workers)
     options.update(kwargs)
     return SASRecDataModule(**options)
 
@@ -245,6 +246,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--eval_batch_size", type=int, default=256)
     parser.add_argument("--ce_chunk_size", type=int, default=65536)
     parser.add_argument("--eval_chunk_size", type=int, default=4096, help="items scored at once (full ranking)")

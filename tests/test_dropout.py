@@ -1,11 +1,11 @@
-"""``dropout.FastDropout``: the distribution of ``nn.Dropout`` from 16 random bits per element."""
+"""``dropout.FastDropout``: the distribution of ``nn.Dropout`` from 8 or 16 random bits per element."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sasrec_lightning.dropout import FastDropout, dropout
+from sasrec_lightning.dropout import DropoutMasks, FastDropout, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
@@ -19,13 +19,27 @@ def test_keep_rate_and_mean_match_nn_dropout(p):
     assert scale.numel() == 1 and scale.item() == pytest.approx(1 / (1 - p), rel=1e-4)
 
 
-def test_every_16_bit_lane_of_a_draw_is_unbiased():
-    # Four elements share one 64-bit draw; a lane with a fixed bit (e.g. a sign bit that is always 0)
+@pytest.mark.parametrize("p, lanes", [(0.5, 8), (0.3, 4)])  # 8-bit lanes for multiples of 1/256, else 16-bit
+def test_every_lane_of_a_draw_is_unbiased(p, lanes):
+    # Several elements share one 64-bit draw; a lane with a fixed bit (e.g. a sign bit that is always 0)
     # would keep far more or fewer elements than the others.
     torch.manual_seed(1)
-    kept = dropout(torch.ones(400_000), 0.5) != 0
-    rates = kept.view(-1, 4).float().mean(dim=0)
-    assert torch.allclose(rates, torch.full((4,), 0.5), atol=0.006), rates
+    kept = dropout(torch.ones(800_000), p) != 0
+    rates = kept.view(-1, lanes).float().mean(dim=0)
+    assert torch.allclose(rates, torch.full((lanes,), 1 - p), atol=0.006), rates
+
+
+def test_shared_masks_hand_out_consecutive_views_and_fall_back_when_exhausted():
+    torch.manual_seed(2)
+    masks = DropoutMasks(10 + 6, 0.5)
+    first, second = masks.take((2, 5), 0.5), masks.take((3, 2), 0.5)
+    torch.testing.assert_close(torch.cat([first.flatten(), second.flatten()]), masks.buffer)
+    assert set(masks.buffer.unique().tolist()) <= {0.0, 2.0}
+    extra = masks.take((4,), 0.5)  # beyond the buffer: a fresh mask, not an error
+    assert extra.shape == (4,) and set(extra.unique().tolist()) <= {0.0, 2.0}
+    other = masks.take((1000,), 0.2)  # another probability: its own mask
+    values = other.unique()
+    assert values[0] == 0.0 and values[1].item() == pytest.approx(1 / (1 - 13107 / 65536)) and len(values) == 2
 
 
 def test_identity_when_not_training_or_p_zero_and_dtype_kept():

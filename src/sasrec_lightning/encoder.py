@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dropout import FastDropout, dropout
+from .dropout import DropoutMasks, FastDropout, dropout
+from .row_grad import RowGradient
 
-__all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward"]
+__all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward", "attention_bias"]
 
 
 def attention_mask(input_ids: Tensor) -> Tensor:
@@ -46,6 +47,40 @@ def attention_mask(input_ids: Tensor) -> Tensor:
     return causal & (key_is_item | diagonal)  # (B, 1, L, L)
 
 
+def attention_bias(input_ids: Tensor) -> Tensor:
+    """:func:`attention_mask` as an additive fp32 bias: 0 where a query may attend, ``-inf`` elsewhere.
+
+    Built once per forward pass and shared by the blocks (SDPA would otherwise convert a boolean
+    mask in every block). Every row keeps its diagonal, so no softmax row is all ``-inf``.
+
+    Args:
+        input_ids: ``(B, L)`` item ids, 0 = padding.
+
+    Returns:
+        ``(B, 1, L, L)`` float32.
+    """
+    allowed = attention_mask(input_ids)  # (B, 1, L, L)
+    return torch.zeros(allowed.shape, device=input_ids.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _apply_dropout(x: Tensor, p: float, masks: DropoutMasks | None, training: bool) -> Tensor:
+    """``x`` under inverted dropout, with the next mask of ``masks`` when given."""
+    if not training or p == 0.0:
+        return x
+    if masks is None:
+        return dropout(x, p)
+    return x * masks.take(x.shape, p)
+
+
+def _residual(x: Tensor, update: Tensor, p: float, masks: DropoutMasks | None, training: bool,
+              use_residual: bool) -> Tensor:
+    """``x + Dropout(update)`` (or just ``Dropout(update)`` without the residual), one op when possible."""
+    if use_residual and training and p > 0.0 and masks is not None:
+        return torch.addcmul(x, update, masks.take(update.shape, p))  # x + update * mask in one op
+    update = _apply_dropout(update, p, masks, training)
+    return x + update if use_residual else update
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention (paper Sec. III-B) with a causal padding mask."""
 
@@ -61,32 +96,47 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(hidden_size, hidden_size)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False,
+                masks: DropoutMasks | None = None) -> tuple[Tensor, Tensor | None]:
         """Attend.
 
         Args:
             x: ``(B, L, d)`` inputs.
-            mask: ``(B, 1, L, L)`` boolean, ``True`` = may attend.
-            need_weights: also return the attention probabilities (slower, explicit softmax).
+            mask: ``(B, 1, L, L)``: boolean (``True`` = may attend) or an additive float bias
+                (:func:`attention_bias`).
+            need_weights: also return the attention probabilities (before dropout).
+            masks: the forward pass's shared dropout masks (training); ``None`` draws its own.
 
         Returns:
             ``(B, L, d)`` outputs and, if asked, ``(B, H, L, L)`` attention weights.
         """
         batch, length, hidden = x.shape
+        heads = self.num_heads
         q, k, v = self.qkv(x).split(hidden, dim=-1)  # 3 x (B, L, d)
-        # (B, L, d) -> (B, H, L, d/H)
-        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
-        dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, L, L)
-            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, H, L, L)
-            y = dropout(weights, dropout_p, self.training) @ v  # (B, H, L, d/H)
+        drop = self.training and self.dropout > 0.0
+        if not (need_weights or drop):
+            # Inference: SDPA's fused kernel. (B, L, d) -> (B, H, L, d/H)
+            q, k, v = (t.view(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, d/H)
+            return self.out(y.transpose(1, 2).reshape(batch, length, hidden)), None
+        # Training with dropout (or weights asked for): an explicit softmax in as few ops as possible.
+        # On CPU, SDPA's dropout path is its unfused math path plus a Bernoulli mask, which measured
+        # ~3 ms slower per Amazon step over the whole encoder (docs/performance.md).
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
+        if heads == 1:
+            bias = mask.view(batch, length, length)  # (B, L, L)
         else:
-            # SDPA keeps its own dropout: an explicit softmax + cheaper mask measured slower overall
-            # (more small ops per step; docs/performance.md).
-            weights = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, L, d/H)
-        y = y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
+            # (B, L, d) -> (B * H, L, d/H)
+            q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2).reshape(batch * heads, length, -1)
+                       for t in (q, k, v))
+            bias = mask.expand(batch, heads, length, length).reshape(batch * heads, length, length)
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(q.size(-1)))  # (BH, L, L)
+        weights = scores.softmax(dim=-1)  # (B * H, L, L)
+        y = torch.bmm(_apply_dropout(weights, self.dropout, masks, self.training), v)  # (B * H, L, d/H)
+        if heads > 1:
+            y = y.view(batch, heads, length, -1).transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
+        weights = weights.view(batch, heads, length, length) if need_weights else None
         return self.out(y), weights
 
 
@@ -100,9 +150,10 @@ class PointWiseFeedForward(nn.Module):
         self.fc2 = nn.Linear(inner_size, hidden_size)
         self.dropout = FastDropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, masks: DropoutMasks | None = None) -> Tensor:
         """``(B, L, d) -> (B, L, d)``."""
-        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+        inner = _apply_dropout(F.relu(self.fc1(x)), self.dropout.p, masks, self.training)
+        return self.fc2(inner)
 
 
 class SASRecBlock(nn.Module):
@@ -117,13 +168,24 @@ class SASRecBlock(nn.Module):
         self.dropout = FastDropout(dropout)
         self.use_residual = use_residual
 
-    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``(B, L, d) -> (B, L, d)``, plus ``(B, H, L, L)`` attention weights if asked."""
-        attended, weights = self.attention(self.attention_norm(x), mask, need_weights)
-        attended = self.dropout(attended)
-        x = x + attended if self.use_residual else attended
-        transformed = self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        x = x + transformed if self.use_residual else transformed
+    def dropout_numel(self, batch: int, length: int) -> int:
+        """Dropout-mask elements one training forward pass of this block takes from :class:`DropoutMasks`."""
+        hidden = self.attention_norm.normalized_shape[0]
+        inner = self.feed_forward.fc1.out_features
+        return batch * (self.attention.num_heads * length * length + length * (2 * hidden + inner))
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False,
+                masks: DropoutMasks | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(B, L, d) -> (B, L, d)``, plus ``(B, H, L, L)`` attention weights if asked.
+
+        ``mask`` is boolean or additive (see :class:`CausalSelfAttention`); ``masks`` are the
+        forward pass's shared dropout masks (``None``: each dropout draws its own).
+        """
+        p, training, residual = self.dropout.p, self.training, self.use_residual
+        attended, weights = self.attention(self.attention_norm(x), mask, need_weights, masks)
+        x = _residual(x, attended, p, masks, training, residual)
+        transformed = self.feed_forward(self.feed_forward_norm(x), masks)
+        x = _residual(x, transformed, p, masks, training, residual)
         return x, weights
 
 
@@ -189,9 +251,9 @@ class SASRec(nn.Module):
         self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.embedding_scale = math.sqrt(hidden_size) if scale_embedding else 1.0
         self.init, self.init_std = init, init_std
-        # Item-table lookups give sparse gradients when a RowGradient keeps the tables' dense
-        # gradient buffers (the LightningModule does this in training; module row_grad.py).
-        self.sparse_item_grad = False
+        # Item-table lookups write their gradients row-wise into dense buffers while RowGradients are
+        # attached (the LightningModule does this in training; module row_grad.py).
+        self.row_gradients: tuple[RowGradient, ...] = ()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -211,28 +273,58 @@ class SASRec(nn.Module):
                 self.output_embedding.weight[0].zero_()
 
     @property
+    def sparse_item_grad(self) -> bool:
+        """Whether item-table lookups currently go through attached :class:`RowGradient` s."""
+        return bool(self.row_gradients)
+
+    def use_row_gradients(self, row_gradients: tuple[RowGradient, ...] = ()) -> None:
+        """Route lookups of these gradients' tables through them (``()``: plain lookups again)."""
+        self.row_gradients = tuple(row_gradients)
+
+    def lookup(self, ids: Tensor, weight: Tensor) -> Tensor:
+        """Rows of an item table: ``F.embedding(ids, weight, padding_idx=0)``, row-wise gradients if attached."""
+        for row_grad in self.row_gradients:
+            if row_grad.parameter is weight:
+                return row_grad.lookup(ids)
+        return F.embedding(ids, weight, padding_idx=0)
+
+    @property
     def output_weight(self) -> Tensor:
         """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding)."""
         return (self.output_embedding or self.item_embedding).weight
 
     def item_vectors(self, item_ids: Tensor) -> Tensor:
         """Output-embedding rows of ``item_ids``: ``(...) -> (..., d)`` (row 0, padding, gets no gradient)."""
-        return F.embedding(item_ids, self.output_weight, padding_idx=0, sparse=self.sparse_item_grad)
+        return self.lookup(item_ids, self.output_weight)
 
-    def embed(self, input_ids: Tensor) -> Tensor:
-        """Item plus right-aligned positional embedding: ``(B, L) -> (B, L, d)``."""
+    def embed(self, input_ids: Tensor, masks: DropoutMasks | None = None) -> Tensor:
+        """Item plus right-aligned positional embedding, with dropout: ``(B, L) -> (B, L, d)``.
+
+        ``masks``: the forward pass's shared dropout masks (``None``: draw its own).
+        """
         length = input_ids.size(1)
         if length > self.max_len:
             raise ValueError(
                 f"input has {length} positions but the model was built with max_len={self.max_len}; "
                 "keep the last max_len items of each sequence"
             )
-        x = F.embedding(input_ids, self.item_embedding.weight, padding_idx=0, sparse=self.sparse_item_grad)
-        x = x * self.embedding_scale  # (B, L, d)
+        x = self.lookup(input_ids, self.item_embedding.weight)  # (B, L, d)
         if self.position_embedding is not None:
-            positions = torch.arange(self.max_len - length, self.max_len, device=input_ids.device)  # (L,)
-            x = x + self.position_embedding(positions)  # (B, L, d)
-        return self.embedding_dropout(x)
+            # Right-aligned rows max_len - L .. max_len - 1; position + scale * item in one op.
+            positions = self.position_embedding.weight[self.max_len - length :]  # (L, d)
+            x = torch.add(positions, x, alpha=self.embedding_scale)  # (B, L, d)
+        elif self.embedding_scale != 1.0:
+            x = x * self.embedding_scale  # (B, L, d)
+        return _apply_dropout(x, self.embedding_dropout.p, masks, self.training)
+
+    def dropout_masks(self, input_ids: Tensor) -> DropoutMasks | None:
+        """One draw of every dropout mask a training forward pass over ``input_ids`` uses (else None)."""
+        p = self.embedding_dropout.p
+        if not self.training or p == 0.0:
+            return None
+        batch, length = input_ids.shape
+        numel = batch * length * self.hidden_size + sum(block.dropout_numel(batch, length) for block in self.blocks)
+        return DropoutMasks(numel, p, input_ids.device)
 
     def forward(self, input_ids: Tensor, need_weights: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Encode left-padded item sequences.
@@ -246,15 +338,16 @@ class SASRec(nn.Module):
             are zero before the final LayerNorm. With ``need_weights`` a pair
             ``(hidden, [ (B, H, L, L) per block ])``.
         """
-        keep = (input_ids != 0).unsqueeze(-1)  # (B, L, 1)
-        x = self.embed(input_ids) * keep  # (B, L, d)
-        mask = attention_mask(input_ids)  # (B, 1, L, L)
+        masks = self.dropout_masks(input_ids)
+        x = self.embed(input_ids, masks)  # (B, L, d)
+        mask = attention_bias(input_ids)  # (B, 1, L, L)
         weights = []
         for block in self.blocks:
-            x, block_weights = block(x, mask, need_weights)
-            x = x * keep  # (B, L, d): padded positions carry nothing into the next block
+            # Padded positions are never attended to by real ones (the mask), so what they carry
+            # between blocks cannot reach a real position; they are zeroed once, below.
+            x, block_weights = block(x, mask, need_weights, masks)
             weights.append(block_weights)
-        hidden = self.final_norm(x)  # (B, L, d)
+        hidden = self.final_norm(x * (input_ids != 0).unsqueeze(-1))  # (B, L, d)
         return (hidden, weights) if need_weights else hidden
 
     def score_items(self, hidden: Tensor, item_ids: Tensor) -> Tensor:

@@ -43,6 +43,17 @@ __all__ = [
 Sampling = Literal["uniform", "popularity", "in_batch"]
 
 
+def _target_and_negative_scores(encoder: SASRec, hidden: Tensor, targets: Tensor,
+                                negatives: Tensor) -> tuple[Tensor, Tensor]:
+    """Scores of each position's target ``(N,)`` and negatives ``(N, k)`` from one item-table lookup.
+
+    One lookup gives the item table one sparse gradient per step instead of two (each is a separate
+    accumulation into the table's gradient buffer).
+    """
+    scores = encoder.score_items(hidden, torch.cat([targets.unsqueeze(-1), negatives], dim=-1))  # (N, 1 + k)
+    return scores[:, 0], scores[:, 1:]
+
+
 def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
     """The paper's binary cross-entropy (Eq. 6): the next item against sampled negatives.
 
@@ -60,8 +71,7 @@ def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
-        positive = encoder.score_items(hidden, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
-        negative = encoder.score_items(hidden, negatives)  # (N, k)
+        positive, negative = _target_and_negative_scores(encoder, hidden, targets, negatives)  # (N,), (N, k)
         # softplus(-x) = -log sigma(x); softplus(x) = -log(1 - sigma(x)), both numerically stable.
         return F.softplus(-positive).mean() + F.softplus(negative).mean(dim=-1).mean()
 
@@ -97,8 +107,7 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
     beta = gbce_beta(negatives.size(-1), encoder.num_items, t)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
-        positive = encoder.score_items(hidden, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
-        negative = encoder.score_items(hidden, negatives)  # (N, k)
+        positive, negative = _target_and_negative_scores(encoder, hidden, targets, negatives)  # (N,), (N, k)
         per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
         return (per_position / (negatives.size(-1) + 1)).mean()
 
