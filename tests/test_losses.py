@@ -61,12 +61,14 @@ def test_chunked_ce_matches_naive_loss_and_gradients(chunk_size):
     assert torch.all(grad_weight[0] == 0), "the padding row is not a class and gets no gradient"
 
 
-def test_chunked_ce_passes_gradcheck():
+@pytest.mark.parametrize("chunk_size", [3, 7])  # several chunks (recomputed) / one chunk (kept from forward)
+def test_chunked_ce_passes_gradcheck(chunk_size):
     generator = torch.Generator().manual_seed(3)
     hidden = torch.randn(4, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(8, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     targets = torch.tensor([1, 7, 4, 4])
-    assert torch.autograd.gradcheck(lambda h, w: ChunkedCrossEntropy.apply(h, w, targets, 3), (hidden, weight))
+    assert torch.autograd.gradcheck(lambda h, w: ChunkedCrossEntropy.apply(h, w, targets, chunk_size),
+                                    (hidden, weight))
 
 
 def test_ce_loss_module_equals_naive_in_fp32(encoder, batch):
