@@ -186,3 +186,46 @@ def test_a_few_epochs_beat_most_popular_on_synthetic_data(tmp_path):
     baseline = most_popular_metrics(data.eval_batches("test"), "sampled", ks=(10,), prefix="test/")
     assert result["test/ndcg@10"] > baseline["test/ndcg@10"] + 0.05, (result, baseline)
     assert result["test/hr@10"] > baseline["test/hr@10"]
+
+
+def test_train_loss_is_the_mean_since_the_last_log_every_log_every_n_steps_and_at_epoch_end(tmp_path):
+    """``train/loss``: logged on Lightning's logging steps and the epoch's last batch, as the mean since."""
+
+    class Recorded(SASRecModule):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.step_losses: list[float] = []
+
+        def _log_train_loss(self, loss, batch_idx):
+            self.step_losses.append(float(loss))
+            super()._log_train_loss(loss, batch_idx)
+
+    class Watch(L.Callback):
+        def __init__(self):
+            self.logged: list[float | None] = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            value = trainer.callback_metrics.get("train/loss")
+            self.logged.append(None if value is None else float(value))
+
+    L.seed_everything(0, verbose=False)
+    data = SASRecDataModule(synthetic_users=120, synthetic_items=40, max_len=8, batch_size=16,
+                            print_statistics=False, use_cache=False)
+    module = Recorded(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    watch = Watch()
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, log_every_n_steps=3, callbacks=[watch])
+    trainer.fit(module, datamodule=data)
+
+    per_epoch = trainer.num_training_batches
+    assert per_epoch % 3 != 0  # so the epoch's last batch is a logging step of its own
+    expected, since, current = [], [], None
+    for step, loss in enumerate(module.step_losses):
+        batch_idx = step % per_epoch
+        since = [] if batch_idx == 0 else since  # a new epoch starts a new mean
+        since.append(loss)
+        if (step + 1) % 3 == 0 or batch_idx + 1 == per_epoch:
+            current, since = sum(since) / len(since), []
+        expected.append(current)
+    assert len(watch.logged) == len(expected) == 2 * per_epoch
+    for step, (got, want) in enumerate(zip(watch.logged, expected, strict=True)):
+        assert got == pytest.approx(want, rel=1e-6) if want is not None else got is None, step
