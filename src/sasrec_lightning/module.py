@@ -197,9 +197,11 @@ class SASRecModule(L.LightningModule):
         self._train_loss_sum = loss if total is None else total + loss
         self._train_loss_steps += 1
         trainer = self._trainer
-        every = trainer.log_every_n_steps if trainer is not None else 1
-        last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
-        if trainer is None or last or (every > 0 and (self.global_step + 1) % every == 0):
+        if trainer is None:  # a direct training_step call: nothing to log to
+            return
+        every = trainer.log_every_n_steps
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if last or (every > 0 and (self.global_step + 1) % every == 0):
             self.log("train/loss", self._train_loss_sum / self._train_loss_steps, prog_bar=True, batch_size=1)
             self._train_loss_sum, self._train_loss_steps = None, 0
 
