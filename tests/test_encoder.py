@@ -148,3 +148,40 @@ def test_initialization_schemes(init):
     assert torch.equal(encoder.final_norm.weight, torch.ones(32)) and not encoder.final_norm.bias.any()
     with pytest.raises(ValueError, match="unknown init"):
         SASRec(num_items=5, max_len=4, init="kaiming")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_heads": 1}, {"use_residual": False}, {"num_blocks": 0}, {"use_positional": False}],
+    ids=["default", "one_head", "no_residual", "zero_blocks", "no_positions"],
+)
+def test_training_forward_uses_exactly_its_one_shared_dropout_draw(options, monkeypatch):
+    """Every dropout of a training forward pass takes its mask from the one draw, which is used up exactly."""
+    from sasrec_lightning import dropout as dropout_module
+    from sasrec_lightning import encoder as encoder_module
+
+    encoder = make_encoder(**options).train()
+    drawn, draws = [], []
+    original_masks, original_draw = encoder.dropout_masks, dropout_module.dropout_mask
+
+    def record(input_ids):
+        drawn.append(original_masks(input_ids))
+        return drawn[-1]
+
+    def counted_draw(numel, p, device=None):
+        draws.append(numel)
+        return original_draw(numel, p, device)
+
+    monkeypatch.setattr(encoder, "dropout_masks", record)
+    monkeypatch.setattr(dropout_module, "dropout_mask", counted_draw)  # the shared draw and any fallback
+    monkeypatch.setattr(encoder_module, "dropout", lambda *args: pytest.fail("a dropout without the shared masks"))
+    ids = left_pad(ROWS, MAX_LEN)
+    hidden = encoder(ids)
+    hidden.sum().backward()
+    (masks,) = drawn
+    assert masks.offset == masks.buffer.numel() > 0
+    assert draws == [masks.buffer.numel()]  # one draw, no fallback
+    kept = masks.buffer != 0
+    assert 0.55 < kept.float().mean().item() < 0.85  # p = 0.3
+    encoder.eval()
+    assert encoder.dropout_masks(ids) is None  # no masks in inference
