@@ -70,18 +70,19 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         hidden, weight, targets, lse, exps, sums = ctx.saved_tensors
         scale = grad_output / hidden.size(0)
-        grad_hidden = torch.zeros_like(hidden)  # (N, d)
-        grad_weight = torch.zeros_like(weight)  # (I + 1, d)
-        chunk = ctx.chunk_size
+        grad_weight = torch.zeros_like(weight)  # (I + 1, d); row 0 (padding) stays zero
         if ctx.single:
             # softmax = exps / sums row-wise: (exps @ W) / sums and exps^T @ (hidden / sums).
             grad_hidden = (exps @ weight[1:]).div_(sums.unsqueeze(-1))  # (N, d)
             torch.mm(exps.T, hidden / sums.unsqueeze(-1), out=grad_weight[1:])  # (I, d)
-        for start in range(1, weight.size(0), chunk) if not ctx.single else ():
-            w = weight[start : start + chunk]  # (C, d)
-            p = (hidden @ w.T).sub_(lse.unsqueeze(-1)).exp_()  # (N, C) softmax of this chunk
-            grad_hidden.addmm_(p, w)  # (N, d)
-            grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
+        else:
+            grad_hidden = torch.zeros_like(hidden)  # (N, d)
+            chunk = ctx.chunk_size
+            for start in range(1, weight.size(0), chunk):
+                w = weight[start : start + chunk]  # (C, d)
+                p = (hidden @ w.T).sub_(lse.unsqueeze(-1)).exp_()  # (N, C) softmax of this chunk
+                grad_hidden.addmm_(p, w)  # (N, d)
+                grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
         grad_hidden.sub_(weight[targets])  # d(-target logit)/dh
         grad_weight.index_add_(0, targets, -hidden)  # d(-target logit)/dW[y]
         return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None  # in place: no second (I, d) copy

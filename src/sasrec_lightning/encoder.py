@@ -59,8 +59,12 @@ def attention_bias(input_ids: Tensor) -> Tensor:
     Returns:
         ``(B, 1, L, L)`` float32.
     """
-    allowed = attention_mask(input_ids)  # (B, 1, L, L)
-    return torch.zeros(allowed.shape, device=input_ids.device).masked_fill_(~allowed, float("-inf"))
+    return _as_bias(attention_mask(input_ids))
+
+
+def _as_bias(allowed: Tensor) -> Tensor:
+    """A boolean attention mask (``True`` = may attend) as an additive fp32 bias (0 or ``-inf``)."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 def _apply_dropout(x: Tensor, p: float, masks: DropoutMasks | None, training: bool) -> Tensor:
@@ -123,7 +127,7 @@ class CausalSelfAttention(nn.Module):
         # On CPU, SDPA's dropout path is its unfused math path plus a Bernoulli mask, which measured
         # ~3 ms slower per Amazon step over the whole encoder (docs/performance.md).
         if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
+            mask = _as_bias(mask)
         if heads == 1:
             bias = mask.view(batch, length, length)  # (B, L, L)
         else:

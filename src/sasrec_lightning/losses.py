@@ -47,8 +47,8 @@ def _target_and_negative_scores(encoder: SASRec, hidden: Tensor, targets: Tensor
                                 negatives: Tensor) -> tuple[Tensor, Tensor]:
     """Scores of each position's target ``(N,)`` and negatives ``(N, k)`` from one item-table lookup.
 
-    One lookup gives the item table one sparse gradient per step instead of two (each is a separate
-    accumulation into the table's gradient buffer).
+    One lookup means one gradient accumulation into the item table's gradient buffer per step
+    instead of two.
     """
     scores = encoder.score_items(hidden, torch.cat([targets.unsqueeze(-1), negatives], dim=-1))  # (N, 1 + k)
     return scores[:, 0], scores[:, 1:]

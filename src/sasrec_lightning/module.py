@@ -192,8 +192,9 @@ class SASRecModule(L.LightningModule):
         on the steps Lightning writes to its loggers (every ``trainer.log_every_n_steps``) and on the
         epoch's last batch. The logged value is the mean over those steps, not one batch's loss.
         """
-        total = None if batch_idx == 0 else self._train_loss_sum  # a new epoch starts a new mean
-        self._train_loss_steps = 0 if batch_idx == 0 else self._train_loss_steps
+        if batch_idx == 0:  # a new epoch starts a new mean
+            self._train_loss_sum, self._train_loss_steps = None, 0
+        total = self._train_loss_sum
         self._train_loss_sum = loss if total is None else total + loss
         self._train_loss_steps += 1
         trainer = self._trainer
