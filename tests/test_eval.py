@@ -196,6 +196,8 @@ def test_each_loss_trains_and_logs_protocol_metrics(tmp_path, loss, options):
     for name in ("val/hr@1", "val/ndcg@5", "val/ndcg@10", "val/hr@20", "val/mrr"):
         assert 0.0 <= metrics[name].item() <= 1.0
     assert metrics["val/hr@20"] >= metrics["val/hr@10"] >= metrics["val/hr@1"]
+    if loss == "ce":
+        assert model.loss_fn.workspace._block is None, "the ce logits block is let go after training"
 
 
 @pytest.mark.parametrize("name", ["beauty-bce.yaml", "beauty-ce.yaml", "beauty-sampled-softmax.yaml"])

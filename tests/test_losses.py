@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sasrec_lightning.chunked_ce import ChunkedCrossEntropy, chunked_cross_entropy, naive_cross_entropy
+from sasrec_lightning.chunked_ce import ChunkedCrossEntropy, Workspace, chunked_cross_entropy, naive_cross_entropy
 from sasrec_lightning.encoder import SASRec
 from sasrec_lightning.losses import (
     LOSSES,
@@ -85,6 +85,77 @@ def test_chunked_ce_rejects_bad_chunk_and_handles_no_positions(encoder):
     loss = chunked_cross_entropy(empty, encoder.output_weight, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0
+
+
+def _ce_problem(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(NUM_ITEMS + 1, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    return hidden, weight, torch.randint(1, NUM_ITEMS + 1, (rows,), generator=generator)
+
+
+def _ce_loss_and_grads(hidden, weight, targets, chunk_size, workspace):
+    loss = ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size, workspace)
+    return (loss, *torch.autograd.grad(loss, (hidden, weight)))
+
+
+@pytest.mark.parametrize("chunk_size", [5, 100])  # several chunks / one chunk kept for the backward pass
+def test_ce_workspace_reused_across_steps_gives_the_same_loss_and_gradients(chunk_size):
+    workspace = Workspace()
+    for step, rows in enumerate([7, 3, 11, 2, 11]):  # the block grows, is reused by smaller steps, grows again
+        problem = _ce_problem(rows, seed=step)
+        expected = _ce_loss_and_grads(*problem, chunk_size, None)
+        got = _ce_loss_and_grads(*problem, chunk_size, workspace)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert workspace._block.numel() == 11 * min(chunk_size, NUM_ITEMS), "the block grows to the largest step only"
+
+
+def test_ce_workspace_is_lent_to_one_loss_at_a_time():
+    workspace = Workspace()
+    first, second = _ce_problem(6, seed=1), _ce_problem(6, seed=2)
+    loss_1 = ChunkedCrossEntropy.apply(*first, 100, workspace)  # holds the block until its backward pass
+    loss_2 = ChunkedCrossEntropy.apply(*second, 100, workspace)  # must get a block of its own
+    grads_2 = torch.autograd.grad(loss_2, second[:2])
+    grads_1 = torch.autograd.grad(loss_1, first[:2])
+    for got, problem in ((grads_1, first), (grads_2, second)):
+        for a, b in zip(got, _ce_loss_and_grads(*problem, 100, None)[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not workspace._lent, "the backward pass gave the block back"
+
+    with torch.no_grad():  # no backward pass will come: the block is not kept
+        ChunkedCrossEntropy.apply(*first, 100, workspace)
+    assert not workspace._lent
+    loss = ChunkedCrossEntropy.apply(*first, 100, workspace)
+    del loss  # a graph dropped without a backward pass gives the block back with it
+    assert not workspace._lent
+
+
+def test_ce_workspace_retained_graph_is_refused_once_its_block_was_reused():
+    workspace = Workspace()
+    first, second = _ce_problem(6, seed=1), _ce_problem(6, seed=2)
+    loss = ChunkedCrossEntropy.apply(*first, 100, workspace)
+    loss.backward(retain_graph=True)
+    grads = first[0].grad.clone(), first[1].grad.clone()
+    loss.backward(retain_graph=True)  # the block is untouched since: the same gradients again
+    torch.testing.assert_close((first[0].grad, first[1].grad), (2 * grads[0], 2 * grads[1]))
+    ChunkedCrossEntropy.apply(*second, 100, workspace).backward()  # lends the block anew and overwrites it
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_ce_workspace_copies_start_empty():
+    import copy
+    import pickle
+
+    module = build_loss("ce", NUM_ITEMS, ce_chunk_size=100)
+    hidden, weight, targets = _ce_problem(4, seed=0)
+    chunked_cross_entropy(hidden, weight, targets, 100, module.workspace).backward()
+    assert module.workspace._block is not None
+    assert copy.deepcopy(module).workspace._block is None
+    assert pickle.loads(pickle.dumps(module)).workspace._block is None
+    module.workspace.clear()
+    assert module.workspace._block is None
 
 
 # ----------------------------------------------------------------------------------------- bce

@@ -15,6 +15,12 @@ training step holds) instead of ``O(N * I)``, and the result equals the naive lo
 up to float rounding. When the catalogue fits in a single chunk the exponentials ``exp(logits - m)``
 and their row sums are kept from the forward pass, so the backward pass recomputes nothing and
 divides its two ``(N, d)`` products by the sums instead of normalizing the ``(N, I)`` block.
+
+The ``(N, C)`` blocks are large (160 MB for an average Amazon Beauty batch, over 1 GB for the
+longest), and a freshly allocated block of that size is paid for again in page faults on first
+touch each step: glibc hands blocks above its mmap threshold (at most 32 MiB) back to the kernel
+when they are freed. A :class:`Workspace` keeps the largest block and lends it out, one holder at a
+time (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -22,14 +28,78 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ChunkedCrossEntropy", "chunked_cross_entropy", "naive_cross_entropy"]
+__all__ = ["ChunkedCrossEntropy", "Workspace", "chunked_cross_entropy", "naive_cross_entropy"]
+
+
+class Workspace:
+    """A reusable scratch block for the loss's ``(N, C)`` logits, lent to one holder at a time.
+
+    :meth:`take` returns a view of the kept block when it is free and large enough (growing it
+    when free but too small), and a fresh tensor when it is lent out, so a second loss computed
+    before the first one's backward pass never shares memory with it. The block is not part of
+    any state dict; copies and pickles of a workspace start empty.
+    """
+
+    def __init__(self) -> None:
+        self._block: Tensor | None = None
+        self._lent = False
+
+    def take(self, numel: int, like: Tensor) -> tuple[Tensor, _Loan | None]:
+        """An uninitialized flat tensor of ``numel`` elements, of ``like``'s dtype and device, and its loan.
+
+        Args:
+            numel: elements needed.
+            like: a tensor of the dtype and on the device to use.
+
+        Returns:
+            The tensor and the :class:`_Loan` to give back (``None`` when the tensor is a fresh one).
+        """
+        if self._lent:
+            return like.new_empty(numel), None
+        block = self._block
+        if block is None or block.numel() < numel or block.device != like.device or block.dtype != like.dtype:
+            self._block = None  # free the old block before allocating the larger one
+            block = self._block = like.new_empty(numel)
+        self._lent = True
+        return block[:numel], _Loan(self)
+
+    def clear(self) -> None:
+        """Let go of the kept block (it is freed once no loan still uses it)."""
+        self._block = None
+
+    def __getstate__(self) -> dict:
+        return {"_block": None, "_lent": False}
+
+    def __deepcopy__(self, memo: dict) -> Workspace:
+        return Workspace()
+
+
+class _Loan:
+    """A :class:`Workspace`'s block in use; returned by :meth:`give_back` or when garbage-collected."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace: Workspace | None = workspace
+
+    def give_back(self) -> None:
+        if self.workspace is not None:
+            self.workspace._lent = False
+            self.workspace = None
+
+    def __del__(self) -> None:
+        self.give_back()
+
+
+def _give_back(loan: _Loan | None) -> None:
+    if loan is not None:
+        loan.give_back()
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``softmax(hidden @ weight[1:].T)`` against ``targets``, item-chunked."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
+                workspace: Workspace | None = None) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -38,6 +108,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             weight: ``(I + 1, d)`` fp32 item vectors; row 0 (padding) is never a class.
             targets: ``(N,)`` item ids in ``1..I``.
             chunk_size: items scored at once.
+            workspace: where the ``(N, C)`` blocks come from (``None``: fresh tensors).
 
         Returns:
             Scalar mean loss.
@@ -46,9 +117,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         running_max = hidden.new_full((hidden.size(0),), float("-inf"))  # (N,)
         running_sum = hidden.new_zeros(hidden.size(0))  # (N,)
         single = chunk_size >= num_rows - 1
+        keep = single and any(ctx.needs_input_grad[:2])  # the backward pass reuses the exponentials
+        block, loan = _block(workspace, hidden.size(0) * min(chunk_size, num_rows - 1), hidden)
         probs = None
         for start in range(1, num_rows, chunk_size):
-            logits = hidden @ weight[start : start + chunk_size].T  # (N, C)
+            w = weight[start : start + chunk_size]  # (C, d)
+            logits = torch.mm(hidden, w.T, out=block[: hidden.size(0) * w.size(0)].view(-1, w.size(0)))  # (N, C)
             chunk_max = logits.amax(dim=-1)  # (N,) (amax: a third of max()'s time, no indices)
             new_max = torch.maximum(running_max, chunk_max)  # (N,)
             logits.sub_(new_max.unsqueeze(-1)).exp_()  # (N, C) in place: exp(logit - m)
@@ -60,10 +134,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 probs = logits
         lse = running_max + running_sum.log()  # (N,)
         target_logits = (hidden * weight[targets]).sum(dim=-1)  # (N,)
-        ctx.chunk_size = chunk_size
-        saved = (probs, running_sum) if single else (lse.new_empty(0), lse.new_empty(0))
+        ctx.chunk_size, ctx.workspace = chunk_size, workspace
+        saved = (probs, running_sum) if keep else (lse.new_empty(0), lse.new_empty(0))
         ctx.save_for_backward(hidden, weight, targets, lse, *saved)
-        ctx.single = single
+        # The kept exponentials hold the block until the backward pass has used them (or the graph
+        # is dropped without one: the loan goes with the context). Should a retained graph be run
+        # backward again after the block was lent anew, autograd's version counter (shared by all
+        # views of the block) refuses the overwritten exponentials instead of using them.
+        ctx.loan = loan if keep else _give_back(loan)
+        ctx.single = keep
         return (lse - target_logits).mean()
 
     @staticmethod
@@ -75,20 +154,32 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             # softmax = exps / sums row-wise: (exps @ W) / sums and exps^T @ (hidden / sums).
             grad_hidden = (exps @ weight[1:]).div_(sums.unsqueeze(-1))  # (N, d)
             torch.mm(exps.T, hidden / sums.unsqueeze(-1), out=grad_weight[1:])  # (I, d)
+            _give_back(ctx.loan)
         else:
             grad_hidden = torch.zeros_like(hidden)  # (N, d)
             chunk = ctx.chunk_size
+            block, loan = _block(ctx.workspace, hidden.size(0) * min(chunk, weight.size(0) - 1), hidden)
             for start in range(1, weight.size(0), chunk):
                 w = weight[start : start + chunk]  # (C, d)
-                p = (hidden @ w.T).sub_(lse.unsqueeze(-1)).exp_()  # (N, C) softmax of this chunk
+                p = torch.mm(hidden, w.T, out=block[: hidden.size(0) * w.size(0)].view(-1, w.size(0)))  # (N, C)
+                p.sub_(lse.unsqueeze(-1)).exp_()  # softmax of this chunk
                 grad_hidden.addmm_(p, w)  # (N, d)
                 grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
+            _give_back(loan)
         grad_hidden.sub_(weight[targets])  # d(-target logit)/dh
         grad_weight.index_add_(0, targets, -hidden)  # d(-target logit)/dW[y]
-        return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None  # in place: no second (I, d) copy
+        return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None, None  # in place: no second (I, d) copy
 
 
-def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384) -> Tensor:
+def _block(workspace: Workspace | None, numel: int, like: Tensor) -> tuple[Tensor, _Loan | None]:
+    """A flat scratch block for ``(N, C)`` logits: from ``workspace`` when given, else a fresh tensor."""
+    if workspace is None:
+        return like.new_empty(numel), None
+    return workspace.take(numel, like)
+
+
+def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384,
+                          workspace: Workspace | None = None) -> Tensor:
     """Exact full-catalogue cross-entropy in fp32 without an ``(N, I)`` logit matrix.
 
     Args:
@@ -96,6 +187,7 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk
         weight: ``(I + 1, d)`` item vectors, row 0 = padding (excluded from the softmax).
         targets: ``(N,)`` next items in ``1..I``.
         chunk_size: items per chunk; peak extra memory is about ``3 * N * chunk_size`` floats.
+        workspace: reuse its block for the ``(N, C)`` logits from step to step (``None``: fresh).
 
     Returns:
         Scalar mean loss (fp32).
@@ -104,7 +196,7 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk
         raise ValueError(f"ce chunk_size must be at least 1, got {chunk_size}")
     if hidden.size(0) == 0:
         return (hidden.sum() + weight.sum()) * 0.0
-    return ChunkedCrossEntropy.apply(hidden.float(), weight.float(), targets, int(chunk_size))
+    return ChunkedCrossEntropy.apply(hidden.float(), weight.float(), targets, int(chunk_size), workspace)
 
 
 def naive_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked_ce import chunked_cross_entropy
+from .chunked_ce import Workspace, chunked_cross_entropy
 from .encoder import SASRec
 
 __all__ = [
@@ -284,11 +284,13 @@ class FullCrossEntropyLoss(nn.Module):
     def __init__(self, chunk_size: int = 65536) -> None:
         super().__init__()
         self.chunk_size = chunk_size
+        self.workspace = Workspace()  # the (N, C) logits block, reused from step to step
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size)
+            return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size,
+                                         self.workspace)
 
 
 LOSSES = {"bce": BCELoss, "gbce": GBCELoss, "sampled_softmax": SampledSoftmaxLoss, "ce": FullCrossEntropyLoss}

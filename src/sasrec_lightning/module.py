@@ -263,6 +263,9 @@ class SASRecModule(L.LightningModule):
             row_grad.remove()
         self._row_grads = None
         self.model.use_row_gradients(())
+        workspace = getattr(self.loss_fn, "workspace", None)  # the ce loss's kept logits block (up to ~1 GB)
+        if workspace is not None:
+            workspace.clear()
 
     def on_fit_start(self) -> None:
         # Popularity / in-batch sampled softmax needs the training item frequencies.
