@@ -196,8 +196,28 @@ def test_each_loss_trains_and_logs_protocol_metrics(tmp_path, loss, options):
     for name in ("val/hr@1", "val/ndcg@5", "val/ndcg@10", "val/hr@20", "val/mrr"):
         assert 0.0 <= metrics[name].item() <= 1.0
     assert metrics["val/hr@20"] >= metrics["val/hr@10"] >= metrics["val/hr@1"]
-    if loss == "ce":
-        assert model.loss_fn.workspace._block is None, "the ce logits block is let go after training"
+
+
+def test_ce_logits_block_is_kept_while_training_and_let_go_for_evaluation(tmp_path):
+    seen = {"train": [], "val": []}
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["train"].append(pl_module.loss_fn.workspace._block is not None)
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["val"].append(pl_module.loss_fn.workspace._block is not None)
+
+    data = SASRecDataModule(synthetic_users=60, synthetic_items=50, max_len=8, batch_size=16, eval_batch_size=16)
+    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, loss="ce",
+                         eval_protocol="full")
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[Watch()], default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+    assert seen["train"] == [True] * 6, "reused from step to step while training"
+    assert seen["val"] == [False] * 4, "not held while evaluating"
+    assert model.loss_fn.workspace._block is None, "let go after training"
 
 
 @pytest.mark.parametrize("name", ["beauty-bce.yaml", "beauty-ce.yaml", "beauty-sampled-softmax.yaml"])

@@ -263,7 +263,11 @@ class SASRecModule(L.LightningModule):
             row_grad.remove()
         self._row_grads = None
         self.model.use_row_gradients(())
-        workspace = getattr(self.loss_fn, "workspace", None)  # the ce loss's kept logits block (up to ~1 GB)
+        self._release_loss_memory()
+
+    def _release_loss_memory(self) -> None:
+        """Let go of the ``ce`` loss's kept logits block (up to ~1 GB on Beauty) until the next training step."""
+        workspace = getattr(self.loss_fn, "workspace", None)
         if workspace is not None:
             workspace.clear()
 
@@ -330,6 +334,9 @@ class SASRecModule(L.LightningModule):
                 beats[seen_rows[here], seen_items[here] - start] = False
             ranks += beats.sum(dim=-1)
         return ranks
+
+    def on_validation_start(self) -> None:
+        self._release_loss_memory()  # evaluation inside fit does not need the training step's block
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.val_metrics.update(self.target_ranks(batch))
