@@ -118,11 +118,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         running_sum = hidden.new_zeros(hidden.size(0))  # (N,)
         single = chunk_size >= num_rows - 1
         keep = single and any(ctx.needs_input_grad[:2])  # the backward pass reuses the exponentials
-        block, loan = _block(workspace, hidden.size(0) * min(chunk_size, num_rows - 1), hidden)
+        block, loan = _block(workspace, hidden, chunk_size, num_rows)
         probs = None
         for start in range(1, num_rows, chunk_size):
-            w = weight[start : start + chunk_size]  # (C, d)
-            logits = torch.mm(hidden, w.T, out=block[: hidden.size(0) * w.size(0)].view(-1, w.size(0)))  # (N, C)
+            logits = _chunk_logits(hidden, weight[start : start + chunk_size], block)  # (N, C)
             chunk_max = logits.amax(dim=-1)  # (N,) (amax: a third of max()'s time, no indices)
             new_max = torch.maximum(running_max, chunk_max)  # (N,)
             logits.sub_(new_max.unsqueeze(-1)).exp_()  # (N, C) in place: exp(logit - m)
@@ -142,7 +141,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         # backward again after the block was lent anew, autograd's version counter (shared by all
         # views of the block) refuses the overwritten exponentials instead of using them.
         ctx.loan = loan if keep else _give_back(loan)
-        ctx.single = keep
+        ctx.kept = keep
         return (lse - target_logits).mean()
 
     @staticmethod
@@ -150,7 +149,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         hidden, weight, targets, lse, exps, sums = ctx.saved_tensors
         scale = grad_output / hidden.size(0)
         grad_weight = torch.zeros_like(weight)  # (I + 1, d); row 0 (padding) stays zero
-        if ctx.single:
+        if ctx.kept:
             # softmax = exps / sums row-wise: (exps @ W) / sums and exps^T @ (hidden / sums).
             grad_hidden = (exps @ weight[1:]).div_(sums.unsqueeze(-1))  # (N, d)
             torch.mm(exps.T, hidden / sums.unsqueeze(-1), out=grad_weight[1:])  # (I, d)
@@ -158,11 +157,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         else:
             grad_hidden = torch.zeros_like(hidden)  # (N, d)
             chunk = ctx.chunk_size
-            block, loan = _block(ctx.workspace, hidden.size(0) * min(chunk, weight.size(0) - 1), hidden)
+            block, loan = _block(ctx.workspace, hidden, chunk, weight.size(0))
             for start in range(1, weight.size(0), chunk):
                 w = weight[start : start + chunk]  # (C, d)
-                p = torch.mm(hidden, w.T, out=block[: hidden.size(0) * w.size(0)].view(-1, w.size(0)))  # (N, C)
-                p.sub_(lse.unsqueeze(-1)).exp_()  # softmax of this chunk
+                p = _chunk_logits(hidden, w, block).sub_(lse.unsqueeze(-1)).exp_()  # (N, C) softmax of this chunk
                 grad_hidden.addmm_(p, w)  # (N, d)
                 grad_weight[start : start + chunk] = p.T @ hidden  # (C, d)
             _give_back(loan)
@@ -171,11 +169,17 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None, None  # in place: no second (I, d) copy
 
 
-def _block(workspace: Workspace | None, numel: int, like: Tensor) -> tuple[Tensor, _Loan | None]:
-    """A flat scratch block for ``(N, C)`` logits: from ``workspace`` when given, else a fresh tensor."""
+def _block(workspace: Workspace | None, hidden: Tensor, chunk_size: int, num_rows: int) -> tuple[Tensor, _Loan | None]:
+    """A flat scratch block for one chunk's ``(N, C)`` logits: from ``workspace`` when given, else a fresh tensor."""
+    numel = hidden.size(0) * min(chunk_size, num_rows - 1)
     if workspace is None:
-        return like.new_empty(numel), None
-    return workspace.take(numel, like)
+        return hidden.new_empty(numel), None
+    return workspace.take(numel, hidden)
+
+
+def _chunk_logits(hidden: Tensor, w: Tensor, block: Tensor) -> Tensor:
+    """``hidden @ w.T`` written into the front of the flat ``block``: ``(N, d), (C, d) -> (N, C)``."""
+    return torch.mm(hidden, w.T, out=block[: hidden.size(0) * w.size(0)].view(-1, w.size(0)))
 
 
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384,
