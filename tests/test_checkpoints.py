@@ -195,3 +195,12 @@ def test_export_refuses_a_checkpoint_naming_an_unknown_class(trained, tmp_path, 
     assert not marker.exists()
     line = error_line(exit_info.value.code, capsys.readouterr().err)
     assert "records_export_import.Model" in line and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("text", ["not a checkpoint\n", "hello\n", ""])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, capsys, text):
+    data, _ = trained
+    (tmp_path / "notes.ckpt").write_text(text)
+    line = run_error(capsys, ["test", "-c", QUICKSTART, "--data.path", str(data), *TINY,
+                              "--ckpt_path", str(tmp_path / "notes.ckpt")])
+    assert "notes.ckpt" in line and "cannot be read" in line

@@ -119,3 +119,12 @@ def test_unknown_user_ids_are_reported_as_given(tmp_path, caplog):
         assert read_user_list(str(path), np.array([10, 20, 30])).tolist() == [1]
     assert "3 id(s) not in the data" in caplog.text
     assert "['nobody', 'user-7', '-3']" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "content"), [("users.jsonl", "user\n"), ("users.parquet", "not parquet")])
+def test_an_unreadable_user_list_is_a_data_error(tmp_path, name, content):
+    from sasrec_lightning.errors import DataError
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=rf"--data.predict_users .*{name}.* is not a readable"):
+        read_user_list(str(tmp_path / name), np.array([1, 2]))

@@ -24,7 +24,7 @@ import torch
 from .errors import CheckpointError
 
 __all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
-           "check_item_ids", "unsafe_checkpoint_error", "DATA_OPTIONS"]
+           "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "DATA_OPTIONS"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
@@ -34,11 +34,26 @@ DATA_OPTIONS = ("path, format, user_column/item_column, min_user_interactions, m
                 "min_rating and deduplicate")
 
 
+def is_unsafe_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is ``torch.load(weights_only=True)`` refusing a pickled object (not a damaged file).
+
+    torch raises the same error type for both; a refused object is reported as an unsupported "global".
+    """
+    text = str(error)
+    return isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text and "global" in text
+
+
+def _weights_only_reason(error: BaseException) -> str:
+    """The reason line of a ``weights_only`` error (torch's own message is several paragraphs)."""
+    reason = str(error)
+    if "WeightsUnpickler error:" in reason:
+        reason = reason.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0].strip()
+    return reason
+
+
 def unsafe_checkpoint_error(error: pickle.UnpicklingError, path: str | PathLike | None = None) -> CheckpointError:
     """The one-paragraph error for a checkpoint that ``weights_only`` loading refused."""
-    reason = str(error)
-    if "WeightsUnpickler error:" in reason:  # torch's own explanation is several paragraphs; keep its reason
-        reason = reason.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip()
+    reason = _weights_only_reason(error)
     where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
     return CheckpointError(
         f"{where} was refused: it holds objects other than tensors and plain Python values ({reason}), and "
@@ -56,8 +71,12 @@ def read_checkpoint(path: str | PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise unsafe_checkpoint_error(error, path) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        if is_unsafe_refusal(error):
+            raise unsafe_checkpoint_error(error, path) from error
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({_weights_only_reason(error)}): it is "
+                              "damaged or not a PyTorch file; expected a .ckpt file written by `sasrec-lightning fit`"
+                              ) from error
+    except Exception as error:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, EOFError, ...)
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}); expected a .ckpt file written "
                               "by `sasrec-lightning fit`") from error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .baselines import most_popular_metrics
-from .checkpoints import check_checkpoint_classes, read_checkpoint, unsafe_checkpoint_error
+from .checkpoints import check_checkpoint_classes, is_unsafe_refusal, read_checkpoint, unsafe_checkpoint_error
 from .datamodule import SASRecDataModule
 from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
@@ -159,7 +158,7 @@ def _reported_error(error: BaseException) -> BaseException | None:
     while error is not None and id(error) not in seen:
         if isinstance(error, (DataError, OptionError, CheckpointError)):
             return error
-        if isinstance(error, pickle.UnpicklingError):  # Lightning's own load of --ckpt_path last/best
+        if is_unsafe_refusal(error):  # Lightning's own load of --ckpt_path last/best
             return unsafe_checkpoint_error(error)
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -74,7 +74,12 @@ def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
                                 "per line (or Parquet / JSON lines with a 'user' column)")
     suffix = Path(path).suffix.lower()
     if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
-        table = pq.read_table(path) if suffix in (".parquet", ".pq") else pyarrow.json.read_json(path)
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
+        try:
+            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"--data.predict_users {path!r} is not a readable {kind} file ({error}); expected a "
+                            "'user' column (or a text file with one user id per line)") from error
         if "user" not in table.column_names:
             raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
         wanted = table.column("user").to_numpy(zero_copy_only=False)
