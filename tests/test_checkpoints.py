@@ -204,3 +204,15 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, capsys, 
     line = run_error(capsys, ["test", "-c", QUICKSTART, "--data.path", str(data), *TINY,
                               "--ckpt_path", str(tmp_path / "notes.ckpt")])
     assert "notes.ckpt" in line and "cannot be read" in line
+
+
+def test_weights_of_another_shape_are_refused_before_loading_them():
+    from sasrec_lightning import SASRecModule
+
+    trained_on_40 = SASRecModule(num_items=40, max_len=8, hidden_size=8, num_blocks=1).state_dict()
+    with pytest.raises(CheckpointError, match=r"num_items=40 but the data has num_items=30"):
+        SASRecModule(num_items=30, max_len=8, hidden_size=8, num_blocks=1).on_load_checkpoint(
+            {"state_dict": dict(trained_on_40)})
+    with pytest.raises(CheckpointError, match=r"position_embedding.weight \(8, 8\) in the checkpoint, \(5, 8\) here"):
+        SASRecModule(num_items=40, max_len=5, hidden_size=8, num_blocks=1).on_load_checkpoint(
+            {"state_dict": dict(trained_on_40)})
