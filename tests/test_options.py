@@ -87,3 +87,24 @@ def test_the_constructors_raise_value_errors_naming_the_option():
         SASRecDataModule(num_eval_negatives=0)
     SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=0, dropout=0.0, top_k=[1, 5])  # edges allowed
     SASRecDataModule(min_user_interactions=0, temporal_quantiles=(0.5, 0.5), num_proc=None)
+
+
+# Values of the wrong type are rejected while parsing (jsonargparse), before any constructor runs.
+BAD_TYPES = [
+    (["--data.max_len", "abc"], "--data.max_len: Expected a <class 'int'>. Got value: abc"),
+    (["--trainer.max_epochs", "abc"], "--trainer.max_epochs: Expected a <class 'int'>"),
+    (["--model.init_args.loss", "foo"], "--model.loss: Expected a typing.Literal['bce', 'gbce', 'sampled_softmax'"),
+    (["--data.maxlen", "5"], "Option 'maxlen' is not accepted"),
+    (["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1"),
+]
+
+
+@pytest.mark.parametrize(("flags", "expected"), BAD_TYPES, ids=lambda value: str(value))
+def test_a_value_of_the_wrong_type_is_one_error_line(capsys, flags, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", QUICKSTART, *TINY, *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "usage:" not in err and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err

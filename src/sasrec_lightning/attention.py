@@ -219,7 +219,7 @@ def main(args: list[str] | None = None) -> None:
 
 def _render_checkpoint(args: list[str] | None) -> None:
     from .checkpoints import check_checkpoint_classes, check_item_ids, read_checkpoint
-    from .cli import SASRecCLI
+    from .cli import SASRecArgumentParser, SASRecCLI
     from .datamodule import SASRecDataModule
     from .module import SASRecModule
 
@@ -231,7 +231,7 @@ def _render_checkpoint(args: list[str] | None) -> None:
             parser.add_class_arguments(AttentionHeatmaps, "attention")
 
     cli = AttentionCLI(SASRecModule, SASRecDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=args, save_config_callback=None)
+                       run=False, args=args, save_config_callback=None, parser_class=SASRecArgumentParser)
     model = cli.model
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:

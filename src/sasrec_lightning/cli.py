@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -27,6 +29,42 @@ EVALUATION_SETTINGS = ("eval_protocol", "exclude_seen", "top_k", "eval_chunk_siz
 
 # ``--ckpt_path`` values the Trainer resolves itself (no file of that name).
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+# Lines of jsonargparse's nested report that say nothing about the value at fault.
+_GENERIC_PARSE_LINES = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+                        "- Expected a <class 'NoneType'>")
+
+
+def condensed_parse_error(message: str) -> str:
+    """Turn jsonargparse's nested, multi-line report of a bad value into one line naming the flag.
+
+    ``Parser key "data": ... Problem with given class_path ...: Parser key "max_len": Expected a
+    <class 'int'>. Got value: abc`` becomes ``--data.max_len: Expected a <class 'int'>. Got value: abc``.
+    A message of another shape is kept whole, on one line.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = [(index, match.group(1)) for index, line in enumerate(lines)
+            if (match := re.match(r'Parser key "([^"]+)":', line))]
+    if not keys:
+        return " ".join(lines)
+    reasons = [line.removeprefix("- ") for line in lines[keys[-1][0] + 1:]
+               if not line.startswith(_GENERIC_PARSE_LINES) and not re.match(r'Parser key "', line)]
+    given = [line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")]
+    if given and not any("Got value" in reason for reason in reasons) and not given[-1].startswith("NestedArg"):
+        reasons.append(f"Got value: {given[-1]}")
+    flag = ".".join(dict.fromkeys(key for _, key in keys))  # outer section, then the inner key
+    return f"--{flag}: {' '.join(reasons) or ' '.join(lines)}"
+
+
+class SASRecArgumentParser(LightningArgumentParser):
+    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
+        sys.stderr.write(f"error: {condensed_parse_error(message)} (see --help)\n")
+        self.exit(2)
 
 
 class SASRecCLI(LightningCLI):
@@ -143,7 +181,7 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
-        **kwargs,
+        **{"parser_class": SASRecArgumentParser, **kwargs},
     )
 
 

@@ -112,12 +112,13 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
     """Load a ``SASRecModule`` checkpoint (``weights_only``) and export it; returns the written files."""
     from .checkpoints import check_checkpoint_classes, read_checkpoint
+    from .errors import OptionError
     from .module import SASRecModule
 
     output = Path(output)
     format = format or {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(output.suffix.lower())
     if format not in ("onnx", "torchscript"):
-        raise ValueError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
+        raise OptionError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
                          "(ONNX) or .pt/.ts (TorchScript), or pass --format onnx|torchscript")
     # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
     check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
