@@ -129,7 +129,7 @@ def test_temporal_holdout_through_the_datamodule(tmp_path):
                     "b,2,2020-03-02\nc,4,2020-01-01\n")
     module = SASRecDataModule(path=str(path), timestamp_column="date", holdout="temporal", val_cutoff="2020-02-01",
                               test_cutoff="2020-03-01", min_user_interactions=0, min_item_interactions=0,
-                              cache_dir=str(tmp_path / "cache"), print_statistics=False, num_eval_negatives=0)
+                              cache_dir=str(tmp_path / "cache"), print_statistics=False, num_eval_negatives=1)
     assert module.split_data.val_users.tolist() == [0]
     assert module.eval_batches("test").rows.tolist() == [0, 1]
     assert module.eval_batches("test").candidates[:, 0].tolist() == [3, 2]

@@ -212,7 +212,14 @@ def main(args: list[str] | None = None) -> None:
     Reads the same config as ``sasrec-lightning`` (the data and, with a W&B logger, the logger),
     loads the checkpoint and renders the heatmaps once.
     """
-    from .cli import SASRecCLI
+    from .cli import exit_on_reported_errors
+
+    exit_on_reported_errors(_render_checkpoint, args)
+
+
+def _render_checkpoint(args: list[str] | None) -> None:
+    from .checkpoints import check_checkpoint_classes, check_item_ids, read_checkpoint
+    from .cli import SASRecArgumentParser, SASRecCLI
     from .datamodule import SASRecDataModule
     from .module import SASRecModule
 
@@ -224,10 +231,17 @@ def main(args: list[str] | None = None) -> None:
             parser.add_class_arguments(AttentionHeatmaps, "attention")
 
     cli = AttentionCLI(SASRecModule, SASRecDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=args, save_config_callback=None)
+                       run=False, args=args, save_config_callback=None, parser_class=SASRecArgumentParser)
     model = cli.model
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path:
+        checkpoint = read_checkpoint(ckpt_path)
+        # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it,
+        # and one trained on other items than the config's data (its heatmaps would describe other sequences).
+        check_checkpoint_classes(checkpoint.get("hyper_parameters") or {}, SASRecModule, ckpt_path)
+        sequences = getattr(cli.datamodule, "sequences", None)
+        if checkpoint.get("item_ids") is not None and sequences is not None:
+            check_item_ids(checkpoint["item_ids"], sequences.item_ids)
         model = type(model).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     callback = AttentionHeatmaps(**cli.config.get("attention").as_dict())
     cli.datamodule.setup(callback.stage)

@@ -2,24 +2,69 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .baselines import most_popular_metrics
+from .checkpoints import check_checkpoint_classes, is_unsafe_refusal, read_checkpoint, unsafe_checkpoint_error
 from .datamodule import SASRecDataModule
-from .errors import DataError
+from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
-__all__ = ["SASRecCLI", "cli_main", "main"]
+__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors"]
 
 
 # How a model is evaluated, not what it learned: taken from the command's own config and flags, not
 # from the checkpoint, so `test --ckpt_path best.ckpt --model.init_args.eval_protocol sampled` tests a
 # model trained under full ranking with the sampled protocol.
 EVALUATION_SETTINGS = ("eval_protocol", "exclude_seen", "top_k", "eval_chunk_size")
+
+# ``--ckpt_path`` values the Trainer resolves itself (no file of that name).
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+# Lines of jsonargparse's nested report that say nothing about the value at fault.
+_GENERIC_PARSE_LINES = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+                        "- Expected a <class 'NoneType'>")
+
+
+def condensed_parse_error(message: str) -> str:
+    """Turn jsonargparse's nested, multi-line report of a bad value into one line naming the flag.
+
+    ``Parser key "data": ... Problem with given class_path ...: Parser key "max_len": Expected a
+    <class 'int'>. Got value: abc`` becomes ``--data.max_len: Expected a <class 'int'>. Got value: abc``.
+    A message of another shape is kept whole, on one line.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = [(index, match.group(1)) for index, line in enumerate(lines)
+            if (match := re.match(r'Parser key "([^"]+)":', line))]
+    if not keys:
+        return " ".join(lines)
+    reasons = [line.removeprefix("- ") for line in lines[keys[-1][0] + 1:]
+               if not line.startswith(_GENERIC_PARSE_LINES) and not re.match(r'Parser key "', line)]
+    given = [line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")]
+    if given and not any("Got value" in reason for reason in reasons) and not given[-1].startswith("NestedArg"):
+        reasons.append(f"Got value: {given[-1]}")
+    flag = ".".join(dict.fromkeys(key for _, key in keys))  # outer section, then the inner key
+    return f"--{flag}: {' '.join(reasons) or ' '.join(lines)}"
+
+
+class SASRecArgumentParser(LightningArgumentParser):
+    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
+        sys.stderr.write(f"error: {condensed_parse_error(message)} (see --help)\n")
+        self.exit(2)
 
 
 class SASRecCLI(LightningCLI):
@@ -43,10 +88,41 @@ class SASRecCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
     def _parse_ckpt_path(self) -> None:
+        """Rebuild the model from ``--ckpt_path``'s hyper-parameters, safely.
+
+        Replaces LightningCLI's version, which imports whatever class the checkpoint names
+        (``_class_path``) before the parser can reject it: here the name must be an already imported
+        subclass of the model class (see ``checkpoints.py``). Every load of the run, including
+        ``--ckpt_path last``/``best`` that Lightning resolves and loads itself, uses
+        ``weights_only=True``. The evaluation settings (``EVALUATION_SETTINGS``) keep the command's values.
+        """
         subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if "weights_only" in config:
+            if config.get("weights_only") is False:
+                raise OptionError("--weights_only false: checkpoints are only loaded with weights_only=True (tensors "
+                                  "and plain values; unpickling anything else could run arbitrary code)")
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if not Path(ckpt_path).is_file():
+            if ckpt_path in LIGHTNING_CKPT_NAMES or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
+                return  # resolved and loaded by the Trainer (with weights_only=True, set above)
+            raise CheckpointError(f"--ckpt_path {ckpt_path!r} is not a file; expected a .ckpt written by "
+                                  f"`sasrec-lightning fit`, or one of {list(LIGHTNING_CKPT_NAMES)}")
+        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        check_checkpoint_classes(hparams, self._model_class, ckpt_path)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         prefix = f"{subcommand}.model.init_args."
-        given = {key: self.config.get(prefix + key) for key in EVALUATION_SETTINGS} if subcommand else {}
-        super()._parse_ckpt_path()
+        given = {key: self.config.get(prefix + key) for key in EVALUATION_SETTINGS}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         for key, value in given.items():
             if value is not None and self.config.get(prefix + key, None) is not None:
                 self.config[prefix + key] = value
@@ -72,7 +148,7 @@ class SASRecCLI(LightningCLI):
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
         if not self.trainer.is_global_zero or not results:
             return
         model_hp = self.model.hparams
@@ -105,17 +181,43 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
-        **kwargs,
+        **{"parser_class": SASRecArgumentParser, **kwargs},
     )
 
 
-def main() -> None:
-    """Console-script entry point; bad input data exits with status 2 and a one-paragraph message."""
+def _reported_error(error: BaseException) -> BaseException | None:
+    """The package's own error behind ``error`` (its cause chain), else ``None`` (a bug: keep the traceback).
+
+    LightningCLI builds the model and data module through jsonargparse, which wraps a constructor's
+    error in its own ``ValueError`` ("Does not validate against any of the Union subtypes") with the
+    original as ``__cause__``; the original is what the user needs to read.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (DataError, OptionError, CheckpointError)):
+            return error
+        if is_unsafe_refusal(error):  # Lightning's own load of --ckpt_path last/best
+            return unsafe_checkpoint_error(error)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def exit_on_reported_errors(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function``; the package's own errors exit with status 2 and one ``error:`` line, others propagate."""
     try:
-        cli_main()
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        return function(*args)
+    except Exception as error:
+        reported = _reported_error(error)
+        if reported is None:
+            raise
+        print(f"error: {' '.join(str(reported).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: bad data, options or checkpoints exit with status 2 and one ``error:`` line."""
+    exit_on_reported_errors(cli_main, args)
 
 
 if __name__ == "__main__":

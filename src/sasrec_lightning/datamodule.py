@@ -17,6 +17,7 @@ from .batches import EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampl
 from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
 from .loaders import ResumableLoader
+from .options import check_data_options
 from .prediction import read_user_list
 from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
 from .preprocessing import preprocess as preprocess_table
@@ -128,6 +129,9 @@ class SASRecDataModule(L.LightningDataModule):
         predict_users: str | None = None,
     ) -> None:
         super().__init__()
+        check_data_options(max_len, batch_size, eval_batch_size, num_negatives, num_eval_negatives,
+                           min_user_interactions, min_item_interactions, temporal_quantiles, num_proc, num_workers,
+                           synthetic_users, synthetic_items)
         self.save_hyperparameters()
         self._sequences: SequenceData | None = None
         self._split: LeaveOneOutSplit | TemporalSplit | None = None

@@ -1,9 +1,17 @@
-"""The package's error for bad input data (the CLI prints it without a traceback)."""
+"""The package's errors for bad input (the CLI prints them as one ``error:`` line, without a traceback)."""
 
 from __future__ import annotations
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "OptionError", "CheckpointError"]
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file, field or line and what was expected."""
+
+
+class OptionError(ValueError):
+    """An option out of its range; the message names the option, the value given and what is allowed."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here (unsafe, unreadable or trained on other data); says what to do."""

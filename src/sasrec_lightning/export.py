@@ -111,13 +111,17 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
 
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
     """Load a ``SASRecModule`` checkpoint (``weights_only``) and export it; returns the written files."""
+    from .checkpoints import check_checkpoint_classes, read_checkpoint
+    from .errors import OptionError
     from .module import SASRecModule
 
     output = Path(output)
     format = format or {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(output.suffix.lower())
     if format not in ("onnx", "torchscript"):
-        raise ValueError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
+        raise OptionError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
                          "(ONNX) or .pt/.ts (TorchScript), or pass --format onnx|torchscript")
+    # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
+    check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
     module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
     written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
     if module.item_vocabulary is not None:
@@ -135,7 +139,9 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["onnx", "torchscript"], default=None,
                         help="override the format chosen from the extension")
     options = parser.parse_args(args)
-    for path in export_checkpoint(options.ckpt_path, options.output, options.format):
+    from .cli import exit_on_reported_errors
+
+    for path in exit_on_reported_errors(export_checkpoint, options.ckpt_path, options.output, options.format):
         print(f"[sasrec-lightning] wrote {path}")
 
 

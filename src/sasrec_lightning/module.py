@@ -13,9 +13,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .checkpoints import check_item_ids, check_state_shapes
 from .encoder import SASRec
 from .losses import LOSSES, SampledSoftmaxLoss, build_loss
 from .metrics import RankingMetrics, rank_of_target
+from .options import check_model_options
 from .recommend import Recommendations, recommend, top_k_scores
 from .row_grad import RowGradient
 from .sampling import item_counts
@@ -110,6 +112,9 @@ class SASRecModule(L.LightningModule):
         eval_chunk_size: int = 4096,
     ) -> None:
         super().__init__()
+        check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
+                            sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
+                            top_k, eval_chunk_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
@@ -392,6 +397,14 @@ class SASRecModule(L.LightningModule):
             counts = torch.from_numpy(np.bincount(sequences.items, minlength=sequences.num_items + 1))
             self.set_item_vocabulary(sequences.item_ids, counts)
 
+    def _data_item_ids(self):
+        """The item ids this module is used with: its trainer's data module's, else an attached vocabulary's."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sequences = getattr(datamodule, "sequences", None)
+        if sequences is not None:
+            return sequences.item_ids
+        return None if self.item_vocabulary is None else self.item_vocabulary.item_ids
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.item_vocabulary is not None:
             checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
@@ -402,9 +415,16 @@ class SASRecModule(L.LightningModule):
             checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if checkpoint.get("item_ids") is not None:
-            self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+        # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
+        # a size-mismatch traceback (other item count) or, worse, score the wrong items (same count).
         state = checkpoint.get("state_dict")
+        if state is not None:
+            check_state_shapes(state, self.state_dict(), self.model.num_items)
+        data_ids = self._data_item_ids()
+        if checkpoint.get("item_ids") is not None:
+            if data_ids is not None:
+                check_item_ids(checkpoint["item_ids"], data_ids)
+            self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
         if state is not None and "item_popularity" not in state:  # written before the buffer existed
             state["item_popularity"] = torch.zeros_like(self.item_popularity)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"

@@ -9,6 +9,11 @@ and at the end of ``predict``
   barrier, and rank 0 merges the parts into the one output file (sorted by user, each user once)
   and deletes them. The output folder must be shared by all nodes (it is on a single machine).
 
+Files are written atomically (a temporary file in the output's folder, then renamed over it), so a
+killed run never leaves a truncated output; a run that predicts no user (every ``predict_users`` id
+unknown) writes an empty file rather than leaving an older one in place. The output path is
+checked at set-up, before any user is predicted.
+
 Output schema, one row per user: ``user`` (original id), ``items`` (list of original item ids,
 best first) and ``scores`` (list of float32 scores). Fewer than K items appear only when the user
 has seen almost every item.
@@ -16,8 +21,10 @@ has seen almost every item.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +37,8 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from .errors import DataError, OptionError
+
 __all__ = ["PredictionWriter", "read_user_list", "output_format", "recommendations_table"]
 
 log = logging.getLogger(__name__)
@@ -41,8 +50,8 @@ def output_format(path: str) -> str:
     """``parquet`` or ``jsonl`` from the output file's extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(
-            f"prediction.output {path!r}: cannot tell the format from the extension {suffix!r}; expected one of "
+        raise OptionError(
+            f"--prediction.output {path!r}: cannot tell the format from the extension {suffix!r}; expected one of "
             f"{sorted(FORMATS)} (Parquet or JSON lines)"
         )
     return FORMATS[suffix]
@@ -61,19 +70,25 @@ def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
         ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data.predict_users {path!r} does not exist; expected a file with one user id "
+        raise DataError(f"--data.predict_users {path!r} does not exist; expected a file with one user id "
                                 "per line (or Parquet / JSON lines with a 'user' column)")
     suffix = Path(path).suffix.lower()
     if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
-        table = pq.read_table(path) if suffix in (".parquet", ".pq") else pyarrow.json.read_json(path)
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
+        try:
+            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"--data.predict_users {path!r} is not a readable {kind} file ({error}); expected a "
+                            "'user' column (or a text file with one user id per line)") from error
         if "user" not in table.column_names:
-            raise ValueError(f"data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
+            raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
         wanted = table.column("user").to_numpy(zero_copy_only=False)
     else:
         with open(path, encoding="utf-8") as handle:
             wanted = np.array([line.strip() for line in handle if line.strip()])
     user_ids = np.asarray(user_ids)
     wanted = np.asarray(wanted)
+    given = wanted.astype(str)  # (N,) as written, for the warning
     known = np.ones(len(wanted), dtype=bool)  # (N,)
     if user_ids.dtype.kind in "iu":
         text = wanted.astype(str)
@@ -87,7 +102,7 @@ def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
     rows = order[where]  # (N,)
     found = known & (user_ids[rows] == wanted)  # (N,)
     if not found.all():
-        missing = np.asarray(wanted)[~found][:5].tolist()
+        missing = given[~found][:5].tolist()
         log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)",
                     path, int((~found).sum()), missing)
     return np.unique(rows[found]).astype(np.int64)
@@ -122,17 +137,57 @@ def recommendations_table(
     })
 
 
+def check_output_path(path: str) -> None:
+    """Fail now, not after predicting, when ``path`` cannot be written (a folder, a file as folder, no rights).
+
+    Creates the missing folders and a probe file next to ``path`` (then removes it).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OptionError(f"--prediction.output {path!r} is a folder; expected a file path such as "
+                          f"{str(target / 'predictions.parquet')!r}")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(f"--prediction.output {path!r}: {str(ancestor)!r} is a file, not a folder; expected a "
+                          "path whose folders are folders (or do not exist yet)")
+    probe = target.with_name(f".{target.name}.probe-{uuid.uuid4().hex[:8]}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise OptionError(f"--prediction.output {path!r} cannot be written ({error.strerror or error}: "
+                          f"{error.filename or target.parent}); expected a path in a writable folder") from error
+
+
 def write_table(table: pa.Table, path: str) -> None:
-    """Write Parquet or JSON lines, chosen by the extension of ``path``."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if output_format(path) == "parquet":
-        pq.write_table(table, path)
-        return
-    with open(path, "w", encoding="utf-8") as handle:
-        for batch in table.to_batches(max_chunksize=65536):
-            # pandas' C JSON writer (pandas comes with `datasets`): ~5x faster than json.dumps per row.
-            text = batch.to_pandas().to_json(orient="records", lines=True, double_precision=10)
-            handle.write(text if text.endswith("\n") or not text else text + "\n")
+    """Write Parquet or JSON lines, chosen by the extension of ``path``, atomically.
+
+    The file is written under a temporary name in the same folder, flushed to disk and renamed
+    over ``path`` (``os.replace``), so ``path`` holds either the old file or the complete new one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temporary, "xb") as handle:
+            if output_format(path) == "parquet":
+                pq.write_table(table, handle)
+            else:
+                for batch in table.to_batches(max_chunksize=65536):
+                    # pandas' C JSON writer (pandas comes with `datasets`): ~5x faster than json.dumps per row.
+                    text = batch.to_pandas().to_json(orient="records", lines=True, double_precision=10)
+                    handle.write((text if text.endswith("\n") or not text else text + "\n").encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -155,12 +210,31 @@ class PredictionWriter(BasePredictionWriter):
         # our batch sampler yields whole batches, so that bookkeeping (and its warning) does not apply.
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
         output_format(output)  # fail at configuration time, not after predicting
-        if k < 1:
-            raise ValueError(f"prediction.k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise OptionError(f"--prediction.k {k!r}: expected an integer >= 1")
         self.output = output
         self.k = k
         self.exclude_seen = exclude_seen
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._written = False  # this predict run wrote its output (see teardown)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self._written = False
+            if trainer.is_global_zero:
+                check_output_path(self.output)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning skips the whole predict loop (and on_predict_end) when there is no batch, e.g. when
+        # no id of data.predict_users is in the data: write an empty output rather than keep an old one.
+        if stage != "predict" or self._written or not trainer.is_global_zero:
+            return
+        user_ids, item_ids = self._id_maps(trainer, pl_module)
+        rows = np.zeros(0, np.int64)
+        write_table(recommendations_table(rows, np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32),
+                                          user_ids, item_ids), self.output)
+        self._written = True
+        print(f"[sasrec-lightning] no user to predict: wrote an empty {self.output}")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._chunks = []
@@ -201,6 +275,7 @@ class PredictionWriter(BasePredictionWriter):
             order = np.argsort(users, kind="stable")
             write_table(recommendations_table(users[order], items[order], scores[order], user_ids, item_ids),
                         self.output)
+            self._written = True
             print(f"[sasrec-lightning] wrote the top-{items.shape[1] if items.ndim == 2 else 0} items of "
                   f"{len(users)} users to {self.output}")
             return
@@ -217,6 +292,7 @@ class PredictionWriter(BasePredictionWriter):
         if rank == 0:
             self._merge(world_size, user_ids, item_ids)
         trainer.strategy.barrier("prediction_writer_merged")
+        self._written = True
 
     def _merge(self, world_size: int, user_ids, item_ids) -> None:
         paths = [self.part_path(r, world_size) for r in range(world_size)]

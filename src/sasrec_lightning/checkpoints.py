@@ -1,0 +1,194 @@
+"""Reading checkpoints safely and checking that they fit the model and the data they are used with.
+
+* Files are read with ``torch.load(weights_only=True)``: tensors and plain Python values only, so a
+  crafted checkpoint cannot run code while it is unpickled.
+* A checkpoint names the class that wrote it (``hyper_parameters._class_path``, written by
+  LightningCLI). Importing that name could run any installed module's import-time code, so a
+  name is accepted only when it resolves, without importing anything, to an already imported
+  subclass of the expected class (the package's own classes, or a class named on the command line
+  or in the config, which the argument parser imported already).
+* A checkpoint carries its item ids (``SASRecModule.on_save_checkpoint``); used on data whose item
+  ids differ, its scores would belong to other items, so that stops with a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import Mapping
+from os import PathLike
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
+           "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "DATA_OPTIONS"]
+
+# The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
+TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
+
+# The data options that decide the item ids (internal id -> original id) a model is trained with.
+DATA_OPTIONS = ("path, format, user_column/item_column, min_user_interactions, min_item_interactions, filter_mode, "
+                "min_rating and deduplicate")
+
+
+def is_unsafe_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is ``torch.load(weights_only=True)`` refusing a pickled object (not a damaged file).
+
+    torch raises the same error type for both; a refused object is reported as an unsupported "global".
+    """
+    text = str(error)
+    return isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text and "global" in text
+
+
+def _weights_only_reason(error: BaseException) -> str:
+    """The reason line of a ``weights_only`` error (torch's own message is several paragraphs)."""
+    reason = str(error)
+    if "WeightsUnpickler error:" in reason:
+        reason = reason.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0].strip()
+    return reason
+
+
+def unsafe_checkpoint_error(error: pickle.UnpicklingError, path: str | PathLike | None = None) -> CheckpointError:
+    """The one-paragraph error for a checkpoint that ``weights_only`` loading refused."""
+    reason = _weights_only_reason(error)
+    where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
+    return CheckpointError(
+        f"{where} was refused: it holds objects other than tensors and plain Python values ({reason}), and "
+        "unpickling them could run arbitrary code, so checkpoints are only loaded with "
+        "torch.load(weights_only=True). Use a checkpoint written by `sasrec-lightning fit`."
+    )
+
+
+def read_checkpoint(path: str | PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-paragraph errors.
+
+    Raises:
+        CheckpointError: the file holds arbitrary Python objects, or is not a checkpoint at all.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if is_unsafe_refusal(error):
+            raise unsafe_checkpoint_error(error, path) from error
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({_weights_only_reason(error)}): it is "
+                              "damaged or not a PyTorch file; expected a .ckpt file written by `sasrec-lightning fit`"
+                              ) from error
+    except Exception as error:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, EOFError, ...)
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); expected a .ckpt file written "
+                              "by `sasrec-lightning fit`") from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint "
+                              "dictionary; expected a .ckpt file written by `sasrec-lightning fit`")
+    return checkpoint
+
+
+def imported_class(class_path: str) -> type | None:
+    """The class ``class_path`` names if its module is imported already, else ``None``; never imports.
+
+    ``a.b.C`` is looked up as attribute ``C`` of the imported module ``a.b`` (or ``b.C`` of ``a``).
+    """
+    parts = class_path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        target = module
+        for name in parts[cut:]:
+            target = getattr(target, name, None)
+            if target is None:
+                break
+        return target if isinstance(target, type) else None
+    return None
+
+
+def check_checkpoint_classes(hyper_parameters: Mapping, base: type, path: str | PathLike) -> None:
+    """Refuse, before anything is imported, a checkpoint naming a class that is not an imported ``base``.
+
+    Raises:
+        CheckpointError: ``_class_path`` is not an already imported subclass of ``base``, or
+            ``_instantiator`` is not LightningCLI's.
+    """
+    class_path = hyper_parameters.get("_class_path")
+    if class_path is not None:
+        cls = imported_class(class_path) if isinstance(class_path, str) else None
+        if cls is None or not issubclass(cls, base):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} names the class {class_path!r}, which is not an imported subclass of "
+                f"{base.__module__}.{base.__qualname__}; it was refused without importing it (importing a "
+                "module can run its code). If you trust the checkpoint and the class is yours, name it on the "
+                "command line: --model.class_path <module.Class>."
+            )
+    instantiator = hyper_parameters.get("_instantiator")
+    if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
+        raise CheckpointError(f"checkpoint {str(path)!r} names the instantiator {instantiator!r}; only "
+                              f"{list(TRUSTED_INSTANTIATORS)} is accepted (it would be imported and run)")
+
+
+def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int) -> None:
+    """Refuse a state dict whose tensors differ in shape from the model's, naming what differs.
+
+    Args:
+        state_dict: the checkpoint's ``state_dict``.
+        own: the model's ``state_dict()``.
+        num_items: the model's ``num_items`` (from the data, under the CLI).
+
+    Raises:
+        CheckpointError: a different item count (the item table rows) or other hyper-parameters.
+    """
+    table = "model.item_embedding.weight"
+    if table in state_dict and table in own and state_dict[table].shape[0] != own[table].shape[0]:
+        raise CheckpointError(
+            f"the checkpoint was trained with num_items={state_dict[table].shape[0] - 1} but the data has "
+            f"num_items={num_items}: the checkpoint was trained on other data. Use it with the data it was "
+            f"trained on (the same --data options: {DATA_OPTIONS}), or train a model on this data."
+        )
+    different = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} here"
+                 for key, value in state_dict.items()
+                 if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape)]
+    if different:
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit this model ({'; '.join(different[:3])}): it was built with other "
+            "hyper-parameters (e.g. --data.max_len, which sizes the position embedding). Use the options of the "
+            "training run."
+        )
+
+
+def _comparable(ids: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both id arrays in one dtype: as they are when both are integers or both text, else as text."""
+    if (ids.dtype.kind in "iu") == (other.dtype.kind in "iu"):
+        return ids, other
+    return ids.astype(str), other.astype(str)
+
+
+def check_item_ids(checkpoint_ids, data_ids) -> None:
+    """Refuse a checkpoint whose item ids (internal id -> original id) are not the data's.
+
+    Args:
+        checkpoint_ids: ``(I + 1,)`` the checkpoint's ``item_ids`` (entry 0 = padding, not compared).
+        data_ids: ``(I' + 1,)`` the data's.
+
+    Raises:
+        CheckpointError: the counts or any id differ; the message shows how many and a few examples.
+    """
+    saved, data = np.asarray(checkpoint_ids)[1:], np.asarray(data_ids)[1:]  # (I,), (I',)
+    if len(saved) != len(data):
+        raise CheckpointError(
+            f"the checkpoint was trained with num_items={len(saved)} but the data has num_items={len(data)}: the "
+            f"checkpoint was trained on other data. Use it with the data it was trained on (the same --data "
+            f"options: {DATA_OPTIONS}), or train a model on this data."
+        )
+    saved, data = _comparable(saved, data)
+    differ = np.flatnonzero(saved != data)  # (D,) 0-based positions, internal id - 1
+    if not len(differ):
+        return
+    examples = ", ".join(f"{i + 1}: {saved[i]!s} vs {data[i]!s}" for i in differ[:3])
+    raise CheckpointError(
+        f"the checkpoint was trained on other data: {len(differ)} of its {len(saved)} item ids differ from the "
+        f"data's (internal id: checkpoint item vs data item, e.g. {examples}), so its scores "
+        f"would belong to other items. Use it with the data it was trained on (the same --data options: "
+        f"{DATA_OPTIONS}), or train a model on this data."
+    )

@@ -1,0 +1,98 @@
+"""Range checks of the model's and the data module's options, run by their constructors.
+
+Both classes are built by LightningCLI from typed ``__init__`` arguments, which checks types but
+not ranges: ``max_len: 0`` or ``dropout: 1.5`` would otherwise fail deep inside the first forward
+pass (or, for ``num_eval_negatives: 0``, silently score every user a hit). Each check raises an
+:class:`~sasrec_lightning.errors.OptionError` naming the option, the value and what is allowed,
+which the CLI prints as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .errors import OptionError
+
+__all__ = ["at_least", "in_range", "check_model_options", "check_data_options"]
+
+
+def at_least(section: str, name: str, value, minimum: int, optional: bool = False) -> None:
+    """``value >= minimum`` (an integer), or ``None`` when ``optional``."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" (or empty)" if optional else "")
+        raise OptionError(f"--{section}.{name} {value!r}: expected {allowed}")
+
+
+def in_range(section: str, name: str, value, low: float, high: float, high_open: bool = False) -> None:
+    """``low <= value <= high`` (``< high`` when ``high_open``)."""
+    inside = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not inside or (high_open and value >= high):
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise OptionError(f"--{section}.{name} {value!r}: expected a number in {interval}")
+
+
+def check_model_options(
+    num_items: int, max_len: int, hidden_size: int, num_blocks: int, num_heads: int, dropout: float,
+    init_std: float, gbce_t: float, sampled_negatives: int, in_batch_fraction: float, ce_chunk_size: int,
+    lr: float, betas: Sequence[float], weight_decay: float, l2_emb: float, top_k: Sequence[int],
+    eval_chunk_size: int,
+) -> None:
+    """Raise :class:`OptionError` for the first :class:`~sasrec_lightning.SASRecModule` option out of range."""
+    section = "model"
+    at_least(section, "num_items", num_items, 1)
+    at_least(section, "max_len", max_len, 1)
+    at_least(section, "hidden_size", hidden_size, 1)
+    at_least(section, "num_blocks", num_blocks, 0)
+    at_least(section, "num_heads", num_heads, 1)
+    if hidden_size % num_heads:
+        raise OptionError(f"--{section}.hidden_size {hidden_size} is not divisible by --{section}.num_heads "
+                          f"{num_heads}: each head gets hidden_size / num_heads dimensions")
+    in_range(section, "dropout", dropout, 0.0, 1.0, high_open=True)
+    if not isinstance(init_std, (int, float)) or not init_std > 0:
+        raise OptionError(f"--{section}.init_std {init_std!r}: expected a number > 0")
+    in_range(section, "gbce_t", gbce_t, 0.0, 1.0)
+    at_least(section, "sampled_negatives", sampled_negatives, 1)
+    in_range(section, "in_batch_fraction", in_batch_fraction, 0.0, 1.0)
+    at_least(section, "ce_chunk_size", ce_chunk_size, 1)
+    if not isinstance(lr, (int, float)) or not lr > 0:
+        raise OptionError(f"--{section}.lr {lr!r}: expected a number > 0")
+    if len(betas) != 2:
+        raise OptionError(f"--{section}.betas {list(betas)!r}: expected two numbers in [0, 1)")
+    for beta in betas:
+        in_range(section, "betas", beta, 0.0, 1.0, high_open=True)
+    in_range(section, "weight_decay", weight_decay, 0.0, float("inf"))
+    in_range(section, "l2_emb", l2_emb, 0.0, float("inf"))
+    if isinstance(top_k, (str, bytes)) or not len(top_k) or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in top_k):
+        raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "
+                          "non-empty list of cut-offs, each an integer >= 1 (e.g. [1, 5, 10])")
+    at_least(section, "eval_chunk_size", eval_chunk_size, 1)
+
+
+def check_data_options(
+    max_len: int, batch_size: int, eval_batch_size: int, num_negatives: int, num_eval_negatives: int,
+    min_user_interactions: int | None, min_item_interactions: int | None, temporal_quantiles: Sequence[float],
+    num_proc: int | None, num_workers: int, synthetic_users: int, synthetic_items: int,
+) -> None:
+    """Raise :class:`OptionError` for the first :class:`~sasrec_lightning.SASRecDataModule` option out of range."""
+    section = "data"
+    at_least(section, "max_len", max_len, 1)
+    at_least(section, "batch_size", batch_size, 1)
+    at_least(section, "eval_batch_size", eval_batch_size, 1)
+    at_least(section, "num_negatives", num_negatives, 1)
+    # 0 would rank every target first among no candidates: HR = NDCG = 1 for any model.
+    at_least(section, "num_eval_negatives", num_eval_negatives, 1)
+    at_least(section, "min_user_interactions", min_user_interactions, 0, optional=True)
+    at_least(section, "min_item_interactions", min_item_interactions, 0, optional=True)
+    quantiles = list(temporal_quantiles)
+    valid = len(quantiles) == 2 and all(
+        isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1 for q in quantiles)
+    if not valid or quantiles[0] > quantiles[1]:
+        raise OptionError(f"--{section}.temporal_quantiles {quantiles!r}: expected two quantiles in [0, 1], the "
+                          "validation one first and not above the test one (e.g. [0.8, 0.9])")
+    at_least(section, "num_proc", num_proc, 1, optional=True)
+    at_least(section, "num_workers", num_workers, 0)
+    at_least(section, "synthetic_users", synthetic_users, 1)
+    at_least(section, "synthetic_items", synthetic_items, 1)
