@@ -465,3 +465,12 @@ def test_more_eval_negatives_than_unseen_items_is_warned_about(tmp_path, tiny_tx
     with pytest.warns(UserWarning, match=r"num_eval_negatives is 3, but 2 of 4 val users have fewer than 3 items "
                                          r"they never interacted with \(fewest: 1 of the 6 items\)"):
         quiet_trainer(tmp_path).validate(model, datamodule=data, verbose=False)
+
+
+def test_a_user_who_had_every_item_in_training_is_an_error_before_training(tmp_path):
+    """No training negative can be drawn for them: it used to fail with a traceback on the first batch."""
+    lines = [(1, item) for item in (1, 2, 3, 4, 1, 2)] + [(2, 1), (2, 2), (2, 3), (3, 4), (3, 2), (3, 1)]
+    data, model = data_and_model(write_sasrec_txt(tmp_path / "all.txt", lines), num_eval_negatives=1)
+    with pytest.raises(DataError, match=r"all\.txt: 1 users \(e\.g\. \[1\]\) interacted with every one of the 4 items "
+                                        r"in their training part"):
+        quiet_trainer(tmp_path).fit(model, datamodule=data)

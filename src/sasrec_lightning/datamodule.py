@@ -20,6 +20,7 @@ from .loaders import ResumableLoader
 from .prediction import read_user_list
 from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
 from .preprocessing import preprocess as preprocess_table
+from .sampling import InteractionIndex
 from .sources import detect_format, download, load_interactions, source_identity
 from .splits import TemporalSplit, temporal_cutoffs
 from .synthetic import synthetic_interactions
@@ -262,14 +263,26 @@ class SASRecDataModule(L.LightningDataModule):
             raise DataError(f"{name}: no user has a next-item pair to train on ({split.data.num_users} users, "
                             f"{int(lengths.sum())} interactions, at most {int(lengths.max(initial=0))} per user); "
                             f"SASRec needs {need}")
+        if stage == "fit":
+            # Training negatives come from the items outside a user's training part: none for a user who
+            # had every item there (sample_negatives would fail on the first batch with that user).
+            index = InteractionIndex.from_csr(split.data.items, split.starts, split.train_ends, split.data.num_items)
+            full = split.train_users[index.seen_counts(split.train_users) >= split.data.num_items]
+            if len(full):
+                raise DataError(f"{name}: {len(full)} users (e.g. {split.data.user_ids[full[:3]].tolist()}) "
+                                f"interacted with every one of the {split.data.num_items} items in their training "
+                                "part, so no negative item can be sampled for them; SASRec needs a catalogue "
+                                "larger than any user's history (drop such users or add items)")
         if stage in ("validate", "test"):
             evaluated = self.eval_batches("val" if stage == "validate" else stage)
             if len(evaluated) == 0:
                 need = "at least 3 interactions (the last two are held out)" if leave_one_out else \
                     "an interaction before and one after the cut-off"
+                if evaluated.num_without_negatives:
+                    need += (f" and an item they never interacted with ({evaluated.num_without_negatives} "
+                             "users had every item)")
                 raise DataError(f"{name}: no user can be evaluated at stage {stage!r}; under --data.holdout "
-                                f"{self.hparams.holdout} a user needs {need}, and an item they never interacted "
-                                "with")
+                                f"{self.hparams.holdout} a user needs {need}")
         if stage == "fit" and len(self.eval_batches("val")) == 0:
             rank_zero_warn(f"{name}: no user can be validated, so validation is skipped and val/ metrics are never "
                            "logged (a checkpoint or early stopping that monitors them will fail)")
