@@ -17,9 +17,8 @@ import textwrap
 import lightning as L
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
 
 SCRIPT = textwrap.dedent(
@@ -70,10 +69,17 @@ SCRIPT = textwrap.dedent(
                             callbacks=[Record(out), checkpoint], num_sanity_val_steps=0)
         trainer.fit(model, datamodule=data)
         ckpt = os.path.join(out, "ckpt", "last.ckpt")
-        results = {
+        results = {"world_size": trainer.world_size}
+        for name in ("sampled", "full"):  # the protocol trained with last, so the recorded users are its
+            if name == protocol:
+                continue
+            model.hparams.eval_protocol = name
+            results[name] = {"validate": trainer.validate(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
+                             "test": trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]}
+        model.hparams.eval_protocol = protocol
+        results[protocol] = {
             "validate": trainer.validate(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
             "test": trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
-            "world_size": trainer.world_size,
         }
         trainer.predict(model, datamodule=data, ckpt_path=ckpt, return_predictions=False)
         if trainer.global_rank == 0:
@@ -127,11 +133,14 @@ def test_ddp_two_processes_match_single_process(synthetic_txt, tmp_path, strateg
         assert seen[stage][0] and seen[stage][1]  # both ranks did work
     assert sorted(seen["predict"][0] + seen["predict"][1]) == list(range(data.sequences.num_users))
 
-    # Synced metrics equal the single-process numbers on the same checkpoint.
-    for stage in ("validate", "test"):
-        assert set(results[stage]) == set(single[stage])
-        for name, value in single[stage].items():
-            assert results[stage][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (stage, name)
+    # Synced metrics equal the single-process numbers on the same checkpoint, under both protocols.
+    for evaluated in ("sampled", "full"):
+        alone = single if evaluated == protocol else _single_process(synthetic_txt, ckpt, evaluated)[0]
+        for stage in ("validate", "test"):
+            assert set(results[evaluated][stage]) == set(alone[stage])
+            for name, value in alone[stage].items():
+                assert results[evaluated][stage][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (evaluated, name)
+    assert results["sampled"]["test"] != results["full"]["test"]  # the protocols were really switched
 
     # Training: each rank drew its own batches (and so its own negatives), the same number of them.
     train = seen["fit"]
@@ -171,7 +180,69 @@ def test_eval_sampler_shards_are_uneven_and_disjoint():
     assert sorted(rows.tolist()) == list(range(50))
     train = [list(UserBatchSampler(lengths, 8, shuffle=True, num_replicas=2, rank=r, even=True)) for r in range(2)]
     assert len(train[0]) == len(train[1]) == 4  # even in training so gradient syncs line up
-    assert torch.distributed.is_available()
+    rows = np.concatenate([key.rows for shard in train for key in shard])
+    assert sorted(set(rows.tolist())) == list(range(50))  # every user trained on; 7 batches padded to 8
+
+
+FEW_USERS_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import lightning as L
+    from sasrec_lightning import SASRecDataModule, SASRecModule
+
+
+    def main():
+        data_path, out = sys.argv[1:3]
+        data = SASRecDataModule(path=data_path, max_len=8, eval_batch_size=16, num_eval_negatives=3, seed=3,
+                                print_statistics=False)
+        L.seed_everything(3, verbose=False)
+        model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, top_k=(1, 5))
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        results = {}
+        for protocol in ("sampled", "full"):
+            model.hparams.eval_protocol = protocol
+            results[protocol] = {"validate": trainer.validate(model, datamodule=data, verbose=False)[0],
+                                 "test": trainer.test(model, datamodule=data, verbose=False)[0]}
+        if trainer.global_rank == 0:
+            with open(os.path.join(out, "results.json"), "w") as handle:
+                json.dump(results, handle)
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_ddp_with_fewer_evaluated_users_than_processes(tmp_path):
+    """One evaluated user, two processes.
+
+    The rank without users takes part in the metric sync with an empty batch (it used to crash with
+    "DataLoader within local rank has zero length").
+    """
+    data_path = write_sasrec_txt(tmp_path / "few.txt", [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (3, 7), (3, 8)])
+    script = tmp_path / "few_users.py"
+    script.write_text(FEW_USERS_SCRIPT)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    results = json.loads((tmp_path / "results.json").read_text())
+    data = SASRecDataModule(path=str(data_path), max_len=8, eval_batch_size=16, num_eval_negatives=3, seed=3,
+                            print_statistics=False)
+    assert len(data.eval_batches("val")) == len(data.eval_batches("test")) == 1
+    L.seed_everything(3, verbose=False)
+    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, top_k=(1, 5))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    for protocol in ("sampled", "full"):
+        model.hparams.eval_protocol = protocol
+        alone = {"validate": trainer.validate(model, datamodule=data, verbose=False)[0],
+                 "test": trainer.test(model, datamodule=data, verbose=False)[0]}
+        for stage in ("validate", "test"):
+            assert results[protocol][stage] == pytest.approx(alone[stage], rel=1e-6), (protocol, stage)
 
 
 FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml")) + sorted((REPO / "configs" / "logger").glob("*.yaml"))

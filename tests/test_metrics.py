@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -62,3 +63,80 @@ def test_accumulating_batches_equals_one_shot(rng):
 def test_bad_cut_offs_are_rejected():
     with pytest.raises(ValueError, match="positive"):
         RankingMetrics((0, 10))
+
+
+# ------------------------------------------------------------------------ known ranks, NaN and inf
+def test_metrics_of_known_ranks_equal_the_written_out_formulas():
+    metric = RankingMetrics((1, 5, 10), prefix="val/")
+    metric.update(torch.tensor([0, 1, 4]))
+    metric.update(torch.tensor([9, 10, 57]))
+    got = {name: value.item() for name, value in metric.compute().items()}
+    log2 = math.log2
+    expected = {
+        "val/hr@1": 1 / 6,  # rank 0 only
+        "val/ndcg@1": 1 / 6,
+        "val/hr@5": 3 / 6,  # ranks 0, 1, 4
+        "val/ndcg@5": (1 + 1 / log2(3) + 1 / log2(6)) / 6,
+        "val/hr@10": 4 / 6,  # ranks 0, 1, 4, 9
+        "val/ndcg@10": (1 + 1 / log2(3) + 1 / log2(6) + 1 / log2(11)) / 6,
+        "val/mrr": (1 + 1 / 2 + 1 / 5 + 1 / 10 + 1 / 11 + 1 / 58) / 6,
+    }
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6), name
+
+
+def python_rank(scores: list[float], target: float, valid: list[bool]) -> int:
+    """The documented rule, one candidate at a time.
+
+    Ties and NaN candidates count against the target; a non-finite target ranks after every valid candidate.
+    """
+    if not math.isfinite(target):
+        return sum(valid)
+    return sum(1 for s, ok in zip(scores, valid, strict=True) if ok and (math.isnan(s) or s >= target))
+
+
+def test_rank_of_target_with_ties_nan_and_inf_equals_the_rule_one_candidate_at_a_time(rng):
+    nan, inf = math.nan, math.inf
+    scores = np.array([
+        [0.5, 0.5, 0.1, 0.9],  # a tie and a higher score
+        [nan, 0.1, 0.2, 0.3],  # a NaN candidate
+        [0.1, 0.2, 0.3, 0.4],  # NaN target
+        [0.1, inf, -inf, 0.4],  # +inf target
+        [0.1, 0.2, 0.3, 0.4],  # -inf target
+        [-inf, -inf, 2.0, nan],  # infinite candidates around a finite target
+        [0.0, 0.0, 0.0, 0.0],  # a constant model: every candidate ties
+    ])
+    target = np.array([0.5, 0.25, nan, inf, -inf, 1.0, 0.0])
+    valid = np.array([[True, True, True, False]] * 2 + [[True, False, True, True]] * 5)
+    expected = [python_rank(s.tolist(), t, v.tolist()) for s, t, v in zip(scores, target, valid, strict=True)]
+    assert expected == [2, 1, 3, 3, 3, 2, 3]  # the cases above, counted by hand
+    for dtype in (torch.float32, torch.float64):
+        ranks = rank_of_target(torch.as_tensor(scores, dtype=dtype), torch.as_tensor(target, dtype=dtype),
+                               torch.as_tensor(valid))
+        assert ranks.tolist() == expected
+        unmasked = [python_rank(s.tolist(), t, [True] * 4) for s, t in zip(scores, target, strict=True)]
+        assert rank_of_target(torch.as_tensor(scores, dtype=dtype), torch.as_tensor(target, dtype=dtype)).tolist() \
+            == unmasked
+    # Random scores with many ties and some NaN, against the rule.
+    scores = rng.integers(0, 4, size=(200, 30)).astype(np.float64)
+    scores[rng.random(scores.shape) < 0.05] = nan
+    target = rng.integers(0, 4, size=200).astype(np.float64)
+    target[rng.random(200) < 0.1] = nan
+    valid = rng.random(scores.shape) < 0.8
+    expected = [python_rank(s.tolist(), t, v.tolist()) for s, t, v in zip(scores, target, valid, strict=True)]
+    assert rank_of_target(torch.as_tensor(scores), torch.as_tensor(target), torch.as_tensor(valid)).tolist() == expected
+
+
+def test_non_finite_targets_are_counted_and_warned_about_once():
+    metric = RankingMetrics((10,), prefix="val/")
+    metric.update(torch.tensor([0, 3]), torch.tensor([True, True]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all finite: no warning
+        assert metric.compute()["val/hr@10"].item() == 1.0
+    metric.update(torch.tensor([100]), torch.tensor([False]))
+    with pytest.warns(UserWarning, match=r"val: 1 of 3 evaluated users got a non-finite"):
+        assert metric.compute()["val/hr@10"].item() == pytest.approx(2 / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per metric object
+        metric.compute()

@@ -6,6 +6,8 @@ baseline equals a brute-force computation; a few epochs beat it on synthetic dat
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import pytest
@@ -35,20 +37,39 @@ PADDED_BATCH = {
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_loss_ignores_padded_positions(loss):
+    """NaN hidden states and random negatives at padded positions leave the loss unchanged.
+
+    What every loss reads at a position is its hidden state (and, for bce/gbce, its negatives).
+    """
     torch.manual_seed(0)
     module = SASRecModule(num_items=10, max_len=5, hidden_size=8, num_blocks=1, dropout=0.0, loss=loss,
                           sampled_negatives=4)
     padded = PADDED_BATCH["targets"] == 0  # (B, L)
+    poison = {"at": None}  # (B, L) bool: positions whose hidden state the encoder hands over as NaN
 
-    def loss_of(batch):
+    def poisoned(encoder, inputs, hidden):
+        if poison["at"] is None:
+            return hidden
+        return hidden.masked_fill(poison["at"].unsqueeze(-1), float("nan"))  # (B, L, d)
+
+    module.model.register_forward_hook(poisoned)
+
+    def loss_of(batch, at=None):
+        poison["at"] = at
         torch.manual_seed(1)  # sampled softmax draws its shared negatives
         return module.training_step(batch, 0).item()
 
     reference = loss_of(PADDED_BATCH)
+    assert math.isfinite(reference)
+    assert loss_of(PADDED_BATCH, at=padded) == reference
     changed = {name: value.clone() for name, value in PADDED_BATCH.items()}
     changed["negatives"][padded] = torch.randint(1, 11, changed["negatives"][padded].shape)
-    assert loss_of(changed) == reference
-    if loss in ("bce", "gbce"):  # positive control: a negative at a real position does count
+    assert loss_of(changed, at=padded) == reference
+    # Positive controls: a NaN hidden state at a real position, and (bce/gbce) a changed negative, do count.
+    real = torch.zeros_like(padded)
+    real[0, -1] = True
+    assert math.isnan(loss_of(PADDED_BATCH, at=real))
+    if loss in ("bce", "gbce"):
         changed["negatives"][0, -1] = 7
         assert loss_of(changed) != reference
 
@@ -111,10 +132,27 @@ def test_testing_a_checkpoint_twice_gives_identical_numbers(tmp_path, synthetic_
         data = SASRecDataModule(path=str(synthetic_txt), max_len=10, eval_batch_size=7, print_statistics=False)
         results.append(tiny_trainer(tmp_path).test(model, datamodule=data, verbose=False)[0])
     assert results[0] == results[1]
-    assert set(results[0]) == {"test/hr@1", "test/ndcg@1", "test/hr@5", "test/ndcg@5", "test/hr@10", "test/ndcg@10",
-                               "test/mrr"}
-    assert 0 < results[0]["test/hr@10"] <= 1
-    assert results[0]["test/ndcg@10"] <= results[0]["test/hr@10"]
+    # ... and they are the written-out formulas on ranks counted by brute force over numpy scores.
+    model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol).eval()
+    batches = data.eval_batches("test")
+    batch = batches[BatchKey(np.arange(len(batches)), 0, 0)]
+    with torch.no_grad():
+        hidden = model.model.last_hidden(batch["input_ids"]).numpy()  # (B, d)
+    scores = hidden @ model.model.output_weight.detach().numpy().T  # (B, I + 1)
+    ranks = []
+    for row, target in enumerate(batch["targets"].tolist()):
+        if protocol == "sampled":
+            others = batch["candidates"][row, 1:].tolist()
+        else:
+            seen = set(batch["seen_items"][batch["seen_rows"] == row].tolist())
+            others = [i for i in range(1, data.num_items + 1) if i != target and i not in seen]
+        ranks.append(sum(scores[row, i] >= scores[row, target] for i in others))
+    expected = {"test/mrr": np.mean([1 / (r + 1) for r in ranks])}
+    for k in (1, 5, 10):
+        expected[f"test/hr@{k}"] = np.mean([r < k for r in ranks])
+        expected[f"test/ndcg@{k}"] = np.mean([1 / np.log2(r + 2) if r < k else 0.0 for r in ranks])
+    assert results[0] == pytest.approx(expected, abs=1e-6)
+    assert 0 < expected["test/hr@10"] < 1  # neither trivial nor perfect, so the comparison says something
 
 
 def test_full_and_sampled_protocols_rank_against_their_candidates(synthetic_txt, checkpoint):

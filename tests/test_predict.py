@@ -84,19 +84,30 @@ def tiny_data() -> SASRecDataModule:
                             print_statistics=False)
 
 
-def test_predict_writes_every_user_in_original_ids_matching_recommend(checkpoint, tmp_path):
+def test_predict_writes_every_user_in_original_ids_matching_a_brute_force(checkpoint, tmp_path):
     output = tmp_path / "recs.parquet"
     cli_main(["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", checkpoint, "--prediction.output", str(output)])
     table = pq.read_table(output)
     sequences = tiny_data().sequences
     assert table.column("user").to_pylist() == sequences.user_ids.tolist()  # everyone, once, in order
-    module = SASRecModule.load_from_checkpoint(checkpoint, weights_only=True)
-    histories = [sequences.item_ids[sequences.sequence(row)].tolist() for row in range(sequences.num_users)]
-    expected = module.recommend(histories, k=5)
+    # Independent reference: the encoder's last hidden state of each history (the last 8 items,
+    # left-padded by hand), a dot product with every row of the item table in numpy, the history
+    # and the padding id removed, sorted best first, mapped to the original ids.
+    module = SASRecModule.load_from_checkpoint(checkpoint, weights_only=True).eval()
+    histories = [np.asarray(sequences.sequence(row)) for row in range(sequences.num_users)]  # internal ids
+    inputs = np.zeros((len(histories), 8), dtype=np.int64)
+    for row, history in enumerate(histories):
+        inputs[row, 8 - len(history[-8:]):] = history[-8:]
+    with torch.no_grad():
+        hidden = module.model.last_hidden(torch.from_numpy(inputs)).numpy()  # (U, d)
+    table_weights = module.model.output_weight.detach().numpy()  # (I + 1, d)
     for row, record in enumerate(table.to_pylist()):
-        assert record["items"] == expected.items[row]
-        assert not set(record["items"]) & set(histories[row])  # seen items excluded by default
-        assert record["scores"] == pytest.approx(expected.scores[row], rel=1e-4, abs=1e-5)
+        scores = (hidden[row][None, :] * table_weights).sum(axis=1)  # (I + 1,)
+        candidates = [item for item in range(1, sequences.num_items + 1) if item not in set(histories[row].tolist())]
+        best = sorted(candidates, key=lambda item: -scores[item])[:5]
+        assert record["items"] == sequences.item_ids[best].tolist(), row
+        assert record["scores"] == pytest.approx(scores[best].tolist(), rel=1e-4, abs=1e-5)
+        assert not set(record["items"]) & set(sequences.item_ids[histories[row]].tolist())
 
 
 def test_predict_user_list_json_lines_and_seen_items_switch(checkpoint, tmp_path):

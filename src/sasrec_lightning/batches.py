@@ -144,7 +144,11 @@ class EvalBatches(Dataset):
     target, then ``num_negatives`` items the user never interacted with (anywhere in the sequence),
     so evaluating the same checkpoint twice gives identical numbers. ``negative_sampling`` is
     ``uniform`` (the paper) or ``popularity`` (proportional to each item's count in the whole log,
-    as in e.g. BERT4Rec's popularity-sampled evaluation).
+    as in e.g. BERT4Rec's popularity-sampled evaluation). Negatives are drawn with replacement, as
+    in the paper's code, so a user with fewer unseen items than ``num_negatives`` gets repeats
+    (counted in ``num_short_of_negatives``). A user who interacted with every item has nothing to
+    rank the target against (its rank would be 0 under either protocol, a free hit): such users are
+    left out of ``val``/``test`` and counted in ``num_without_negatives``.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``users`` ``(B,)``; with a target also ``targets``
     ``(B,)`` and ``candidates`` ``(B, 1 + num_negatives)``; ``seen_rows``/``seen_items`` ``(S,)``
@@ -165,13 +169,22 @@ class EvalBatches(Dataset):
             self.rows = np.arange(split.data.num_users)
         else:
             self.rows = split.eval_users
+        self.num_without_negatives = 0  # users left out: they interacted with every item
+        self.num_short_of_negatives = 0  # users with fewer unseen items than num_negatives (repeats)
+        self.fewest_unseen: int | None = None  # unseen items of the poorest evaluated user
+        self.candidates = None
+        if stage != "predict":
+            index = InteractionIndex.from_csr(split.data.items, split.starts, split.ends, split.data.num_items)
+            unseen = split.data.num_items - index.seen_counts(self.rows)  # (N,)
+            self.num_without_negatives = int(np.sum(unseen == 0))
+            self.rows, unseen = self.rows[unseen > 0], unseen[unseen > 0]
+            self.num_short_of_negatives = int(np.sum(unseen < num_negatives))
+            self.fewest_unseen = int(unseen.min()) if len(unseen) else None
         starts = split.starts[self.rows]
         self.lengths = np.minimum(self.history_ends[self.rows] - starts, max_len)  # (N,)
-        self.candidates = None
         if stage != "predict":
             # Salt the seed with the stage so validation and test negatives differ.
             rng = np.random.default_rng((seed, 1 if stage == "test" else 0))
-            index = InteractionIndex.from_csr(split.data.items, split.starts, split.ends, split.data.num_items)
             weights = None
             if negative_sampling == "popularity":
                 weights = item_counts(split.data.items, split.starts, split.ends, split.data.num_items)
@@ -187,7 +200,7 @@ class EvalBatches(Dataset):
     def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         users = self.rows[key.rows]  # (B,)
         starts, ends = self.split.starts[users], self.history_ends[users]
-        width = max(1, int(min(self.max_len, (ends - starts).max())))
+        width = max(1, int(min(self.max_len, (ends - starts).max(initial=0))))  # (an empty batch: width 1)
         items = self.split.data.items
         batch = {
             "input_ids": torch.from_numpy(left_padded(items, starts, ends, width)),  # (B, L)
@@ -222,7 +235,10 @@ class UserBatchSampler(DistributedSampler):
         bucket: group samples of similar length into a batch to cut padding. With shuffling the
             grouping is done inside random windows of ``bucket_window`` batches, so batches stay random.
         even: give every rank the same number of batches (needed in training so DDP gradient
-            syncs line up); evaluation shards are uneven so every user counts exactly once.
+            syncs line up); evaluation shards are uneven so every user counts exactly once. A rank
+            left without users (fewer users than processes) gets one empty batch, so it still runs
+            the evaluation epoch and its metric sync (Lightning refuses an empty loader); with no
+            user at all every rank has no batch and Lightning skips the stage everywhere.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, num_replicas: int = 1,
@@ -269,6 +285,9 @@ class UserBatchSampler(DistributedSampler):
             per_rank = -(-len(batches) // self.num_replicas)
             batches += batches[: per_rank * self.num_replicas - len(batches)]
         indices = range(self.rank, len(batches), self.num_replicas)
+        if not self.even and self.num_replicas > 1 and not indices and len(self.lengths):
+            yield BatchKey(rows=np.zeros(0, np.int64), epoch=self.epoch, index=self.rank)  # no users here
+            return
         if self.resume_epoch is not None:
             if self.resume_epoch == self.epoch:
                 # The order is a pure function of (seed, epoch), so the skipped batches are exactly the
@@ -289,4 +308,6 @@ class UserBatchSampler(DistributedSampler):
         total = -(-len(self.lengths) // self._batch_size())
         if self.even:
             return -(-total // self.num_replicas)
+        if self.num_replicas > 1 and total:
+            return max(1, len(range(self.rank, total, self.num_replicas)))  # an empty batch, see __iter__
         return len(range(self.rank, total, self.num_replicas))

@@ -10,7 +10,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from .batches import EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
@@ -21,6 +21,7 @@ from .options import check_data_options
 from .prediction import read_user_list
 from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
 from .preprocessing import preprocess as preprocess_table
+from .sampling import InteractionIndex
 from .sources import detect_format, download, load_interactions, source_identity
 from .splits import TemporalSplit, temporal_cutoffs
 from .synthetic import synthetic_interactions
@@ -224,6 +225,7 @@ class SASRecDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.split_data  # noqa: B018  (load once per process, before the loaders are built)
+        self._check_split(stage)
         trainer = self.trainer
         if trainer is not None and trainer.logger is not None and not getattr(self, "_logged_statistics", False):
             trainer.logger.log_hyperparams({f"data/{key}": value for key, value in self.statistics.items()})
@@ -239,7 +241,86 @@ class SASRecDataModule(L.LightningDataModule):
                 users = read_user_list(hp.predict_users, self.sequences.user_ids)
             self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users,
                                         negative_sampling=hp.eval_negative_sampling)
+            self._report_eval_users(self._eval[stage])
         return self._eval[stage]
+
+    # ------------------------------------------------------------------ who is trained and evaluated
+    def _source_name(self) -> str:
+        hp = self.hparams
+        return str(hp.path or hp.url or "the synthetic dataset")
+
+    def _check_split(self, stage: str | None) -> None:
+        """Stop on data that cannot train or evaluate; warn about users who are never evaluated.
+
+        ``fit`` needs a user with a next-item pair in training (2 interactions under leave-one-out)
+        and ``validate``/``test`` a user to evaluate (3 under leave-one-out); without them a run
+        would "finish" on no batches, or report metrics averaged over nobody.
+        """
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+        split, name = self.split_data, self._source_name()
+        leave_one_out = isinstance(split, LeaveOneOutSplit)
+        if stage == "fit" and len(split.train_users) == 0:
+            lengths = split.ends - split.starts
+            need = ("a user whose training part has 2 interactions: one with exactly 2 (trained on, not evaluated) "
+                    "or with at least 4 (the last two are held out for validation and test)") if leave_one_out else \
+                f"a user with at least 2 interactions before val_cutoff ({split.val_cutoff})"
+            raise DataError(f"{name}: no user has a next-item pair to train on ({split.data.num_users} users, "
+                            f"{int(lengths.sum())} interactions, at most {int(lengths.max(initial=0))} per user); "
+                            f"SASRec needs {need}")
+        if stage == "fit":
+            # Training negatives come from the items outside a user's training part: none for a user who
+            # had every item there (sample_negatives would fail on the first batch with that user).
+            index = InteractionIndex.from_csr(split.data.items, split.starts, split.train_ends, split.data.num_items)
+            full = split.train_users[index.seen_counts(split.train_users) >= split.data.num_items]
+            if len(full):
+                raise DataError(f"{name}: {len(full)} users (e.g. {split.data.user_ids[full[:3]].tolist()}) "
+                                f"interacted with every one of the {split.data.num_items} items in their training "
+                                "part, so no negative item can be sampled for them; SASRec needs a catalogue "
+                                "larger than any user's history (drop such users or add items)")
+        if stage in ("validate", "test"):
+            evaluated = self.eval_batches("val" if stage == "validate" else stage)
+            if len(evaluated) == 0:
+                need = "at least 3 interactions (the last two are held out)" if leave_one_out else \
+                    "an interaction before and one after the cut-off"
+                if evaluated.num_without_negatives:
+                    need += (f" and an item they never interacted with ({evaluated.num_without_negatives} "
+                             "users had every item)")
+                raise DataError(f"{name}: no user can be evaluated at stage {stage!r}; under --data.holdout "
+                                f"{self.hparams.holdout} a user needs {need}")
+        if stage == "fit" and len(self.eval_batches("val")) == 0:
+            rank_zero_warn(f"{name}: no user can be validated, so validation is skipped and val/ metrics are never "
+                           "logged (a checkpoint or early stopping that monitors them will fail)")
+        if stage in ("fit", "validate", "test") and leave_one_out and not getattr(self, "_reported_short", False):
+            self._reported_short = True
+            lengths = split.ends - split.starts
+            two, one = int(np.sum(lengths == 2)), int(np.sum(lengths == 1))
+            if two or one:
+                rank_zero_warn(
+                    f"{name}: {len(split.eval_users)} of {split.data.num_users} users are validated and tested; "
+                    f"{two} with exactly 2 interactions only train (on one pair) and {one} with 1 interaction are "
+                    "not used at all (leave-one-out holds out the last two items, so evaluation needs 3)"
+                )
+
+    def _report_eval_users(self, batches: EvalBatches) -> None:
+        """Warn about evaluated users the sampled protocol cannot serve as configured."""
+        if batches.stage == "predict":
+            return
+        stage, name, num_items = batches.stage, self._source_name(), self.sequences.num_items
+        if batches.num_without_negatives:
+            rank_zero_warn(
+                f"{name}: {batches.num_without_negatives} {stage} users interacted with every one of the "
+                f"{num_items} items, so there is no item to rank their held-out item against; they are left "
+                f"out of {stage} under both protocols"
+            )
+        if batches.num_short_of_negatives:
+            n = self.hparams.num_eval_negatives
+            rank_zero_warn(
+                f"{name}: --data.num_eval_negatives is {n}, but {batches.num_short_of_negatives} of "
+                f"{len(batches)} {stage} users have fewer than {n} items they never interacted with (fewest: "
+                f"{batches.fewest_unseen} of the {num_items} items), so their sampled negatives repeat items "
+                "(drawn with replacement) and the sampled protocol ranks them against fewer distinct items than "
+                f"the others; use at most {batches.fewest_unseen} negatives or --model.eval_protocol full"
+            )
 
     # ---------------------------------------------------------------------------- the loaders
     def _world(self) -> tuple[int, int]:

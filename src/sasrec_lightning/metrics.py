@@ -2,7 +2,16 @@
 
 With one relevant item per user, the metrics depend only on its 0-based rank ``r`` among the
 candidates: ``HR@K = [r < K]``, ``NDCG@K = [r < K] / log2(r + 2)``, ``MRR = 1 / (r + 1)``.
-Ties are counted against the target (pessimistic), so a constant model scores no better than chance.
+
+The rank is pessimistic, so a broken model never scores well:
+
+- Ties count against the target: a candidate scoring exactly the target's score ranks above it, so
+  a constant model gets the worst rank (the number of valid candidates). This needs the target and
+  its competitors scored by the same computation (``SASRecModule.full_ranks`` takes care of it).
+- A NaN candidate score counts against the target (as a tie would).
+- A non-finite target score (NaN, +inf or -inf) ranks the target last among the valid candidates: a
+  diverged model gets HR = NDCG = 0 and MRR = 1 / (candidates + 1), never a perfect score.
+  :class:`RankingMetrics` counts such users and warns once (``rank_zero_warn``) when it sees any.
 """
 
 from __future__ import annotations
@@ -12,12 +21,30 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
 
-__all__ = ["rank_of_target", "ranking_metrics", "RankingMetrics"]
+__all__ = ["beats_target", "rank_of_target", "ranking_metrics", "RankingMetrics"]
+
+
+def beats_target(scores: Tensor, target_scores: Tensor) -> Tensor:
+    """Which candidates rank at or above the target: ``(B, C)`` bool.
+
+    ``not (score < target)`` rather than ``score >= target``: every comparison with NaN is false, so
+    a NaN candidate, and every candidate of a non-finite target (mapped to NaN first), counts against it.
+
+    Args:
+        scores: ``(B, C)`` candidate scores.
+        target_scores: ``(B,)`` score of the held-out item.
+    """
+    target = torch.where(torch.isfinite(target_scores), target_scores, torch.nan)  # (B,) non-finite -> NaN
+    return torch.lt(scores, target.unsqueeze(-1)).logical_not_()  # (B, C)
 
 
 def rank_of_target(scores: Tensor, target_scores: Tensor, valid: Tensor | None = None) -> Tensor:
     """0-based rank of each target: how many valid candidates score at least as high, itself excluded.
+
+    NaN candidates count against the target; a non-finite target ranks after every valid candidate
+    (see :func:`beats_target`).
 
     Args:
         scores: ``(B, C)`` candidate scores that do not include the target itself.
@@ -27,7 +54,7 @@ def rank_of_target(scores: Tensor, target_scores: Tensor, valid: Tensor | None =
     Returns:
         ``(B,)`` int64 ranks.
     """
-    beats = scores >= target_scores.unsqueeze(-1)  # (B, C)
+    beats = beats_target(scores, target_scores)  # (B, C)
     if valid is not None:
         beats &= valid
     return beats.sum(dim=-1)
@@ -49,7 +76,8 @@ class RankingMetrics(Metric):
     """HR@K, NDCG@K for several cut-offs and MRR, accumulated as sums and a user count.
 
     Sum states with ``dist_reduce_fx="sum"`` keep memory constant in the number of users and make
-    the DDP sync a single all-reduce.
+    the DDP sync a single all-reduce. Users whose target score was not finite (a diverged model) are
+    counted too; ``compute`` warns once per metric object when there were any.
 
     Args:
         ks: cut-offs, e.g. ``(1, 5, 10, 20)``.
@@ -68,14 +96,31 @@ class RankingMetrics(Metric):
         self.names = [f"{name}@{k}" for k in self.ks for name in ("hr", "ndcg")] + ["mrr"]
         self.add_state("sums", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("nonfinite", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self._warned = False
 
-    def update(self, ranks: Tensor) -> None:
-        """Add a batch of ``(B,)`` 0-based target ranks."""
+    def update(self, ranks: Tensor, finite: Tensor | None = None) -> None:
+        """Add a batch of ``(B,)`` 0-based target ranks.
+
+        Args:
+            ranks: ``(B,)`` ranks (a non-finite target already ranked last by :func:`rank_of_target`).
+            finite: optional ``(B,)`` bool, ``False`` where the target's score was NaN or infinite.
+        """
         per_user = ranking_metrics(ranks, self.ks)
         self.sums += torch.stack([per_user[name].sum() for name in self.names]).to(self.sums)
         self.count += ranks.numel()
+        if finite is not None:
+            self.nonfinite += (~finite).sum().to(self.nonfinite)
 
     def compute(self) -> dict[str, Tensor]:
         """Averages over users, keyed ``prefix + name``."""
+        if self.nonfinite > 0 and not self._warned:
+            self._warned = True
+            where = self.prefix.rstrip("/") or "evaluation"
+            rank_zero_warn(
+                f"{where}: {int(self.nonfinite)} of {int(self.count)} evaluated users got a non-finite (NaN or "
+                "infinite) score for their held-out item, so the model has diverged or its weights are broken; "
+                "those users are ranked last (counted as misses). Further occurrences are not reported."
+            )
         means = self.sums / self.count.clamp(min=1)
         return {self.prefix + name: means[i].float() for i, name in enumerate(self.names)}

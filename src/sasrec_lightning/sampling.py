@@ -38,6 +38,14 @@ class InteractionIndex:
         positions = np.arange(lengths.sum()) + offsets  # (n,)
         return cls(users, items[positions], num_items)
 
+    def seen_counts(self, users: np.ndarray) -> np.ndarray:
+        """``(B,)`` distinct items of each user row (0 for rows past the last one with interactions)."""
+        users = np.asarray(users, dtype=np.int64)
+        counts = np.zeros(users.shape, np.int64)  # (B,)
+        inside = users < len(self.items_per_user)  # the bincount ends at the last row with a key
+        counts[inside] = self.items_per_user[users[inside]]
+        return counts
+
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each ``(users[i], items[i])`` pair was seen; inputs broadcast together."""
         keys = users.astype(np.int64) * (self.num_items + 1) + items
@@ -70,9 +78,9 @@ def sample_negatives(
         ``(B, *shape)`` int64 item ids in ``1..num_items``.
     """
     users = np.asarray(users, dtype=np.int64)
-    seen = index.items_per_user[np.minimum(users, len(index.items_per_user) - 1)] if len(index.items_per_user) else 0
-    if np.any(np.asarray(seen) >= index.num_items) and np.any(users < len(index.items_per_user)):
-        full = users[np.asarray(seen) >= index.num_items]
+    seen = index.seen_counts(users)  # (B,)
+    if np.any(seen >= index.num_items):
+        full = users[seen >= index.num_items]
         raise ValueError(
             f"user rows {full[:5].tolist()} interacted with all {index.num_items} items, so no negative "
             "item can be sampled for them; drop such users or add items"
