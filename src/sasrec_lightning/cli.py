@@ -19,7 +19,7 @@ from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
-__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors"]
+__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors", "packaged_configs", "resolve_config"]
 
 
 # How a model is evaluated, not what it learned: taken from the command's own config and flags, not
@@ -172,8 +172,61 @@ class SASRecCLI(LightningCLI):
         return config.get(key)
 
 
+def packaged_configs() -> Path | None:
+    """The folder of the configs that ship with the package, or ``None`` when there is none.
+
+    A wheel installs the repository's ``configs/`` as ``sasrec_lightning/configs``; a source checkout
+    (``PYTHONPATH=src``, or an editable install, which maps the folder instead of copying it) has it
+    beside ``src/``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parents[1] / "configs"):
+        if (candidate / "quickstart.yaml").is_file():
+            return candidate
+    return None
+
+
+def resolve_config(name: str) -> str:
+    """``name`` as given when it is an existing path, else the packaged config it names, else unchanged.
+
+    ``quickstart``, ``quickstart.yaml``, ``trainer/bf16`` and ``configs/steam.yaml`` (the repository
+    form, run outside a clone) all name packaged configs. An unknown name is returned unchanged, so the
+    parser reports the missing file as usual.
+    """
+    if os.path.exists(name) or "\n" in name or ":" in name:  # a file, or inline YAML (``-c '{...}'``)
+        return name
+    folder = packaged_configs()
+    if folder is None:
+        return name
+    relative = name.removeprefix("configs/")
+    for candidate in (relative, f"{relative}.yaml"):
+        path = folder / candidate
+        if path.is_file() and folder in path.resolve().parents:
+            return str(path)
+    return name
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`."""
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        if arg in ("-c", "--config") and index + 1 < len(resolved):
+            resolved[index + 1] = resolve_config(resolved[index + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            flag, value = arg.split("=", 1)
+            resolved[index] = f"{flag}={resolve_config(value)}"
+    return resolved
+
+
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
-    """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``)."""
+    """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``).
+
+    ``-c NAME`` runs a packaged config by name (``-c quickstart``) when ``NAME`` is no file here.
+    """
+    if args is None:  # rewritten in place: LightningCLI warns when given both args and a command line
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    elif isinstance(args, list):
+        args = resolve_config_args(args)
     return SASRecCLI(
         SASRecModule,
         SASRecDataModule,
