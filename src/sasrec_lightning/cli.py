@@ -9,11 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .baselines import most_popular_metrics
-from .checkpoints import check_checkpoint_classes, is_unsafe_refusal, read_checkpoint, unsafe_checkpoint_error
+from .checkpoints import (
+    DATA_RUNTIME_OPTIONS,
+    check_checkpoint_classes,
+    is_unsafe_refusal,
+    plain,
+    read_checkpoint,
+    unsafe_checkpoint_error,
+)
 from .datamodule import SASRecDataModule
 from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
@@ -57,8 +65,24 @@ def condensed_parse_error(message: str) -> str:
     return f"--{flag}: {' '.join(reasons) or ' '.join(lines)}"
 
 
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class SASRecArgumentParser(LightningArgumentParser):
     """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
+
+    def dump(self, cfg, *args, **kwargs) -> str:
+        # The optimizer is a model option (--model.optimizer). LightningCLI's top-level --optimizer /
+        # --lr_scheduler stay accepted (a run's saved config.yaml lists them) but are not printed
+        # while unset, so `--print_config` shows `optimizer: null` once. (dump also runs on the model's
+        # own init_args, whose optimizer stays: hence only a config with a trainer section.)
+        if "trainer" in cfg and any(cfg.get(key, "unset") is None for key in ("optimizer", "lr_scheduler")):
+            cfg = cfg.clone()
+            for key in ("optimizer", "lr_scheduler"):
+                if key in cfg and cfg[key] is None:
+                    del cfg[key]
+        return super().dump(cfg, *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
@@ -74,6 +98,23 @@ class SASRecCLI(LightningCLI):
     the evaluation settings (``EVALUATION_SETTINGS``) keep the values of the running command.
     """
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's trainer, model and data sections, with the package's classes as defaults.
+
+        Without ``--model`` / ``--data`` (or a config naming them) `fit` alone trains on the synthetic
+        data and ``predict --ckpt_path run.ckpt`` needs nothing else (LightningCLI requires both).
+        """
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items()
+                             if key != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model,
+                                        required=False)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data,
+                                        required=False)
+        if self.subclass_mode_model and self.subclass_mode_data:
+            parser.set_defaults({"model": {"class_path": _class_path(self._model_class)},
+                                 "data": {"class_path": _class_path(self._datamodule_class)}})
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Said once, in the data section; the model receives them.
         # (subclass mode: the source must be spelled data.init_args.*; "data.max_len" silently linked nothing)
@@ -87,19 +128,33 @@ class SASRecCLI(LightningCLI):
         # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Kept to tell the options the user gave (config files and flags) from defaults: those win
+        # over the data settings a checkpoint carries (see ``_apply_checkpoint_data``).
+        self._given_args = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
+
     def _parse_ckpt_path(self) -> None:
-        """Rebuild the model from ``--ckpt_path``'s hyper-parameters, safely.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._apply_checkpoint(subcommand)
+
+    def _apply_checkpoint(self, subcommand: str | None) -> None:
+        """Rebuild the model and the data settings from ``--ckpt_path``, safely.
 
         Replaces LightningCLI's version, which imports whatever class the checkpoint names
         (``_class_path``) before the parser can reject it: here the name must be an already imported
         subclass of the model class (see ``checkpoints.py``). Every load of the run, including
         ``--ckpt_path last``/``best`` that Lightning resolves and loads itself, uses
-        ``weights_only=True``. The evaluation settings (``EVALUATION_SETTINGS``) keep the command's values.
+        ``weights_only=True``. The evaluation settings (``EVALUATION_SETTINGS``) keep the command's values;
+        the data settings of the training run fill in every data option the command does not give.
+
+        Args:
+            subcommand: ``fit``/``validate``/``test``/``predict``, or ``None`` for a parser without
+                subcommands (``sasrec-lightning-attention``).
         """
-        subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
+        config = self.config[subcommand] if subcommand else self.config
+        root = f"{subcommand}." if subcommand else ""
         if "weights_only" in config:
             if config.get("weights_only") is False:
                 raise OptionError("--weights_only false: checkpoints are only loaded with weights_only=True (tensors "
@@ -113,19 +168,50 @@ class SASRecCLI(LightningCLI):
                 return  # resolved and loaded by the Trainer (with weights_only=True, set above)
             raise CheckpointError(f"--ckpt_path {ckpt_path!r} is not a file; expected a .ckpt written by "
                                   f"`sasrec-lightning fit`, or one of {list(LIGHTNING_CKPT_NAMES)}")
-        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        checkpoint = read_checkpoint(ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         check_checkpoint_classes(hparams, self._model_class, ckpt_path)
+        self._apply_checkpoint_data(checkpoint, root)
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        prefix = f"{subcommand}.model.init_args."
+        prefix = f"{root}model.init_args."
         given = {key: self.config.get(prefix + key) for key in EVALUATION_SETTINGS}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        model = {"model": hparams}
+        self.config = self.parser.parse_object({subcommand: model} if subcommand else model, self.config)
         for key, value in given.items():
             if value is not None and self.config.get(prefix + key, None) is not None:
                 self.config[prefix + key] = value
+
+    def _apply_checkpoint_data(self, checkpoint: dict, root: str) -> None:
+        """Fill the data options the command leaves at their defaults from the checkpoint's training run.
+
+        So ``predict --ckpt_path run.ckpt --data.path new.csv`` reads ``new.csv`` with the run's
+        columns, filters, ``max_len``, ... ; options in the command's config files or flags win.
+        Run-time options (``DATA_RUNTIME_OPTIONS``) are never taken from the checkpoint.
+        """
+        saved = dict(checkpoint.get(SASRecDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        class_path = self.config.get(f"{root}data.class_path")
+        if not saved or saved.pop("_class_path", class_path) != class_path or self._given_args is None:
+            return  # another data class: its options need not mean the same
+        given = self.parser.parse_args(self._given_args, defaults=False)
+        given_options = set(dict(given.get(f"{root}data.init_args") or {}))
+        # max_len sizes the position embedding: the checkpoint fits no other, so a config file's value
+        # gives way too; only a flag keeps it (and then gets the shape error naming it).
+        if not any(arg.split("=")[0] in ("--data.max_len", "--data.init_args.max_len") for arg in self._given_args):
+            given_options.discard("max_len")
+        current = self.config.get(f"{root}data.init_args")
+        taken = {key: value for key, value in saved.items()
+                 if key in current and key not in given_options and key not in DATA_RUNTIME_OPTIONS
+                 and plain(value) != plain(current[key])}
+        if not taken:
+            return
+        data = {"data": {"class_path": class_path, "init_args": taken}}
+        self.config = self.parser.parse_object({root.rstrip("."): data} if root else data, self.config)
+        print("[sasrec-lightning] data options of the checkpoint's training run: "
+              + ", ".join(f"{key}={value!r}" for key, value in taken.items()))
 
     def before_fit(self) -> None:
         if not self.trainer.loggers:

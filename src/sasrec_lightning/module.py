@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .checkpoints import check_item_ids, check_state_shapes
+from .checkpoints import check_item_ids, check_state_shapes, data_setting_differences
 from .encoder import SASRec
 from .losses import LOSSES, SampledSoftmaxLoss, build_loss
 from .metrics import RankingMetrics, beats_target, rank_of_target
@@ -471,13 +471,17 @@ class SASRecModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
         # a size-mismatch traceback (other item count) or, worse, score the wrong items (same count).
+        # The error names the data options that differ from the training run's (Lightning saves them).
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"),
+                                               getattr(datamodule, "hparams", None))
         state = checkpoint.get("state_dict")
         if state is not None:
-            check_state_shapes(state, self.state_dict(), self.model.num_items)
+            check_state_shapes(state, self.state_dict(), self.model.num_items, differences)
         data_ids = self._data_item_ids()
         if checkpoint.get("item_ids") is not None:
             if data_ids is not None:
-                check_item_ids(checkpoint["item_ids"], data_ids)
+                check_item_ids(checkpoint["item_ids"], data_ids, differences)
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
         if state is not None and "item_popularity" not in state:  # written before the buffer existed
             state["item_popularity"] = torch.zeros_like(self.item_popularity)
