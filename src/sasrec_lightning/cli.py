@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import re
 import sys
@@ -17,6 +19,7 @@ from .baselines import most_popular_metrics
 from .checkpoints import (
     DATA_RUNTIME_OPTIONS,
     check_checkpoint_classes,
+    imported_class,
     is_unsafe_refusal,
     plain,
     read_checkpoint,
@@ -49,7 +52,9 @@ def condensed_parse_error(message: str) -> str:
 
     ``Parser key "data": ... Problem with given class_path ...: Parser key "max_len": Expected a
     <class 'int'>. Got value: abc`` becomes ``--data.max_len: Expected a <class 'int'>. Got value: abc``.
-    A message of another shape is kept whole, on one line.
+    A message of another shape is kept whole, on one line. An unknown model or data option gets the
+    closest valid names (``did you mean hidden_size?``); a class whose module cannot be imported, a
+    hint about ``PYTHONPATH``.
     """
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys = [(index, match.group(1)) for index, line in enumerate(lines)
@@ -62,7 +67,41 @@ def condensed_parse_error(message: str) -> str:
     if given and not any("Got value" in reason for reason in reasons) and not given[-1].startswith("NestedArg"):
         reasons.append(f"Got value: {given[-1]}")
     flag = ".".join(dict.fromkeys(key for _, key in keys))  # outer section, then the inner key
-    return f"--{flag}: {' '.join(reasons) or ' '.join(lines)}"
+    reason = " ".join(reasons) or " ".join(lines)
+    if "Option '" in reason and "is not accepted" in reason:
+        reason = re.sub(r" Got value: .*", "", reason)  # the whole section as given: noise next to the option
+    return _explained(flag, reason, message)
+
+
+def _option_names(class_path: str) -> list[str]:
+    """The ``__init__`` parameters of the imported class ``class_path`` and its bases (``[]`` when not imported)."""
+    cls = imported_class(class_path)
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" in vars(klass) and klass is not object:
+            names += [name for name, parameter in inspect.signature(klass.__init__).parameters.items()
+                      if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    return list(dict.fromkeys(names))
+
+
+def _explained(flag: str, reason: str, message: str) -> str:
+    """A reason with the hint it needs: close option names for a typo, ``PYTHONPATH`` for a missing module."""
+    class_path = re.search(r"class_path '([^']+)'", message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", reason)
+    if unknown and class_path:
+        names = _option_names(class_path.group(1))
+        close = difflib.get_close_matches(unknown.group(1).split(".")[-1], names, n=3, cutoff=0.6)
+        section = flag.split(".")[0]
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        return (f"--{section}.{unknown.group(1)}: Option {unknown.group(1)!r} is not accepted by "
+                f"{class_path.group(1)}; {hint}"
+                f"(every option: --{section}.help {class_path.group(1).rsplit('.', 1)[-1]})")
+    missing = re.search(r"No module named '([^']+)'", reason)
+    if missing and class_path:
+        return (f"--{flag}: cannot import {class_path.group(1)!r}: no module named {missing.group(1)!r}. If it is "
+                f"your own file ({missing.group(1).split('.')[0]}.py), run from its folder with PYTHONPATH=. "
+                "(e.g. PYTHONPATH=. sasrec-lightning fit ...) or install it")
+    return f"--{flag}: {reason}"
 
 
 def _class_path(cls: type) -> str:
@@ -87,7 +126,9 @@ class SASRecArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
-        sys.stderr.write(f"error: {condensed_parse_error(message)} (see --help)\n")
+        condensed = condensed_parse_error(message)
+        hint = "" if ".help " in condensed else " (see --help)"  # a typo's message points to its section's help
+        sys.stderr.write(f"error: {condensed}{hint}\n")
         self.exit(2)
 
 
@@ -127,6 +168,14 @@ class SASRecCLI(LightningCLI):
         )
         # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        # The generated usage line lists all ~200 trainer flags; the model and data options are only
+        # listed by --model.help / --data.help (subclass mode), so point there instead.
+        parser.usage = "%(prog)s [-c CONFIG] [--trainer.* ...] [--model.* ...] [--data.* ...] [--ckpt_path CKPT]"
+        pointer = (f"Model and data options: --model.help {self._model_class.__name__} and --data.help "
+                   f"{self._datamodule_class.__name__} (each option with its documentation). Configs shipped with "
+                   "the package run by name: -c quickstart.")
+        parser.description = f"{parser.description or ''}\n\n{pointer}".strip()
+        parser.epilog = pointer
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
