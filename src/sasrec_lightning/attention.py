@@ -213,8 +213,9 @@ def main(args: list[str] | None = None) -> None:
     Reads the same config as ``sasrec-lightning`` (the data and, with a W&B logger, the logger),
     loads the checkpoint and renders the heatmaps once.
     """
-    from .cli import exit_on_reported_errors
+    from .cli import exit_on_reported_errors, quiet_known_warnings
 
+    quiet_known_warnings()
     exit_on_reported_errors(_render_checkpoint, args)
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .baselines import most_popular_metrics
 from .checkpoints import (
@@ -30,7 +33,8 @@ from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
-__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors", "packaged_configs", "resolve_config"]
+__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors", "packaged_configs", "resolve_config",
+           "quiet_known_warnings"]
 
 
 # How a model is evaluated, not what it learned: taken from the command's own config and flags, not
@@ -121,6 +125,8 @@ class SASRecArgumentParser(LightningArgumentParser):
             for key in ("optimizer", "lr_scheduler"):
                 if key in cfg and cfg[key] is None:
                     del cfg[key]
+        if "skip_none" in kwargs:  # Lightning still passes jsonargparse's deprecated name (a warning each run)
+            kwargs["skip_unset"] = kwargs.pop("skip_none")
         return super().dump(cfg, *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -262,6 +268,29 @@ class SASRecCLI(LightningCLI):
         print("[sasrec-lightning] data options of the checkpoint's training run: "
               + ", ".join(f"{key}={value!r}" for key, value in taken.items()))
 
+    def before_instantiate_classes(self) -> None:
+        """Keep outputs tidy: name the run after its data; predict/test a checkpoint without a new run folder."""
+        subcommand = self.subcommand
+        if not subcommand or self._given_args is None:
+            return
+        config = self.config[subcommand]
+        flags = {arg.split("=")[0] for arg in self._given_args if arg.startswith("--")}
+        logger = config.get("trainer.logger")
+        if subcommand != "fit" and config.get("ckpt_path") and logger not in (None, False) \
+                and not any(flag.startswith("--trainer.logger") for flag in flags):
+            # Evaluating or predicting a trained model is not a training run: no logger version folder
+            # (pass --trainer.logger to log the test metrics anyway).
+            config["trainer.logger"] = False
+            return
+        data_given = flags & {"--data.path", "--data.init_args.path", "--data.url", "--data.init_args.url"}
+        name_given = any(flag.startswith("--trainer.logger") and flag.endswith(".name") for flag in flags)
+        if isinstance(logger, Namespace) and "name" in (logger.get("init_args") or {}) and data_given \
+                and not name_given:
+            # A config's run name (`beauty`) describes its own data, not the file given with --data.path.
+            data = config.get("data.init_args")
+            source = data.get("path") or data.get("url") or "synthetic"
+            logger["init_args"]["name"] = Path(str(source).rstrip("/")).name.split(".")[0] or "data"
+
     def before_fit(self) -> None:
         if not self.trainer.loggers:
             return
@@ -353,6 +382,29 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return resolved
 
 
+class RunConfigCallback(SaveConfigCallback):
+    """Save the run's ``config.yaml`` in the run's folder, never in the working directory.
+
+    With a logger that is the logger's ``log_dir`` (as in LightningCLI); without one, the folder of
+    the checkpoints; without either, nothing is saved (no run folder exists). Only ``fit`` starts a
+    run: ``validate``/``test``/``predict`` save nothing.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved or stage != "fit":
+            return
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and trainer.is_global_zero:
+            folder = checkpoint.dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
+            os.makedirs(folder, exist_ok=True)
+            self.parser.save(self.config, os.path.join(folder, self.config_filename), overwrite=self.overwrite,
+                             multifile=self.multifile)
+        self.already_saved = True
+
+
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
     """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``).
 
@@ -368,8 +420,8 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        save_config_kwargs={"overwrite": True},
-        **{"parser_class": SASRecArgumentParser, **kwargs},
+        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback,
+           "save_config_kwargs": {"overwrite": True}, **kwargs},
     )
 
 
@@ -403,8 +455,47 @@ def exit_on_reported_errors(function: Callable[..., Any], *args: Any) -> Any:
         raise SystemExit(2) from None
 
 
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Known-harmless messages of other libraries, silenced by the console scripts only (not on import, so
+# a user's own Lightning code sees everything): each by its exact text, never a whole category.
+_HARMLESS_WARNINGS = (
+    # Lightning's own pytree helper uses a torch class that torch >= 2.10 deprecates.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # predict/test load a checkpoint whose ModelCheckpoint folder is not this run's: nothing to restore.
+    (r"The dirpath has changed from .* therefore `best_model_score`", UserWarning),
+)
+_HARMLESS_LOGS = {
+    # Advertisements for Lightning's cloud services, on every run.
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    "lightning.fabric.utilities.rank_zero": ("💡 Tip:",),
+    # The ONNX exporter looks up torchvision's operators, which a recommender never uses.
+    "torch.onnx._internal.exporter._registration": ("torchvision is not installed",),
+}
+
+
+def quiet_known_warnings() -> None:
+    """Silence the known-harmless third-party warnings and tips listed above (console scripts call it)."""
+    for message, category in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, prefixes in _HARMLESS_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropMessages) for existing in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
+
+
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: bad data, options or checkpoints exit with status 2 and one ``error:`` line."""
+    quiet_known_warnings()
     exit_on_reported_errors(cli_main, args)
 
 
