@@ -491,18 +491,23 @@ class SASRecModule(L.LightningModule):
             if checkpoint.get("cuda_rng_state") is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], self.device)
 
-    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> Recommendations:
+    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
+                  strict: bool = False) -> Recommendations:
         """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
 
         Args:
             sequences: item-id sequences, oldest first, in the dataset's original ids when the
                 model knows them (trained from a data module or a checkpoint of one), otherwise
-                internal ids ``1..num_items``. Unknown ids are skipped with a warning; a sequence
-                with no known item gets the most-popular items.
+                internal ids ``1..num_items``. Unknown ids are skipped with a warning (``strict``:
+                raise); a sequence with no known item gets the most-popular items.
             k: items per sequence.
             exclude_seen: never recommend an item already in the sequence.
+            strict: raise ``KeyError`` on an unknown id instead of skipping it (services that must
+                not answer a malformed request with most-popular items should pass ``True``).
 
         Returns:
-            ``Recommendations(items, scores)``: one list of ids (best first) and one of scores per sequence.
+            ``Recommendations(items, scores, fallback)``: per sequence the ids (best first), their
+            scores, and whether it was answered with the most-popular items (no known item).
         """
-        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity)
+        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
+                         strict=strict)
