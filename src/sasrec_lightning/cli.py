@@ -276,7 +276,7 @@ class SASRecCLI(LightningCLI):
         config = self.config[subcommand]
         flags = {arg.split("=")[0] for arg in self._given_args if arg.startswith("--")}
         logger = config.get("trainer.logger")
-        if subcommand != "fit" and config.get("ckpt_path") and logger not in (None, False) \
+        if subcommand != "fit" and config.get("ckpt_path") and logger is not False \
                 and not any(flag.startswith("--trainer.logger") for flag in flags):
             # Evaluating or predicting a trained model is not a training run: no logger version folder
             # (pass --trainer.logger to log the test metrics anyway).
@@ -391,10 +391,12 @@ class RunConfigCallback(SaveConfigCallback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.already_saved or stage != "fit":
-            return
-        if trainer.logger is not None:
-            super().setup(trainer, pl_module, stage)
+        if self.already_saved or stage != "fit" or trainer.logger is None:
+            return  # (without a logger: saved in on_fit_start, after ModelCheckpoint checked its folder is new)
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.already_saved or trainer.logger is not None:
             return
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and trainer.is_global_zero:
