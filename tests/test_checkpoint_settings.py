@@ -66,6 +66,7 @@ def test_predict_with_only_the_checkpoint_and_the_data_reuses_the_run_settings(r
     assert "data options of the checkpoint's training run" in out and "user_column='uid'" in out
     users = pq.read_table(output).column("user").to_pylist()
     assert sorted(users) == sorted(f"u{user}" for user in range(30))  # min_user_interactions=4 dropped x0..x2
+    assert not (tmp_path / "lightning_logs").exists()  # predicting starts no training-run folder
 
 
 def test_an_option_given_on_the_command_line_wins_and_the_error_names_what_differs(run, capsys, tmp_path,
