@@ -81,3 +81,12 @@ def test_a_non_editable_install_runs_the_packaged_quickstart_from_an_empty_direc
     assert Path(configs) == Path(purelib) / "sasrec_lightning" / "configs"
     assert sorted(p.relative_to(configs).as_posix() for p in Path(configs).rglob("*.yaml")) == sorted(
         p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+
+
+def test_an_unknown_config_name_lists_the_packaged_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "-c", "quickstrat"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "File does not exist" in line and "the packaged configs are: beauty," in line and "quickstart" in line

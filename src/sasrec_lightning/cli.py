@@ -133,6 +133,10 @@ class SASRecArgumentParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
         condensed = condensed_parse_error(message)
+        folder = packaged_configs()
+        if condensed.startswith("--config:") and "does not exist" in condensed and folder is not None:
+            names = sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
+            condensed += f"; the packaged configs are: {', '.join(names)}"
         hint = "" if ".help " in condensed else " (see --help)"  # a typo's message points to its section's help
         sys.stderr.write(f"error: {condensed}{hint}\n")
         self.exit(2)

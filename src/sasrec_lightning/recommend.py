@@ -81,6 +81,7 @@ def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabular
         if strict:
             kinds = sorted({type(item).__name__ for item in unknown})
             example = vocabulary.item_ids[1] if vocabulary is not None and num_items else 1
+            example = example.item() if isinstance(example, np.generic) else example  # 'i0', not np.str_('i0')
             raise KeyError(
                 f"recommend(strict=True): {int((~known).sum())} item id(s) not in the model's vocabulary of "
                 f"{num_items} items (first: {unknown}, of type {', '.join(kinds)}); expected ids seen in training, "
