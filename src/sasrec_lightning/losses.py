@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Loss",
     "LOSSES",
+    "LossName",
     "register_loss",
     "build_loss",
     "bce_loss",
@@ -441,3 +442,7 @@ class FullCrossEntropyLoss(Loss):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size,
                                          self.workspace)
+
+
+# The names ``--model.loss`` accepts, from the registry (validated when the command line is parsed).
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]

@@ -16,7 +16,7 @@ from torch import Tensor
 from .batches import TrainingStatistics
 from .callbacks import RowGradients
 from .encoder import SASRec
-from .losses import build_loss
+from .losses import LossName, build_loss
 from .metrics import RankingMetrics, rank_of_target
 from .recommend import Recommendations, recommend, top_k_scores
 from .vocabulary import ItemVocabulary
@@ -93,7 +93,7 @@ class SASRecModule(L.LightningModule):
         use_residual: bool = True,
         init: Literal["normal", "xavier"] = "normal",
         init_std: float = 0.02,
-        loss: str = "bce",
+        loss: LossName = "bce",
         gbce_t: float = 0.75,
         sampled_negatives: int = 3000,
         negative_sampling: Literal["uniform", "popularity", "in_batch"] = "uniform",
