@@ -51,12 +51,14 @@ def test_with_dropout_both_paths_give_the_same_loss_distribution_and_keep_rate()
     pooled, plain = pair(p)
     stats = {}
     for name, encoder in (("pooled", pooled), ("plain", plain)):
-        dropped, seen = [], []
+        dropped, seen, scales = [], [], []
 
-        def record(module, inputs, output, dropped=dropped, seen=seen):
+        def record(module, inputs, output, dropped=dropped, seen=seen, scales=scales):
             real = inputs[0] != 0
+            kept = real & (output != 0)
             dropped.append(int((output[real] == 0).sum()))
             seen.append(int(real.sum()))
+            scales.append((output[kept] / inputs[0][kept]).mean().item())
 
         handle = encoder.embedding_dropout.register_forward_hook(record)
         torch.manual_seed(1)
@@ -64,6 +66,7 @@ def test_with_dropout_both_paths_give_the_same_loss_distribution_and_keep_rate()
             losses = torch.stack([loss_of(encoder) for _ in range(400)])
         handle.remove()
         stats[name] = (losses.mean().item(), losses.std().item(), sum(dropped) / sum(seen))
+        assert sum(scales) / len(scales) == pytest.approx(1 / (1 - p), rel=1e-4), name  # inverted dropout
     (mean_a, std_a, drop_a), (mean_b, std_b, drop_b) = stats["pooled"], stats["plain"]
     standard_error = (std_a**2 / 400 + std_b**2 / 400) ** 0.5
     assert abs(mean_a - mean_b) < 4 * standard_error, stats
