@@ -194,9 +194,7 @@ class SASRec(nn.Module):
             raise ValueError(f"max_len must be at least 1, got {max_len}")
         if init not in ("normal", "xavier"):
             raise ValueError(f"unknown init {init!r}; expected 'normal' or 'xavier'")
-        self.num_items = num_items
-        self.max_len = max_len
-        self.hidden_size = hidden_size
+        self.num_items, self.max_len, self.hidden_size = num_items, max_len, hidden_size
         self.item_embedding = ItemEmbedding(num_items, hidden_size)
         self.position_embedding = nn.Embedding(max_len, hidden_size) if use_positional else None
         self.output_embedding = None if share_item_embedding else ItemEmbedding(num_items, hidden_size)

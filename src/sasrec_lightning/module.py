@@ -74,8 +74,8 @@ class SASRecModule(L.LightningModule):
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking (bounds memory; 4096 keeps each
             users x items block cache-sized: 3x faster than 65536 on Beauty, docs/performance.md).
-        pooled_dropout: CPU speed-up: all dropout masks of a training forward pass from one pool of
-            cheap random bits (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA.
+        pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
+            (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
         row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training
             (``row_grad.py``); ``auto``: on CPU only; ``false``: ordinary dense embedding gradients.
     """
@@ -185,9 +185,10 @@ class SASRecModule(L.LightningModule):
             self._train_loss_sum, self._train_loss_steps = None, 0
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # The row-gradient lifecycle (on for training, off after it) is one callback's (callbacks.py).
+        # The row-gradient lifecycle is one callback's (callbacks.py); for fit only, else test would replace it.
         switch = self.hparams.get("row_gradients", "auto")
-        return [RowGradients(switch)] if switch is not False else []
+        off = switch is False or (self._trainer is not None and self.trainer.state.fn != "fit")
+        return [] if off else [RowGradients(switch)]
 
     def on_fit_start(self) -> None:
         # What the loss and `loss_normalization: epoch` need, from the data module's one public method.
