@@ -165,6 +165,12 @@ def test_row_gradient_switch(switch, expected):
     module = SASRecModule(num_items=10, max_len=4, hidden_size=8, num_blocks=1, row_gradients=switch)
     callbacks = module.configure_callbacks()
     assert [type(callback) for callback in callbacks] == ([RowGradients] if expected else [])
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    module.trainer = trainer
+    trainer.state.fn = "test"  # a test after fit keeps fit's callback instead of replacing it (no override notice)
+    assert module.configure_callbacks() == []
+    trainer.state.fn = "fit"
+    assert len(module.configure_callbacks()) == int(expected)
     with pytest.raises(ValueError, match="row_gradients must be true, false or 'auto'"):
         RowGradients("sometimes")
 
