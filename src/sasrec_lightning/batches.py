@@ -22,6 +22,7 @@ __all__ = [
     "LeaveOneOutSplit",
     "left_padded",
     "TrainBatches",
+    "TrainingStatistics",
     "EvalBatches",
     "UserBatchSampler",
     "BatchKey",
@@ -85,12 +86,29 @@ class BatchKey:
     index: int
 
 
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """What training needs to know about the training data as a whole (``SASRecDataModule.training_statistics``).
+
+    Attributes:
+        item_counts: ``(I + 1,)`` int64: how often each item id is a training target (every item of
+            a training sequence but its first; index 0, padding, is 0). The distribution in-batch
+            negatives are drawn from, and the one popularity sampling uses.
+        positions_per_batch: real (non-padded) positions per training batch, averaged over an epoch
+            of every process (what ``loss_normalization: epoch`` divides by).
+    """
+
+    item_counts: np.ndarray
+    positions_per_batch: float
+
+
 class TrainBatches(Dataset):
     """Training batches: inputs ``s_1..s_{t-1}``, next-item targets and sampled negatives.
 
     Each item of this dataset is a whole batch, selected by a :class:`BatchKey`. Negatives are
     drawn from items outside the user's training sequence, afresh every epoch, seeded by
-    ``(seed, epoch, batch index)`` so a run is reproducible and resumable.
+    ``(seed, epoch, batch index)`` so a run is reproducible and resumable; with
+    ``num_negatives=0`` (a loss that needs none) nothing is drawn.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``targets`` ``(B, L)`` (0 where padded), ``negatives``
     ``(B, L, k)``, ``users`` ``(B,)`` and ``sample_seed`` (an ``int`` seeding the loss's own sampling).
@@ -104,9 +122,21 @@ class TrainBatches(Dataset):
         self.seed = seed
         self.pad_to_max_len = pad_to_max_len
         self.rows = split.train_users
-        starts, ends = split.starts, split.train_ends
-        self.index = InteractionIndex.from_csr(split.data.items, starts, ends, split.data.num_items)
-        self.lengths = np.minimum(ends[self.rows] - starts[self.rows] - 1, max_len)  # (N,)
+        data = split.data
+        self.index = InteractionIndex.from_csr(data.items, split.starts, split.train_ends, data.num_items) \
+            if num_negatives else None
+        self.lengths = self.sequence_lengths(split, max_len)  # (N,)
+
+    @staticmethod
+    def sequence_lengths(split: LeaveOneOutSplit, max_len: int) -> np.ndarray:
+        """Real positions (next-item pairs, at most ``max_len``) of every training sequence: ``(N,)``."""
+        rows = split.train_users
+        return np.minimum(split.train_ends[rows] - split.starts[rows] - 1, max_len)
+
+    @staticmethod
+    def item_counts(split: LeaveOneOutSplit) -> np.ndarray:
+        """``(I + 1,)`` training target counts (see :class:`TrainingStatistics`)."""
+        return item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,8 +149,11 @@ class TrainBatches(Dataset):
         inputs = left_padded(items, starts, ends - 1, width)  # (B, L)
         targets = left_padded(items, starts + 1, ends, width)  # (B, L)
         rng = np.random.default_rng((self.seed, key.epoch, key.index))
-        negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng)  # (B, L, k)
-        negatives[targets == 0] = 0
+        if self.index is None:
+            negatives = np.zeros((len(users), width, 0), dtype=np.int64)  # (B, L, 0)
+        else:
+            negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng)  # (B, L, k)
+            negatives[targets == 0] = 0
         return {
             "input_ids": torch.from_numpy(inputs),
             "targets": torch.from_numpy(targets),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import weakref
+import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -13,14 +13,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .batches import TrainingStatistics
+from .callbacks import RowGradients
 from .checkpoints import check_item_ids, check_state_shapes
 from .encoder import SASRec
-from .losses import LOSSES, SampledSoftmaxLoss, build_loss
+from .losses import LossName, build_loss
 from .metrics import RankingMetrics, beats_target, rank_of_target
 from .options import check_model_options
 from .recommend import Recommendations, recommend, top_k_scores
-from .row_grad import RowGradient
-from .sampling import item_counts
 from .vocabulary import ItemVocabulary
 
 __all__ = ["SASRecModule"]
@@ -42,10 +42,10 @@ class SASRecModule(L.LightningModule):
         init: weight initialization: ``normal`` (``N(0, init_std^2)``, as BERT / RecBole / the RecSys
             2023 SASRec code) or ``xavier`` (the original TF code and the common PyTorch port).
         init_std: standard deviation of ``init: normal``.
-        loss: training loss: ``bce`` (the paper's, ``data.num_negatives`` negatives per position),
-            ``gbce`` (gSASRec's generalized BCE, same negatives), ``sampled_softmax`` (softmax over
-            ``sampled_negatives`` negatives shared by the batch or each sequence) or ``ce`` (exact full softmax,
-            item-chunked).
+        loss: training loss, a name from ``losses.LOSSES``: ``bce`` (the paper's, ``data.num_negatives``
+            negatives per position), ``gbce`` (gSASRec's generalized BCE, same negatives), ``bpr``
+            (pairwise ranking, same negatives), ``sampled_softmax`` (softmax over ``sampled_negatives``
+            negatives shared by the batch or each sequence) or ``ce`` (exact full softmax, item-chunked).
         gbce_t: gBCE calibration parameter ``t`` in ``[0, 1]`` (gSASRec default 0.75).
         sampled_negatives: negatives per batch (or per sequence) for ``sampled_softmax`` (e.g. 3000).
         negative_sampling: ``sampled_softmax`` negatives: ``uniform``, ``popularity`` (training
@@ -61,8 +61,8 @@ class SASRecModule(L.LightningModule):
             weighs the same across the epoch, also when length bucketing makes batches of short
             sequences); ``batch`` takes the mean over the batch's positions (the reference code,
             where a position in a batch of short sequences weighs more). With random batches the
-            two agree in expectation. ``epoch`` needs a training dataset with per-sample
-            ``lengths`` (ours); other data falls back to ``batch`` with a warning.
+            two agree in expectation. ``epoch`` needs the data module's ``training_statistics()``
+            (``SASRecDataModule``); other training data falls back to ``batch`` with a warning.
         lr: Adam learning rate (paper: 0.001).
         betas: Adam betas (the original code uses (0.9, 0.98)).
         weight_decay: Adam weight decay on all parameters.
@@ -76,6 +76,10 @@ class SASRecModule(L.LightningModule):
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking (bounds memory; 4096 keeps each
             users x items block cache-sized: 3x faster than 65536 on Beauty, docs/performance.md).
+        pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
+            (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
+        row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training
+            (``row_grad.py``); ``auto``: on CPU only; ``false``: ordinary dense embedding gradients.
     """
 
     def __init__(
@@ -91,7 +95,7 @@ class SASRecModule(L.LightningModule):
         use_residual: bool = True,
         init: Literal["normal", "xavier"] = "normal",
         init_std: float = 0.02,
-        loss: Literal["bce", "gbce", "sampled_softmax", "ce"] = "bce",
+        loss: LossName = "bce",
         gbce_t: float = 0.75,
         sampled_negatives: int = 3000,
         negative_sampling: Literal["uniform", "popularity", "in_batch"] = "uniform",
@@ -110,32 +114,19 @@ class SASRecModule(L.LightningModule):
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
         eval_chunk_size: int = 4096,
+        pooled_dropout: bool | Literal["auto"] = "auto",
+        row_gradients: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
                             top_k, eval_chunk_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
-        self.model = SASRec(
-            num_items=num_items,
-            max_len=max_len,
-            hidden_size=hidden_size,
-            num_blocks=num_blocks,
-            num_heads=num_heads,
-            dropout=dropout,
-            use_positional=use_positional,
-            share_item_embedding=share_item_embedding,
-            use_residual=use_residual,
-            init=init,
-            init_std=init_std,
-        )
-        self.loss_fn = build_loss(
-            loss, num_items, gbce_t=gbce_t, sampled_negatives=sampled_negatives,
-            negative_sampling=negative_sampling, in_batch_fraction=in_batch_fraction,
-            logq_correction=logq_correction, ce_chunk_size=ce_chunk_size, negative_sharing=negative_sharing,
-        )
+        # The encoder and the loss each take their own options from the fields above, by name.
+        encoder_options = inspect.signature(SASRec).parameters
+        self.model = SASRec(**{name: value for name, value in self.hparams.items() if name in encoder_options})
+        self.loss_fn = build_loss(loss, **self.hparams)
+        self.needs_negatives = self.loss_fn.needs_negatives  # read by the data module: draw negatives or not
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
@@ -148,9 +139,7 @@ class SASRecModule(L.LightningModule):
         # (``--prediction.k``), since LightningCLI takes model hyper-parameters from ``--ckpt_path``.
         self.predict_k = 10
         self.predict_exclude_seen = True
-        self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
-        self._positions_per_batch: float | None = None  # loss_normalization: epoch (see _epoch_normalizer)
-        self._normalizer_loader: weakref.ref | None = None  # the training loader it was computed for
+        self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
 
@@ -171,123 +160,53 @@ class SASRecModule(L.LightningModule):
             generator = torch.Generator(device=hidden.device).manual_seed(int(batch["sample_seed"]))
         loss = self.loss_fn(
             self.model, hidden.reshape(-1, hidden.size(-1)).index_select(0, real), targets.reshape(-1)[real],
-            negatives.reshape(-1, negatives.size(-1))[real], generator, rows,
+            negatives.flatten(0, 1)[real], generator, rows,
         )
         self._log_train_loss(loss.detach(), batch_idx)
-        positions_per_batch = self._epoch_normalizer()
-        if positions_per_batch is not None:  # position mean -> sum / epoch-mean positions per batch
-            loss = loss * (rows.numel() / positions_per_batch)
+        if self.statistics is not None and self.hparams.get("loss_normalization", "batch") == "epoch":
+            # position mean -> sum / epoch-mean positions per batch (checkpoints from before the option: batch)
+            loss = loss * (rows.numel() / self.statistics.positions_per_batch)
         if self.hparams.l2_emb:
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
         return loss
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # Batches are flat dicts; when every tensor is already on the device (CPU training) skip
-        # Lightning's generic walk over the collection (~0.1 ms a step).
-        if isinstance(batch, dict) and all(not isinstance(value, Tensor) or value.device == device
-                                           for value in batch.values()):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def _log_train_loss(self, loss: Tensor, batch_idx: int) -> None:
-        """Log ``train/loss``: the per-position loss averaged over the steps since the last log.
+        """Log ``train/loss``, the per-position loss averaged over the steps since it was last logged.
 
-        ``self.log`` costs Lightning ~1-2 ms of Python per call (about 8 % of a CPU step on Amazon
-        data, docs/performance.md), so the loss is summed on the device every step and logged only
-        on the steps Lightning writes to its loggers (every ``trainer.log_every_n_steps``) and on the
-        epoch's last batch. The logged value is the mean over those steps, not one batch's loss.
+        ``self.log`` costs ~1-2 ms of Python a call (~8 % of a CPU step on Amazon, docs/performance.md), so
+        the loss is summed on the device and logged only every ``trainer.log_every_n_steps`` steps
+        and at the epoch's last batch.
         """
         if batch_idx == 0:  # a new epoch starts a new mean
             self._train_loss_sum, self._train_loss_steps = None, 0
         total = self._train_loss_sum
         self._train_loss_sum = loss if total is None else total + loss
         self._train_loss_steps += 1
-        trainer = self._trainer
-        if trainer is None:  # a direct training_step call: nothing to log to
+        if self._trainer is None:  # a direct training_step call: nothing to log to
             return
-        every = trainer.log_every_n_steps
-        last = batch_idx + 1 >= trainer.num_training_batches
+        every, last = self.trainer.log_every_n_steps, batch_idx + 1 >= self.trainer.num_training_batches
         if last or (every > 0 and (self.global_step + 1) % every == 0):
             self.log("train/loss", self._train_loss_sum / self._train_loss_steps, prog_bar=True, batch_size=1)
             self._train_loss_sum, self._train_loss_steps = None, 0
 
-    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        # The item tables keep one dense gradient buffer each, written and cleared row by row
-        # (row_grad.py): a step touches a few thousand rows, and dense per-lookup gradients cost
-        # about a quarter of a CPU training step. Every other parameter is zeroed as usual.
-        if self._row_grads is None:  # an override of on_train_start skipped ours: install now
-            self._install_row_gradients()
-        buffers = [row_grad.parameter.grad for row_grad in self._row_grads]
-        optimizer.zero_grad()
-        # Under DDP the all-reduce writes rows that other processes touched: clear everything.
-        full = self._trainer is not None and self.trainer.world_size > 1
-        for row_grad, buffer in zip(self._row_grads, buffers, strict=True):
-            row_grad.parameter.grad = buffer
-            row_grad.zero_(full=full)
-
-    def _install_row_gradients(self) -> None:
-        if self._row_grads is not None:  # still installed (e.g. a fit that raised before on_train_end)
-            return
-        tables = {id(p): p for p in (self.model.item_embedding.weight, self.model.output_weight)}
-        self._row_grads = [RowGradient(table) for table in tables.values()]
-        self.model.use_row_gradients(tuple(self._row_grads))
-
-    def on_train_start(self) -> None:
-        # Before the first forward pass: Lightning calls optimizer_zero_grad between a step's forward
-        # and backward, so installing there would leave the first step with dense lookups.
-        self._install_row_gradients()
-
-    def _epoch_normalizer(self) -> float | None:
-        """``loss_normalization: epoch``: mean positions per training batch, else None.
-
-        Computed on the first training step of each training loader (not in ``on_train_start``,
-        which subclasses may override without calling ``super()``) and kept for that loader. None
-        without a trainer (a direct ``training_step`` call): the per-batch mean.
-        """
-        if self._trainer is None or self.hparams.get("loss_normalization", "batch") != "epoch":
-            return None  # (checkpoints from before the option have none: batch)
-        loader = self.trainer.train_dataloader
-        if loader is not None and (self._normalizer_loader is None or self._normalizer_loader() is not loader):
-            self._normalizer_loader = weakref.ref(loader)  # not id(): a later loader may reuse a freed one's id
-            self._positions_per_batch = self._mean_positions_per_batch(loader)
-        return self._positions_per_batch
-
-    def _mean_positions_per_batch(self, loader) -> float | None:
-        """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
-        lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
-        if lengths is None or len(loader) == 0:
-            rank_zero_warn("loss_normalization='epoch' needs a training dataset with per-sample `lengths` "
-                           "(SASRecDataModule's has them); this one has none, so each batch's loss is the mean "
-                           "over its positions (loss_normalization='batch').")
-            return None
-        return float(np.sum(lengths)) / (len(loader) * self.trainer.world_size)
-
-    def on_train_end(self) -> None:
-        # Back to ordinary dense gradients for any later use of the encoder outside this loop.
-        for row_grad in self._row_grads or ():
-            row_grad.remove()
-        self._row_grads = None
-        self.model.use_row_gradients(())
-        self._release_loss_memory()
-
-    def _release_loss_memory(self) -> None:
-        """Let go of the ``ce`` loss's kept logits block (up to ~1 GB on Beauty) until the next training step."""
-        workspace = getattr(self.loss_fn, "workspace", None)
-        if workspace is not None:
-            workspace.clear()
+    def configure_callbacks(self) -> list[L.Callback]:
+        # The row-gradient lifecycle is one callback's (callbacks.py); for fit only, else test would replace it.
+        switch = self.hparams.get("row_gradients", "auto")
+        off = switch is False or (self._trainer is not None and self.trainer.state.fn != "fit")
+        return [] if off else [RowGradients(switch)]
 
     def on_fit_start(self) -> None:
-        # Popularity / in-batch sampled softmax needs the training item frequencies.
-        if isinstance(self.loss_fn, SampledSoftmaxLoss) and self.hparams.negative_sampling != "uniform":
-            split = getattr(self.trainer.datamodule, "split_data", None)
-            if split is None:
-                raise ValueError(
-                    f"negative_sampling={self.hparams.negative_sampling!r} needs item frequencies from a data "
-                    "module with `split_data` (SASRecDataModule); use negative_sampling: uniform otherwise"
-                )
-            # Frequencies of training targets: what in-batch negatives are drawn from.
-            counts = item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
-            self.loss_fn.set_frequencies(torch.from_numpy(counts))
+        # What the loss and `loss_normalization: epoch` need, from the data module's one public method.
+        datamodule = self.trainer.datamodule
+        self.statistics = datamodule.training_statistics() if hasattr(datamodule, "training_statistics") else None
+        if self.statistics is None and self.hparams.get("loss_normalization") == "epoch":
+            rank_zero_warn("loss_normalization='epoch' needs a data module with training_statistics() "
+                           "(SASRecDataModule); without one each batch's loss is the mean over its positions "
+                           "(loss_normalization='batch').")
+        self.loss_fn.setup(self.statistics)
+
+    def on_train_end(self) -> None:
+        self.loss_fn.release_memory()
 
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
@@ -390,7 +309,7 @@ class SASRecModule(L.LightningModule):
         return (ranks, target_scores) if return_target_scores else ranks
 
     def on_validation_start(self) -> None:
-        self._release_loss_memory()  # evaluation inside fit does not need the training step's block
+        self.loss_fn.release_memory()  # evaluation inside fit does not need the training step's block
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self._ranks_and_target_scores(batch)
