@@ -50,9 +50,17 @@ def attention_bias(input_ids: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention (paper Sec. III-B) with a causal padding mask."""
+    """Multi-head scaled dot-product self-attention (paper Sec. III-B) with a causal padding mask.
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+    Args:
+        hidden_size: ``d``.
+        num_heads: heads ``H``; ``d`` must be divisible by it.
+        dropout: dropout on the attention weights.
+        output_projection: a final ``d x d`` linear map of the heads' outputs (the paper's layout and
+            Transformers'); the authors' code has none (``block_layout: reference``).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, output_projection: bool = True) -> None:
         super().__init__()
         if hidden_size % num_heads != 0:
             raise ValueError(
@@ -60,23 +68,31 @@ class CausalSelfAttention(nn.Module):
                 f"and num_heads={num_heads}"
             )
         self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.out = nn.Linear(hidden_size, hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # W_Q, W_K, W_V stacked
+        self.out = nn.Linear(hidden_size, hidden_size) if output_projection else nn.Identity()
         self.dropout = PooledDropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False,
+                context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Attend.
 
         Args:
-            x: ``(B, L, d)`` inputs.
+            x: ``(B, L, d)`` inputs: the queries, and the keys and values unless ``context`` is given.
             mask: ``(B, 1, L, L)`` additive bias (:func:`attention_bias`) or boolean (``True`` = may attend).
             need_weights: also return the attention probabilities (before dropout).
+            context: ``(B, L, d)`` inputs of the keys and values when they differ from the queries'
+                (the authors' code: queries from ``LayerNorm(x)``, keys and values from ``x``).
 
         Returns:
             ``(B, L, d)`` outputs and, if asked, ``(B, H, L, L)`` attention weights.
         """
         batch, length, hidden = x.shape
-        q, k, v = self.qkv(x).split(hidden, dim=-1)  # 3 x (B, L, d)
+        if context is None:
+            q, k, v = self.qkv(x).split(hidden, dim=-1)  # 3 x (B, L, d)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias  # (3d, d), (3d,)
+            q = F.linear(x, weight[:hidden], bias[:hidden])  # (B, L, d)
+            k, v = F.linear(context, weight[hidden:], bias[hidden:]).split(hidden, dim=-1)  # 2 x (B, L, d)
         if need_weights or pooled(self.dropout):
             # Written out: for the weights, or for the pool's dropout masks (on CPU, SDPA with dropout
             # is its unfused math path plus a Bernoulli mask: ~3 ms slower per Amazon step).
@@ -121,13 +137,29 @@ class PointWiseFeedForward(nn.Module):
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
-class SASRecBlock(nn.Module):
-    """One self-attention block: each sub-layer ``g`` is ``x + Dropout(g(LayerNorm(x)))`` (Sec. III-C)."""
+BlockLayout = Literal["paper", "reference"]
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_residual: bool = True) -> None:
+
+class SASRecBlock(nn.Module):
+    """One self-attention block, in one of two layouts.
+
+    ``paper`` (Sec. III-C): each sub-layer ``g`` is ``x + Dropout(g(LayerNorm(x)))``, and the
+    attention has an output projection.
+
+    ``reference`` (what the authors' TF code computes): queries from ``LayerNorm(x)``, keys and
+    values from ``x`` itself, no output projection, and each residual added to the *normalized*
+    input: ``x = Attention(LN(x), x) + LN(x)``, then ``x = Dropout(FFN(LN(x))) + LN(x)``. Its only
+    attention dropout is on the weights.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_residual: bool = True,
+                 layout: BlockLayout = "paper") -> None:
         super().__init__()
+        if layout not in ("paper", "reference"):
+            raise ValueError(f"unknown block_layout {layout!r}; expected 'paper' or 'reference'")
+        self.layout = layout
         self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-8)
-        self.attention = CausalSelfAttention(hidden_size, num_heads, dropout)
+        self.attention = CausalSelfAttention(hidden_size, num_heads, dropout, output_projection=layout == "paper")
         self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.feed_forward = PointWiseFeedForward(hidden_size, dropout)
         self.dropout = PooledDropout(dropout)
@@ -135,6 +167,12 @@ class SASRecBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``(B, L, d) -> (B, L, d)``, plus ``(B, H, L, L)`` weights if asked (``mask``: as for the attention)."""
+        if self.layout == "reference":
+            normed = self.attention_norm(x)  # (B, L, d)
+            attended, weights = self.attention(normed, mask, need_weights, context=x)
+            x = normed + attended if self.use_residual else attended
+            normed = self.feed_forward_norm(x)
+            return self.residual(normed, self.feed_forward(normed)), weights
         attended, weights = self.attention(self.attention_norm(x), mask, need_weights)
         x = self.residual(x, attended)
         x = self.residual(x, self.feed_forward(self.feed_forward_norm(x)))
@@ -162,13 +200,17 @@ class SASRec(nn.Module):
         scale_embedding: multiply item embeddings by ``sqrt(d)`` as the original TF code does.
         init: weight initialization (the paper does not specify one). ``normal``: every embedding and
             linear weight from ``N(0, init_std^2)`` (BERT, RecBole, the RecSys 2023 SASRec code); ``xavier``:
-            Xavier-normal (the original TF code), which scales with the table size, so on Amazon Beauty
-            the input is mostly position and accuracy peaks far lower (``docs/results.md``). Biases
-            start at 0, LayerNorm at (1, 0).
+            Xavier-normal (the common PyTorch port), which scales with the table size, so on Amazon Beauty
+            the input is mostly position and accuracy peaks far lower (``docs/results.md``);
+            ``xavier_uniform``: Glorot-uniform, TF1's default and so what the authors' code uses.
+            Both Xavier variants treat ``W_Q``, ``W_K`` and ``W_V`` as three ``d x d`` matrices, as the
+            TF code's three dense layers are. Biases start at 0, LayerNorm at (1, 0).
         init_std: standard deviation of ``init: normal``.
         pooled_dropout: draw a training forward pass's dropout masks from one pool of cheap random
             bits (``dropout.MaskPool``, same distribution as ``nn.Dropout``): ``auto`` on CPU only,
             where it measured faster; otherwise ``nn.Dropout`` and SDPA's own attention dropout.
+        block_layout: ``paper`` (the paper's equations, the default) or ``reference`` (the authors'
+            code: see :class:`SASRecBlock`).
     """
 
     def __init__(
@@ -183,24 +225,25 @@ class SASRec(nn.Module):
         share_item_embedding: bool = True,
         use_residual: bool = True,
         scale_embedding: bool = True,
-        init: Literal["normal", "xavier"] = "normal",
+        init: Literal["normal", "xavier", "xavier_uniform"] = "normal",
         init_std: float = 0.02,
         pooled_dropout: bool | Literal["auto"] = "auto",
+        block_layout: BlockLayout = "paper",
     ) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be at least 1, got {num_items}")
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
-        if init not in ("normal", "xavier"):
-            raise ValueError(f"unknown init {init!r}; expected 'normal' or 'xavier'")
+        if init not in ("normal", "xavier", "xavier_uniform"):
+            raise ValueError(f"unknown init {init!r}; expected 'normal', 'xavier' or 'xavier_uniform'")
         self.num_items, self.max_len, self.hidden_size = num_items, max_len, hidden_size
         self.item_embedding = ItemEmbedding(num_items, hidden_size)
         self.position_embedding = nn.Embedding(max_len, hidden_size) if use_positional else None
         self.output_embedding = None if share_item_embedding else ItemEmbedding(num_items, hidden_size)
         self.embedding_dropout = PooledDropout(dropout)
         self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_size, num_heads, dropout, use_residual) for _ in range(num_blocks)
+            SASRecBlock(hidden_size, num_heads, dropout, use_residual, block_layout) for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.embedding_scale = math.sqrt(hidden_size) if scale_embedding else 1.0
@@ -209,16 +252,18 @@ class SASRec(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights by ``init`` (normal or Xavier-normal), zero biases, LayerNorm (1, 0), padding rows zero."""
+        """Weights by ``init``, zero biases, LayerNorm (1, 0), padding rows zero."""
         for name, parameter in self.named_parameters():
             if "norm" in name:
                 nn.init.ones_(parameter) if name.endswith("weight") else nn.init.zeros_(parameter)
             elif parameter.dim() < 2:
                 nn.init.zeros_(parameter)
-            elif self.init == "xavier":
-                nn.init.xavier_normal_(parameter)
-            else:
+            elif self.init == "normal":
                 nn.init.normal_(parameter, std=self.init_std)
+            else:  # Xavier: the stacked (3d, d) W_Q, W_K, W_V as three (d, d) matrices
+                xavier = nn.init.xavier_uniform_ if self.init == "xavier_uniform" else nn.init.xavier_normal_
+                for matrix in parameter.split(self.hidden_size) if name.endswith("qkv.weight") else (parameter,):
+                    xavier(matrix)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
             if self.output_embedding is not None:

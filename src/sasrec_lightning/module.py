@@ -40,8 +40,13 @@ class SASRecModule(L.LightningModule):
         share_item_embedding: score with the input item embedding (ablation switch).
         use_residual: residual connections (ablation switch).
         init: weight initialization: ``normal`` (``N(0, init_std^2)``, as BERT / RecBole / the RecSys
-            2023 SASRec code) or ``xavier`` (the original TF code and the common PyTorch port).
+            2023 SASRec code), ``xavier`` (Xavier-normal, the common PyTorch port) or ``xavier_uniform``
+            (Glorot-uniform, TF1's default and so the authors' code).
         init_std: standard deviation of ``init: normal``.
+        block_layout: ``paper`` (the paper's equations: pre-LayerNorm sub-layers with residuals on the
+            un-normalized input, an attention output projection) or ``reference`` (what the authors'
+            code computes: keys and values from the un-normalized input, no output projection,
+            residuals on the normalized input); see ``docs/reproducing.md``.
         loss: training loss, a name from ``losses.LOSSES``: ``bce`` (the paper's, ``data.num_negatives``
             negatives per position), ``gbce`` (gSASRec's generalized BCE, same negatives), ``bpr``
             (pairwise ranking, same negatives), ``sampled_softmax`` (softmax over ``sampled_negatives``
@@ -93,8 +98,9 @@ class SASRecModule(L.LightningModule):
         use_positional: bool = True,
         share_item_embedding: bool = True,
         use_residual: bool = True,
-        init: Literal["normal", "xavier"] = "normal",
+        init: Literal["normal", "xavier", "xavier_uniform"] = "normal",
         init_std: float = 0.02,
+        block_layout: Literal["paper", "reference"] = "paper",
         loss: LossName = "bce",
         gbce_t: float = 0.75,
         sampled_negatives: int = 3000,
