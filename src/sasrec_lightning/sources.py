@@ -420,7 +420,7 @@ def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str)
                 "\"12345678901234567890\")"
             )
         return pa.chunked_array([numbers.astype(np.int64)])
-    if isinstance(kind, pa.ExtensionType) and kind.extension_name == "arrow.json":  # mixed JSON types
+    if getattr(kind, "extension_name", None) == "arrow.json":  # mixed JSON types (text of each value)
         problem = _json_problem(source, [column]) if os.path.isfile(source) else None
         raise DataError(problem or f"{source}: {what} mixes JSON types (e.g. numbers on some lines, strings on "
                                    "others); expected one type: every id a number, or every id a string")
