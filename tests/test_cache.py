@@ -261,3 +261,41 @@ def test_build_lock_files_do_not_pile_up_in_tmpdir(tmp_path, monkeypatch):
         _module(path, tmp_path, min_user_interactions=threshold).sequences  # noqa: B018
     assert len(_entries(tmp_path)) == 3
     assert list(scratch.iterdir()) == []  # no lock file and no scratch read folder left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the build lock uses fcntl")
+def test_build_lock_stays_exclusive_when_its_file_is_removed(tmp_path, monkeypatch):
+    """A waiter that wakes on a lock file its holder removed must not share the lock with a newcomer.
+
+    A holds; B waits on the same file; A releases (removing the file); B wins. C, arriving now,
+    must wait for B, although the file B waited on is gone (flock locks are per open file, so
+    threads show it as well as processes).
+    """
+    import tempfile
+    import threading
+    import time
+
+    from sasrec_lightning.cache import _build_lock
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    inside, events = threading.Event(), []
+
+    def holder(name, hold):
+        with _build_lock(tmp_path / "cache", "k"):
+            events.append(f"{name} in")
+            inside.set()
+            time.sleep(hold)
+            events.append(f"{name} out")
+
+    a_lock = _build_lock(tmp_path / "cache", "k")
+    a_lock.__enter__()
+    b = threading.Thread(target=holder, args=("B", 0.5))
+    b.start()
+    time.sleep(0.3)  # B is now blocked in flock on A's file
+    a_lock.__exit__(None, None, None)
+    assert inside.wait(10)
+    c = threading.Thread(target=holder, args=("C", 0))
+    c.start()
+    b.join(10)
+    c.join(10)
+    assert events == ["B in", "B out", "C in", "C out"]

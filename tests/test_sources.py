@@ -314,3 +314,11 @@ def test_csv_missing_ratings_are_missing_and_spaces_around_ids_ignored(tmp_path)
                    min_item_interactions=0).sequences
     assert data.user_ids.tolist() == [7]
     assert _sequences(data) == {7: [2, 4]}
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    """Spreadsheet exports start with a UTF-8 byte-order mark; it is not part of the first column's name."""
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbfuser,item\n1,2\n1,3\n")
+    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    assert _sequences(data) == {1: [2, 3]}

@@ -148,8 +148,8 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _open_text(path: str, errors: str = "replace") -> io.TextIOBase:
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors=errors, newline="")
+def _open_text(path: str, errors: str = "replace", encoding: str = "utf-8") -> io.TextIOBase:
+    return io.TextIOWrapper(_open_binary(path), encoding=encoding, errors=errors, newline="")
 
 
 def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator[tuple[int, list[str]]]:
@@ -158,7 +158,7 @@ def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator
     Lines are counted as an editor counts them (1-based, blank lines and the lines of quoted
     multi-line fields included); blank lines are skipped, as the CSV reader skips them.
     """
-    with _open_text(path, errors) as text:
+    with _open_text(path, errors, encoding="utf-8-sig") as text:  # a byte-order mark is not part of the header
         reader = csv.reader(text, delimiter=separator)
         previous = 0
         for fields in reader:
@@ -612,15 +612,17 @@ def _read_failure(error: Exception, path: str, builder: str, format: str, keys: 
     if builder == "csv" and (_in_chain(error, "ParserError") or _in_chain(error, "ParserWarning")) is not None:
         separator = "\t" if format == "tsv" else ","
         header = None
-        for line, fields in _csv_records(path, separator):
-            if header is None:
-                header = fields
-            elif len(fields) > len(header):
-                return DataError(
-                    f"{path}, line {line}: {len(fields)} fields, but the header line has {len(header)} "
-                    f"({separator.join(header)!r}): {quote_line(separator.join(fields))}; expected {len(header)} "
-                    f"fields on every line (quote a field that contains {separator!r}). Fix or remove that line"
-                )
+        with contextlib.suppress(csv.Error):  # e.g. a field beyond csv's size limit: the generic message
+            for line, fields in _csv_records(path, separator):
+                if header is None:
+                    header = fields
+                elif len(fields) > len(header):
+                    return DataError(
+                        f"{path}, line {line}: {len(fields)} fields, but the header line has {len(header)} "
+                        f"({separator.join(header)!r}): {quote_line(separator.join(fields))}; expected "
+                        f"{len(header)} fields on every line (quote a field that contains {separator!r}). Fix or "
+                        "remove that line"
+                    )
     if builder == "json":
         problem = _json_problem(path, keys)
         if problem is not None:
