@@ -332,6 +332,11 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
     if pa.types.is_dictionary(kind):
         values, kind = values.cast(kind.value_type), kind.value_type
     text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if text and values.null_count == 0 and pc.all(pc.match_substring_regex(values, r"^[+-]?\d+$")).as_py():
+        try:  # the common case first (CSV cells are text): integers, converted exactly
+            return pc.cast(values, pa.int64()).to_numpy()
+        except pa.ArrowInvalid:  # beyond int64: the checks below name the value
+            pass
     if text:
         values = pc.utf8_trim_whitespace(values)
     row = _first_false(pc.is_valid(values))
@@ -393,6 +398,10 @@ def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str)
     kind = values.type
     text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
     if text and format in ("csv", "tsv"):
+        if values.null_count == 0:
+            typed = integer_or_text_ids(values)  # the common case first: one regex pass, no copies
+            if pa.types.is_integer(typed.type):
+                return typed
         values = pc.utf8_trim_whitespace(values)
     row = _first_false(pc.is_valid(values))
     token = None
@@ -456,8 +465,11 @@ def _canonical(table: pa.Table, source: str, format: str, user_column: str, item
     if "rating" in wanted:
         ratings = table.column(wanted["rating"])
         if format in ("csv", "tsv") and pa.types.is_string(ratings.type):  # CSV cells are text: NA -> missing
-            ratings = pc.utf8_trim_whitespace(ratings)
-            ratings = pc.if_else(pc.is_in(ratings, pa.array(_MISSING_TOKENS)), None, ratings)
+            try:
+                ratings = pc.cast(ratings, pa.float64())  # the common case: every cell a number
+            except pa.ArrowInvalid:
+                ratings = pc.utf8_trim_whitespace(ratings)
+                ratings = pc.if_else(pc.is_in(ratings, pa.array(_MISSING_TOKENS)), None, ratings)
         try:
             columns["rating"] = pc.cast(ratings, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
