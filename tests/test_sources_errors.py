@@ -89,7 +89,7 @@ CASES = {
     "zip without ratings.dat": ("ml-1m.zip", _zip_without_ratings, {}, ["ml-1m.zip", "no 'ratings.dat'"]),
     # out-of-range times (they used to wrap around to int64's minimum with only a RuntimeWarning)
     "huge float timestamp": ("log.csv", "user,item,ts\n1,2,1\n1,3,1e30\n", {"timestamp_column": "ts"},
-                             ["log.csv", "line 3", "'ts'", "'1e30'", "not a finite number", INT64_RANGE]),
+                             ["log.csv", "line 3", "'ts'", "'1e30'", "beyond the 64-bit", INT64_RANGE]),
     "huge integer timestamp": ("log.csv", "user,item,ts\n1,2,99999999999999999999\n", {"timestamp_column": "ts"},
                                ["log.csv", "line 2", "'99999999999999999999'", INT64_RANGE]),
     "infinite timestamp": ("log.tsv", "user\titem\tts\n1\t2\t5\n1\t2\tinf\n", {"timestamp_column": "ts"},
@@ -132,6 +132,8 @@ CASES = {
     "None item id": ("log.tsv", "user\titem\n1\t2\n\n1\tNone\n", {},
                      ["log.tsv", "line 4", "'item'", "'None', a missing-value marker"]),
     "empty csv id": ("log.csv", "user,item\n1,2\n,3\n", {}, ["log.csv", "line 3", "'user'", "empty (missing)"]),
+    "empty json string id": ("log.jsonl", '{"user": "a", "item": "x"}\n{"user": "", "item": "y"}\n', {},
+                             ["log.jsonl", "line 2", "'user'", "empty (missing)"]),
     "null json id": ("log.jsonl", '{"user": 1, "item": 2}\n{"user": null, "item": 3}\n', {},
                      ["log.jsonl", "line 2", "'user'", "null (missing)"]),
 }

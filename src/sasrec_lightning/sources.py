@@ -232,9 +232,11 @@ def _not_utf8(path: str, format: str) -> DataError | None:
         return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 text and the file holds NUL bytes: "
                          f"it looks like a binary file, not {format} text. Expected a UTF-8 text file in the "
                          f"{format} format; check --data.path and --data.format")
+    name = os.path.basename(path)
+    example = "" if name.lower().endswith(_COMPRESSION) else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
     return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not valid UTF-8 (the file is probably Latin-1, "
-                     f"Windows-1252 or another 8-bit encoding); expected UTF-8 text. Convert the file, e.g. "
-                     f"`iconv -f latin1 -t utf-8 {os.path.basename(path)} > utf8-{os.path.basename(path)}`")
+                     f"Windows-1252 or another 8-bit encoding); expected UTF-8 text. Convert the file to "
+                     f"UTF-8{example}")
 
 
 def _json_kind(value: object) -> str:
@@ -310,8 +312,10 @@ def _floats_to_int64(numbers: np.ndarray, values, table: pa.Table, source: str, 
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         shown = values[row].as_py() if values is not None else float(numbers[row])
+        problem = ("not a finite number" if not np.isfinite(numbers[row])
+                   else f"beyond the 64-bit integer range of timestamps ({_INT64_RANGE})")
         raise DataError(f"{source}, {_row_hint(table, row, format, source)}: timestamp field {field!r} is {shown!r}, "
-                        f"which is not a finite number within the 64-bit integer range ({_INT64_RANGE}); {expected}")
+                        f"{problem}; {expected}")
     return np.floor(numbers).astype(np.int64)
 
 
@@ -405,8 +409,10 @@ def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str)
         values = pc.utf8_trim_whitespace(values)
     row = _first_false(pc.is_valid(values))
     token = None
-    if row is None and text and format in ("csv", "tsv"):
-        row = _missing_token(values)
+    # CSV: pandas' missing-value tokens too; JSON/Parquet: an empty string. Python-literal files (Steam,
+    # old Amazon) keep '' as an id, as the paper's preprocessing script does with those files.
+    if row is None and text and format != "literal":
+        row = _missing_token(values) if format in ("csv", "tsv") else _first_false(pc.not_equal(values, ""))
         token = None if row is None else values[row].as_py()
     if row is not None:
         if token is None and format in ("csv", "tsv"):
