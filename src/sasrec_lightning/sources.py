@@ -3,7 +3,11 @@
 Every source ends as one Arrow table with the canonical columns ``user`` and ``item``, and when the
 source has them ``timestamp`` (int64, seconds for dates), ``rating`` (float64) and ``line`` (the
 1-based line of each row in a text file, for error messages). Values are validated here, where the
-file, column and line are known; preprocessing receives clean, typed columns.
+file, column and line are known; preprocessing receives clean, typed columns. CSV/TSV cells are read
+as text and typed here (ids keep their spelling unless all are plain integers). When ``datasets``
+cannot read a file, the file is read again on that error path to name the line and what was wrong
+(non-UTF-8 bytes, a line with extra fields, a malformed JSON line), so every failure is one
+``DataError`` paragraph rather than a reader traceback.
 
 Supported (``format``): ``sasrec`` (``user item`` text), ``csv``, ``tsv``, ``parquet``, ``json``
 (JSON lines; one Python-literal dict per line is detected and parsed safely: the raw Steam and older
@@ -487,11 +491,6 @@ def _canonical(table: pa.Table, source: str, format: str, user_column: str, item
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(2) == b"\x1f\x8b"
-
-
 def _is_zip(path: str) -> bool:
     return path.lower().endswith(".zip") or zipfile.is_zipfile(path)
 
