@@ -7,7 +7,7 @@ The rank is pessimistic, so a broken model never scores well:
 
 - Ties count against the target: a candidate scoring exactly the target's score ranks above it, so
   a constant model gets the worst rank (the number of valid candidates). This needs the target and
-  its competitors scored by the same computation (``SASRecModule.full_ranks`` takes care of it).
+  its competitors scored by the same computation (``ranking.full_ranks`` takes care of it).
 - A NaN candidate score counts against the target (as a tie would).
 - A non-finite target score (NaN, +inf or -inf) ranks the target last among the valid candidates: a
   diverged model gets HR = NDCG = 0 and MRR = 1 / (candidates + 1), never a perfect score.
