@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
@@ -138,8 +137,8 @@ class SASRecModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
         self.test_metrics = RankingMetrics(top_k, prefix="test/")
-        # Served with the weights: interaction counts (empty-history fallback of ``recommend``) and,
-        # in the checkpoint, the original item ids (see ``on_save_checkpoint``).
+        # Served with the weights: training interactions per item (the data module's ``item_popularity()``,
+        # the empty-history fallback of ``recommend``) and, in the checkpoint, the original item ids.
         self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
         self.item_vocabulary: ItemVocabulary | None = None
         # What ``predict_step`` returns; the prediction writer sets them from its config
@@ -311,8 +310,8 @@ class SASRecModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         sequences = getattr(datamodule, "sequences", None)
         if self.item_vocabulary is None and sequences is not None and sequences.num_items == self.model.num_items:
-            counts = torch.from_numpy(np.bincount(sequences.items, minlength=sequences.num_items + 1))
-            self.set_item_vocabulary(sequences.item_ids, counts)
+            popularity = getattr(datamodule, "item_popularity", None)  # the data module's one definition
+            self.set_item_vocabulary(sequences.item_ids, None if popularity is None else popularity())
 
     def _data_item_ids(self):
         """The item ids this module is used with: its trainer's data module's, else an attached vocabulary's."""
