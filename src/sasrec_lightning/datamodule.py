@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
-from .loaders import ResumableLoader
+from .loaders import ResumableLoader, batches_done_this_epoch
 from .options import check_data_options
 from .prediction import read_user_list
 from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
@@ -348,7 +348,7 @@ class SASRecDataModule(L.LightningDataModule):
     def _train_batches_done(self) -> int:
         """Training batches of the current epoch this rank has finished (saved in checkpoints)."""
         trainer = self.trainer
-        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return 0 if trainer is None else batches_done_this_epoch(trainer)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
