@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sasrec_lightning import metrics
 from sasrec_lightning.ranking import full_ranks, sampled_ranks
 
 
@@ -43,3 +44,17 @@ def test_sampled_ranks_count_ties_against_the_target():
     ranks, target_scores = sampled_ranks(scores)
     assert ranks.tolist() == [2, 0, 3]  # a tie and a better one; none; a NaN target ranks last
     assert target_scores[:2].tolist() == [1.0, 3.0]
+
+
+def test_a_metric_added_to_ranking_metrics_is_reported(monkeypatch):
+    """Adding a rank-based metric is one entry in ``metrics.ranking_metrics`` (docs/architecture.md)."""
+    original = metrics.ranking_metrics
+
+    def with_mean_rank(ranks, ks):
+        return {**original(ranks, ks), "mean_rank": ranks.double()}
+
+    monkeypatch.setattr(metrics, "ranking_metrics", with_mean_rank)
+    metric = metrics.RankingMetrics((1,), prefix="val/")
+    metric.update(torch.tensor([0, 3]))
+    values = {name: float(value) for name, value in metric.compute().items()}
+    assert values == {"val/hr@1": 0.5, "val/ndcg@1": 0.5, "val/mrr": 0.625, "val/mean_rank": 1.5}
