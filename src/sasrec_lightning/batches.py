@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from .csr import csr_gather, left_padded
-from .sampling import InteractionIndex, item_counts, sample_negatives
+from .csr import csr_gather, item_counts, left_padded
+from .sampling import InteractionIndex, sample_negatives
 from .splits import LeaveOneOutSplit, Split, training_popularity
 
 __all__ = [

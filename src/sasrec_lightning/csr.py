@@ -24,10 +24,7 @@ def segment_positions(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     Returns:
         ``(S,)`` int64 with ``S = sum(max(ends - starts, 0))``.
     """
-    lengths = np.maximum(ends - starts, 0)  # (B,)
-    # Output slot i of row r is its (i - first slot of r)-th item: one repeat of the per-row shift.
-    shift = starts + lengths - np.cumsum(lengths)  # (B,) start of r minus its first output slot
-    return np.arange(lengths.sum()) + np.repeat(shift, lengths)  # (S,)
+    return _positions(starts, np.maximum(ends - starts, 0))
 
 
 def csr_gather(items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +35,13 @@ def csr_gather(items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
         back to back and ``rows`` repeats each ``r`` that many times.
     """
     lengths = np.maximum(ends - starts, 0)  # (B,)
-    return np.repeat(np.arange(len(starts)), lengths), items[segment_positions(starts, ends)]
+    return np.repeat(np.arange(len(starts)), lengths), items[_positions(starts, lengths)]
+
+
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    # Output slot i of row r is its (i - first slot of r)-th item: one repeat of the per-row shift.
+    shift = starts + lengths - np.cumsum(lengths)  # (B,) start of r minus its first output slot
+    return np.arange(lengths.sum()) + np.repeat(shift, lengths)  # (S,)
 
 
 def item_counts(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_items: int) -> np.ndarray:
