@@ -28,8 +28,9 @@ def test_both_splits_declare_the_split_interface():
     leave_one_out = LeaveOneOutSplit(data)
     assert leave_one_out.stage_users("test").tolist() == [0] and leave_one_out.stage_users("predict").tolist() == [0, 1]
     assert leave_one_out.history_end("val").tolist() == [2, 4]
-    with pytest.raises(ValueError, match="unknown stage 'train2'"):
-        leave_one_out.stage_users("train2")
+    for split in (leave_one_out, TemporalSplit(data, val_cutoff=3, test_cutoff=4)):
+        with pytest.raises(ValueError, match="unknown stage 'train'; expected val, test or predict"):
+            split.stage_users("train")
 
 
 def test_item_popularity_is_the_training_interactions_computed_once(tiny_txt):
@@ -68,3 +69,15 @@ def test_the_model_serves_the_data_module_popularity(tiny_txt):
     # A sequence with no known item gets the most popular training item (item 1).
     assert model.recommend([["unknown"]], k=1).items == [[1]]
     assert torch.equal(model.item_popularity, torch.tensor(TINY_POPULARITY))
+
+
+def test_popularity_negatives_for_a_user_left_with_items_never_trained_on():
+    # Items 4 and 5 occur only as held-out items (user 1's validation and test items); user 0 saw 1, 2
+    # and 3, so only they are left to draw.
+    data = SequenceData(items=np.array([1, 2, 3, 1, 2, 3, 4, 5]), offsets=np.array([0, 3, 8]), user_ids=np.arange(2),
+                        item_ids=np.arange(6))
+    split = LeaveOneOutSplit(data)
+    assert split.history_end("test").tolist() == [2, 7]
+    batches = EvalBatches(split, "test", max_len=5, num_negatives=20, negative_sampling="popularity")
+    assert batches.popularity.tolist() == [0, 2, 1, 1, 0, 0]
+    assert set(batches.candidates[0, 1:].tolist()) == {4, 5}

@@ -134,12 +134,13 @@ class EvalBatches(Dataset):
     target, then ``num_negatives`` items the user never interacted with (anywhere in the sequence),
     so evaluating the same checkpoint twice gives identical numbers. ``negative_sampling`` is
     ``uniform`` (the paper) or ``popularity`` (proportional to ``popularity``, the training
-    interactions per item of :func:`~sasrec_lightning.splits.training_popularity`, as in e.g.
-    BERT4Rec's popularity-sampled evaluation but without the held-out items). Negatives are drawn with replacement, as
-    in the paper's code, so a user with fewer unseen items than ``num_negatives`` gets repeats
-    (counted in ``num_short_of_negatives``). A user who interacted with every item has nothing to
-    rank the target against (its rank would be 0 under either protocol, a free hit): such users are
-    left out of ``val``/``test`` and counted in ``num_without_negatives``.
+    interactions per item of :func:`~sasrec_lightning.splits.training_popularity`, at least 1, as
+    in e.g. BERT4Rec's popularity-sampled evaluation but without the held-out items). Negatives
+    are drawn with replacement, as in the paper's code, so a user with fewer unseen items than
+    ``num_negatives`` gets repeats (counted in ``num_short_of_negatives``). A user who interacted
+    with every item has nothing to rank the target against (its rank would be 0 under either
+    protocol, a free hit): such users are left out of ``val``/``test`` and counted in
+    ``num_without_negatives``.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``users`` ``(B,)``; with a target also ``targets``
     ``(B,)`` and ``candidates`` ``(B, 1 + num_negatives)``; ``seen_rows``/``seen_items`` ``(S,)``
@@ -176,7 +177,10 @@ class EvalBatches(Dataset):
         if stage != "predict":
             # Salt the seed with the stage so validation and test negatives differ.
             rng = np.random.default_rng((seed, 1 if stage == "test" else 0))
-            weights = self.popularity if negative_sampling == "popularity" else None
+            weights = None
+            if negative_sampling == "popularity":  # an item only ever held out weighs as one interaction,
+                weights = np.maximum(self.popularity, 1)  # so a user left with only such items can still draw
+                weights[0] = 0
             negatives = sample_negatives(index, self.rows, (num_negatives,), rng, probabilities=weights) \
                 if num_negatives else \
                 np.zeros((len(self.rows), 0), np.int64)

@@ -80,10 +80,11 @@ class LeaveOneOutSplit:
 
     def stage_users(self, stage: str) -> np.ndarray:
         """The users evaluated at ``stage``: those with 3 interactions or more (everyone for ``predict``)."""
+        if stage in ("val", "validate", "test"):
+            return self.eval_users
         if stage == "predict":
             return np.arange(self.data.num_users)
-        self.history_end(stage)  # rejects an unknown stage
-        return self.eval_users
+        raise ValueError(f"unknown stage {stage!r}; expected val, test or predict")
 
     def history_end(self, stage: str) -> np.ndarray:
         """One past the last input item of every user at ``stage`` (the target sits there)."""
