@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,11 +14,12 @@ from torch import Tensor
 
 from .batches import TrainingStatistics
 from .callbacks import RowGradients
-from .checkpoints import check_item_ids, check_state_shapes
+from .checkpoints import check_item_ids, check_state_shapes, restore_rng_states, save_rng_states
 from .encoder import SASRec
 from .losses import LossName, build_loss
-from .metrics import RankingMetrics, beats_target, rank_of_target
+from .metrics import RankingMetrics
 from .options import check_model_options
+from .ranking import full_ranks, sampled_ranks
 from .recommend import Recommendations, recommend, top_k_scores
 from .vocabulary import ItemVocabulary
 
@@ -137,8 +137,8 @@ class SASRecModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
         self.test_metrics = RankingMetrics(top_k, prefix="test/")
-        # Served with the weights: interaction counts (empty-history fallback of ``recommend``) and,
-        # in the checkpoint, the original item ids (see ``on_save_checkpoint``).
+        # Served with the weights: training interactions per item (the data module's ``item_popularity()``,
+        # the empty-history fallback of ``recommend``) and, in the checkpoint, the original item ids.
         self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
         self.item_vocabulary: ItemVocabulary | None = None
         # What ``predict_step`` returns; the prediction writer sets them from its config
@@ -231,94 +231,31 @@ class SASRecModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     # --------------------------------------------------------------------------------- evaluation
-    def target_ranks(self, batch: dict[str, Tensor]) -> Tensor:
-        """0-based rank of each held-out item under the configured protocol: ``(B,)``.
+    def target_ranks(self, batch: dict[str, Tensor], return_target_scores: bool = False):
+        """0-based rank of each held-out item under the configured protocol: ``(B,)`` (and its ``(B,)`` score).
 
         Ties and NaN scores count against the target and a non-finite target ranks last
-        (:mod:`~sasrec_lightning.metrics`), so a constant or diverged model gets the worst rank.
+        (:mod:`~sasrec_lightning.ranking`), so a constant or diverged model gets the worst rank.
         """
-        return self._ranks_and_target_scores(batch)[0]
-
-    def _ranks_and_target_scores(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(B,)`` ranks and the ``(B,)`` target scores they were compared with."""
         if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler): nothing to score
-            return batch["targets"].clone(), torch.zeros(0, device=batch["targets"].device)
-        hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
-        # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            if self.hparams.eval_protocol == "sampled":
-                # Target (column 0) and negatives in one elementwise product and sum, so equal item
-                # vectors give bit-equal scores and a tie counts against the target.
-                scores = self.model.score_items(hidden, batch["candidates"])  # (B, 1 + n)
-                return rank_of_target(scores[:, 1:], scores[:, 0]), scores[:, 0]
-            return self.full_ranks(hidden, batch, return_target_scores=True)
-
-    def full_ranks(self, hidden: Tensor, batch: dict[str, Tensor], return_target_scores: bool = False):
-        """Rank of the target among all items, scored in chunks so memory stays bounded.
-
-        The target's score comes from the same kind of matrix product as its competitors': every
-        product has the shape ``(max(B, 2), d) x (d, chunk)`` (the last chunk overlaps the one before
-        it instead of being narrower), because a product of another shape, or the elementwise
-        ``score_items``, can round the same dot product differently and break an exact tie in the
-        target's favour. Two rows at least: a one-row product runs as a matrix-vector product,
-        which rounds columns differently (measured on CPU).
-
-        Args:
-            hidden: ``(B, d)`` fp32 hidden states.
-            batch: evaluation batch with ``targets`` ``(B,)`` and ``seen_rows``/``seen_items`` ``(S,)``.
-            return_target_scores: also return the ``(B,)`` target scores.
-
-        Returns:
-            ``(B,)`` int64 ranks (and the target scores when asked).
-        """
-        targets = batch["targets"]  # (B,)
-        size = targets.size(0)
-        seen_rows, seen_items = batch["seen_rows"], batch["seen_items"]  # (S,), (S,)
-        if self.hparams.exclude_seen:
-            keep = seen_items != targets[seen_rows]  # (S,) the target itself stays rankable
-            seen_rows, seen_items = seen_rows[keep], seen_items[keep]
-        weight = self.model.output_weight.float()  # (I + 1, d), row 0 = padding
-        rows_total = weight.size(0)
-        chunk = max(1, min(self.hparams.eval_chunk_size, rows_total))
-        # Chunk starts; the last chunk ends at the table's end and overlaps its predecessor.
-        starts = list(range(0, rows_total - chunk, chunk)) + [rows_total - chunk]
-        queries = hidden if size > 1 else hidden.expand(2, -1)  # (max(B, 2), d)
-
-        if len(starts) == 1:
-            target_scores = None  # taken from the only chunk below
-        else:  # the targets' vectors in blocks of the chunk's shape, zero-filled
-            target_scores = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
-            for first in range(0, size, chunk):
-                last = min(first + chunk, size)
-                block = weight.new_zeros(chunk, weight.size(1))  # (chunk, d)
-                block[: last - first] = weight[targets[first:last]]
-                picked = torch.arange(first, last, device=hidden.device)
-                target_scores[first:last] = (queries @ block.T)[picked, picked - first]  # (chunk_rows,)
-
-        ranks = torch.zeros_like(targets)
-        done = 0  # item ids below this were counted by an earlier chunk
-        for start in starts:
-            stop = start + chunk
-            scores = (queries @ weight[start:stop].T)[:size]  # (B, C)
-            if target_scores is None:
-                target_scores = scores.gather(1, targets.unsqueeze(-1)).squeeze(-1)  # (B,)
-            beats = beats_target(scores, target_scores)  # (B, C)
-            beats[:, : max(done, 1) - start] = False  # padding (id 0) and ids already counted
-            in_chunk = (targets >= start) & (targets < stop)  # (B,)
-            rows = torch.nonzero(in_chunk).squeeze(-1)
-            beats[rows, targets[rows] - start] = False  # the target does not outrank itself
-            if self.hparams.exclude_seen:
-                here = (seen_items >= start) & (seen_items < stop)  # (S,)
-                beats[seen_rows[here], seen_items[here] - start] = False
-            ranks += beats.sum(dim=-1)
-            done = stop
-        return (ranks, target_scores) if return_target_scores else ranks
+            ranks, scores = batch["targets"].clone(), torch.zeros(0, device=batch["targets"].device)
+        else:
+            hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
+            # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                if self.hparams.eval_protocol == "sampled":
+                    ranks, scores = sampled_ranks(self.model.score_items(hidden, batch["candidates"]))  # (B, 1 + n)
+                else:
+                    ranks, scores = full_ranks(hidden, self.model.output_weight.float(), batch["targets"],
+                                               batch["seen_rows"], batch["seen_items"], self.hparams.eval_chunk_size,
+                                               self.hparams.exclude_seen)
+        return (ranks, scores) if return_target_scores else ranks
 
     def on_validation_start(self) -> None:
         self.loss_fn.release_memory()  # evaluation inside fit does not need the training step's block
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        ranks, target_scores = self._ranks_and_target_scores(batch)
+        ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.val_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_validation_epoch_end(self) -> None:
@@ -326,7 +263,7 @@ class SASRecModule(L.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        ranks, target_scores = self._ranks_and_target_scores(batch)
+        ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.test_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_test_epoch_end(self) -> None:
@@ -373,8 +310,8 @@ class SASRecModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         sequences = getattr(datamodule, "sequences", None)
         if self.item_vocabulary is None and sequences is not None and sequences.num_items == self.model.num_items:
-            counts = torch.from_numpy(np.bincount(sequences.items, minlength=sequences.num_items + 1))
-            self.set_item_vocabulary(sequences.item_ids, counts)
+            popularity = getattr(datamodule, "item_popularity", None)  # the data module's one definition
+            self.set_item_vocabulary(sequences.item_ids, None if popularity is None else popularity())
 
     def _data_item_ids(self):
         """The item ids this module is used with: its trainer's data module's, else an attached vocabulary's."""
@@ -387,11 +324,7 @@ class SASRecModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.item_vocabulary is not None:
             checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
-        # The torch RNG drives dropout (and sampled-softmax negatives): saving it makes a resumed
-        # run draw the same masks as an uninterrupted one. Byte tensors: weights_only-safe.
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
+        save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
@@ -407,10 +340,8 @@ class SASRecModule(L.LightningModule):
         if state is not None and "item_popularity" not in state:  # written before the buffer existed
             state["item_popularity"] = torch.zeros_like(self.item_popularity)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming and checkpoint.get("torch_rng_state") is not None:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-            if checkpoint.get("cuda_rng_state") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], self.device)
+        if resuming:
+            restore_rng_states(checkpoint, self.device)
 
     def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> Recommendations:
         """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
