@@ -168,3 +168,134 @@ def test_concurrent_processes_build_an_entry_once(tmp_path):
     assert [worker.exitcode for worker in workers] == [0, 0]
     assert marker.read_text() == "built\n"
     assert SequenceCache(tmp_path / "cache").load("k").user_ids.tolist() == ["u1", "u2"]
+
+
+# ------------------------------------------------------------------ damaged entries, leftovers, durability
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _inconsistent_offsets(path):
+    with np.load(path, allow_pickle=False) as arrays:
+        stored = {name: arrays[name] for name in arrays.files}
+    stored["offsets"] = stored["offsets"][:-1]  # one user fewer than the id table
+    np.savez(path, **stored)
+
+
+DAMAGE = {
+    "truncated arrays.npz (BadZipFile)": ("arrays.npz", _truncate),
+    "empty arrays.npz (EOFError)": ("arrays.npz", lambda path: path.write_bytes(b"")),
+    "garbled user_ids.parquet": ("user_ids.parquet", lambda path: path.write_bytes(b"PAR1 not parquet PAR1")),
+    "truncated meta.json": ("meta.json", _truncate),
+    "offsets that disagree with the ids": ("arrays.npz", _inconsistent_offsets),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_entry_is_removed_and_rebuilt(tmp_path, counted, caplog, damage):
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    first = _module(path, tmp_path).sequences
+    name, corrupt = DAMAGE[damage]
+    corrupt(tmp_path / "cache" / "sequences" / _entries(tmp_path)[0] / name)
+    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+        again = _module(path, tmp_path).sequences  # no exception: read again from the source
+    assert len(counted) == 2 and again.info["cache"]["hit"] is False
+    assert "unreadable cache entry" in caplog.text
+    for field in ("items", "offsets", "timestamps", "user_ids", "item_ids"):
+        assert np.array_equal(getattr(first, field), getattr(again, field)), field
+    third = _module(path, tmp_path).sequences  # the rebuilt entry is whole
+    assert len(counted) == 2 and third.info["cache"]["hit"] is True
+
+
+def test_orphaned_temporary_entry_is_removed_later(tmp_path):
+    """A save killed after mkdtemp leaves ``.tmp-*``; the next save removes it once it is old, not before."""
+    data = preprocess(load_interactions(_write(tmp_path), timestamp_column="ts"), PreprocessOptions(0, 0))
+    root = tmp_path / "cache"
+    old, young = root / ".tmp-k1-killed", root / ".tmp-k2-in-progress"
+    for folder in (old, young):
+        folder.mkdir(parents=True)
+        (folder / "arrays.npz").write_bytes(b"partial")
+    os.utime(old, (1, 1))  # written long ago
+    SequenceCache(root).save("k3", data)
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-k2-in-progress", "k3"]
+    os.utime(young, (1, 1))
+    assert SequenceCache(root).load("k3") is not None  # a load cleans up too
+    assert sorted(p.name for p in root.iterdir()) == ["k3"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="maps descriptors to paths through /proc")
+def test_save_flushes_every_file_to_disk_before_the_rename(tmp_path, monkeypatch):
+    data = preprocess(load_interactions(_write(tmp_path), timestamp_column="ts"), PreprocessOptions(0, 0))
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{descriptor}"))))
+        real_fsync(descriptor)
+
+    def replace(source, target):
+        events.append(("replace", os.path.basename(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    SequenceCache(tmp_path / "cache").save("k", data)
+    rename = events.index(("replace", "k"))
+    flushed = {name for kind, name in events[:rename] if kind == "fsync"}
+    assert {"arrays.npz", "user_ids.parquet", "item_ids.parquet", "meta.json"} <= flushed, events
+    assert any(kind == "fsync" and name.startswith(".tmp-k-") for kind, name in events[:rename]), events  # the folder
+    assert ("fsync", "cache") in events[rename:], events  # and the rename itself
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the build lock uses fcntl")
+def test_build_lock_files_do_not_pile_up_in_tmpdir(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    for threshold in range(3):  # three entries, three locks taken
+        _module(path, tmp_path, min_user_interactions=threshold).sequences  # noqa: B018
+    assert len(_entries(tmp_path)) == 3
+    assert list(scratch.iterdir()) == []  # no lock file and no scratch read folder left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the build lock uses fcntl")
+def test_build_lock_stays_exclusive_when_its_file_is_removed(tmp_path, monkeypatch):
+    """A waiter that wakes on a lock file its holder removed must not share the lock with a newcomer.
+
+    A holds; B waits on the same file; A releases (removing the file); B wins. C, arriving now,
+    must wait for B, although the file B waited on is gone (flock locks are per open file, so
+    threads show it as well as processes).
+    """
+    import tempfile
+    import threading
+    import time
+
+    from sasrec_lightning.cache import _build_lock
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    inside, events = threading.Event(), []
+
+    def holder(name, hold):
+        with _build_lock(tmp_path / "cache", "k"):
+            events.append(f"{name} in")
+            inside.set()
+            time.sleep(hold)
+            events.append(f"{name} out")
+
+    a_lock = _build_lock(tmp_path / "cache", "k")
+    a_lock.__enter__()
+    b = threading.Thread(target=holder, args=("B", 0.5))
+    b.start()
+    time.sleep(0.3)  # B is now blocked in flock on A's file
+    a_lock.__exit__(None, None, None)
+    assert inside.wait(10)
+    c = threading.Thread(target=holder, args=("C", 0))
+    c.start()
+    b.join(10)
+    c.join(10)
+    assert events == ["B in", "B out", "C in", "C out"]

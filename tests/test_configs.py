@@ -9,15 +9,16 @@ from conftest import CONFIGS, TINY_LINES, TINY_MODEL, TINY_TRAINER, write_sasrec
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli import cli_main
 
-ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("paper/*.yaml"))
 PAPER = {"steam.yaml": (50, 0.5), "beauty.yaml": (50, 0.5), "games.yaml": (50, 0.5), "ml-1m.yaml": (200, 0.2)}
 
 
 def test_the_shipped_configs_are_found():
     assert {path.name for path in ALL_CONFIGS} >= {"quickstart.yaml", *PAPER}
+    assert {path.name for path in CONFIGS.glob("paper/*.yaml")} == set(PAPER)  # one reference recipe each
 
 
-@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: str(path.relative_to(CONFIGS)))
 def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, synthetic_txt):
     monkeypatch.chdir(tmp_path)  # loggers and config dumps land in tmp_path
     data = yaml.safe_load(config.read_text()).get("data", {}).get("init_args", {})
@@ -61,3 +62,24 @@ def test_dataset_configs_do_not_filter_a_sasrec_text_file_again(config, tmp_path
     data = SASRecDataModule(**{**options, "path": str(tiny), "cache_dir": str(tmp_path / "cache"),
                                "print_statistics": False})
     assert data.statistics["actions"] == len(TINY_LINES)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_reference_recipes_carry_the_authors_code_settings(name):
+    """configs/paper/*.yaml: the paper's settings plus what the authors' code does (issue list in the header)."""
+    recipe = yaml.safe_load((CONFIGS / "paper" / name).read_text())
+    recommended = yaml.safe_load((CONFIGS / name).read_text())
+    model, data, trainer = recipe["model"]["init_args"], recipe["data"]["init_args"], recipe["trainer"]
+    max_len, dropout = PAPER[name]
+    assert (data["max_len"], model["dropout"], data["batch_size"]) == (max_len, dropout, 128)
+    assert (model["hidden_size"], model["num_blocks"], model["num_heads"], model["lr"]) == (50, 2, 1, 0.001)
+    assert tuple(model["betas"]) == (0.9, 0.98) and model["l2_emb"] == 0.0
+    assert (model["block_layout"], model["init"], model["loss"]) == ("reference", "xavier_uniform", "bce")
+    assert model["loss_normalization"] == "batch" and data["length_bucketing"] is False
+    assert (data["num_negatives"], data["num_eval_negatives"], model["eval_protocol"]) == (1, 100, "sampled")
+    assert trainer["max_epochs"] == 200 and trainer["check_val_every_n_epoch"] == 20
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
+    assert "EarlyStopping" not in callbacks and callbacks["ModelCheckpoint"].get("monitor") is None
+    # The same data as the recommended config: only the recipe differs.
+    source = {key: recommended["data"]["init_args"].get(key) for key in ("path", "url", "user_column", "item_column")}
+    assert source == {key: data.get(key) for key in source}

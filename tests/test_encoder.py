@@ -134,7 +134,7 @@ def test_attention_weights_are_causal_distributions_and_match_fast_path():
         assert (block_weights.masked_select(key_is_pad & query_is_real) == 0).all()  # no weight on padding
 
 
-@pytest.mark.parametrize("init", ["normal", "xavier"])
+@pytest.mark.parametrize("init", ["normal", "xavier", "xavier_uniform"])
 def test_initialization_schemes(init):
     torch.manual_seed(0)
     encoder = SASRec(num_items=5000, max_len=20, hidden_size=32, num_blocks=2, init=init, init_std=0.05)
@@ -143,7 +143,9 @@ def test_initialization_schemes(init):
     expected = 0.05 if init == "normal" else (2 / (5001 + 32)) ** 0.5
     assert table[1:].std().item() == pytest.approx(expected, rel=0.03)
     qkv = encoder.blocks[0].attention.qkv.weight  # (3d, d)
-    assert qkv.std().item() == pytest.approx(0.05 if init == "normal" else (2 / (32 + 96)) ** 0.5, rel=0.1)
+    # Xavier treats W_Q, W_K, W_V as three (d, d) matrices, as the TF code's three dense layers are
+    # (uniform and normal Xavier have the same std).
+    assert qkv.std().item() == pytest.approx(0.05 if init == "normal" else (2 / (32 + 32)) ** 0.5, rel=0.1)
     assert not encoder.blocks[0].attention.qkv.bias.any()
     assert torch.equal(encoder.final_norm.weight, torch.ones(32)) and not encoder.final_norm.bias.any()
     with pytest.raises(ValueError, match="unknown init"):
@@ -155,33 +157,63 @@ def test_initialization_schemes(init):
     [{}, {"num_heads": 1}, {"use_residual": False}, {"num_blocks": 0}, {"use_positional": False}],
     ids=["default", "one_head", "no_residual", "zero_blocks", "no_positions"],
 )
-def test_training_forward_uses_exactly_its_one_shared_dropout_draw(options, monkeypatch):
-    """Every dropout of a training forward pass takes its mask from the one draw, which is used up exactly."""
+def test_training_forward_takes_every_dropout_mask_from_one_pool_draw(options, monkeypatch):
+    """Every dropout of a training forward pass is served by the pool; once the shape is known, in one draw."""
     from sasrec_lightning import dropout as dropout_module
-    from sasrec_lightning import encoder as encoder_module
 
-    encoder = make_encoder(**options).train()
-    drawn, draws = [], []
-    original_masks, original_draw = encoder.dropout_masks, dropout_module.dropout_mask
-
-    def record(input_ids):
-        drawn.append(original_masks(input_ids))
-        return drawn[-1]
+    encoder = make_encoder(pooled_dropout=True, **options).train()
+    draws = []
+    original_draw = dropout_module.dropout_mask
 
     def counted_draw(numel, p, device=None):
         draws.append(numel)
         return original_draw(numel, p, device)
 
-    monkeypatch.setattr(encoder, "dropout_masks", record)
-    monkeypatch.setattr(dropout_module, "dropout_mask", counted_draw)  # the shared draw and any fallback
-    monkeypatch.setattr(encoder_module, "dropout", lambda *args: pytest.fail("a dropout without the shared masks"))
-    ids = left_pad(ROWS, MAX_LEN)
-    hidden = encoder(ids)
-    hidden.sum().backward()
-    (masks,) = drawn
-    assert masks.offset == masks.buffer.numel() > 0
-    assert draws == [masks.buffer.numel()]  # one draw, no fallback
-    kept = masks.buffer != 0
-    assert 0.55 < kept.float().mean().item() < 0.85  # p = 0.3
+    monkeypatch.setattr(dropout_module, "dropout_mask", counted_draw)
+
+    def no_plain_dropout(x, p=0.5, training=True, inplace=False):
+        assert not training, "nn.Dropout drew its own mask in training"
+        return x
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", no_plain_dropout)
+    ids = left_pad(ROWS, MAX_LEN)  # (4, 8)
+    batch, length, hidden, heads = 4, MAX_LEN, 16, options.get("num_heads", 2)
+    blocks = options.get("num_blocks", 2)
+    # Written out: embeddings (B, L, d); per block attention weights (B, H, L, L), two residual
+    # outputs (B, L, d) and the feed-forward's inner activations (B, L, d).
+    expected = batch * length * hidden + blocks * batch * (heads * length * length + 3 * length * hidden)
+    encoder(ids).sum().backward()  # first pass of this shape: drawn as it goes
+    assert sum(draws) >= expected and encoder.dropout_pool._totals[(tuple(ids.shape), ids.device)] == expected
+    draws.clear()
+    hidden_states = encoder(ids)
+    assert draws == [expected]  # one draw, no fallback
+    hidden_states.sum().backward()
     encoder.eval()
-    assert encoder.dropout_masks(ids) is None  # no masks in inference
+    encoder(ids)
+    assert draws == [expected]  # nothing drawn in inference
+
+
+def test_pooled_masks_are_one_random_stream_however_it_is_drawn(monkeypatch):
+    """First pass (mask by mask) or later ones (one draw): the same values and RNG state as one draw.
+
+    The masks handed out are the next elements of one stream: equal to one ``dropout_mask`` of the
+    pass's total size, with the generator left where that one draw leaves it.
+    """
+    from sasrec_lightning import dropout as dropout_module
+
+    encoder = make_encoder(pooled_dropout=True).train()
+    taken = []
+    original_take = dropout_module.MaskPool.take
+    monkeypatch.setattr(dropout_module.MaskPool, "take",
+                        lambda pool, shape: taken.append(original_take(pool, shape).flatten()) or taken[-1].view(shape))
+    ids = left_pad(ROWS[:3], 7)  # (3, 7): attention weights 3 x 2 x 7 x 7 = 294 elements, not whole words
+    for first in (True, False):
+        taken.clear()
+        torch.manual_seed(11)
+        encoder(ids)
+        after = torch.rand(3)
+        masks = torch.cat(taken)
+        torch.manual_seed(11)
+        reference = dropout_module.dropout_mask(masks.numel(), 0.3)
+        assert torch.equal(masks, reference), f"first pass: {first}"
+        torch.testing.assert_close(torch.rand(3), after, rtol=0, atol=0)  # no random word wasted or skipped

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.batches import TrainingStatistics
 
 
 def _batch(num_items: int, lengths: list[int], width: int, seed: int) -> dict[str, torch.Tensor]:
@@ -48,7 +49,8 @@ def test_batch_losses_weigh_positions_as_configured(normalization):
     short = _batch(30, [1, 2, 1, 2], width=8, seed=1)  # 6 positions
     long = _batch(30, [8, 7, 8, 8], width=8, seed=2)  # 31 positions
     if normalization == "epoch":
-        model._epoch_normalizer = lambda: (6 + 31) / 2  # what fit computes for this two-batch "epoch"
+        # What the data module hands over at fit start for this two-batch "epoch".
+        model.statistics = TrainingStatistics(item_counts=np.zeros(31, np.int64), positions_per_batch=(6 + 31) / 2)
     with torch.no_grad():
         returned = [model.training_step(batch, 0) for batch in (short, long)]
         per_position = [_per_position_bce(model, batch) for batch in (short, long)]
@@ -71,7 +73,7 @@ class _Record(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.positions.append(int((batch["targets"] != 0).sum()))
-        self.value = pl_module._positions_per_batch
+        self.value = pl_module.statistics.positions_per_batch
 
 
 class _OwnTrainStart(SASRecModule):
@@ -94,7 +96,7 @@ def test_fit_divides_by_the_epoch_mean_positions_per_batch(synthetic_txt, module
     assert record.value == pytest.approx(np.mean(record.positions))
 
 
-def test_datasets_without_lengths_fall_back_to_the_batch_mean(synthetic_txt):
+def test_training_without_a_data_module_falls_back_to_the_batch_mean(synthetic_txt):
     L.seed_everything(0, verbose=False)
     data = SASRecDataModule(path=str(synthetic_txt), max_len=6, batch_size=16, print_statistics=False)
     data.setup("fit")
@@ -102,6 +104,6 @@ def test_datasets_without_lengths_fall_back_to_the_batch_mean(synthetic_txt):
     model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.warns(UserWarning, match="loss_normalization='epoch' needs a training dataset"):
+    with pytest.warns(UserWarning, match=r"loss_normalization='epoch' needs a data module with training_statistics"):
         trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    assert model._positions_per_batch is None
+    assert model.statistics is None

@@ -309,7 +309,7 @@ def test_sampled_softmax_negatives_come_from_the_given_generator(sampling):
 
 # ----------------------------------------------------------------------------------- all losses
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_every_loss_is_fp32_under_autocast_and_trains(encoder, batch, name):
+def test_every_loss_is_fp32_under_autocast_and_reaches_the_item_table(encoder, batch, name):
     hidden, targets, negatives = batch
     loss_fn = build_loss(name, NUM_ITEMS, sampled_negatives=20, ce_chunk_size=5)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -93,7 +93,8 @@ def test_the_constructors_raise_value_errors_naming_the_option():
 BAD_TYPES = [
     (["--data.max_len", "abc"], "--data.max_len: Expected a <class 'int'>. Got value: abc"),
     (["--trainer.max_epochs", "abc"], "--trainer.max_epochs: Expected a <class 'int'>"),
-    (["--model.init_args.loss", "foo"], "--model.loss: Expected a typing.Literal['bce', 'gbce', 'sampled_softmax'"),
+    (["--model.init_args.loss", "foo"],
+     "--model.loss: Expected a typing.Literal['bce', 'gbce', 'bpr', 'sampled_softmax', 'ce']"),
     (["--data.maxlen", "5"], "Option 'maxlen' is not accepted"),
     (["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1"),
 ]

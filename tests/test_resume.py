@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.loaders import ResumableLoader
+from sasrec_lightning.loaders import ResumableLoader, batches_done_this_epoch
 
 MAX_STEPS = 14  # 80 users / batch 8 -> 10 batches per epoch: the crash and the end fall mid-epoch
 
@@ -94,3 +94,28 @@ def test_train_loader_is_resumable_and_eval_loaders_are_plain(synthetic_txt):
     loader.load_state_dict({"epoch": 3, "batches_done": 4})
     assert [key.index for key in loader.sampler] == full  # another epoch: nothing skipped
     assert not isinstance(data.val_dataloader(), ResumableLoader)
+
+
+class _Counts(L.Callback):
+    """Record the count read by the one private-API access after every training batch."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append((trainer.current_epoch, batches_done_this_epoch(trainer)))
+
+
+def test_batches_done_follows_lightning_or_fails_loudly(synthetic_txt, tmp_path):
+    """The only private Lightning attribute the package reads: right after every batch, or a clear error."""
+    counts = _Counts()
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, print_statistics=False)
+    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1)
+    trainer = L.Trainer(max_steps=13, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[counts],
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+    # 80 users in batches of 8: 10 batches per epoch, so steps 11-13 are batches 1-3 of epoch 1.
+    assert counts.seen == [(0, done) for done in range(1, 11)] + [(1, done) for done in range(1, 4)]
+    with pytest.raises(RuntimeError, match=r"Lightning .* has no trainer\.fit_loop\.epoch_loop\.batch_progress"):
+        batches_done_this_epoch(object())

@@ -1,4 +1,4 @@
-"""Row-by-row item-table gradients (``row_grad.py``) train exactly like dense ``nn.Embedding`` gradients."""
+"""Row-by-row item-table gradients (``row_grad.py``, ``callbacks.RowGradients``) train exactly like dense ones."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.row_grad import RowGradient
+from sasrec_lightning.callbacks import RowGradients
+from sasrec_lightning.row_grad import ItemEmbedding, RowGradient
 
 
-class DenseGradients(SASRecModule):
-    """The reference: plain lookups and Lightning's default zero_grad (a dense table gradient per lookup)."""
-
-    def on_train_start(self):
-        pass
-
-    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
-        optimizer.zero_grad()
+def DenseGradients(**options) -> SASRecModule:  # noqa: N802  (used like the module class)
+    """The reference: the switch off, plain lookups (a dense table gradient per lookup)."""
+    return SASRecModule(row_gradients=False, **options)
 
 
 class RecordLookups(L.Callback):
@@ -27,7 +23,7 @@ class RecordLookups(L.Callback):
         self.sparse: list[bool] = []
 
     def on_after_backward(self, trainer, module):
-        self.sparse.append(module.model.sparse_item_grad)
+        self.sparse.append(module.model.item_embedding.row_gradient is not None)
         assert not module.model.item_embedding.weight.grad.is_sparse
 
 
@@ -41,7 +37,7 @@ def train(module_class, steps: int = 12, accumulate: int = 1, **options) -> dict
                         limit_val_batches=0, accumulate_grad_batches=accumulate, callbacks=[record := RecordLookups()])
     trainer.fit(module, datamodule=data)
     assert len(record.sparse) >= steps and set(record.sparse) <= {module_class is SASRecModule}  # every backward
-    assert module.model.sparse_item_grad is False  # restored after fit
+    assert module.model.item_embedding.row_gradient is None  # plain embedding again after fit
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
@@ -78,33 +74,116 @@ def test_training_equals_dense_gradients(options):
     assert not torch.equal(rows["model.item_embedding.weight"], untouched["model.item_embedding.weight"])
 
 
-def test_clear_touches_only_written_rows_and_full_clear_after_dense_gradient():
+def test_zero_grad_then_backward_clears_only_written_rows_and_fully_after_a_dense_gradient():
     table = torch.nn.Parameter(torch.randn(10, 3))
     row_grad = RowGradient(table)
-    row_grad.zero_()  # allocates the dense buffer
-    assert table.grad is not None and not table.grad.is_sparse and not table.grad.any()
-
     ids = torch.tensor([2, 5, 5])
-    torch.nn.functional.embedding(ids, table, sparse=True).sum().backward()
-    assert not table.grad.is_sparse  # added into the dense buffer in place
+    row_grad.lookup(ids).sum().backward()
+    buffer = table.grad
+    assert not buffer.is_sparse  # added into a dense buffer
     expected = torch.zeros(10, 3)
-    expected[2] = 1
-    expected[5] = 2
+    expected[2], expected[5] = 1, 2
+    torch.testing.assert_close(buffer, expected)
+
+    row_grad.lookup(torch.tensor([2])).sum().backward()  # no zero_grad in between: accumulates
+    expected[2] = 2
     torch.testing.assert_close(table.grad, expected)
 
-    buffer = table.grad
     buffer[7] = 42.0  # a row nobody reported: a row-wise clear leaves it (proves the clear is row-wise) ...
-    row_grad.zero_()
-    assert table.grad is buffer
-    assert not buffer[[2, 5]].any() and buffer[7].eq(42.0).all()
+    table.grad = None  # what optimizer.zero_grad() does
+    row_grad.lookup(torch.tensor([1, 0])).sum().backward()  # padding id 0 gets no gradient
+    assert table.grad is buffer  # the same buffer, taken back
+    assert not buffer[[0, 2, 5]].any() and buffer[1].eq(1).all() and buffer[7].eq(42.0).all()
 
     (table.square().sum()).backward()  # ... but a dense gradient makes the next clear a full one
-    row_grad.zero_()
-    assert not table.grad.any()
+    table.grad = None
+    row_grad.lookup(torch.tensor([3])).sum().backward()
+    expected = torch.zeros(10, 3)
+    expected[3] = 1
+    torch.testing.assert_close(table.grad, expected)
 
     row_grad.remove()
     torch.nn.functional.embedding(ids, table, sparse=True).sum().backward()
     assert table.grad[2].eq(1).all()  # no hook any more: plain accumulation
+
+
+def test_row_lookup_passes_gradcheck_in_float64():
+    """The gradient the lookup writes into the buffer is the true Jacobian (finite differences), step after step."""
+    table = ItemEmbedding(6, 3).double()
+    table.keep_row_gradients(True)
+    ids = torch.tensor([[1, 4, 4], [0, 6, 2]])  # repeats add up; padding id 0 gets nothing
+
+    class ThroughBuffer(torch.autograd.Function):
+        """``table(ids)`` of the item rows 1..6 (row 0, padding, stays 0); backward returns the row buffer."""
+
+        @staticmethod
+        def forward(ctx, rows):
+            with torch.no_grad():
+                table.weight[1:] = rows
+            return table.weight[ids].detach().clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            table.weight.grad = None  # as zero_grad does between steps: only written rows are cleared
+            with torch.enable_grad():
+                out = table(ids)
+            out.backward(grad)
+            assert not table.weight.grad[0].any()
+            return table.weight.grad[1:].clone()
+
+    with torch.no_grad():
+        table.weight[0] = 0.0
+    rows = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ThroughBuffer.apply, (rows,))
+    assert table.row_gradient is not None and table.weight.grad is table.row_gradient.kept  # the buffer was reused
+
+
+def test_item_embedding_is_an_ordinary_embedding_until_switched_on():
+    table = ItemEmbedding(5, 2)
+    assert table.padding_idx == 0 and table.weight.shape == (6, 2)
+    assert list(table.state_dict()) == ["weight"]
+    ids = torch.tensor([1, 1, 3])
+    table(ids).sum().backward()
+    assert table.weight.grad[1].eq(2).all() and table.row_gradient is None
+    table.keep_row_gradients(True)
+    with torch.no_grad():  # no autograd: the plain lookup, same values
+        torch.testing.assert_close(table(ids), table.weight[ids])
+    copy = __import__("copy").deepcopy(table)
+    assert copy.row_gradient is None  # copies are plain embeddings (the hook is not copied)
+    table.keep_row_gradients(False)
+    assert table.row_gradient is None and not table.weight._backward_hooks
+
+
+class _Fail(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        assert pl_module.model.item_embedding.row_gradient is not None  # on while training
+        raise RuntimeError("stop")
+
+
+@pytest.mark.parametrize("switch, expected", [("auto", True), (True, True), (False, False)])
+def test_row_gradient_switch(switch, expected):
+    module = SASRecModule(num_items=10, max_len=4, hidden_size=8, num_blocks=1, row_gradients=switch)
+    callbacks = module.configure_callbacks()
+    assert [type(callback) for callback in callbacks] == ([RowGradients] if expected else [])
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    module.trainer = trainer
+    trainer.state.fn = "test"  # a test after fit keeps fit's callback instead of replacing it (no override notice)
+    assert module.configure_callbacks() == []
+    trainer.state.fn = "fit"
+    assert len(module.configure_callbacks()) == int(expected)
+    with pytest.raises(ValueError, match="row_gradients must be true, false or 'auto'"):
+        RowGradients("sometimes")
+
+
+def test_row_gradients_are_switched_off_when_training_fails():
+    data = SASRecDataModule(synthetic_users=40, synthetic_items=20, max_len=6, batch_size=8, print_statistics=False,
+                            use_cache=False)
+    module = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_steps=2,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[_Fail()])
+    with pytest.raises(RuntimeError, match="stop"):
+        trainer.fit(module, datamodule=data)
+    assert module.model.item_embedding.row_gradient is None
 
 
 DDP_SCRIPT = """
@@ -114,20 +193,12 @@ import torch
 from sasrec_lightning import SASRecDataModule, SASRecModule
 
 
-class Dense(SASRecModule):
-    def on_train_start(self):
-        pass
-
-    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
-        optimizer.zero_grad()
-
-
 def main():
     data_path, out, kind = sys.argv[1:4]
     L.seed_everything(5, verbose=False)
     data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, seed=5, print_statistics=False)
-    cls = Dense if kind == "dense" else SASRecModule
-    model = cls(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.0)
+    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.0,
+                         row_gradients=kind != "dense")
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,

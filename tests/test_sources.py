@@ -273,3 +273,52 @@ def test_hub_id_passes_name_and_split(tmp_path, monkeypatch):
     again = _module("someone/reviews", tmp_path, format="hub", name="beauty", split="full", user_column="uid",
                     item_column="iid", timestamp_column="ts", min_user_interactions=0, min_item_interactions=0)
     assert again.sequences.info["cache"]["hit"] and len(calls) == 1  # cached by (id, name, split)
+
+
+# --------------------------------------------------------------- ids read as text keep their spelling
+@pytest.mark.parametrize("kind", ["csv", "tsv", "txt"])
+def test_ids_differing_only_by_leading_zeros_stay_distinct(tmp_path, kind):
+    """``007``/``7`` and ``0042``/``42`` are two users and two items, not one (file order = time order)."""
+    rows = [("007", "0042"), ("7", "42"), ("007", "42"), ("7", "0042"), ("7", "1")]
+    sep = {"csv": ",", "tsv": "\t", "txt": " "}[kind]
+    header = [] if kind == "txt" else [sep.join(("user", "item"))]
+    path = tmp_path / f"log.{kind}"
+    path.write_text("\n".join(header + [sep.join(row) for row in rows]) + "\n")
+    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    assert data.user_ids.tolist() == ["007", "7"]
+    assert data.item_ids[1:].tolist() == ["0042", "1", "42"]  # text order
+    assert _sequences(data) == {"007": ["0042", "42"], "7": ["42", "0042", "1"]}
+
+
+def test_plain_integer_csv_ids_stay_integers(tmp_path):
+    """Without another spelling of a number (no leading zero, no '+'), ids are int64 and sort numerically."""
+    path = tmp_path / "log.csv"
+    path.write_text("user,item\n10,2\n10,10\n9,1\n-3,0\n")
+    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    assert data.user_ids.dtype == np.int64 and data.user_ids.tolist() == [-3, 9, 10]
+    assert data.item_ids[1:].tolist() == [0, 1, 2, 10]
+
+
+def test_csv_id_beyond_int64_is_kept_exactly_as_text(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item\n1,99999999999999999999\n1,99999999999999999998\n")
+    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    assert data.item_ids[1:].tolist() == ["99999999999999999998", "99999999999999999999"]
+
+
+def test_csv_missing_ratings_are_missing_and_spaces_around_ids_ignored(tmp_path):
+    """Rating cells NA/empty stay missing values (filtered out by min_rating); ' 7' is the id 7."""
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,stars\n 7,1,NA\n7 ,2,4\n7,3,\n7,4,5.5\n")
+    data = _module(path, tmp_path, rating_column="stars", min_rating=4, min_user_interactions=0,
+                   min_item_interactions=0).sequences
+    assert data.user_ids.tolist() == [7]
+    assert _sequences(data) == {7: [2, 4]}
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    """Spreadsheet exports start with a UTF-8 byte-order mark; it is not part of the first column's name."""
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbfuser,item\n1,2\n1,3\n")
+    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    assert _sequences(data) == {1: [2, 3]}

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
 import sys
+import textwrap
 import zipfile
 
 import datasets
 import huggingface_hub.constants
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sasrec_lightning import SASRecDataModule
@@ -28,7 +34,17 @@ def _zip_without_ratings(path):
         archive.writestr("ml-1m/movies.dat", "1::Toy Story (1995)::Animation\n")
 
 
-# name -> (file name, file content or writer, extra data args, fragments the message must contain)
+def _parquet(table):
+    return lambda path: pq.write_table(table, path)
+
+
+def _fifo(path):
+    os.mkfifo(path)
+
+
+INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
+
+# name -> (file name, file content (text, bytes) or writer, extra data args, fragments the message must contain)
 CASES = {
     "missing file": ("absent.txt", None, {}, ["absent.txt", "does not exist", "--data.path"]),
     "empty file": ("empty.csv", "", {}, ["empty.csv", "is empty"]),
@@ -71,6 +87,55 @@ CASES = {
     "not gzip at all": ("reviews.jsonl.gz", "plain text, not gzip\n", {}, ["reviews.jsonl.gz", "BadGzipFile"]),
     "corrupt zip": ("ml-1m.zip", "PK\x03\x04 not really a zip", {}, ["ml-1m.zip", "zip archive is corrupt"]),
     "zip without ratings.dat": ("ml-1m.zip", _zip_without_ratings, {}, ["ml-1m.zip", "no 'ratings.dat'"]),
+    # out-of-range times (they used to wrap around to int64's minimum with only a RuntimeWarning)
+    "huge float timestamp": ("log.csv", "user,item,ts\n1,2,1\n1,3,1e30\n", {"timestamp_column": "ts"},
+                             ["log.csv", "line 3", "'ts'", "'1e30'", "beyond the 64-bit", INT64_RANGE]),
+    "huge integer timestamp": ("log.csv", "user,item,ts\n1,2,99999999999999999999\n", {"timestamp_column": "ts"},
+                               ["log.csv", "line 2", "'99999999999999999999'", INT64_RANGE]),
+    "infinite timestamp": ("log.tsv", "user\titem\tts\n1\t2\t5\n1\t2\tinf\n", {"timestamp_column": "ts"},
+                           ["log.tsv", "line 3", "'inf'", "not a finite number"]),
+    "huge json timestamp": ("log.jsonl", '{"user": 1, "item": 2, "ts": 1e30}\n', {"timestamp_column": "ts"},
+                            ["log.jsonl", "line 1", "1e+30", INT64_RANGE]),
+    "huge movielens timestamp": ("ratings.dat", "1::2::5::978300760\n1::3::4::99999999999999999999\n", {},
+                                 ["ratings.dat", "line 2", "'99999999999999999999'", "beyond the 64-bit"]),
+    # malformed files (they used to end in datasets/Arrow/pandas tracebacks)
+    "header-only csv": ("log.csv", "user,item\n", {}, ["log.csv", "only a header line, no data rows"]),
+    "csv row with an extra field": ("log.csv", "user,item\n" + "1,2\n" * 5 + "1,2,3\n", {},
+                                    ["log.csv", "line 7", "3 fields", "header line has 2", "'1,2,3'"]),
+    "extra field on the first row": ("log.csv", "user,item\n1,2,3\n4,5\n", {},
+                                     ["log.csv", "line 2", "3 fields", "header line has 2"]),
+    "duplicate csv header": ("log.csv", "user,item,item\n1,2,3\n", {}, ["log.csv", "['item'] more than once"]),
+    "latin-1 text": ("log.csv", "user,item\n1,caf\u00e9\n".encode("latin-1"), {},
+                     ["log.csv", "line 2", "byte 0xe9", "not valid UTF-8", "Latin-1"]),
+    "binary .txt": ("log.txt", b"\x00\x01\n\xff\xfe" * 64, {}, ["log.txt", "line 2", "binary file"]),
+    "malformed json line": ("log.jsonl", '{"user": 1, "item": 2}\n\n{"user": 1, "item": \n', {},
+                            ["log.jsonl", "line 3", "not valid JSON", "one JSON object per line"]),
+    "json ids of mixed types": ("log.jsonl", '{"user": 1, "item": 2}\n{"user": "a", "item": 2}\n', {},
+                                ["log.jsonl", "line 2", "'user' is a string", "on line 1 it is a number"]),
+    "empty json objects": ("log.jsonl", "{}\n{}\n", {}, ["log.jsonl", "no data", "{}"]),
+    "zero-row parquet": ("log.parquet", _parquet(pa.table({"user": pa.array([], pa.int64()),
+                                                            "item": pa.array([], pa.int64())})), {},
+                         ["log.parquet", "has no rows", "['user', 'item']"]),
+    "not a parquet file": ("log.parquet", "user,item\n1,2\n", {}, ["log.parquet", "not a Parquet file"]),
+    "list-typed id column": ("log.parquet", _parquet(pa.table({"user": [[1], [2]], "item": [1, 2]})), {},
+                             ["log.parquet", "'user'", "list<", "expected one integer or text id per row"]),
+    "struct-typed id column": ("log.jsonl", '{"user": {"id": 1}, "item": 2}\n', {},
+                               ["log.jsonl", "'user'", "struct<", "expected one integer or text id per row"]),
+    "json id beyond int64": ("log.jsonl", '{"user": 1, "item": 99999999999999999999}\n', {},
+                             ["log.jsonl", "line 1", "'item'", "1e+20", INT64_RANGE, "JSON strings"]),
+    # non-regular files and missing ids
+    "named pipe (FIFO)": ("log.csv", _fifo, {}, ["log.csv", "named pipe (FIFO)", "not a regular file"]),
+    "folder with a file format": ("folder", lambda path: path.mkdir(), {"format": "csv"},
+                                  ["folder", "is a folder", "--data.format disk"]),
+    "NA user id": ("log.csv", "user,item\n1,2\nNA,3\n", {},
+                   ["log.csv", "line 3", "'user'", "'NA', a missing-value marker", "missing"]),
+    "None item id": ("log.tsv", "user\titem\n1\t2\n\n1\tNone\n", {},
+                     ["log.tsv", "line 4", "'item'", "'None', a missing-value marker"]),
+    "empty csv id": ("log.csv", "user,item\n1,2\n,3\n", {}, ["log.csv", "line 3", "'user'", "empty (missing)"]),
+    "empty json string id": ("log.jsonl", '{"user": "a", "item": "x"}\n{"user": "", "item": "y"}\n', {},
+                             ["log.jsonl", "line 2", "'user'", "empty (missing)"]),
+    "null json id": ("log.jsonl", '{"user": 1, "item": 2}\n{"user": null, "item": 3}\n', {},
+                     ["log.jsonl", "line 2", "'user'", "null (missing)"]),
 }
 
 
@@ -78,6 +143,8 @@ def _write(tmp_path, name, content):
     path = tmp_path / name
     if callable(content):
         content(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
     return path
@@ -197,3 +264,36 @@ def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, c
     for fragment in fragments:
         assert fragment in message, (fragment, message)
     _assert_cache_empty(tmp_path / "cache")
+
+
+SLOW_READ = textwrap.dedent("""
+    import sys, time
+    import datasets
+    from sasrec_lightning.sources import load_interactions
+
+    def slow_load(*args, **kwargs):  # the read is under way: its scratch folder exists
+        print("reading", flush=True)
+        time.sleep(60)
+
+    datasets.load_dataset = slow_load
+    load_interactions(sys.argv[1])
+""")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_sigterm_during_a_read_removes_the_scratch_folder(tmp_path):
+    """``kill`` (SIGTERM) mid-read: the scratch folder in $TMPDIR goes, and the process still dies by SIGTERM."""
+    path = _write(tmp_path, "log.csv", "user,item\n1,2\n")
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch_root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-c", SLOW_READ, str(path)], stdout=subprocess.PIPE, env=env,
+                               text=True)
+    try:
+        assert process.stdout.readline().strip() == "reading"
+        assert [p.name for p in scratch_root.glob("sasrec-lightning-read-*")], "the read has a scratch folder"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        process.kill()
+    assert list(scratch_root.glob("sasrec-lightning-read-*")) == []

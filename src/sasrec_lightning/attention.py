@@ -73,7 +73,7 @@ def average_attention(
             length = input_ids.size(1)
             if sums is None:
                 sums = torch.zeros(*stacked.shape[1:3], n, n, dtype=torch.float64)  # (blocks, H, n, n)
-            # Padded queries only attend to themselves (see encoder.attention_mask): leave them out.
+            # Padded queries only attend to themselves (see encoder.attention_bias): leave them out.
             sums[..., n - length :, n - length :] += torch.einsum("bkhij,bi->khij", stacked, real).cpu()
             counts[n - length :] += real.sum(dim=0).cpu()
             seen += input_ids.size(0)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .batches import EvalBatches
+from .csr import csr_gather
 from .metrics import RankingMetrics
 
 __all__ = ["most_popular_metrics"]
@@ -19,8 +20,10 @@ def most_popular_metrics(
 ) -> dict[str, float]:
     """HR/NDCG/MRR of ranking items by their training-split popularity.
 
-    Popularity is counted on the training part of every sequence only (no validation or test item
-    leaks in); ties are broken by a fixed random order so the baseline is a strict ranking.
+    Popularity is ``batches.popularity``: training interactions per item
+    (:func:`~sasrec_lightning.splits.training_popularity`, the data module's, computed once), so no
+    validation or test item leaks in. Ties are broken by a fixed random order so the baseline is a
+    strict ranking.
 
     Args:
         batches: the evaluation batches (``val`` or ``test``) the model is scored on.
@@ -33,11 +36,8 @@ def most_popular_metrics(
     Returns:
         Metric name -> value.
     """
-    split = batches.split
-    data = split.data
-    lengths = split.train_ends - split.starts
-    train_items = data.items[np.repeat(split.train_ends - lengths.cumsum(), lengths) + np.arange(lengths.sum())]
-    counts = np.bincount(train_items, minlength=data.num_items + 1).astype(np.float64)  # (I + 1,)
+    data = batches.split.data
+    counts = batches.popularity.astype(np.float64)  # (I + 1,)
     counts += np.random.default_rng(seed).random(len(counts)) * 0.5  # strict order, ties broken at random
     counts[0] = -np.inf
     if protocol == "sampled":
@@ -51,10 +51,7 @@ def most_popular_metrics(
         ranks = position[targets].astype(np.int64)
         if exclude_seen:
             rows = batches.rows
-            starts, ends = split.starts[rows], batches.history_ends[rows]
-            hist_len = ends - starts
-            owner = np.repeat(np.arange(len(rows)), hist_len)  # (S,)
-            seen = data.items[np.repeat(starts - np.cumsum(hist_len) + hist_len, hist_len) + np.arange(hist_len.sum())]
+            owner, seen = csr_gather(data.items, batches.split.starts[rows], batches.history_ends[rows])  # (S,), (S,)
             # Distinct seen items ranked above the target each remove one place.
             keys = np.unique(owner * (data.num_items + 1) + seen)
             owner, seen = keys // (data.num_items + 1), keys % (data.num_items + 1)

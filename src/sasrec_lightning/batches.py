@@ -1,9 +1,10 @@
-"""Leave-one-out split, batch building and the length-aware, rank-aware batch sampler.
+"""Batch building from a :class:`~sasrec_lightning.splits.Split`, and the length-aware, rank-aware batch sampler.
 
 A batch is built in one go from the CSR arrays of :class:`~sasrec_lightning.preprocessing.SequenceData`
-(fancy indexing, no per-user loop) and padded on the left only to the longest sequence in the
-batch. The encoder counts positions from the right, so this gives the same outputs as padding to
-``max_len`` while doing far less work on short sequences (Amazon users average 7-9 actions).
+(the gathers of :mod:`~sasrec_lightning.csr`, no per-user loop) and padded on the left only to the
+longest sequence in the batch. The encoder counts positions from the right, so this gives the same
+outputs as padding to ``max_len`` while doing far less work on short sequences (Amazon users
+average 7-9 actions).
 """
 
 from __future__ import annotations
@@ -15,65 +16,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from .preprocessing import SequenceData
-from .sampling import InteractionIndex, item_counts, sample_negatives
+from .csr import csr_gather, item_counts, left_padded
+from .sampling import InteractionIndex, sample_negatives
+from .splits import LeaveOneOutSplit, Split, training_popularity
 
 __all__ = [
-    "LeaveOneOutSplit",
-    "left_padded",
+    "LeaveOneOutSplit",  # re-exported: it lived here before splits.py
+    "left_padded",  # re-exported from csr.py
     "TrainBatches",
+    "TrainingStatistics",
     "EvalBatches",
     "UserBatchSampler",
     "BatchKey",
 ]
-
-
-def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    """The last ``width`` items of ``items[starts[b]:ends[b]]`` for each row, left-padded with 0.
-
-    Args:
-        items: ``(n,)`` flat item array.
-        starts: ``(B,)`` first index of each row's range.
-        ends: ``(B,)`` one past the last index of each row's range.
-        width: output width.
-
-    Returns:
-        ``(B, width)`` int64.
-    """
-    index = ends[:, None] - width + np.arange(width)  # (B, W)
-    valid = index >= starts[:, None]  # (B, W)
-    return np.where(valid, items[np.maximum(index, 0)], 0)  # (B, W)
-
-
-@dataclass
-class LeaveOneOutSplit:
-    """The paper's split: last item = test, second-to-last = validation, the rest = training.
-
-    Users with fewer than 3 interactions are used for training only.
-    """
-
-    data: SequenceData
-
-    def __post_init__(self) -> None:
-        self.starts = self.data.offsets[:-1]  # (U,)
-        self.ends = self.data.offsets[1:]  # (U,)
-        lengths = self.ends - self.starts
-        self.eval_users = np.flatnonzero(lengths >= 3)  # (U_eval,)
-        held_out = np.where(lengths >= 3, 2, 0)
-        self.train_ends = self.ends - held_out  # (U,)
-        self.train_users = np.flatnonzero(self.train_ends - self.starts >= 2)  # users with a next-item pair
-
-    def history_end(self, stage: str) -> np.ndarray:
-        """One past the last input item of every user at ``stage`` (the target sits there)."""
-        if stage == "train":
-            return self.train_ends
-        if stage in ("val", "validate"):
-            return self.ends - 2
-        if stage == "test":
-            return self.ends - 1
-        if stage == "predict":
-            return self.ends
-        raise ValueError(f"unknown stage {stage!r}; expected train, val, test or predict")
 
 
 @dataclass(frozen=True)
@@ -85,18 +40,38 @@ class BatchKey:
     index: int
 
 
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """What training needs to know about the training data as a whole (``SASRecDataModule.training_statistics``).
+
+    Attributes:
+        item_counts: ``(I + 1,)`` int64: how often each item id is a training *target* (every item of
+            a training sequence but its first; index 0, padding, is 0). Not item popularity
+            (:func:`~sasrec_lightning.splits.training_popularity` also counts each sequence's first
+            item): the in-batch negatives of ``sampled_softmax`` are other positions' targets, so
+            their logQ correction needs the target distribution, and ``popularity`` sampling draws
+            from the same one so both non-uniform samplers share one ``q``.
+        positions_per_batch: real (non-padded) positions per training batch, averaged over an epoch
+            of every process (what ``loss_normalization: epoch`` divides by).
+    """
+
+    item_counts: np.ndarray
+    positions_per_batch: float
+
+
 class TrainBatches(Dataset):
     """Training batches: inputs ``s_1..s_{t-1}``, next-item targets and sampled negatives.
 
     Each item of this dataset is a whole batch, selected by a :class:`BatchKey`. Negatives are
     drawn from items outside the user's training sequence, afresh every epoch, seeded by
-    ``(seed, epoch, batch index)`` so a run is reproducible and resumable.
+    ``(seed, epoch, batch index)`` so a run is reproducible and resumable; with
+    ``num_negatives=0`` (a loss that needs none) nothing is drawn.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``targets`` ``(B, L)`` (0 where padded), ``negatives``
     ``(B, L, k)``, ``users`` ``(B,)`` and ``sample_seed`` (an ``int`` seeding the loss's own sampling).
     """
 
-    def __init__(self, split: LeaveOneOutSplit, max_len: int, num_negatives: int = 1, seed: int = 0,
+    def __init__(self, split: Split, max_len: int, num_negatives: int = 1, seed: int = 0,
                  pad_to_max_len: bool = False) -> None:
         self.split = split
         self.max_len = max_len
@@ -104,9 +79,21 @@ class TrainBatches(Dataset):
         self.seed = seed
         self.pad_to_max_len = pad_to_max_len
         self.rows = split.train_users
-        starts, ends = split.starts, split.train_ends
-        self.index = InteractionIndex.from_csr(split.data.items, starts, ends, split.data.num_items)
-        self.lengths = np.minimum(ends[self.rows] - starts[self.rows] - 1, max_len)  # (N,)
+        data = split.data
+        self.index = InteractionIndex.from_csr(data.items, split.starts, split.train_ends, data.num_items) \
+            if num_negatives else None
+        self.lengths = self.sequence_lengths(split, max_len)  # (N,)
+
+    @staticmethod
+    def sequence_lengths(split: Split, max_len: int) -> np.ndarray:
+        """Real positions (next-item pairs, at most ``max_len``) of every training sequence: ``(N,)``."""
+        rows = split.train_users
+        return np.minimum(split.train_ends[rows] - split.starts[rows] - 1, max_len)
+
+    @staticmethod
+    def item_counts(split: Split) -> np.ndarray:
+        """``(I + 1,)`` training target counts (see :class:`TrainingStatistics`)."""
+        return item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,8 +106,11 @@ class TrainBatches(Dataset):
         inputs = left_padded(items, starts, ends - 1, width)  # (B, L)
         targets = left_padded(items, starts + 1, ends, width)  # (B, L)
         rng = np.random.default_rng((self.seed, key.epoch, key.index))
-        negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng)  # (B, L, k)
-        negatives[targets == 0] = 0
+        if self.index is None:
+            negatives = np.zeros((len(users), width, 0), dtype=np.int64)  # (B, L, 0)
+        else:
+            negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng)  # (B, L, k)
+            negatives[targets == 0] = 0
         return {
             "input_ids": torch.from_numpy(inputs),
             "targets": torch.from_numpy(targets),
@@ -143,32 +133,34 @@ class EvalBatches(Dataset):
     Candidates for the sampled protocol are fixed once per split from ``seed``: column 0 is the
     target, then ``num_negatives`` items the user never interacted with (anywhere in the sequence),
     so evaluating the same checkpoint twice gives identical numbers. ``negative_sampling`` is
-    ``uniform`` (the paper) or ``popularity`` (proportional to each item's count in the whole log,
-    as in e.g. BERT4Rec's popularity-sampled evaluation). Negatives are drawn with replacement, as
-    in the paper's code, so a user with fewer unseen items than ``num_negatives`` gets repeats
-    (counted in ``num_short_of_negatives``). A user who interacted with every item has nothing to
-    rank the target against (its rank would be 0 under either protocol, a free hit): such users are
-    left out of ``val``/``test`` and counted in ``num_without_negatives``.
+    ``uniform`` (the paper) or ``popularity`` (proportional to ``popularity``, the training
+    interactions per item of :func:`~sasrec_lightning.splits.training_popularity`, at least 1, as
+    in e.g. BERT4Rec's popularity-sampled evaluation but without the held-out items). Negatives
+    are drawn with replacement, as in the paper's code, so a user with fewer unseen items than
+    ``num_negatives`` gets repeats (counted in ``num_short_of_negatives``). A user who interacted
+    with every item has nothing to rank the target against (its rank would be 0 under either
+    protocol, a free hit): such users are left out of ``val``/``test`` and counted in
+    ``num_without_negatives``.
 
     Batch keys: ``input_ids`` ``(B, L)``, ``users`` ``(B,)``; with a target also ``targets``
     ``(B,)`` and ``candidates`` ``(B, 1 + num_negatives)``; ``seen_rows``/``seen_items`` ``(S,)``
     list the items of each user's history (to exclude them under full ranking).
+
+    ``users`` defaults to ``split.stage_users(stage)``; ``popularity`` (``(I + 1,)``, the data
+    module's, computed once) to ``training_popularity(split)``, computed when first needed.
     """
 
-    def __init__(self, split: LeaveOneOutSplit, stage: str, max_len: int, num_negatives: int = 100,
-                 seed: int = 0, users: np.ndarray | None = None, negative_sampling: str = "uniform") -> None:
+    def __init__(self, split: Split, stage: str, max_len: int, num_negatives: int = 100,
+                 seed: int = 0, users: np.ndarray | None = None, negative_sampling: str = "uniform",
+                 popularity: np.ndarray | None = None) -> None:
         if negative_sampling not in ("uniform", "popularity"):
             raise ValueError(f"unknown eval negative sampling {negative_sampling!r}; expected uniform or popularity")
         self.split = split
         self.stage = stage
         self.max_len = max_len
         self.history_ends = split.history_end(stage)
-        if users is not None:
-            self.rows = np.asarray(users, dtype=np.int64)
-        elif stage == "predict":
-            self.rows = np.arange(split.data.num_users)
-        else:
-            self.rows = split.eval_users
+        self.rows = np.asarray(split.stage_users(stage) if users is None else users, dtype=np.int64)
+        self._popularity = popularity
         self.num_without_negatives = 0  # users left out: they interacted with every item
         self.num_short_of_negatives = 0  # users with fewer unseen items than num_negatives (repeats)
         self.fewest_unseen: int | None = None  # unseen items of the poorest evaluated user
@@ -186,13 +178,21 @@ class EvalBatches(Dataset):
             # Salt the seed with the stage so validation and test negatives differ.
             rng = np.random.default_rng((seed, 1 if stage == "test" else 0))
             weights = None
-            if negative_sampling == "popularity":
-                weights = item_counts(split.data.items, split.starts, split.ends, split.data.num_items)
+            if negative_sampling == "popularity":  # an item only ever held out weighs as one interaction,
+                weights = np.maximum(self.popularity, 1)  # so a user left with only such items can still draw
+                weights[0] = 0
             negatives = sample_negatives(index, self.rows, (num_negatives,), rng, probabilities=weights) \
                 if num_negatives else \
                 np.zeros((len(self.rows), 0), np.int64)
             targets = split.data.items[self.history_ends[self.rows]]  # (N,)
             self.candidates = np.concatenate([targets[:, None], negatives], axis=1)  # (N, 1 + n)
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """``(I + 1,)`` training interactions per item (:func:`~sasrec_lightning.splits.training_popularity`)."""
+        if self._popularity is None:
+            self._popularity = training_popularity(self.split)
+        return self._popularity
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -206,11 +206,8 @@ class EvalBatches(Dataset):
             "input_ids": torch.from_numpy(left_padded(items, starts, ends, width)),  # (B, L)
             "users": torch.from_numpy(users),
         }
-        lengths = ends - starts
-        seen_rows = np.repeat(np.arange(len(users)), lengths)  # (S,)
-        seen_at = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (S,)
-        batch["seen_rows"] = torch.from_numpy(seen_rows)
-        batch["seen_items"] = torch.from_numpy(items[seen_at])
+        seen_rows, seen_items = csr_gather(items, starts, ends)  # (S,), (S,) each user's history
+        batch["seen_rows"], batch["seen_items"] = torch.from_numpy(seen_rows), torch.from_numpy(seen_items)
         if self.candidates is not None:
             candidates = self.candidates[key.rows]  # (B, 1 + n)
             batch["targets"] = torch.from_numpy(candidates[:, 0].copy())

@@ -3,8 +3,10 @@
 One entry is a folder ``<root>/<key>/`` with ``arrays.npz`` (CSR items/offsets, timestamps; read
 with ``allow_pickle=False``), ``user_ids.parquet`` / ``item_ids.parquet`` (the original ids, any
 Arrow type: no pickled object arrays) and ``meta.json`` (what the key was made of, statistics).
-Entries are written to a temporary folder and renamed into place with :func:`os.replace`, so a run
-killed mid-write leaves no entry a later run could read half of.
+Entries are written to a temporary folder, flushed to disk (``fsync``) and renamed into place with
+:func:`os.replace`, so a run killed mid-write (or a power cut) leaves no entry a later run could read
+half of. A temporary folder left by a killed save is removed by a later save or load once it is
+older than :data:`STALE_TEMPORARY_SECONDS`; an entry that cannot be read is removed and rebuilt.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,11 +28,12 @@ import pyarrow.parquet as pq
 
 from .preprocessing import SequenceData
 
-__all__ = ["CACHE_VERSION", "SequenceCache", "cache_key", "default_cache_root"]
+__all__ = ["CACHE_VERSION", "STALE_TEMPORARY_SECONDS", "SequenceCache", "cache_key", "default_cache_root"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the stored layout or the preprocessing semantics change
+CACHE_VERSION = 2  # bump when the stored layout or the preprocessing semantics change (2: CSV ids read as text)
+STALE_TEMPORARY_SECONDS = 30 * 60  # a save takes seconds; a temporary folder this old was left by a killed save
 
 
 def default_cache_root() -> str:
@@ -45,7 +49,10 @@ def _build_lock(root: Path, key: str) -> Iterator[None]:
     """An exclusive inter-process lock per cache entry (a no-op where ``fcntl`` is unavailable).
 
     The lock file lives in the temporary directory, not in the cache, so a failed build leaves the
-    cache untouched.
+    cache untouched, and it is removed when the lock is released, so lock files do not pile up
+    there (one per entry ever built). Removing a lock file others may wait on is safe with the
+    usual check: after ``flock`` succeeds, the holder verifies that the path still names the file
+    it locked; a waiter that locked a file removed meanwhile opens the new one and tries again.
     """
     try:
         import fcntl
@@ -53,12 +60,37 @@ def _build_lock(root: Path, key: str) -> Iterator[None]:
         yield
         return
     name = hashlib.sha256(f"{os.path.abspath(root)}/{key}".encode()).hexdigest()[:24]
-    with open(os.path.join(tempfile.gettempdir(), f"sasrec_lightning-{name}.lock"), "w") as handle:
+    path = os.path.join(tempfile.gettempdir(), f"sasrec_lightning-{name}.lock")
+    while True:
+        handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock is released)
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # the previous holder removed this file: lock the path's new file
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding the lock: waiters on this file will see it is gone
+        handle.close()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; folders cannot be opened on Windows."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def cache_key(source: dict, options: dict) -> str:
@@ -80,8 +112,32 @@ class SequenceCache:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+        """Remove ``.tmp-*`` folders older than ``max_age`` seconds (left by saves that were killed).
+
+        A save in progress is younger: it writes its few files within seconds.
+        """
+        removed = []
+        now = time.time()
+        for folder in self.root.glob(".tmp-*") if self.root.is_dir() else ():
+            try:
+                age = now - folder.stat().st_mtime
+            except OSError:  # removed meanwhile by another process
+                continue
+            if age > max_age:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+                log.warning("removed %s, left by an interrupted cache write", folder)
+        return removed
+
     def load(self, key: str) -> SequenceData | None:
-        """The cached entry, or ``None`` when there is none (or it cannot be read)."""
+        """The cached entry, or ``None`` when there is none; an unreadable entry is removed (and so rebuilt).
+
+        Anything that goes wrong while reading an entry (truncated or garbled files: ``EOFError``,
+        ``BadZipFile``, Arrow errors, bad JSON, inconsistent arrays) means the entry is damaged; it
+        must not stop every later run, so it is logged, removed and reported as a miss.
+        """
+        self.remove_stale_temporaries()
         folder = self.path(key)
         if not (folder / "meta.json").is_file():
             return None
@@ -92,17 +148,24 @@ class SequenceCache:
                 timestamps = arrays["timestamps"] if "timestamps" in arrays.files else None
             user_ids = pq.read_table(folder / "user_ids.parquet").column(0).to_numpy()
             item_ids = pq.read_table(folder / "item_ids.parquet").column(0).to_numpy()
-        except (OSError, ValueError, KeyError) as error:
-            log.warning("ignoring unreadable cache entry %s (%s); rebuilding", folder, error)
+            if (offsets[0] != 0 or offsets[-1] != len(items) or len(user_ids) != len(offsets) - 1
+                    or (timestamps is not None and len(timestamps) != len(items))):
+                raise ValueError(f"inconsistent arrays ({len(items)} items, {len(offsets)} offsets, "
+                                 f"{len(user_ids)} users)")
+            info = dict(meta.get("info", {}))
+        except Exception as error:  # noqa: BLE001  (any damage means: rebuild; see the docstring)
+            log.warning("removing unreadable cache entry %s (%s: %s); it will be rebuilt", folder,
+                        type(error).__name__, error)
+            shutil.rmtree(folder, ignore_errors=True)
             return None
-        info = dict(meta.get("info", {}))
         info["cache"] = {"key": key, "path": str(folder), "hit": True}
         return SequenceData(items=items, offsets=offsets, user_ids=user_ids, item_ids=item_ids,
                             timestamps=timestamps, info=info)
 
     def save(self, key: str, data: SequenceData, meta: dict | None = None) -> Path:
-        """Write an entry atomically (temporary folder, then :func:`os.replace`)."""
+        """Write an entry atomically: a temporary folder, flushed to disk, then :func:`os.replace`."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temporaries()
         folder = self.path(key)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
         try:
@@ -114,6 +177,10 @@ class SequenceCache:
             pq.write_table(pa.table({"item_id": pa.array(data.item_ids)}), temporary / "item_ids.parquet")
             info = {k: v for k, v in data.info.items() if k != "cache"}
             (temporary / "meta.json").write_text(json.dumps({**(meta or {}), "info": info}, indent=1, default=str))
+            # The rename must not reach the disk before the data: after a crash the entry would
+            # exist with empty or partial files.
+            for name in ("arrays.npz", "user_ids.parquet", "item_ids.parquet", "meta.json", "."):
+                _fsync(temporary / name)
             if folder.exists():  # a forced rebuild replaces the old entry
                 shutil.rmtree(folder, ignore_errors=True)
             try:
@@ -121,6 +188,7 @@ class SequenceCache:
             except OSError:  # another process won the race: its entry is as good as ours
                 if not (folder / "meta.json").is_file():
                     raise
+            _fsync(self.root)  # the rename itself
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return folder

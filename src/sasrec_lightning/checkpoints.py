@@ -24,8 +24,8 @@ import torch
 from .errors import CheckpointError
 
 __all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
-           "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS",
-           "data_setting_differences", "plain"]
+           "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
+           "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS", "data_setting_differences", "plain"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
@@ -230,3 +230,22 @@ def check_item_ids(checkpoint_ids, data_ids, differences: str = "") -> None:
         f"data's (internal id: checkpoint item vs data item, e.g. {examples}), so its scores "
         f"would belong to other items. {_what_differs(differences)}, or train a model on this data."
     )
+
+
+def save_rng_states(checkpoint: dict, device: torch.device) -> None:
+    """Store the torch RNG state (and the CUDA one on a GPU) in ``checkpoint``.
+
+    The torch RNG drives dropout (and sampled-softmax negatives): restoring it makes a resumed run
+    draw the same masks as an uninterrupted one. Byte tensors: ``weights_only``-safe.
+    """
+    checkpoint["torch_rng_state"] = torch.get_rng_state()
+    if device.type == "cuda":
+        checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+
+
+def restore_rng_states(checkpoint: Mapping, device: torch.device) -> None:
+    """Restore what :func:`save_rng_states` stored (checkpoints without it leave the RNG as it is)."""
+    if checkpoint.get("torch_rng_state") is not None:
+        torch.set_rng_state(checkpoint["torch_rng_state"])
+        if checkpoint.get("cuda_rng_state") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], device)

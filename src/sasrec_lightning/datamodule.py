@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from .batches import EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
+from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
-from .loaders import ResumableLoader
+from .loaders import ResumableLoader, batches_done_this_epoch
 from .options import check_data_options
 from .prediction import read_user_list
 from .preprocessing import (
@@ -30,7 +30,7 @@ from .preprocessing import (
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
 from .sources import detect_format, download, load_interactions, source_identity
-from .splits import TemporalSplit, temporal_cutoffs
+from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
 
 __all__ = ["SASRecDataModule"]
@@ -142,7 +142,8 @@ class SASRecDataModule(L.LightningDataModule):
                            synthetic_users, synthetic_items)
         self.save_hyperparameters()
         self._sequences: SequenceData | None = None
-        self._split: LeaveOneOutSplit | TemporalSplit | None = None
+        self._split: Split | None = None
+        self._popularity: np.ndarray | None = None
         self._eval: dict[str, EvalBatches] = {}
 
     # ------------------------------------------------------------------------------- the data
@@ -219,7 +220,7 @@ class SASRecDataModule(L.LightningDataModule):
         return self.sequences.num_items
 
     @property
-    def split_data(self) -> LeaveOneOutSplit | TemporalSplit:
+    def split_data(self) -> Split:
         """The train/validation/test split chosen by ``holdout``."""
         if self._split is None:
             hp = self.hparams
@@ -245,13 +246,13 @@ class SASRecDataModule(L.LightningDataModule):
         """The (cached) evaluation batches of ``val``, ``test`` or ``predict``."""
         if stage not in self._eval:
             hp = self.hparams
-            split = self.split_data
-            users = split.stage_users(stage) if isinstance(split, TemporalSplit) else None
+            users = None  # the split's users of the stage
             if stage == "predict" and hp.predict_users:
                 users = read_user_list(hp.predict_users, self.sequences.user_ids,
                                        self.sequences.info.get("filtered_users"))
-            self._eval[stage] = EvalBatches(split, stage, hp.max_len, hp.num_eval_negatives, hp.seed, users=users,
-                                        negative_sampling=hp.eval_negative_sampling)
+            self._eval[stage] = EvalBatches(self.split_data, stage, hp.max_len, hp.num_eval_negatives, hp.seed,
+                                            users=users, negative_sampling=hp.eval_negative_sampling,
+                                            popularity=self.item_popularity())
             self._report_eval_users(self._eval[stage])
         return self._eval[stage]
 
@@ -358,11 +359,12 @@ class SASRecDataModule(L.LightningDataModule):
     def _train_batches_done(self) -> int:
         """Training batches of the current epoch this rank has finished (saved in checkpoints)."""
         trainer = self.trainer
-        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return 0 if trainer is None else batches_done_this_epoch(trainer)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = TrainBatches(self.split_data, hp.max_len, hp.num_negatives, hp.seed,
+        num_negatives = hp.num_negatives if self._negatives_needed() else 0
+        dataset = TrainBatches(self.split_data, hp.max_len, num_negatives, hp.seed,
                                pad_to_max_len=not hp.length_bucketing)
         return self._loader(dataset, dataset.lengths, hp.batch_size, train=True)
 
@@ -377,6 +379,54 @@ class SASRecDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         dataset = self.eval_batches("predict")
         return self._loader(dataset, dataset.lengths, self.hparams.eval_batch_size, train=False)
+
+    # ----------------------------------------------------------------- what training asks for
+    def item_popularity(self) -> np.ndarray:
+        """Item popularity, computed once: ``(I + 1,)`` int64 training interactions per item.
+
+        The package's one definition (:func:`~sasrec_lightning.splits.training_popularity`): every
+        item of every user's training part, nothing held out. Used by the most-popular baseline,
+        ``eval_negative_sampling: popularity`` and, through ``SASRecModule.setup``, the items
+        ``recommend`` answers a sequence with no known item with. (The loss's sampling distribution
+        is the training *target* counts of :meth:`training_statistics`, see ``TrainingStatistics``.)
+        """
+        if self._popularity is None:
+            self._popularity = training_popularity(self.split_data)
+        return self._popularity
+
+    def training_statistics(self) -> TrainingStatistics:
+        """The statistics of the training data a model's loss needs, in one public call.
+
+        ``SASRecModule`` asks for them at its first training step and hands them to its loss
+        (``Loss.setup``) and to ``loss_normalization: epoch``. Item counts (how often each item is
+        a training target) are computed once; positions per batch follow this run's batch size,
+        ``max_len`` and number of processes.
+
+        Returns:
+            :class:`~sasrec_lightning.batches.TrainingStatistics`.
+        """
+        hp, split = self.hparams, self.split_data
+        if getattr(self, "_item_counts", None) is None:
+            self._item_counts = TrainBatches.item_counts(split)
+        lengths = TrainBatches.sequence_lengths(split, hp.max_len)  # (N,)
+        world_size, rank = self._world()
+        batches = len(UserBatchSampler(lengths, hp.batch_size, shuffle=True, num_replicas=world_size, rank=rank,
+                                       even=True))  # per process, as the training loader has them
+        return TrainingStatistics(self._item_counts, float(np.sum(lengths)) / max(batches * world_size, 1))
+
+    def _negatives_needed(self) -> bool:
+        """Whether the model being trained needs sampled negatives (its ``needs_negatives``; else yes)."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(model, "needs_negatives", True))
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # Batches are flat dicts; when every tensor is already on the device (CPU training) skip
+        # Lightning's generic walk over the collection (~0.1 ms a step). Here, not in the model:
+        # Lightning warns when a LightningModule overrides it while a data module is in use.
+        if isinstance(batch, dict) and all(not isinstance(value, torch.Tensor) or value.device == device
+                                           for value in batch.values()):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
 def _time(value: int | str | None, field: str) -> int | None:

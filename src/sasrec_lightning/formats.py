@@ -26,9 +26,27 @@ import pyarrow.compute as pc
 
 from .errors import DataError
 
-__all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts"]
+__all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts",
+           "integer_or_text_ids", "quote_line"]
 
 _INTEGER = r"^[+-]?\d+$"
+_PLAIN_INTEGER = r"^(0|-?[1-9][0-9]*)$"  # no sign but '-', no leading zero: the text is the number's only spelling
+
+
+def integer_or_text_ids(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Ids read as text: int64 when every id is a plain integer that fits 64 bits, else the text unchanged.
+
+    ``0042`` and ``42`` (or ``+7`` and ``7``) are different ids in a text file; reading both as the
+    number 42 would merge two users or items. Only when no id has another spelling of its number
+    (no leading zero, no ``+``) are the ids read as integers, so they sort numerically and ids
+    ``1..N`` stay ``1..N``. Ids beyond int64 keep their exact text.
+    """
+    if not pc.all(pc.match_substring_regex(values, _PLAIN_INTEGER)).as_py():
+        return values
+    try:
+        return pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:  # beyond the int64 range: the text is exact, a number would not be
+        return values
 
 
 def _lines(dataset: datasets.Dataset) -> tuple[pa.ChunkedArray, np.ndarray]:
@@ -54,21 +72,44 @@ def _split_fields(text: pa.ChunkedArray, numbers: np.ndarray, path: str, separat
     bad = _first_bad(pc.equal(pc.list_value_length(split), expected))
     if bad is not None:
         raise DataError(
-            f"{path}, line {numbers[bad]}: expected {what}, found {text[bad].as_py()!r}. "
+            f"{path}, line {numbers[bad]}: expected {what}, found {quote_line(text[bad].as_py())}. "
             "Fix or remove that line, or set --data.format if this is not the format you meant"
         )
     flat = split.flatten()
     return [flat[i::expected] for i in range(expected)]
 
 
-def _integers(field: pa.Array, numbers: np.ndarray, path: str, name: str, line_format: str) -> pa.Array:
+def quote_line(text: str, limit: int = 80) -> str:
+    """``repr`` of a line for an error message, shortened: a binary file's "line" can be megabytes long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f" ... ({len(text)} characters)"
+
+
+def _integers(field: pa.Array, numbers: np.ndarray, path: str, name: str, line_format: str,
+              ids: bool = False) -> pa.Array:
+    """A field that must be an integer on every line: int64 (ids: see :func:`integer_or_text_ids`)."""
     bad = _first_bad(pc.match_substring_regex(field, _INTEGER))
     if bad is not None:
         raise DataError(
-            f"{path}, line {numbers[bad]}: {name} {field[bad].as_py()!r} is not an integer; every line must "
-            f"be {line_format}"
+            f"{path}, line {numbers[bad]}: {name} {quote_line(field[bad].as_py())} is not an integer; every line "
+            f"must be {line_format}"
         )
-    return pc.cast(field, pa.int64())
+    if ids:
+        return integer_or_text_ids(field)
+    try:
+        return pc.cast(field, pa.int64())
+    except pa.ArrowInvalid:  # more digits than int64 holds
+        digits = pc.utf8_length(pc.utf8_ltrim(pc.utf8_ltrim(field, "+-"), "0"))  # significant digits
+        bad = 0
+        for row in np.flatnonzero(pc.greater_equal(digits, 19).to_numpy(zero_copy_only=False)):  # the candidates
+            try:
+                pc.cast(field.slice(int(row), 1), pa.int64())
+            except pa.ArrowInvalid:
+                bad = int(row)
+                break
+        raise DataError(
+            f"{path}, line {numbers[bad]}: {name} {field[bad].as_py()!r} is beyond the 64-bit integer range "
+            f"(-9223372036854775808 .. 9223372036854775807); every line must be {line_format}"
+        ) from None
 
 
 def parse_sasrec_lines(dataset: datasets.Dataset, path: str) -> pa.Table:
@@ -77,8 +118,8 @@ def parse_sasrec_lines(dataset: datasets.Dataset, path: str) -> pa.Table:
     line_format = "two whitespace-separated integers 'user item'"
     users, items = _split_fields(text, numbers, path, r"\s+", True, 2, line_format)
     return pa.table({
-        "user": _integers(users, numbers, path, "user", line_format),
-        "item": _integers(items, numbers, path, "item", line_format),
+        "user": _integers(users, numbers, path, "user", line_format, ids=True),
+        "item": _integers(items, numbers, path, "item", line_format, ids=True),
         "line": pa.array(numbers, pa.int64()),
     })
 
@@ -89,8 +130,8 @@ def parse_movielens_lines(dataset: datasets.Dataset, path: str) -> pa.Table:
     line_format = "'UserID::MovieID::Rating::Timestamp' (MovieLens ratings.dat)"
     users, items, ratings, times = _split_fields(text, numbers, path, "::", False, 4, line_format)
     return pa.table({
-        "user": _integers(users, numbers, path, "UserID", line_format),
-        "item": _integers(items, numbers, path, "MovieID", line_format),
+        "user": _integers(users, numbers, path, "UserID", line_format, ids=True),
+        "item": _integers(items, numbers, path, "MovieID", line_format, ids=True),
         "rating": pc.cast(_integers(ratings, numbers, path, "Rating", line_format), pa.float64()),
         "timestamp": _integers(times, numbers, path, "Timestamp", line_format),
         "line": pa.array(numbers, pa.int64()),

@@ -8,6 +8,9 @@ would see those batches twice and the remaining ones with the wrong batch indice
 The state is two integers (checkpoint-safe under ``torch.load(weights_only=True)``): the epoch and
 how many batches of it this rank finished. The count comes from the trainer's progress tracker,
 not from the iterator, because Lightning fetches a batch ahead of the one being trained on.
+Lightning has no public API for that count, so :func:`batches_done_this_epoch` is the package's
+only access to a private Lightning attribute, and ``tests/test_resume.py`` fails loudly when
+Lightning changes it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 from torch.utils.data import DataLoader
 
 from .batches import UserBatchSampler
 
-__all__ = ["ResumableLoader"]
+__all__ = ["ResumableLoader", "batches_done_this_epoch"]
 
 
 class ResumableLoader(DataLoader):
@@ -28,7 +32,7 @@ class ResumableLoader(DataLoader):
     Args:
         *args: passed to ``DataLoader``; ``sampler`` must be a :class:`UserBatchSampler`.
         batches_done: returns how many batches of the current epoch were trained on (e.g. from
-            ``trainer.fit_loop.epoch_loop.batch_progress``); ``None`` saves 0 (resume at the epoch start).
+            :func:`batches_done_this_epoch`); ``None`` saves 0 (resume at the epoch start).
         **kwargs: passed to ``DataLoader``.
     """
 
@@ -44,3 +48,24 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.skip_once(state["epoch"], state["batches_done"])
+
+
+def batches_done_this_epoch(trainer: L.Trainer) -> int:
+    """Training batches of the current epoch this rank has finished (its optimizer step included).
+
+    Reads Lightning's private progress tracker (``fit_loop.epoch_loop.batch_progress``): the
+    trainer exposes no public count that is exact under gradient accumulation and restarts, and a
+    callback counting ``on_train_batch_end`` would have to run before every checkpointing
+    callback. Kept in this one function so a Lightning upgrade that moves it fails here, by name.
+
+    Raises:
+        RuntimeError: this Lightning version keeps the count elsewhere.
+    """
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+    except AttributeError as error:
+        raise RuntimeError(
+            f"Lightning {L.__version__} has no trainer.fit_loop.epoch_loop.batch_progress.current.processed, which "
+            "sasrec_lightning.loaders.batches_done_this_epoch reads to resume a run mid-epoch; update that function "
+            "for this Lightning version"
+        ) from error

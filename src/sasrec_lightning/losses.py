@@ -1,24 +1,28 @@
 """Training losses on the hidden states of non-padded positions.
 
-Every loss takes the hidden states already gathered at real positions, so no work is spent on
-padding, and computes in fp32 even under mixed precision. All share one call signature,
-``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None, rows=None) ->
-scalar`` (the generator seeds negatives a loss samples itself; ``rows`` is the sequence of each
-position, for negatives shared per sequence), and are chosen by the
-module's single ``loss`` field:
+Every loss is a :class:`Loss`: it takes the hidden states already gathered at real positions, so
+no work is spent on padding, computes in fp32 even under mixed precision, and has one call
+signature, ``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None,
+rows=None) -> scalar`` (the generator seeds negatives a loss samples itself; ``rows`` is the
+sequence of each position, for negatives shared per sequence). The module's ``loss`` field names
+one of :data:`LOSSES`:
 
 * ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
 * ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``;
+* ``bpr`` — Bayesian personalized ranking (Rendle et al., UAI 2009), the same negatives;
 * ``sampled_softmax`` — softmax over the positive and ``M`` negatives shared by the whole batch or
   by each sequence (uniform, popularity-proportional or in-batch mixed with uniform) with logQ
   correction;
 * ``ce`` — exact softmax over the whole catalogue, item-chunked (:mod:`.chunked_ce`).
+
+Adding a loss is one :class:`Loss` subclass under ``@register_loss("name")`` (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +31,98 @@ from torch import Tensor, nn
 from .chunked_ce import Workspace, chunked_cross_entropy
 from .encoder import SASRec
 
+if TYPE_CHECKING:
+    from .batches import TrainingStatistics
+
 __all__ = [
+    "Loss",
+    "LOSSES",
+    "LossName",
+    "register_loss",
+    "build_loss",
     "bce_loss",
     "gbce_loss",
     "gbce_beta",
+    "bpr_loss",
     "sampled_softmax_loss",
     "BCELoss",
     "GBCELoss",
+    "BPRLoss",
     "SampledSoftmaxLoss",
     "FullCrossEntropyLoss",
-    "LOSSES",
-    "build_loss",
 ]
 
 Sampling = Literal["uniform", "popularity", "in_batch"]
+
+
+class Loss(nn.Module):
+    """Base class of the training losses: the call signature plus three optional hooks.
+
+    Class attributes and hooks a loss may override:
+
+    * ``needs_negatives``: the training batches carry ``data.num_negatives`` sampled negatives per
+      position; when ``False`` the data module draws none and ``negatives`` is ``(N, 0)``;
+    * :meth:`from_options`: build the loss from the module's options (``SASRecModule`` fields);
+    * :meth:`setup`: take what the loss needs from the training data before the first step;
+    * :meth:`release_memory`: let go of memory kept between training steps.
+    """
+
+    needs_negatives: ClassVar[bool] = False
+
+    @classmethod
+    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> Loss:
+        """The loss for ``num_items`` items from the module's options (by default: no options)."""
+        return cls()
+
+    def setup(self, statistics: TrainingStatistics | None) -> None:
+        """Called before the first training step with the data module's ``training_statistics()``.
+
+        Args:
+            statistics: item counts and positions per batch, or ``None`` when the training data
+                does not come from a data module that provides them.
+        """
+
+    def release_memory(self) -> None:
+        """Free memory kept from step to step (called after training and before evaluation)."""
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
+        """The mean loss over positions.
+
+        Args:
+            encoder: the model (item vectors: ``score_items``, ``item_vectors``, ``output_weight``).
+            hidden: ``(N, d)`` hidden states at real positions, row-major.
+            targets: ``(N,)`` next items.
+            negatives: ``(N, k)`` sampled negatives (``k = 0`` unless ``needs_negatives``).
+            generator: seeds whatever the loss samples itself (one per training batch).
+            rows: ``(N,)`` batch row (sequence) of each position.
+
+        Returns:
+            Scalar loss.
+        """
+        raise NotImplementedError
+
+
+LOSSES: dict[str, type[Loss]] = {}
+
+
+def register_loss(name: str) -> Callable[[type[Loss]], type[Loss]]:
+    """Class decorator: make a :class:`Loss` selectable as ``--model.loss name``."""
+
+    def register(cls: type[Loss]) -> type[Loss]:
+        if name in LOSSES and LOSSES[name] is not cls:
+            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].__qualname__})")
+        LOSSES[name] = cls
+        return cls
+
+    return register
+
+
+def build_loss(name: str, num_items: int, **options: Any) -> Loss:
+    """The registered loss ``name`` for ``num_items`` items, configured from ``options`` (module fields)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[name].from_options(num_items, options)
 
 
 def _target_and_negative_scores(encoder: SASRec, hidden: Tensor, targets: Tensor,
@@ -112,6 +194,25 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
         return (per_position / (negatives.size(-1) + 1)).mean()
 
 
+def bpr_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Bayesian personalized ranking (Rendle et al., UAI 2009): ``-log sigma(r_pos - r_neg)``.
+
+    Averaged over each position's ``k`` negatives, then over positions.
+
+    Args:
+        encoder: the model.
+        hidden: ``(N, d)`` hidden states at real positions.
+        targets: ``(N,)`` next items.
+        negatives: ``(N, k)`` sampled negatives.
+
+    Returns:
+        Scalar loss.
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        positive, negative = _target_and_negative_scores(encoder, hidden.float(), targets, negatives)  # (N,), (N, k)
+        return F.softplus(negative - positive.unsqueeze(-1)).mean()  # softplus(-x) = -log sigma(x)
+
+
 def sequence_scores(hidden: Tensor, rows: Tensor, vectors: Tensor) -> Tensor:
     """Score each position against the item vectors of its own sequence in one batched matmul.
 
@@ -172,16 +273,22 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
         return (torch.logsumexp(logits, dim=-1) - positive).mean()
 
 
-class BCELoss(nn.Module):
+@register_loss("bce")
+class BCELoss(Loss):
     """``bce``: the paper's loss with the data module's ``k`` negatives per position."""
+
+    needs_negatives = True
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         return bce_loss(encoder, hidden, targets, negatives)
 
 
-class GBCELoss(nn.Module):
-    """``gbce``: generalized BCE with calibration ``t`` and the data module's ``k`` negatives."""
+@register_loss("gbce")
+class GBCELoss(Loss):
+    """``gbce``: generalized BCE with calibration ``t`` (``gbce_t``) and the data module's ``k`` negatives."""
+
+    needs_negatives = True
 
     def __init__(self, t: float = 0.75) -> None:
         super().__init__()
@@ -189,12 +296,28 @@ class GBCELoss(nn.Module):
             raise ValueError(f"gbce_t must be in [0, 1], got {t}")
         self.t = t
 
+    @classmethod
+    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> GBCELoss:
+        return cls(options.get("gbce_t", 0.75))
+
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         return gbce_loss(encoder, hidden, targets, negatives, self.t)
 
 
-class SampledSoftmaxLoss(nn.Module):
+@register_loss("bpr")
+class BPRLoss(Loss):
+    """``bpr``: pairwise ranking of the target above each of the data module's ``k`` negatives."""
+
+    needs_negatives = True
+
+    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
+        return bpr_loss(encoder, hidden, targets, negatives)
+
+
+@register_loss("sampled_softmax")
+class SampledSoftmaxLoss(Loss):
     """``sampled_softmax``: ``num_negatives`` sampled negatives shared by the batch or by each sequence.
 
     Args:
@@ -232,6 +355,23 @@ class SampledSoftmaxLoss(nn.Module):
         counts = torch.ones(num_items + 1, dtype=torch.float64)
         counts[0] = 0
         self.register_buffer("frequencies", counts, persistent=False)
+
+    @classmethod
+    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> SampledSoftmaxLoss:
+        return cls(num_items, options.get("sampled_negatives", 3000), options.get("negative_sampling", "uniform"),
+                   options.get("in_batch_fraction", 0.5), options.get("logq_correction", True),
+                   options.get("negative_sharing", "batch"))
+
+    def setup(self, statistics: TrainingStatistics | None) -> None:
+        """Popularity and in-batch sampling: the training target counts (``statistics.item_counts``)."""
+        if self.sampling == "uniform":
+            return
+        if statistics is None:
+            raise ValueError(
+                f"negative_sampling={self.sampling!r} needs item frequencies from a data module with "
+                "training_statistics() (SASRecDataModule); use negative_sampling: uniform otherwise"
+            )
+        self.set_frequencies(torch.from_numpy(statistics.item_counts))
 
     def set_frequencies(self, counts: Tensor) -> None:
         """Item counts ``(I + 1,)`` that define popularity sampling and the in-batch logQ."""
@@ -278,13 +418,24 @@ class SampledSoftmaxLoss(nn.Module):
                                     log_q.float() if self.logq_correction else None, rows)
 
 
-class FullCrossEntropyLoss(nn.Module):
-    """``ce``: exact softmax over every item, item-chunked so memory stays bounded."""
+@register_loss("ce")
+class FullCrossEntropyLoss(Loss):
+    """``ce``: exact softmax over every item, item-chunked (``ce_chunk_size``) so memory stays bounded."""
 
     def __init__(self, chunk_size: int = 65536) -> None:
         super().__init__()
+        if chunk_size < 1:
+            raise ValueError(f"ce_chunk_size must be at least 1, got {chunk_size}")
         self.chunk_size = chunk_size
         self.workspace = Workspace()  # the (N, C) logits block, reused from step to step
+
+    @classmethod
+    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> FullCrossEntropyLoss:
+        return cls(options.get("ce_chunk_size", 65536))
+
+    def release_memory(self) -> None:
+        """Let go of the kept logits block (up to ~1 GB on Beauty) until the next training step."""
+        self.workspace.clear()
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
@@ -293,24 +444,5 @@ class FullCrossEntropyLoss(nn.Module):
                                          self.workspace)
 
 
-LOSSES = {"bce": BCELoss, "gbce": GBCELoss, "sampled_softmax": SampledSoftmaxLoss, "ce": FullCrossEntropyLoss}
-
-
-def build_loss(name: str, num_items: int, gbce_t: float = 0.75, sampled_negatives: int = 3000,
-               negative_sampling: Sampling = "uniform", in_batch_fraction: float = 0.5,
-               logq_correction: bool = True, ce_chunk_size: int = 65536,
-               negative_sharing: Literal["batch", "sequence"] = "batch") -> nn.Module:
-    """The loss module named ``name`` with its options (the module's config fields)."""
-    if name == "bce":
-        return BCELoss()
-    if name == "gbce":
-        return GBCELoss(gbce_t)
-    if name == "sampled_softmax":
-        return SampledSoftmaxLoss(num_items, sampled_negatives, negative_sampling, in_batch_fraction, logq_correction,
-                                  negative_sharing)
-    if name == "ce":
-        if ce_chunk_size < 1:
-            raise ValueError(f"ce_chunk_size must be at least 1, got {ce_chunk_size}")
-        return FullCrossEntropyLoss(ce_chunk_size)
-    raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-
+# The names ``--model.loss`` accepts, from the registry (validated when the command line is parsed).
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]

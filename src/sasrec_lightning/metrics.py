@@ -7,7 +7,7 @@ The rank is pessimistic, so a broken model never scores well:
 
 - Ties count against the target: a candidate scoring exactly the target's score ranks above it, so
   a constant model gets the worst rank (the number of valid candidates). This needs the target and
-  its competitors scored by the same computation (``SASRecModule.full_ranks`` takes care of it).
+  its competitors scored by the same computation (``ranking.full_ranks`` takes care of it).
 - A NaN candidate score counts against the target (as a tie would).
 - A non-finite target score (NaN, +inf or -inf) ranks the target last among the valid candidates: a
   diverged model gets HR = NDCG = 0 and MRR = 1 / (candidates + 1), never a perfect score.
@@ -61,7 +61,11 @@ def rank_of_target(scores: Tensor, target_scores: Tensor, valid: Tensor | None =
 
 
 def ranking_metrics(ranks: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
-    """Per-user metrics from ranks: ``{"hr@K": (B,), "ndcg@K": (B,), "mrr": (B,)}``."""
+    """Per-user metrics from ranks: ``{"hr@K": (B,), "ndcg@K": (B,), "mrr": (B,)}``.
+
+    Every rank-based metric is one entry here: :class:`RankingMetrics` sums and reports each key
+    (with its prefix), so a new metric is one more line in this function.
+    """
     ranks = ranks.to(torch.float64)
     out = {}
     for k in ks:
@@ -93,7 +97,7 @@ class RankingMetrics(Metric):
             raise ValueError(f"cut-offs must be positive integers, got {list(ks)}")
         self.ks = tuple(int(k) for k in ks)
         self.prefix = prefix
-        self.names = [f"{name}@{k}" for k in self.ks for name in ("hr", "ndcg")] + ["mrr"]
+        self.names = list(ranking_metrics(torch.zeros(1), self.ks))  # a metric added there is reported here
         self.add_state("sums", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("nonfinite", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import weakref
+import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .checkpoints import check_item_ids, check_state_shapes, data_setting_differences
+from .batches import TrainingStatistics
+from .callbacks import RowGradients
+from .checkpoints import (
+    check_item_ids,
+    check_state_shapes,
+    data_setting_differences,
+    restore_rng_states,
+    save_rng_states,
+)
 from .encoder import SASRec
-from .losses import LOSSES, SampledSoftmaxLoss, build_loss
-from .metrics import RankingMetrics, beats_target, rank_of_target
+from .losses import LossName, build_loss
+from .metrics import RankingMetrics
 from .options import check_model_options
+from .ranking import full_ranks, sampled_ranks
 from .recommend import Recommendations, recommend, top_k_scores
-from .row_grad import RowGradient
-from .sampling import item_counts
 from .vocabulary import ItemVocabulary
 
 __all__ = ["SASRecModule"]
@@ -40,12 +46,17 @@ class SASRecModule(L.LightningModule):
         share_item_embedding: score with the input item embedding (ablation switch).
         use_residual: residual connections (ablation switch).
         init: weight initialization: ``normal`` (``N(0, init_std^2)``, as BERT / RecBole / the RecSys
-            2023 SASRec code) or ``xavier`` (the original TF code and the common PyTorch port).
+            2023 SASRec code), ``xavier`` (Xavier-normal, the common PyTorch port) or ``xavier_uniform``
+            (Glorot-uniform, TF1's default and so the authors' code).
         init_std: standard deviation of ``init: normal``.
-        loss: training loss: ``bce`` (the paper's, ``data.num_negatives`` negatives per position),
-            ``gbce`` (gSASRec's generalized BCE, same negatives), ``sampled_softmax`` (softmax over
-            ``sampled_negatives`` negatives shared by the batch or each sequence) or ``ce`` (exact full softmax,
-            item-chunked).
+        block_layout: ``paper`` (the paper's equations: pre-LayerNorm sub-layers with residuals on the
+            un-normalized input, an attention output projection) or ``reference`` (what the authors'
+            code computes: keys and values from the un-normalized input, no output projection,
+            residuals on the normalized input); see ``docs/reproducing.md``.
+        loss: training loss, a name from ``losses.LOSSES``: ``bce`` (the paper's, ``data.num_negatives``
+            negatives per position), ``gbce`` (gSASRec's generalized BCE, same negatives), ``bpr``
+            (pairwise ranking, same negatives), ``sampled_softmax`` (softmax over ``sampled_negatives``
+            negatives shared by the batch or each sequence) or ``ce`` (exact full softmax, item-chunked).
         gbce_t: gBCE calibration parameter ``t`` in ``[0, 1]`` (gSASRec default 0.75).
         sampled_negatives: negatives per batch (or per sequence) for ``sampled_softmax`` (e.g. 3000).
         negative_sampling: ``sampled_softmax`` negatives: ``uniform``, ``popularity`` (training
@@ -61,8 +72,8 @@ class SASRecModule(L.LightningModule):
             weighs the same across the epoch, also when length bucketing makes batches of short
             sequences); ``batch`` takes the mean over the batch's positions (the reference code,
             where a position in a batch of short sequences weighs more). With random batches the
-            two agree in expectation. ``epoch`` needs a training dataset with per-sample
-            ``lengths`` (ours); other data falls back to ``batch`` with a warning.
+            two agree in expectation. ``epoch`` needs the data module's ``training_statistics()``
+            (``SASRecDataModule``); other training data falls back to ``batch`` with a warning.
         lr: Adam learning rate (paper: 0.001).
         betas: Adam betas (the original code uses (0.9, 0.98)).
         weight_decay: Adam weight decay on all parameters.
@@ -76,6 +87,10 @@ class SASRecModule(L.LightningModule):
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking (bounds memory; 4096 keeps each
             users x items block cache-sized: 3x faster than 65536 on Beauty, docs/performance.md).
+        pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
+            (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
+        row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training
+            (``row_grad.py``); ``auto``: on CPU only; ``false``: ordinary dense embedding gradients.
     """
 
     def __init__(
@@ -89,9 +104,10 @@ class SASRecModule(L.LightningModule):
         use_positional: bool = True,
         share_item_embedding: bool = True,
         use_residual: bool = True,
-        init: Literal["normal", "xavier"] = "normal",
+        init: Literal["normal", "xavier", "xavier_uniform"] = "normal",
         init_std: float = 0.02,
-        loss: Literal["bce", "gbce", "sampled_softmax", "ce"] = "bce",
+        block_layout: Literal["paper", "reference"] = "paper",
+        loss: LossName = "bce",
         gbce_t: float = 0.75,
         sampled_negatives: int = 3000,
         negative_sampling: Literal["uniform", "popularity", "in_batch"] = "uniform",
@@ -110,47 +126,32 @@ class SASRecModule(L.LightningModule):
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
         eval_chunk_size: int = 4096,
+        pooled_dropout: bool | Literal["auto"] = "auto",
+        row_gradients: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
                             top_k, eval_chunk_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
-        self.model = SASRec(
-            num_items=num_items,
-            max_len=max_len,
-            hidden_size=hidden_size,
-            num_blocks=num_blocks,
-            num_heads=num_heads,
-            dropout=dropout,
-            use_positional=use_positional,
-            share_item_embedding=share_item_embedding,
-            use_residual=use_residual,
-            init=init,
-            init_std=init_std,
-        )
-        self.loss_fn = build_loss(
-            loss, num_items, gbce_t=gbce_t, sampled_negatives=sampled_negatives,
-            negative_sampling=negative_sampling, in_batch_fraction=in_batch_fraction,
-            logq_correction=logq_correction, ce_chunk_size=ce_chunk_size, negative_sharing=negative_sharing,
-        )
+        # The encoder and the loss each take their own options from the fields above, by name.
+        encoder_options = inspect.signature(SASRec).parameters
+        self.model = SASRec(**{name: value for name, value in self.hparams.items() if name in encoder_options})
+        self.loss_fn = build_loss(loss, **self.hparams)
+        self.needs_negatives = self.loss_fn.needs_negatives  # read by the data module: draw negatives or not
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
         self.test_metrics = RankingMetrics(top_k, prefix="test/")
-        # Served with the weights: interaction counts (empty-history fallback of ``recommend``) and,
-        # in the checkpoint, the original item ids (see ``on_save_checkpoint``).
+        # Served with the weights: training interactions per item (the data module's ``item_popularity()``,
+        # the empty-history fallback of ``recommend``) and, in the checkpoint, the original item ids.
         self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
         self.item_vocabulary: ItemVocabulary | None = None
         # What ``predict_step`` returns; the prediction writer sets them from its config
         # (``--prediction.k``), since LightningCLI takes model hyper-parameters from ``--ckpt_path``.
         self.predict_k = 10
         self.predict_exclude_seen = True
-        self._row_grads: list[RowGradient] | None = None  # installed while training (on_train_start)
-        self._positions_per_batch: float | None = None  # loss_normalization: epoch (see _epoch_normalizer)
-        self._normalizer_loader: weakref.ref | None = None  # the training loader it was computed for
+        self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
 
@@ -171,123 +172,53 @@ class SASRecModule(L.LightningModule):
             generator = torch.Generator(device=hidden.device).manual_seed(int(batch["sample_seed"]))
         loss = self.loss_fn(
             self.model, hidden.reshape(-1, hidden.size(-1)).index_select(0, real), targets.reshape(-1)[real],
-            negatives.reshape(-1, negatives.size(-1))[real], generator, rows,
+            negatives.flatten(0, 1)[real], generator, rows,
         )
         self._log_train_loss(loss.detach(), batch_idx)
-        positions_per_batch = self._epoch_normalizer()
-        if positions_per_batch is not None:  # position mean -> sum / epoch-mean positions per batch
-            loss = loss * (rows.numel() / positions_per_batch)
+        if self.statistics is not None and self.hparams.get("loss_normalization", "batch") == "epoch":
+            # position mean -> sum / epoch-mean positions per batch (checkpoints from before the option: batch)
+            loss = loss * (rows.numel() / self.statistics.positions_per_batch)
         if self.hparams.l2_emb:
             loss = loss + self.hparams.l2_emb * self.model.item_embedding.weight.square().sum() / 2
         return loss
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # Batches are flat dicts; when every tensor is already on the device (CPU training) skip
-        # Lightning's generic walk over the collection (~0.1 ms a step).
-        if isinstance(batch, dict) and all(not isinstance(value, Tensor) or value.device == device
-                                           for value in batch.values()):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def _log_train_loss(self, loss: Tensor, batch_idx: int) -> None:
-        """Log ``train/loss``: the per-position loss averaged over the steps since the last log.
+        """Log ``train/loss``, the per-position loss averaged over the steps since it was last logged.
 
-        ``self.log`` costs Lightning ~1-2 ms of Python per call (about 8 % of a CPU step on Amazon
-        data, docs/performance.md), so the loss is summed on the device every step and logged only
-        on the steps Lightning writes to its loggers (every ``trainer.log_every_n_steps``) and on the
-        epoch's last batch. The logged value is the mean over those steps, not one batch's loss.
+        ``self.log`` costs ~1-2 ms of Python a call (~8 % of a CPU step on Amazon, docs/performance.md), so
+        the loss is summed on the device and logged only every ``trainer.log_every_n_steps`` steps
+        and at the epoch's last batch.
         """
         if batch_idx == 0:  # a new epoch starts a new mean
             self._train_loss_sum, self._train_loss_steps = None, 0
         total = self._train_loss_sum
         self._train_loss_sum = loss if total is None else total + loss
         self._train_loss_steps += 1
-        trainer = self._trainer
-        if trainer is None:  # a direct training_step call: nothing to log to
+        if self._trainer is None:  # a direct training_step call: nothing to log to
             return
-        every = trainer.log_every_n_steps
-        last = batch_idx + 1 >= trainer.num_training_batches
+        every, last = self.trainer.log_every_n_steps, batch_idx + 1 >= self.trainer.num_training_batches
         if last or (every > 0 and (self.global_step + 1) % every == 0):
             self.log("train/loss", self._train_loss_sum / self._train_loss_steps, prog_bar=True, batch_size=1)
             self._train_loss_sum, self._train_loss_steps = None, 0
 
-    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        # The item tables keep one dense gradient buffer each, written and cleared row by row
-        # (row_grad.py): a step touches a few thousand rows, and dense per-lookup gradients cost
-        # about a quarter of a CPU training step. Every other parameter is zeroed as usual.
-        if self._row_grads is None:  # an override of on_train_start skipped ours: install now
-            self._install_row_gradients()
-        buffers = [row_grad.parameter.grad for row_grad in self._row_grads]
-        optimizer.zero_grad()
-        # Under DDP the all-reduce writes rows that other processes touched: clear everything.
-        full = self._trainer is not None and self.trainer.world_size > 1
-        for row_grad, buffer in zip(self._row_grads, buffers, strict=True):
-            row_grad.parameter.grad = buffer
-            row_grad.zero_(full=full)
-
-    def _install_row_gradients(self) -> None:
-        if self._row_grads is not None:  # still installed (e.g. a fit that raised before on_train_end)
-            return
-        tables = {id(p): p for p in (self.model.item_embedding.weight, self.model.output_weight)}
-        self._row_grads = [RowGradient(table) for table in tables.values()]
-        self.model.use_row_gradients(tuple(self._row_grads))
-
-    def on_train_start(self) -> None:
-        # Before the first forward pass: Lightning calls optimizer_zero_grad between a step's forward
-        # and backward, so installing there would leave the first step with dense lookups.
-        self._install_row_gradients()
-
-    def _epoch_normalizer(self) -> float | None:
-        """``loss_normalization: epoch``: mean positions per training batch, else None.
-
-        Computed on the first training step of each training loader (not in ``on_train_start``,
-        which subclasses may override without calling ``super()``) and kept for that loader. None
-        without a trainer (a direct ``training_step`` call): the per-batch mean.
-        """
-        if self._trainer is None or self.hparams.get("loss_normalization", "batch") != "epoch":
-            return None  # (checkpoints from before the option have none: batch)
-        loader = self.trainer.train_dataloader
-        if loader is not None and (self._normalizer_loader is None or self._normalizer_loader() is not loader):
-            self._normalizer_loader = weakref.ref(loader)  # not id(): a later loader may reuse a freed one's id
-            self._positions_per_batch = self._mean_positions_per_batch(loader)
-        return self._positions_per_batch
-
-    def _mean_positions_per_batch(self, loader) -> float | None:
-        """Real (non-padded) positions per training batch, averaged over an epoch of every process."""
-        lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
-        if lengths is None or len(loader) == 0:
-            rank_zero_warn("loss_normalization='epoch' needs a training dataset with per-sample `lengths` "
-                           "(SASRecDataModule's has them); this one has none, so each batch's loss is the mean "
-                           "over its positions (loss_normalization='batch').")
-            return None
-        return float(np.sum(lengths)) / (len(loader) * self.trainer.world_size)
-
-    def on_train_end(self) -> None:
-        # Back to ordinary dense gradients for any later use of the encoder outside this loop.
-        for row_grad in self._row_grads or ():
-            row_grad.remove()
-        self._row_grads = None
-        self.model.use_row_gradients(())
-        self._release_loss_memory()
-
-    def _release_loss_memory(self) -> None:
-        """Let go of the ``ce`` loss's kept logits block (up to ~1 GB on Beauty) until the next training step."""
-        workspace = getattr(self.loss_fn, "workspace", None)
-        if workspace is not None:
-            workspace.clear()
+    def configure_callbacks(self) -> list[L.Callback]:
+        # The row-gradient lifecycle is one callback's (callbacks.py); for fit only, else test would replace it.
+        switch = self.hparams.get("row_gradients", "auto")
+        off = switch is False or (self._trainer is not None and self.trainer.state.fn != "fit")
+        return [] if off else [RowGradients(switch)]
 
     def on_fit_start(self) -> None:
-        # Popularity / in-batch sampled softmax needs the training item frequencies.
-        if isinstance(self.loss_fn, SampledSoftmaxLoss) and self.hparams.negative_sampling != "uniform":
-            split = getattr(self.trainer.datamodule, "split_data", None)
-            if split is None:
-                raise ValueError(
-                    f"negative_sampling={self.hparams.negative_sampling!r} needs item frequencies from a data "
-                    "module with `split_data` (SASRecDataModule); use negative_sampling: uniform otherwise"
-                )
-            # Frequencies of training targets: what in-batch negatives are drawn from.
-            counts = item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
-            self.loss_fn.set_frequencies(torch.from_numpy(counts))
+        # What the loss and `loss_normalization: epoch` need, from the data module's one public method.
+        datamodule = self.trainer.datamodule
+        self.statistics = datamodule.training_statistics() if hasattr(datamodule, "training_statistics") else None
+        if self.statistics is None and self.hparams.get("loss_normalization") == "epoch":
+            rank_zero_warn("loss_normalization='epoch' needs a data module with training_statistics() "
+                           "(SASRecDataModule); without one each batch's loss is the mean over its positions "
+                           "(loss_normalization='batch').")
+        self.loss_fn.setup(self.statistics)
+
+    def on_train_end(self) -> None:
+        self.loss_fn.release_memory()
 
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
@@ -306,94 +237,31 @@ class SASRecModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
     # --------------------------------------------------------------------------------- evaluation
-    def target_ranks(self, batch: dict[str, Tensor]) -> Tensor:
-        """0-based rank of each held-out item under the configured protocol: ``(B,)``.
+    def target_ranks(self, batch: dict[str, Tensor], return_target_scores: bool = False):
+        """0-based rank of each held-out item under the configured protocol: ``(B,)`` (and its ``(B,)`` score).
 
         Ties and NaN scores count against the target and a non-finite target ranks last
-        (:mod:`~sasrec_lightning.metrics`), so a constant or diverged model gets the worst rank.
+        (:mod:`~sasrec_lightning.ranking`), so a constant or diverged model gets the worst rank.
         """
-        return self._ranks_and_target_scores(batch)[0]
-
-    def _ranks_and_target_scores(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(B,)`` ranks and the ``(B,)`` target scores they were compared with."""
         if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler): nothing to score
-            return batch["targets"].clone(), torch.zeros(0, device=batch["targets"].device)
-        hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
-        # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            if self.hparams.eval_protocol == "sampled":
-                # Target (column 0) and negatives in one elementwise product and sum, so equal item
-                # vectors give bit-equal scores and a tie counts against the target.
-                scores = self.model.score_items(hidden, batch["candidates"])  # (B, 1 + n)
-                return rank_of_target(scores[:, 1:], scores[:, 0]), scores[:, 0]
-            return self.full_ranks(hidden, batch, return_target_scores=True)
-
-    def full_ranks(self, hidden: Tensor, batch: dict[str, Tensor], return_target_scores: bool = False):
-        """Rank of the target among all items, scored in chunks so memory stays bounded.
-
-        The target's score comes from the same kind of matrix product as its competitors': every
-        product has the shape ``(max(B, 2), d) x (d, chunk)`` (the last chunk overlaps the one before
-        it instead of being narrower), because a product of another shape, or the elementwise
-        ``score_items``, can round the same dot product differently and break an exact tie in the
-        target's favour. Two rows at least: a one-row product runs as a matrix-vector product,
-        which rounds columns differently (measured on CPU).
-
-        Args:
-            hidden: ``(B, d)`` fp32 hidden states.
-            batch: evaluation batch with ``targets`` ``(B,)`` and ``seen_rows``/``seen_items`` ``(S,)``.
-            return_target_scores: also return the ``(B,)`` target scores.
-
-        Returns:
-            ``(B,)`` int64 ranks (and the target scores when asked).
-        """
-        targets = batch["targets"]  # (B,)
-        size = targets.size(0)
-        seen_rows, seen_items = batch["seen_rows"], batch["seen_items"]  # (S,), (S,)
-        if self.hparams.exclude_seen:
-            keep = seen_items != targets[seen_rows]  # (S,) the target itself stays rankable
-            seen_rows, seen_items = seen_rows[keep], seen_items[keep]
-        weight = self.model.output_weight.float()  # (I + 1, d), row 0 = padding
-        rows_total = weight.size(0)
-        chunk = max(1, min(self.hparams.eval_chunk_size, rows_total))
-        # Chunk starts; the last chunk ends at the table's end and overlaps its predecessor.
-        starts = list(range(0, rows_total - chunk, chunk)) + [rows_total - chunk]
-        queries = hidden if size > 1 else hidden.expand(2, -1)  # (max(B, 2), d)
-
-        if len(starts) == 1:
-            target_scores = None  # taken from the only chunk below
-        else:  # the targets' vectors in blocks of the chunk's shape, zero-filled
-            target_scores = torch.empty(size, dtype=hidden.dtype, device=hidden.device)
-            for first in range(0, size, chunk):
-                last = min(first + chunk, size)
-                block = weight.new_zeros(chunk, weight.size(1))  # (chunk, d)
-                block[: last - first] = weight[targets[first:last]]
-                picked = torch.arange(first, last, device=hidden.device)
-                target_scores[first:last] = (queries @ block.T)[picked, picked - first]  # (chunk_rows,)
-
-        ranks = torch.zeros_like(targets)
-        done = 0  # item ids below this were counted by an earlier chunk
-        for start in starts:
-            stop = start + chunk
-            scores = (queries @ weight[start:stop].T)[:size]  # (B, C)
-            if target_scores is None:
-                target_scores = scores.gather(1, targets.unsqueeze(-1)).squeeze(-1)  # (B,)
-            beats = beats_target(scores, target_scores)  # (B, C)
-            beats[:, : max(done, 1) - start] = False  # padding (id 0) and ids already counted
-            in_chunk = (targets >= start) & (targets < stop)  # (B,)
-            rows = torch.nonzero(in_chunk).squeeze(-1)
-            beats[rows, targets[rows] - start] = False  # the target does not outrank itself
-            if self.hparams.exclude_seen:
-                here = (seen_items >= start) & (seen_items < stop)  # (S,)
-                beats[seen_rows[here], seen_items[here] - start] = False
-            ranks += beats.sum(dim=-1)
-            done = stop
-        return (ranks, target_scores) if return_target_scores else ranks
+            ranks, scores = batch["targets"].clone(), torch.zeros(0, device=batch["targets"].device)
+        else:
+            hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
+            # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                if self.hparams.eval_protocol == "sampled":
+                    ranks, scores = sampled_ranks(self.model.score_items(hidden, batch["candidates"]))  # (B, 1 + n)
+                else:
+                    ranks, scores = full_ranks(hidden, self.model.output_weight.float(), batch["targets"],
+                                               batch["seen_rows"], batch["seen_items"], self.hparams.eval_chunk_size,
+                                               self.hparams.exclude_seen)
+        return (ranks, scores) if return_target_scores else ranks
 
     def on_validation_start(self) -> None:
-        self._release_loss_memory()  # evaluation inside fit does not need the training step's block
+        self.loss_fn.release_memory()  # evaluation inside fit does not need the training step's block
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        ranks, target_scores = self._ranks_and_target_scores(batch)
+        ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.val_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_validation_epoch_end(self) -> None:
@@ -401,7 +269,7 @@ class SASRecModule(L.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        ranks, target_scores = self._ranks_and_target_scores(batch)
+        ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.test_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_test_epoch_end(self) -> None:
@@ -448,8 +316,8 @@ class SASRecModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         sequences = getattr(datamodule, "sequences", None)
         if self.item_vocabulary is None and sequences is not None and sequences.num_items == self.model.num_items:
-            counts = torch.from_numpy(np.bincount(sequences.items, minlength=sequences.num_items + 1))
-            self.set_item_vocabulary(sequences.item_ids, counts)
+            popularity = getattr(datamodule, "item_popularity", None)  # the data module's one definition
+            self.set_item_vocabulary(sequences.item_ids, None if popularity is None else popularity())
 
     def _data_item_ids(self):
         """The item ids this module is used with: its trainer's data module's, else an attached vocabulary's."""
@@ -462,11 +330,7 @@ class SASRecModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.item_vocabulary is not None:
             checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
-        # The torch RNG drives dropout (and sampled-softmax negatives): saving it makes a resumed
-        # run draw the same masks as an uninterrupted one. Byte tensors: weights_only-safe.
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
+        save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
@@ -486,10 +350,8 @@ class SASRecModule(L.LightningModule):
         if state is not None and "item_popularity" not in state:  # written before the buffer existed
             state["item_popularity"] = torch.zeros_like(self.item_popularity)
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming and checkpoint.get("torch_rng_state") is not None:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-            if checkpoint.get("cuda_rng_state") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], self.device)
+        if resuming:
+            restore_rng_states(checkpoint, self.device)
 
     def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
                   strict: bool = False) -> Recommendations:

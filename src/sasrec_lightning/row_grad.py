@@ -1,24 +1,29 @@
-"""Dense item-table gradients that are filled and cleared row by row.
+"""Item tables whose dense gradient is filled and cleared row by row.
 
 A SASRec training step touches a few thousand rows of the ``(I + 1, d)`` item table (the batch's
 inputs, targets and negatives), yet plain ``nn.Embedding`` lookups each build a dense ``(I + 1, d)``
-gradient: a zero fill of the whole table per lookup plus a dense add per extra lookup. On Amazon
-Beauty (54,543 x 50) that was about a quarter of a CPU training step (``docs/performance.md``).
+gradient: a zero fill of the whole table per lookup plus a dense add per extra lookup, and
+``zero_grad`` frees it so the next step allocates (and page-faults) it again. On Amazon Beauty
+(54,543 x 50) that was about a quarter of a CPU training step (``docs/performance.md``).
 
-:class:`RowGradient` keeps ``parameter.grad`` as one persistent dense buffer instead. Its
-:meth:`RowGradient.lookup` is an embedding lookup whose backward pass adds the rows' gradients
-straight into that buffer with one ``index_add_`` (row 0, padding, never gets any) and hands autograd
-an empty sparse gradient, so the parameter's gradient hooks (e.g. DDP's all-reduce) still fire but
-nothing else is accumulated. :meth:`RowGradient.zero_` clears only the rows written since the last
-clear. The optimizer still sees an ordinary dense gradient, so any optimizer (and the paper's dense
-Adam) works unchanged and the update is the same.
+:class:`ItemEmbedding` is ``nn.Embedding(num_items + 1, d, padding_idx=0)``; while its row
+gradients are kept (:meth:`ItemEmbedding.keep_row_gradients`, switched by the training callback
+``callbacks.RowGradients``) it owns a :class:`RowGradient`: ``weight.grad`` is one persistent
+dense buffer, and a lookup's backward pass adds the rows' gradients straight into it with one
+``index_add_`` (row 0, padding, never gets any) and hands autograd an empty sparse gradient, so the
+parameter's gradient hooks (e.g. DDP's all-reduce) still fire but nothing else is accumulated.
+When ``optimizer.zero_grad()`` has set the gradient to ``None``, the next backward pass takes the
+buffer back and clears only the rows written since it was last cleared. The optimizer still sees an
+ordinary dense gradient, so any optimizer (and the paper's dense Adam) works unchanged, and
+gradient accumulation (no ``zero_grad`` between backward passes) adds up as usual.
 
 (An earlier version used ``F.embedding(..., sparse=True)`` and let autograd add the sparse
 gradients into the buffer; on CPU that built, summed and row-by-row added COO tensors, ~1 ms per
 Amazon step more than the ``index_add_``.)
 
-A dense gradient arriving for the parameter (e.g. the full-softmax loss scores every item) or a
-distributed all-reduce (which writes rows other processes touched) makes the next clear a full one.
+A dense gradient arriving for the parameter (e.g. the full-softmax loss scores every item), a
+buffer the table did not allocate, or a distributed all-reduce (which writes rows other processes
+touched) makes the next clear a full one.
 """
 
 from __future__ import annotations
@@ -28,33 +33,44 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import unserializable_hook
 
-__all__ = ["RowGradient"]
+__all__ = ["ItemEmbedding", "RowGradient"]
+
+_MAX_PENDING = 1024  # row lists kept between clears before a full clear is cheaper to track
 
 
 class RowGradient:
-    """Keep ``parameter.grad`` dense and clear only the rows that received gradient.
+    """Keep ``parameter.grad`` in one dense buffer and clear only the rows that received gradient.
 
     Args:
-        parameter: a 2-D parameter whose gradients arrive mostly as sparse row updates.
+        parameter: a 2-D parameter whose gradients arrive mostly as row updates.
+        full_clear: always clear the whole buffer (under DDP the all-reduce writes every row).
     """
 
-    def __init__(self, parameter: nn.Parameter) -> None:
+    def __init__(self, parameter: nn.Parameter, full_clear: bool = False) -> None:
         if parameter.dim() != 2:
             raise ValueError(f"RowGradient needs a 2-D parameter, got shape {tuple(parameter.shape)}")
         self.parameter = parameter
+        self.full_clear = full_clear
         self.rows: list[Tensor] = []  # row indices written since the last clear
         self.dirty = True  # unknown rows written (or no buffer yet): clear everything
+        self.kept: Tensor | None = None  # the buffer, also while zero_grad has set .grad to None
         self.handle = parameter.register_hook(self._record)
 
     @unserializable_hook
     def _record(self, grad: Tensor) -> Tensor:
-        # Called with every gradient computed for the parameter, before it is added to ``.grad``.
+        # Called with the parameter's summed gradient of a backward pass, before it is added to ``.grad``.
         if grad.is_sparse:
-            if grad._nnz():  # a sparse gradient from elsewhere (lookup() hands over empty ones)
-                self.rows.append(grad._indices()[0])
+            if grad._nnz():  # a sparse gradient from elsewhere (lookups hand over empty ones)
+                self._note(grad._indices()[0])
         else:
             self.dirty = True
         return grad
+
+    def _note(self, ids: Tensor) -> None:
+        self.rows.append(ids)
+        if len(self.rows) > _MAX_PENDING:  # never cleared row-wise (e.g. zero_grad(set_to_none=False))
+            self.rows.clear()
+            self.dirty = True
 
     def lookup(self, ids: Tensor) -> Tensor:
         """``F.embedding(ids, parameter, padding_idx=0)`` whose gradient goes row-wise into the buffer.
@@ -68,13 +84,17 @@ class RowGradient:
         return _RowLookup.apply(self.parameter, ids, self)
 
     def buffer(self) -> Tensor:
-        """The dense gradient buffer, allocated (zeros) if the parameter has none yet."""
-        parameter = self.parameter
-        grad = parameter.grad
-        if grad is None or grad.is_sparse or grad.shape != parameter.shape:
+        """The dense gradient to add rows into: ``.grad``, or the kept buffer cleared if ``.grad`` was reset."""
+        parameter, grad = self.parameter, self.parameter.grad
+        if grad is None and self.kept is not None and self.kept.shape == parameter.shape:
+            self.zero_()  # zero_grad(set_to_none=True) ran: a new accumulation starts
+            grad = parameter.grad
+        elif grad is None or grad.is_sparse or grad.shape != parameter.shape:
             parameter.grad = grad = torch.zeros_like(parameter)
-            self.dirty = False
+            self.kept, self.dirty = grad, False
             self.rows.clear()
+        elif grad is not self.kept:  # someone else's dense tensor: its other rows are unknown
+            self.kept, self.dirty = grad, True
         return grad
 
     def add_rows(self, ids: Tensor, values: Tensor) -> None:
@@ -82,22 +102,22 @@ class RowGradient:
         buffer = self.buffer()
         buffer.index_add_(0, ids, values.to(buffer.dtype))
         buffer[0].zero_()  # padding_idx=0: the padding row never has a gradient
-        self.rows.append(ids)
+        self._note(ids)
 
     def zero_(self, full: bool = False) -> None:
-        """Clear the gradient buffer (allocated on first use) before the next backward pass.
+        """Clear the kept buffer (written rows only, unless ``full``) and make it ``parameter.grad`` again.
 
         Args:
-            full: clear every row, e.g. after a distributed all-reduce wrote rows from other processes.
+            full: clear every row.
         """
-        parameter = self.parameter
-        grad = parameter.grad
-        if grad is None or grad.is_sparse or grad.shape != parameter.shape:
-            parameter.grad = torch.zeros_like(parameter)
-        elif full or self.dirty:
-            grad.zero_()
+        parameter, buffer = self.parameter, self.kept
+        if buffer is None or buffer.shape != parameter.shape:
+            buffer = self.kept = torch.zeros_like(parameter)
+        elif full or self.full_clear or self.dirty:
+            buffer.zero_()
         elif self.rows:
-            grad.index_fill_(0, torch.cat(self.rows), 0.0)
+            buffer.index_fill_(0, torch.cat(self.rows), 0.0)
+        parameter.grad = buffer
         self.rows.clear()
         self.dirty = False
 
@@ -105,6 +125,7 @@ class RowGradient:
         """Detach from the parameter (its gradient becomes an ordinary one again)."""
         self.handle.remove()
         self.rows.clear()
+        self.kept = None
         self.dirty = True
 
 
@@ -130,3 +151,37 @@ class _RowLookup(torch.autograd.Function):
             parameter.shape, check_invariants=True, is_coalesced=True,  # nothing to check: no entries
         )
         return empty, None, None
+
+
+class ItemEmbedding(nn.Embedding):
+    """An item table ``(num_items + 1, d)`` with padding row 0 that can keep its gradient row-wise.
+
+    Exactly ``nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)`` (same state dict) until
+    :meth:`keep_row_gradients` is switched on; then lookups under autograd route their weight
+    gradient through a :class:`RowGradient`.
+
+    Args:
+        num_items: number of items (ids ``1..num_items``).
+        embedding_dim: vector size ``d``.
+    """
+
+    def __init__(self, num_items: int, embedding_dim: int) -> None:
+        super().__init__(num_items + 1, embedding_dim, padding_idx=0)
+        self.row_gradient: RowGradient | None = None
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``(...) -> (..., d)``."""
+        if self.row_gradient is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(ids)
+        return _RowLookup.apply(self.weight, ids, self.row_gradient)
+
+    def keep_row_gradients(self, on: bool = True, full_clear: bool = False) -> None:
+        """Switch row-wise gradients on (``full_clear``: under DDP) or back to ordinary ones."""
+        if self.row_gradient is not None:
+            self.row_gradient.remove()
+            self.row_gradient = None
+        if on:
+            self.row_gradient = RowGradient(self.weight, full_clear)
+
+    def __getstate__(self) -> dict:  # copies and pickles are ordinary embeddings (the hook is not copied)
+        return {**self.__dict__, "row_gradient": None}

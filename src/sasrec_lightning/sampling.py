@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InteractionIndex", "sample_negatives", "item_counts"]
+from .csr import csr_gather, item_counts
+
+__all__ = ["InteractionIndex", "sample_negatives", "item_counts"]  # item_counts: re-exported from csr.py
 
 
 class InteractionIndex:
@@ -32,11 +34,7 @@ class InteractionIndex:
     @classmethod
     def from_csr(cls, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_items: int) -> InteractionIndex:
         """Index of ``items[starts[u]:ends[u]]`` for every user row ``u``."""
-        lengths = ends - starts
-        users = np.repeat(np.arange(len(starts)), lengths)  # (n,)
-        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (n,) user start minus row start
-        positions = np.arange(lengths.sum()) + offsets  # (n,)
-        return cls(users, items[positions], num_items)
+        return cls(*csr_gather(items, starts, ends), num_items)
 
     def seen_counts(self, users: np.ndarray) -> np.ndarray:
         """``(B,)`` distinct items of each user row (0 for rows past the last one with interactions)."""
@@ -109,10 +107,3 @@ def sample_negatives(
             return negatives
         negatives[clash] = draw(count)
     raise RuntimeError(f"negative sampling did not converge after {max_rounds} rounds")
-
-
-def item_counts(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, num_items: int) -> np.ndarray:
-    """How often every item id occurs in ``items[starts[u]:ends[u]]`` over all rows: ``(num_items + 1,)``."""
-    lengths = np.maximum(ends - starts, 0)
-    positions = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
-    return np.bincount(items[positions], minlength=num_items + 1).astype(np.int64)

@@ -3,7 +3,11 @@
 Every source ends as one Arrow table with the canonical columns ``user`` and ``item``, and when the
 source has them ``timestamp`` (int64, seconds for dates), ``rating`` (float64) and ``line`` (the
 1-based line of each row in a text file, for error messages). Values are validated here, where the
-file, column and line are known; preprocessing receives clean, typed columns.
+file, column and line are known; preprocessing receives clean, typed columns. CSV/TSV cells are read
+as text and typed here (ids keep their spelling unless all are plain integers). When ``datasets``
+cannot read a file, the file is read again on that error path to name the line and what was wrong
+(non-UTF-8 bytes, a line with extra fields, a malformed JSON line), so every failure is one
+``DataError`` paragraph rather than a reader traceback.
 
 Supported (``format``): ``sasrec`` (``user item`` text), ``csv``, ``tsv``, ``parquet``, ``json``
 (JSON lines; one Python-literal dict per line is detected and parsed safely: the raw Steam and older
@@ -13,13 +17,23 @@ published ``ml-*.zip``), ``disk`` (a ``save_to_disk`` folder) and ``hub`` (a dat
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import contextlib
+import csv
 import glob
 import gzip
 import hashlib
+import io
+import json
+import lzma
 import os
 import shutil
+import signal
+import stat
 import tempfile
+import threading
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -29,9 +43,17 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .errors import DataError
-from .formats import looks_like_literal_dicts, parse_literal_dicts, parse_movielens_lines, parse_sasrec_lines
+from .formats import (
+    integer_or_text_ids,
+    looks_like_literal_dicts,
+    parse_literal_dicts,
+    parse_movielens_lines,
+    parse_sasrec_lines,
+    quote_line,
+)
 
 __all__ = [
     "DataError",
@@ -78,6 +100,7 @@ def source_identity(path: str, format: str, name: str | None = None, split: str 
     """
     if format == "hub":
         return {"hub": path, "name": name, "split": split}
+    _check_local(path, format)  # a FIFO would block the hash or the stat of its content
     root = os.path.abspath(path)
     files = [root] if os.path.isfile(root) else sorted(
         os.path.join(base, file) for base, _, names in os.walk(root) for file in names
@@ -115,13 +138,159 @@ def download(url: str, cache_dir: str | None = None) -> str:
         raise DataError(f"cannot download {url} ({type(error).__name__}: {error}). {advice}") from error
 
 
-# ------------------------------------------------------------------------------------ validation
-def _row_hint(table: pa.Table, row: int, format: str) -> str:
+# ------------------------------------------------------------------------------- finding the line
+def _open_binary(path: str) -> io.BufferedIOBase:
+    """The file's bytes, decompressed (gzip, bz2, xz) as ``datasets`` reads them."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(path, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _open_text(path: str, errors: str = "replace", encoding: str = "utf-8") -> io.TextIOBase:
+    return io.TextIOWrapper(_open_binary(path), encoding=encoding, errors=errors, newline="")
+
+
+def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of every non-blank CSV record, the header included.
+
+    Lines are counted as an editor counts them (1-based, blank lines and the lines of quoted
+    multi-line fields included); blank lines are skipped, as the CSV reader skips them.
+    """
+    with _open_text(path, errors, encoding="utf-8-sig") as text:  # a byte-order mark is not part of the header
+        reader = csv.reader(text, delimiter=separator)
+        previous = 0
+        for fields in reader:
+            start, previous = previous + 1, reader.line_num
+            if fields:
+                yield start, fields
+
+
+def _json_records(path: str) -> Iterator[tuple[int, str]]:
+    """(line, text) of every non-blank line of a JSON-lines file."""
+    with _open_text(path) as text:
+        for number, line in enumerate(text, 1):
+            if line.strip():
+                yield number, line.strip()
+
+
+def _line_of_row(path: str, format: str, row: int) -> int | None:
+    """The 1-based line where data row ``row`` (0-based, header not counted) starts; only on error paths."""
+    if not os.path.isfile(path) or format not in ("csv", "tsv", "json"):
+        return None
+    try:
+        if format == "json":
+            records = (line for line, _ in _json_records(path))
+        else:
+            records = (line for line, _ in _csv_records(path, "\t" if format == "tsv" else ","))
+            next(records, None)  # the header
+        for index, line in enumerate(records):
+            if index == row:
+                return line
+    except (OSError, EOFError, zlib.error, csv.Error):
+        return None
+    return None
+
+
+def _row_hint(table: pa.Table, row: int, format: str, source: str = "") -> str:
+    """Where row ``row`` of ``table`` is in the file, for a message: ``line N`` when it can be told."""
     if "line" in table.column_names:
         return f"line {table.column('line')[row].as_py()}"
+    line = _line_of_row(source, format, row)
+    if line is not None:
+        return f"line {line}"
     if format in ("csv", "tsv"):
         return f"row {row + 1} (line {row + 2} counting the header)"
     return f"row {row + 1}"
+
+
+def _first_undecodable(path: str) -> tuple[int, int, bool] | None:
+    """(line, byte value, has NUL bytes) of the first byte that is not UTF-8, or ``None``."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, binary = 1, False
+    with _open_binary(path) as handle:
+        while block := handle.read(1 << 20):
+            binary = binary or b"\x00" in block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:  # error.object: the decoder's pending bytes + this block
+                return line + error.object[: error.start].count(b"\n"), error.object[error.start], binary
+            line += block.count(b"\n")
+    return None
+
+
+def _not_utf8(path: str, format: str) -> DataError | None:
+    try:
+        found = _first_undecodable(path)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError):
+        return None
+    if found is None:
+        return None
+    line, byte, binary = found
+    if binary:
+        return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 text and the file holds NUL bytes: "
+                         f"it looks like a binary file, not {format} text. Expected a UTF-8 text file in the "
+                         f"{format} format; check --data.path and --data.format")
+    name = os.path.basename(path)
+    example = "" if name.lower().endswith(_COMPRESSION) else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
+    return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not valid UTF-8 (the file is probably Latin-1, "
+                     f"Windows-1252 or another 8-bit encoding); expected UTF-8 text. Convert the file to "
+                     f"UTF-8{example}")
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}[type(value)]
+
+
+def _json_problem(path: str, keys: list[str]) -> str | None:
+    """The first line that is not a JSON object, or whose ``keys`` change JSON type; ``None`` if all are fine."""
+    first: dict[str, tuple[str, int]] = {}
+    for line, text in _json_records(path):
+        try:
+            record = json.loads(text)
+        except ValueError as error:
+            return (f"{path}, line {line}: not valid JSON ({error}): {quote_line(text)}; expected one JSON object "
+                    "per line")
+        if not isinstance(record, dict):
+            return (f"{path}, line {line}: expected a JSON object {{...}}, found {_json_kind(record)}: "
+                    f"{quote_line(text)}")
+        for key in keys:
+            if key in record:
+                kind = _json_kind(record[key])
+                if key not in first or first[key][0] == "null":
+                    first[key] = (kind, line)
+                elif kind not in (first[key][0], "null"):
+                    return (f"{path}, line {line}: field {key!r} is {kind} ({record[key]!r}), but on line "
+                            f"{first[key][1]} it is {first[key][0]}; expected one type per field (e.g. every id a "
+                            "number, or every id a string)")
+    return None
+
+
+# ------------------------------------------------------------------------------------ validation
+# What pandas reads as a missing value; CSV cells are read as text, so these arrive as tokens.
+_MISSING_TOKENS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+                   "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+_INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
+
+
+def _missing_token(values: pa.ChunkedArray) -> int | None:
+    """Row of the first cell that is empty or a missing-value token (``NA``, ``null``, ``None``, ...)."""
+    return _first_false(pc.invert(pc.is_in(values, pa.array(_MISSING_TOKENS))))
+
+
+def _missing_detail(token: str | None) -> str:
+    if token is None:
+        return "null (missing)"
+    return "empty (missing)" if token == "" else f"{token!r}, a missing-value marker (the value is missing)"
 
 
 _DATE_PATTERNS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z",
@@ -140,40 +309,69 @@ def _parse_datetimes(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.coalesce(*parsed)
 
 
+def _floats_to_int64(numbers: np.ndarray, values, table: pa.Table, source: str, field: str, format: str,
+                     expected: str) -> np.ndarray:
+    """Floored float timestamps as int64; NaN, infinities and values beyond int64 are errors (no wrap-around)."""
+    ok = np.isfinite(numbers) & (numbers >= -(2.0**63)) & (numbers < 2.0**63)  # (n,)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        shown = values[row].as_py() if values is not None else float(numbers[row])
+        problem = ("not a finite number" if not np.isfinite(numbers[row])
+                   else f"beyond the 64-bit integer range of timestamps ({_INT64_RANGE})")
+        raise DataError(f"{source}, {_row_hint(table, row, format, source)}: timestamp field {field!r} is {shown!r}, "
+                        f"{problem}; {expected}")
+    return np.floor(numbers).astype(np.int64)
+
+
 def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, format: str) -> np.ndarray:
     """A timestamp column as int64: integers, whole-number floats, numeric strings or ISO-8601 dates.
 
     Dates and date-times become Unix seconds (UTC); fractional seconds are floored (ties then keep
-    file order).
+    file order). Integer strings are converted exactly (no detour through float64).
 
     Raises:
-        DataError: a missing or unparseable value; names the file, field, row/line and the value.
+        DataError: a missing, unparseable, non-finite or out-of-range (beyond int64) value; names the
+            file, field, line (or row) and the value.
     """
     values = table.column(column)
     expected = ("expected integers (e.g. Unix seconds), numbers, or ISO-8601 dates like '2017-12-17' / "
                 "'2017-12-17 10:30:00'")
-    if values.null_count:
-        row = _first_false(pc.is_valid(values))
-        raise DataError(f"{source}, {_row_hint(table, row, format)}: the timestamp field {field!r} is empty; "
-                        f"{expected}")
     kind = values.type
     if pa.types.is_dictionary(kind):
         values, kind = values.cast(kind.value_type), kind.value_type
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if text and values.null_count == 0 and pc.all(pc.match_substring_regex(values, r"^[+-]?\d+$")).as_py():
+        try:  # the common case first (CSV cells are text): integers, converted exactly
+            return pc.cast(values, pa.int64()).to_numpy()
+        except pa.ArrowInvalid:  # beyond int64: the checks below name the value
+            pass
+    if text:
+        values = pc.utf8_trim_whitespace(values)
+    row = _first_false(pc.is_valid(values))
+    token = None
+    if row is None and text and format in ("csv", "tsv"):
+        row = _missing_token(values)
+        token = None if row is None else values[row].as_py()
+    if row is not None:
+        raise DataError(f"{source}, {_row_hint(table, row, format, source)}: the timestamp field {field!r} is "
+                        f"{_missing_detail(token)}; {expected}")
     if pa.types.is_integer(kind):
         return values.to_numpy().astype(np.int64, copy=False)
     if pa.types.is_floating(kind):
-        numbers = values.to_numpy()
-        if not np.isfinite(numbers).all():
-            row = int(np.flatnonzero(~np.isfinite(numbers))[0])
-            raise DataError(f"{source}, {_row_hint(table, row, format)}: timestamp field {field!r} is "
-                            f"{numbers[row]}; {expected}")
-        return np.floor(numbers).astype(np.int64)
+        return _floats_to_int64(values.to_numpy(), None, table, source, field, format, expected)
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64()).to_numpy()
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        numeric = pc.match_substring_regex(values, r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+    if text:
+        if pc.all(pc.match_substring_regex(values, r"^[+-]?\d+$")).as_py():
+            try:
+                return pc.cast(values, pa.int64()).to_numpy()
+            except pa.ArrowInvalid:  # beyond int64: the float check below names the value
+                pass
+        numeric = pc.match_substring_regex(values, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$",
+                                           ignore_case=True)
         if pc.all(numeric).as_py():
-            return np.floor(pc.cast(pc.utf8_trim_whitespace(values), pa.float64()).to_numpy()).astype(np.int64)
+            numbers = pc.cast(values, pa.float64()).to_numpy()
+            return _floats_to_int64(numbers, values, table, source, field, format, expected)
         parsed = _parse_datetimes(values)
         row = _first_false(pc.or_(numeric, pc.is_valid(parsed)))
         if row is None and parsed.null_count == 0:
@@ -181,7 +379,7 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
         if row is None:  # every value is a number or a date, but both kinds occur
             row = _first_false(pc.invert(numeric)) or 0
             expected += " (one kind per column: this column mixes numbers and dates)"
-        raise DataError(f"{source}, {_row_hint(table, row, format)}: timestamp field {field!r} is "
+        raise DataError(f"{source}, {_row_hint(table, row, format, source)}: timestamp field {field!r} is "
                         f"{values[row].as_py()!r}; {expected}")
     raise DataError(f"{source}: timestamp field {field!r} has type {kind}; {expected}")
 
@@ -190,6 +388,69 @@ def _first_false(mask) -> int | None:
     values = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~values)
     return int(bad[0]) if len(bad) else None
+
+
+def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str) -> pa.ChunkedArray:
+    """An id column as int64 or text, checked: every row has an id, and the ids are scalars.
+
+    CSV/TSV cells arrive as text (see :func:`_read_csv`): they keep their spelling unless every id
+    is a plain integer (:func:`~sasrec_lightning.formats.integer_or_text_ids`); empty cells and
+    pandas' missing-value tokens (``NA``, ``null``, ``None``, ...) are missing ids. Other formats
+    bring their own types: JSON strings stay strings, JSON numbers must be integers within int64.
+    """
+    values = table.column(column)
+    what = f"the {canonical} field {column!r}"
+    expected = "expected an id on every row"
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    kind = values.type
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if text and format in ("csv", "tsv"):
+        if values.null_count == 0:
+            typed = integer_or_text_ids(values)  # the common case first: one regex pass, no copies
+            if pa.types.is_integer(typed.type):
+                return typed
+        values = pc.utf8_trim_whitespace(values)
+    row = _first_false(pc.is_valid(values))
+    token = None
+    # CSV: pandas' missing-value tokens too; JSON/Parquet: an empty string. Python-literal files (Steam,
+    # old Amazon) keep '' as an id, as the paper's preprocessing script does with those files.
+    if row is None and text and format != "literal":
+        row = _missing_token(values) if format in ("csv", "tsv") else _first_false(pc.not_equal(values, ""))
+        token = None if row is None else values[row].as_py()
+    if row is not None:
+        if token is None and format in ("csv", "tsv"):
+            token = ""  # a row with fewer fields than the header
+        raise DataError(f"{source}, {_row_hint(table, row, format, source)}: {what} is {_missing_detail(token)}; "
+                        f"{expected}")
+    if text:
+        return integer_or_text_ids(values) if format in ("csv", "tsv") else values
+    if pa.types.is_integer(kind):
+        return values
+    if pa.types.is_floating(kind):  # JSON numbers with a fraction or an exponent, or too large for int64
+        numbers = values.to_numpy()
+        ok = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (numbers >= -(2.0**63)) & (numbers < 2.0**63)
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            raise DataError(
+                f"{source}, {_row_hint(table, row, format, source)}: {what} is {float(numbers[row])!r} (read as a "
+                f"floating-point number), not an integer id within the 64-bit range ({_INT64_RANGE}); expected "
+                "integer ids that fit 64 bits, or text ids (write long ids as JSON strings, e.g. "
+                "\"12345678901234567890\")"
+            )
+        return pa.chunked_array([numbers.astype(np.int64)])
+    if getattr(kind, "extension_name", None) == "arrow.json":  # mixed JSON types (text of each value)
+        problem = _json_problem(source, [column]) if os.path.isfile(source) else None
+        raise DataError(problem or f"{source}: {what} mixes JSON types (e.g. numbers on some lines, strings on "
+                                   "others); expected one type: every id a number, or every id a string")
+    if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        raise DataError(f"{source}: {what} has type {kind}; expected one integer or text id per row, not a "
+                        "list, a record or raw bytes (point --data.user_column / --data.item_column at a "
+                        "column of plain ids)")
+    try:
+        return pc.cast(values, pa.string())  # booleans, dates, decimals: their text is the id
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DataError(f"{source}: {what} has type {kind}; expected integer or text ids") from error
 
 
 def _canonical(table: pa.Table, source: str, format: str, user_column: str, item_column: str,
@@ -206,26 +467,21 @@ def _canonical(table: pa.Table, source: str, format: str, user_column: str, item
     if table.num_rows == 0:
         raise DataError(f"{source}: no interactions found (the file has no data rows); expected at least one "
                         f"row with the fields {list(wanted.values())}")
-    columns = {}
-    for canonical in ("user", "item"):
-        values = table.column(wanted[canonical])
-        if values.null_count:
-            row = _first_false(pc.is_valid(values))
-            raise DataError(f"{source}, {_row_hint(table, row, format)}: the {canonical} field "
-                            f"{wanted[canonical]!r} is empty; expected an id on every row")
-        if pa.types.is_dictionary(values.type):
-            values = values.cast(values.type.value_type)
-        if not (pa.types.is_integer(values.type) or pa.types.is_string(values.type)
-                or pa.types.is_large_string(values.type)):
-            values = pc.cast(values, pa.string())
-        columns[canonical] = values
+    columns = {canonical: _ids(table, wanted[canonical], canonical, source, format) for canonical in ("user", "item")}
     if "timestamp" in wanted:
         columns["timestamp"] = pa.array(
             timestamps_to_int64(table, wanted["timestamp"], source, wanted["timestamp"], format)
         )
     if "rating" in wanted:
+        ratings = table.column(wanted["rating"])
+        if format in ("csv", "tsv") and pa.types.is_string(ratings.type):  # CSV cells are text: NA -> missing
+            try:
+                ratings = pc.cast(ratings, pa.float64())  # the common case: every cell a number
+            except pa.ArrowInvalid:
+                ratings = pc.utf8_trim_whitespace(ratings)
+                ratings = pc.if_else(pc.is_in(ratings, pa.array(_MISSING_TOKENS)), None, ratings)
         try:
-            columns["rating"] = pc.cast(table.column(wanted["rating"]), pa.float64())
+            columns["rating"] = pc.cast(ratings, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             raise DataError(f"{source}: rating field {wanted['rating']!r} is not numeric ({error}); "
                             "expected numbers") from error
@@ -235,18 +491,12 @@ def _canonical(table: pa.Table, source: str, format: str, user_column: str, item
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(2) == b"\x1f\x8b"
-
-
 def _is_zip(path: str) -> bool:
     return path.lower().endswith(".zip") or zipfile.is_zipfile(path)
 
 
 def _first_line(path: str) -> str:
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+    with _open_text(path) as handle:
         for line in handle:
             if line.strip():
                 return line
@@ -264,6 +514,45 @@ def _corrupt_archive(error: BaseException) -> BaseException | None:
     return None
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived while a file was being read (a ``BaseException``: nothing may swallow it)."""
+
+
+@contextlib.contextmanager
+def _removed_on_sigterm(folder: str) -> Iterator[None]:
+    """Remove ``folder`` also when the process is ended with SIGTERM (``kill``, a scheduler's time limit).
+
+    SIGTERM's default action ends the process without running ``finally`` blocks. While this
+    context is active (main thread only, and only where SIGTERM still has its default action) the
+    signal raises instead, the folder is removed, and the signal is then delivered again with its
+    default action, so the process still ends the way its parent expects. Processes forked
+    meanwhile (``datasets.map`` workers) keep the default action.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked worker: behave as if no handler were installed
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        raise  # not reached: the default action ends the process
+    finally:
+        if signal.getsignal(signal.SIGTERM) is terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _scratch_cache() -> Iterator[str]:
     """A throw-away ``datasets`` cache for reading one local file, removed afterwards (also on errors).
@@ -271,12 +560,14 @@ def _scratch_cache() -> Iterator[str]:
     The Arrow files ``load_dataset`` writes for a local file (and ``map`` results, extracted
     archives, lock files) go here instead of ``--data.cache_dir``: a failed load leaves nothing in
     the cache, and a successful one needs no raw copy, since the processed sequences are cached.
-    It lives in the system temporary directory (``$TMPDIR``). Tables read from it stay valid after
-    the removal: they are memory-mapped, and an unlinked file's mapping lives on (POSIX).
+    It lives in the system temporary directory (``$TMPDIR``) and is removed on errors, Ctrl-C and
+    SIGTERM too (see :func:`_removed_on_sigterm`). Tables read from it stay valid after the
+    removal: they are memory-mapped, and an unlinked file's mapping lives on (POSIX).
     """
     scratch = tempfile.mkdtemp(prefix="sasrec-lightning-read-")
     try:
-        yield scratch
+        with _removed_on_sigterm(scratch):
+            yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -295,10 +586,80 @@ def _extract_ratings(path: str, cache_dir: str) -> str:
     return found[0]
 
 
-def _load(builder: str, path: str, cache_dir: str, **kwargs) -> datasets.Dataset:
-    """``datasets.load_dataset`` of one local file, with decompression errors turned into ``DataError``.
+_EXPECTED = {
+    "csv": "a UTF-8 CSV file: a header line, then the same number of comma-separated fields on every line",
+    "tsv": "a UTF-8 TSV file: a header line, then the same number of tab-separated fields on every line",
+    "json": "UTF-8 JSON lines: one JSON object per line",
+    "parquet": "a Parquet file",
+    "text": "UTF-8 text",
+}
 
-    ``cache_dir`` is the scratch cache of :func:`_scratch_cache`.
+
+def _in_chain(error: BaseException, kind: type | str) -> BaseException | None:
+    """The first exception of ``kind`` (a type or a class name) in ``error``'s cause/context chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(kind, str) and type(error).__name__ == kind or isinstance(kind, type) and isinstance(error, kind):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_paragraph(error: BaseException, limit: int = 300) -> str:
+    detail = " ".join(str(error).split())
+    return f"{type(error).__name__}: " + (detail if len(detail) <= limit else detail[:limit] + " ...")
+
+
+def _read_failure(error: Exception, path: str, builder: str, format: str, keys: list[str], archive: bool) -> DataError:
+    """The ``DataError`` for a file ``datasets`` could not read: where in the file, and what was expected.
+
+    The reader's own message points at a batch or a pandas chunk; the file is read again here
+    (only on this error path) to find the line.
+    """
+    cause = _corrupt_archive(error)
+    if cause is not None:
+        kind = "zip archive" if archive else "compressed file"
+        return DataError(f"{path}: the {kind} is corrupt or truncated ({type(cause).__name__}: {cause}); expected a "
+                         "complete archive. Download the file again")
+    if _in_chain(error, UnicodeDecodeError) is not None:
+        found = _not_utf8(path, format)
+        if found is not None:
+            return found
+    if builder == "csv" and (_in_chain(error, "ParserError") or _in_chain(error, "ParserWarning")) is not None:
+        separator = "\t" if format == "tsv" else ","
+        header = None
+        with contextlib.suppress(csv.Error):  # e.g. a field beyond csv's size limit: the generic message
+            for line, fields in _csv_records(path, separator):
+                if header is None:
+                    header = fields
+                elif len(fields) > len(header):
+                    return DataError(
+                        f"{path}, line {line}: {len(fields)} fields, but the header line has {len(header)} "
+                        f"({separator.join(header)!r}): {quote_line(separator.join(fields))}; expected "
+                        f"{len(header)} fields on every line (quote a field that contains {separator!r}). Fix or "
+                        "remove that line"
+                    )
+    if builder == "json":
+        problem = _json_problem(path, keys)
+        if problem is not None:
+            return DataError(problem)
+    if "corresponds to no data" in str(error):  # datasets' words for a table without rows or columns
+        if builder == "csv":
+            return DataError(f"{path}: only a header line, no data rows; expected at least one row with the fields "
+                             f"{keys}")
+        return DataError(f"{path}: no data: the lines hold no fields (e.g. empty objects {{}}); expected "
+                         f"{_EXPECTED.get(builder, builder)} with the fields {keys}")
+    return DataError(f"{path}: cannot be read as {format} ({_one_paragraph(error.__cause__ or error)}); "
+                     f"expected {_EXPECTED.get(format, _EXPECTED.get(builder, builder))}, or set --data.format to "
+                     "the file's real format")
+
+
+def _load(builder: str, path: str, cache_dir: str, format: str, keys: list[str], **kwargs) -> datasets.Dataset:
+    """``datasets.load_dataset`` of one local file; reader errors become one-paragraph ``DataError`` s.
+
+    ``cache_dir`` is the scratch cache of :func:`_scratch_cache`; ``format`` and ``keys`` (the
+    fields wanted) are for the messages.
     """
     archive = _is_zip(path)
     try:
@@ -307,14 +668,93 @@ def _load(builder: str, path: str, cache_dir: str, **kwargs) -> datasets.Dataset
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001  (datasets wraps reader errors; find the real cause)
-        cause = _corrupt_archive(error)
-        if cause is not None:
-            kind = "zip archive" if archive else "compressed file"
-            raise DataError(
-                f"{path}: the {kind} is corrupt or truncated ({type(cause).__name__}: {cause}); expected a "
-                "complete archive. Download the file again"
-            ) from error
-        raise
+        raise _read_failure(error, path, builder, format, keys, archive) from error
+
+
+def _csv_header(path: str, separator: str) -> list[str] | None:
+    """The header fields of a (possibly compressed) CSV file; ``None`` if they cannot be read here."""
+    try:
+        return next(iter(_csv_records(path, separator, errors="strict")), (0, None))[1]
+    except UnicodeDecodeError:
+        raise _not_utf8(path, "csv" if separator == "," else "tsv") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, csv.Error):
+        return None  # e.g. zstd or a corrupt archive: datasets reads it (and reports what is wrong)
+
+
+def _read_csv(path: str, format: str, scratch: str, keys: list[str]) -> pa.Table:
+    """A CSV/TSV file with every cell as text, and every line checked to have the header's fields.
+
+    pandas would guess types per chunk: ``0042`` and ``42`` would both become 42, ``NA`` or ``None``
+    a missing value, and a huge number a float. Reading text keeps the file's spelling; the ids,
+    timestamps and ratings are typed afterwards with one rule each (:func:`_canonical`). A line with
+    more fields than the header is an error (pandas would shift a first such line into an index
+    column, or drop its extra fields with only a warning).
+    """
+    separator = "\t" if format == "tsv" else ","
+    header = _csv_header(path, separator)
+    if header is None:  # cannot look inside here: let pandas guess, as before
+        return _load("csv", path, scratch, format, keys, sep=separator).data.table
+    missing = [key for key in keys if key not in header]
+    if missing:
+        raise DataError(f"{path}: column(s) {missing} not found; the columns are {header}. Set --data.user_column / "
+                        "--data.item_column / --data.timestamp_column / --data.rating_column to the right names")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header line names column(s) {repeated} more than once; expected distinct "
+                        "column names")
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    with warnings.catch_warnings():
+        # pandas' ParserWarning "... This leads to a loss of data": refuse the line instead
+        warnings.filterwarnings("error", message="Length of header or names does not match")
+        return _load("csv", path, scratch, format, keys, sep=separator, features=features, index_col=False,
+                     keep_default_na=False).data.table
+
+
+def _check_parquet(path: str, keys: list[str]) -> None:
+    """A Parquet file that ``datasets`` would fail on with an Arrow traceback: not Parquet, or no rows."""
+    try:
+        handle = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a Parquet file ({_one_paragraph(error)}); expected a Parquet file, or set "
+                        "--data.format to the file's real format") from None
+    try:
+        if handle.metadata.num_rows == 0:
+            raise DataError(f"{path}: the Parquet file has no rows (its columns are {handle.schema_arrow.names}); "
+                            f"expected at least one row with the fields {keys}")
+    finally:
+        handle.close()
+
+
+def _check_local(path: str, format: str) -> None:
+    """Refuse a local path that cannot be read as ``format`` before anything opens it.
+
+    A named pipe (FIFO), device or socket would block the read or never end; a folder is only a
+    source for ``disk`` (a ``save_to_disk`` folder); an empty file has no interactions.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"data file {path!r} does not exist; point --data.path at an existing file "
+                        "(or a folder saved with save_to_disk, or a hub dataset id with --data.format hub)") from None
+    except OSError as error:
+        raise DataError(f"data file {path!r} cannot be accessed ({_one_paragraph(error)}); expected a readable "
+                        "file (--data.path)") from None
+    if stat.S_ISDIR(mode):
+        if format != "disk":
+            raise DataError(f"data path {path!r} is a folder, but the {format} format reads one file; point "
+                            "--data.path at the file, or use --data.format disk for a folder written by "
+                            "save_to_disk (--data.format hub reads a folder of data files)")
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise DataError(f"data path {path!r} is {kind}, not a regular file; reading it could block or never end. "
+                        "Expected a regular file: save the data to a file and pass that with --data.path")
+    if format == "disk":
+        raise DataError(f"data path {path!r} is a file, but --data.format disk expects a folder written by "
+                        "Dataset.save_to_disk")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file {path!r} is empty; expected interactions ({format} format)")
 
 
 def load_interactions(
@@ -356,11 +796,10 @@ def load_interactions(
     if format not in FORMATS:
         raise DataError(f"unknown format {format!r} for {path!r}; expected one of {list(FORMATS)}")
     if format != "hub":
-        if not os.path.exists(path):
-            raise DataError(f"data file {path!r} does not exist; point --data.path at an existing file "
-                            "(or a folder saved with save_to_disk, or a hub dataset id with --data.format hub)")
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise DataError(f"data file {path!r} is empty; expected interactions ({format} format)")
+        _check_local(path, format)
+    keys = list(dict.fromkeys(key for key in (user_column, item_column, timestamp_column, rating_column) if key))
+    if format == "parquet" and not path.lower().endswith(_COMPRESSION):
+        _check_parquet(path, keys)
     if format == "json" and os.path.isfile(path):
         try:
             literal = looks_like_literal_dicts(_first_line(path))
@@ -374,19 +813,18 @@ def load_interactions(
         # keep using cache_dir, where datasets prepares into "*.incomplete" and renames when done.
         scratch = None if format in ("disk", "hub") else stack.enter_context(_scratch_cache())
         if format == "sasrec":
-            table = parse_sasrec_lines(_load("text", path, scratch), path)
+            table = parse_sasrec_lines(_load("text", path, scratch, format, ["user", "item"]), path)
             user_column, item_column, timestamp_column, rating_column = "user", "item", None, None
         elif format == "movielens":
-            table = parse_movielens_lines(_load("text", path, scratch), path)
+            table = parse_movielens_lines(_load("text", path, scratch, format, ["UserID", "MovieID"]), path)
             user_column, item_column, timestamp_column = "user", "item", "timestamp"
             rating_column = "rating"
         elif format == "literal":
-            keys = tuple(dict.fromkeys(k for k in (user_column, item_column, timestamp_column, rating_column) if k))
-            table = parse_literal_dicts(_load("text", path, scratch), path, keys, num_proc)
+            table = parse_literal_dicts(_load("text", path, scratch, format, keys), path, tuple(keys), num_proc)
         elif format in ("csv", "tsv"):
-            table = _load("csv", path, scratch, sep="\t" if format == "tsv" else ",").data.table
+            table = _read_csv(path, format, scratch, keys)
         elif format in ("parquet", "json"):
-            table = _load(format, path, scratch).data.table
+            table = _load(format, path, scratch, format, keys).data.table
         elif format == "disk":
             try:
                 dataset = datasets.load_from_disk(path)

@@ -1,0 +1,103 @@
+"""The loss interface: registry, BPR (the worked example), statistics from the data module, negatives on demand."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.encoder import SASRec
+from sasrec_lightning.losses import LOSSES, BCELoss, BPRLoss, Loss, build_loss, register_loss
+
+
+def test_bpr_matches_the_written_out_formula_values_and_gradients():
+    torch.manual_seed(0)
+    encoder = SASRec(num_items=12, max_len=5, hidden_size=8, num_blocks=1)
+    hidden = torch.randn(6, 8, requires_grad=True)  # (N, d)
+    targets = torch.tensor([1, 5, 12, 5, 7, 3])  # (N,)
+    negatives = torch.tensor([[2, 4, 9], [1, 9, 9], [11, 2, 3], [6, 8, 1], [1, 12, 5], [10, 4, 2]])  # (N, k)
+    loss = build_loss("bpr", 12)(encoder, hidden, targets, negatives)
+    loss_grads = torch.autograd.grad(loss, (hidden, encoder.item_embedding.weight))
+
+    # Rendle et al.: mean over positions n and negatives j of -ln sigma(h_n . M[y_n] - h_n . M[j]).
+    table = encoder.item_embedding.weight
+    terms = []
+    for n in range(6):
+        for j in negatives[n]:
+            difference = hidden[n] @ table[targets[n]] - hidden[n] @ table[j]
+            terms.append(-torch.log(1.0 / (1.0 + torch.exp(-difference))))
+    reference = torch.stack(terms).mean()
+    reference_grads = torch.autograd.grad(reference, (hidden, table))
+    torch.testing.assert_close(loss, reference)
+    for got, expected in zip(loss_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert not loss_grads[1][0].any()  # padding row
+
+
+def test_registry_builds_by_name_and_refuses_unknown_or_taken_names(monkeypatch):
+    assert {"bce", "gbce", "bpr", "sampled_softmax", "ce"} <= set(LOSSES)
+    assert isinstance(build_loss("bpr", 10, gbce_t=0.3), BPRLoss)  # other losses' options are ignored
+    assert build_loss("gbce", 10, gbce_t=0.3).t == 0.3
+    with pytest.raises(ValueError, match=r"unknown loss 'hinge'; expected one of \['bce', 'bpr'"):
+        build_loss("hinge", 10)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        SASRecModule(num_items=10, max_len=4, loss="hinge")
+    monkeypatch.setattr("sasrec_lightning.losses.LOSSES", dict(LOSSES))
+    with pytest.raises(ValueError, match="a loss named 'bce' is already registered"):
+        register_loss("bce")(BPRLoss)
+    assert register_loss("bce")(BCELoss) is BCELoss  # registering the same class again is harmless
+
+
+class _Recording(Loss):
+    """A user's loss: mean negative target score; records what the module hands it."""
+
+    needs_negatives = False
+    seen: dict = {}
+
+    def setup(self, statistics) -> None:
+        type(self).seen["statistics"] = statistics
+
+    def forward(self, encoder, hidden, targets, negatives, generator=None, rows=None):
+        type(self).seen.setdefault("k", set()).add(negatives.size(-1))
+        return -encoder.score_items(hidden, targets.unsqueeze(-1)).mean()
+
+
+class _RecordingWithNegatives(_Recording):
+    needs_negatives = True
+
+
+@pytest.mark.parametrize("loss_class, k", [(_Recording, 0), (_RecordingWithNegatives, 3)])
+def test_a_registered_loss_trains_with_data_module_statistics_and_negatives_on_demand(
+        monkeypatch, tiny_txt, loss_class, k):
+    monkeypatch.setattr("sasrec_lightning.losses.LOSSES", {**LOSSES, "recording": loss_class})
+    loss_class.seen = {}
+    L.seed_everything(0, verbose=False)
+    data = SASRecDataModule(path=str(tiny_txt), max_len=4, batch_size=2, num_negatives=3, print_statistics=False)
+    model = SASRecModule(num_items=data.num_items, max_len=4, hidden_size=8, num_blocks=1, loss="recording")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    assert loss_class.seen["k"] == {k}  # negatives drawn only when the loss asks for them
+    statistics = loss_class.seen["statistics"]
+    # Training targets by hand (tiny.txt; ids unchanged): user 1 trains on 1 2 3 (targets 2 3),
+    # user 3 on 5 1 (target 1), user 5 on 1 6 (target 6); users 2, 4 and 6 have no training pair.
+    expected = np.zeros(7, np.int64)
+    expected[[2, 3, 1, 6]] = 1
+    assert np.array_equal(statistics.item_counts, expected)
+    assert statistics.positions_per_batch == pytest.approx(4 / 2)  # 4 positions, 3 users in 2 batches
+    assert model.statistics is statistics
+
+
+def test_popularity_sampling_without_a_data_module_says_what_it_needs(tiny_txt):
+    data = SASRecDataModule(path=str(tiny_txt), max_len=4, batch_size=2, print_statistics=False)
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    model = SASRecModule(num_items=data.num_items, max_len=4, hidden_size=8, num_blocks=1, loss="sampled_softmax",
+                         sampled_negatives=3, negative_sampling="popularity", loss_normalization="batch")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"negative_sampling='popularity' needs item frequencies from a data module "
+                                         r"with training_statistics\(\)"):
+        trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
