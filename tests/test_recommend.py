@@ -134,3 +134,18 @@ def test_checkpoints_without_the_popularity_buffer_still_load(tmp_path):
     assert restored.item_popularity.sum() == 0 and restored.item_vocabulary is None
     with pytest.warns(UserWarning, match="most-popular"):
         assert len(restored.recommend([[]], k=2).items[0]) == 2
+
+
+def test_the_fallback_is_visible_in_the_return_value():
+    module = tiny_module()
+    with pytest.warns(UserWarning):
+        out = module.recommend([["banana"], [], ["kiwi"], ["kiwi", "date"]], k=2)
+    assert out.fallback == [False, True, True, False]
+
+
+def test_strict_raises_on_an_unknown_id_instead_of_falling_back():
+    module = tiny_module()
+    with pytest.raises(KeyError, match=r"strict=True.*1 item id\(s\) not in the model's vocabulary.*\[3\].*type int"):
+        module.recommend([["banana", 3]], k=2, strict=True)  # an integer where the ids are strings
+    out = module.recommend([["banana"], []], k=2, strict=True)  # known ids and an empty history: no error
+    assert out.fallback == [False, True]

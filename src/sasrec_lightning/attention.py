@@ -19,6 +19,7 @@ Plotting needs matplotlib: ``pip install "sasrec-lightning[plots]"``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -212,14 +213,15 @@ def main(args: list[str] | None = None) -> None:
     Reads the same config as ``sasrec-lightning`` (the data and, with a W&B logger, the logger),
     loads the checkpoint and renders the heatmaps once.
     """
-    from .cli import exit_on_reported_errors
+    from .cli import exit_on_reported_errors, quiet_known_warnings
 
+    quiet_known_warnings()
     exit_on_reported_errors(_render_checkpoint, args)
 
 
 def _render_checkpoint(args: list[str] | None) -> None:
-    from .checkpoints import check_checkpoint_classes, check_item_ids, read_checkpoint
-    from .cli import SASRecArgumentParser, SASRecCLI
+    from .checkpoints import check_checkpoint_classes, check_item_ids, data_setting_differences, read_checkpoint
+    from .cli import SASRecArgumentParser, SASRecCLI, resolve_config_args
     from .datamodule import SASRecDataModule
     from .module import SASRecModule
 
@@ -227,9 +229,21 @@ def _render_checkpoint(args: list[str] | None) -> None:
         def add_arguments_to_parser(self, parser) -> None:
             super().add_arguments_to_parser(parser)
             parser.add_argument("--ckpt_path", type=str | None, default=None,
-                                help="checkpoint to load (empty: the freshly initialized model of the config)")
+                                help="checkpoint to load (empty: the freshly initialized model of the config); "
+                                "its model and data settings fill in what the config does not give")
+            # Keys of a run's saved config.yaml that mean nothing here; accepted so that file can be passed.
+            parser.add_argument("--weights_only", type=bool | None, default=None,
+                                help="accepted for a run's saved config.yaml; checkpoints always load with "
+                                "weights_only=True")
             parser.add_class_arguments(AttentionHeatmaps, "attention")
 
+        def _parse_ckpt_path(self) -> None:  # no subcommand: the checkpoint fills the top level
+            self._apply_checkpoint(None)
+
+    if args is None:  # -c NAME: a packaged config (rewritten in place, as sasrec-lightning does)
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    else:
+        args = resolve_config_args(list(args))
     cli = AttentionCLI(SASRecModule, SASRecDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        run=False, args=args, save_config_callback=None, parser_class=SASRecArgumentParser)
     model = cli.model
@@ -241,7 +255,9 @@ def _render_checkpoint(args: list[str] | None) -> None:
         check_checkpoint_classes(checkpoint.get("hyper_parameters") or {}, SASRecModule, ckpt_path)
         sequences = getattr(cli.datamodule, "sequences", None)
         if checkpoint.get("item_ids") is not None and sequences is not None:
-            check_item_ids(checkpoint["item_ids"], sequences.item_ids)
+            differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"),
+                                                   cli.datamodule.hparams)
+            check_item_ids(checkpoint["item_ids"], sequences.item_ids, differences)
         model = type(model).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     callback = AttentionHeatmaps(**cli.config.get("attention").as_dict())
     cli.datamodule.setup(callback.stage)

@@ -25,7 +25,7 @@ from .errors import CheckpointError
 
 __all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
            "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
-           "DATA_OPTIONS"]
+           "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS", "data_setting_differences", "plain"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
@@ -33,6 +33,43 @@ TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
 # The data options that decide the item ids (internal id -> original id) a model is trained with.
 DATA_OPTIONS = ("path, format, user_column/item_column, min_user_interactions, min_item_interactions, filter_mode, "
                 "min_rating and deduplicate")
+
+
+# Data options that say how to run, not which data a model was trained on: never taken from a
+# checkpoint, never named as a difference.
+DATA_RUNTIME_OPTIONS = ("predict_users", "cache_dir", "num_proc", "use_cache", "rebuild_cache", "hash_source",
+                        "print_statistics", "batch_size", "eval_batch_size", "num_workers")
+
+
+def plain(value):
+    """``value`` with tuples as lists (a saved ``(0.8, 0.9)`` reads back as ``[0.8, 0.9]``), for comparison."""
+    if isinstance(value, (tuple, list)):
+        return [plain(item) for item in value]
+    return value
+
+
+def data_setting_differences(saved: Mapping | None, current: Mapping | None) -> str:
+    """The data options whose values differ between a checkpoint's training run and the current data.
+
+    Args:
+        saved: the checkpoint's ``datamodule_hyper_parameters`` (written by Lightning), or ``None``.
+        current: the current data module's ``hparams``, or ``None``.
+
+    Returns:
+        ``"path: 'a.csv' in the checkpoint, 'b.csv' here; ..."``, or ``""`` when nothing can be compared.
+    """
+    if not saved or not current:
+        return ""
+    differ = [f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} here" for key in saved
+              if key in current and not key.startswith("_") and key not in DATA_RUNTIME_OPTIONS
+              and plain(saved[key]) != plain(current[key])]
+    return "; ".join(differ)
+
+
+def _what_differs(differences: str) -> str:
+    if differences:
+        return f"These --data options differ from the training run's: {differences}. Use the training run's values"
+    return f"Use it with the data it was trained on (the same --data options: {DATA_OPTIONS})"
 
 
 def is_unsafe_refusal(error: BaseException) -> bool:
@@ -129,13 +166,14 @@ def check_checkpoint_classes(hyper_parameters: Mapping, base: type, path: str | 
                               f"{list(TRUSTED_INSTANTIATORS)} is accepted (it would be imported and run)")
 
 
-def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int) -> None:
+def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int, differences: str = "") -> None:
     """Refuse a state dict whose tensors differ in shape from the model's, naming what differs.
 
     Args:
         state_dict: the checkpoint's ``state_dict``.
         own: the model's ``state_dict()``.
         num_items: the model's ``num_items`` (from the data, under the CLI).
+        differences: the data settings that differ from the training run's (:func:`data_setting_differences`).
 
     Raises:
         CheckpointError: a different item count (the item table rows) or other hyper-parameters.
@@ -144,8 +182,8 @@ def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int) -> Non
     if table in state_dict and table in own and state_dict[table].shape[0] != own[table].shape[0]:
         raise CheckpointError(
             f"the checkpoint was trained with num_items={state_dict[table].shape[0] - 1} but the data has "
-            f"num_items={num_items}: the checkpoint was trained on other data. Use it with the data it was "
-            f"trained on (the same --data options: {DATA_OPTIONS}), or train a model on this data."
+            f"num_items={num_items}: the checkpoint was trained on other data. {_what_differs(differences)}, "
+            "or train a model on this data."
         )
     different = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} here"
                  for key, value in state_dict.items()
@@ -165,12 +203,13 @@ def _comparable(ids: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ids.astype(str), other.astype(str)
 
 
-def check_item_ids(checkpoint_ids, data_ids) -> None:
+def check_item_ids(checkpoint_ids, data_ids, differences: str = "") -> None:
     """Refuse a checkpoint whose item ids (internal id -> original id) are not the data's.
 
     Args:
         checkpoint_ids: ``(I + 1,)`` the checkpoint's ``item_ids`` (entry 0 = padding, not compared).
         data_ids: ``(I' + 1,)`` the data's.
+        differences: the data settings that differ from the training run's (:func:`data_setting_differences`).
 
     Raises:
         CheckpointError: the counts or any id differ; the message shows how many and a few examples.
@@ -179,8 +218,7 @@ def check_item_ids(checkpoint_ids, data_ids) -> None:
     if len(saved) != len(data):
         raise CheckpointError(
             f"the checkpoint was trained with num_items={len(saved)} but the data has num_items={len(data)}: the "
-            f"checkpoint was trained on other data. Use it with the data it was trained on (the same --data "
-            f"options: {DATA_OPTIONS}), or train a model on this data."
+            f"checkpoint was trained on other data. {_what_differs(differences)}, or train a model on this data."
         )
     saved, data = _comparable(saved, data)
     differ = np.flatnonzero(saved != data)  # (D,) 0-based positions, internal id - 1
@@ -190,8 +228,7 @@ def check_item_ids(checkpoint_ids, data_ids) -> None:
     raise CheckpointError(
         f"the checkpoint was trained on other data: {len(differ)} of its {len(saved)} item ids differ from the "
         f"data's (internal id: checkpoint item vs data item, e.g. {examples}), so its scores "
-        f"would belong to other items. Use it with the data it was trained on (the same --data options: "
-        f"{DATA_OPTIONS}), or train a model on this data."
+        f"would belong to other items. {_what_differs(differences)}, or train a model on this data."
     )
 
 

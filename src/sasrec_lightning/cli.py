@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .baselines import most_popular_metrics
-from .checkpoints import check_checkpoint_classes, is_unsafe_refusal, read_checkpoint, unsafe_checkpoint_error
+from .checkpoints import (
+    DATA_RUNTIME_OPTIONS,
+    check_checkpoint_classes,
+    imported_class,
+    is_unsafe_refusal,
+    plain,
+    read_checkpoint,
+    unsafe_checkpoint_error,
+)
 from .datamodule import SASRecDataModule
 from .errors import CheckpointError, DataError, OptionError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
-__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors"]
+__all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors", "packaged_configs", "resolve_config",
+           "quiet_known_warnings"]
 
 
 # How a model is evaluated, not what it learned: taken from the command's own config and flags, not
@@ -41,7 +56,9 @@ def condensed_parse_error(message: str) -> str:
 
     ``Parser key "data": ... Problem with given class_path ...: Parser key "max_len": Expected a
     <class 'int'>. Got value: abc`` becomes ``--data.max_len: Expected a <class 'int'>. Got value: abc``.
-    A message of another shape is kept whole, on one line.
+    A message of another shape is kept whole, on one line. An unknown model or data option gets the
+    closest valid names (``did you mean hidden_size?``); a class whose module cannot be imported, a
+    hint about ``PYTHONPATH``.
     """
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys = [(index, match.group(1)) for index, line in enumerate(lines)
@@ -54,16 +71,74 @@ def condensed_parse_error(message: str) -> str:
     if given and not any("Got value" in reason for reason in reasons) and not given[-1].startswith("NestedArg"):
         reasons.append(f"Got value: {given[-1]}")
     flag = ".".join(dict.fromkeys(key for _, key in keys))  # outer section, then the inner key
-    return f"--{flag}: {' '.join(reasons) or ' '.join(lines)}"
+    reason = " ".join(reasons) or " ".join(lines)
+    if "Option '" in reason and "is not accepted" in reason:
+        reason = re.sub(r" Got value: .*", "", reason)  # the whole section as given: noise next to the option
+    return _explained(flag, reason, message)
+
+
+def _option_names(class_path: str) -> list[str]:
+    """The ``__init__`` parameters of the imported class ``class_path`` and its bases (``[]`` when not imported)."""
+    cls = imported_class(class_path)
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" in vars(klass) and klass is not object:
+            names += [name for name, parameter in inspect.signature(klass.__init__).parameters.items()
+                      if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    return list(dict.fromkeys(names))
+
+
+def _explained(flag: str, reason: str, message: str) -> str:
+    """A reason with the hint it needs: close option names for a typo, ``PYTHONPATH`` for a missing module."""
+    class_path = re.search(r"class_path '([^']+)'", message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", reason)
+    if unknown and class_path:
+        names = _option_names(class_path.group(1))
+        close = difflib.get_close_matches(unknown.group(1).split(".")[-1], names, n=3, cutoff=0.6)
+        section = flag.split(".")[0]
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        return (f"--{section}.{unknown.group(1)}: Option {unknown.group(1)!r} is not accepted by "
+                f"{class_path.group(1)}; {hint}"
+                f"(every option: --{section}.help {class_path.group(1).rsplit('.', 1)[-1]})")
+    missing = re.search(r"No module named '([^']+)'", reason)
+    if missing and class_path:
+        return (f"--{flag}: cannot import {class_path.group(1)!r}: no module named {missing.group(1)!r}. If it is "
+                f"your own file ({missing.group(1).split('.')[0]}.py), run from its folder with PYTHONPATH=. "
+                "(e.g. PYTHONPATH=. sasrec-lightning fit ...) or install it")
+    return f"--{flag}: {reason}"
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class SASRecArgumentParser(LightningArgumentParser):
     """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
 
+    def dump(self, cfg, *args, **kwargs) -> str:
+        # The optimizer is a model option (--model.optimizer). LightningCLI's top-level --optimizer /
+        # --lr_scheduler stay accepted (a run's saved config.yaml lists them) but are not printed
+        # while unset, so `--print_config` shows `optimizer: null` once. (dump also runs on the model's
+        # own init_args, whose optimizer stays: hence only a config with a trainer section.)
+        if "trainer" in cfg and any(cfg.get(key, "unset") is None for key in ("optimizer", "lr_scheduler")):
+            cfg = cfg.clone()
+            for key in ("optimizer", "lr_scheduler"):
+                if key in cfg and cfg[key] is None:
+                    del cfg[key]
+        if "skip_none" in kwargs:  # Lightning still passes jsonargparse's deprecated name (a warning each run)
+            kwargs["skip_unset"] = kwargs.pop("skip_none")
+        return super().dump(cfg, *args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
-        sys.stderr.write(f"error: {condensed_parse_error(message)} (see --help)\n")
+        condensed = condensed_parse_error(message)
+        folder = packaged_configs()
+        if condensed.startswith("--config:") and "does not exist" in condensed and folder is not None:
+            names = sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
+            condensed += f"; the packaged configs are: {', '.join(names)}"
+        hint = "" if ".help " in condensed else " (see --help)"  # a typo's message points to its section's help
+        sys.stderr.write(f"error: {condensed}{hint}\n")
         self.exit(2)
 
 
@@ -73,6 +148,23 @@ class SASRecCLI(LightningCLI):
     With ``--ckpt_path``, LightningCLI rebuilds the model from the checkpoint's hyper-parameters;
     the evaluation settings (``EVALUATION_SETTINGS``) keep the values of the running command.
     """
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's trainer, model and data sections, with the package's classes as defaults.
+
+        Without ``--model`` / ``--data`` (or a config naming them) `fit` alone trains on the synthetic
+        data and ``predict --ckpt_path run.ckpt`` needs nothing else (LightningCLI requires both).
+        """
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items()
+                             if key != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model,
+                                        required=False)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data,
+                                        required=False)
+        if self.subclass_mode_model and self.subclass_mode_data:
+            parser.set_defaults({"model": {"class_path": _class_path(self._model_class)},
+                                 "data": {"class_path": _class_path(self._datamodule_class)}})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Said once, in the data section; the model receives them.
@@ -86,20 +178,42 @@ class SASRecCLI(LightningCLI):
         )
         # `predict` writes every user's top --prediction.k items in original ids to --prediction.output.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        # The generated usage line lists all ~200 trainer flags; the model and data options are only
+        # listed by --model.help / --data.help (subclass mode), so point there instead.
+        parser.usage = "%(prog)s [-c CONFIG] [--trainer.* ...] [--model.* ...] [--data.* ...] [--ckpt_path CKPT]"
+        pointer = (f"Model and data options: --model.help {self._model_class.__name__} and --data.help "
+                   f"{self._datamodule_class.__name__} (each option with its documentation). Configs shipped with "
+                   "the package run by name: -c quickstart.")
+        parser.description = f"{parser.description or ''}\n\n{pointer}".strip()
+        parser.epilog = pointer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Kept to tell the options the user gave (config files and flags) from defaults: those win
+        # over the data settings a checkpoint carries (see ``_apply_checkpoint_data``).
+        self._given_args = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
 
     def _parse_ckpt_path(self) -> None:
-        """Rebuild the model from ``--ckpt_path``'s hyper-parameters, safely.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._apply_checkpoint(subcommand)
+
+    def _apply_checkpoint(self, subcommand: str | None) -> None:
+        """Rebuild the model and the data settings from ``--ckpt_path``, safely.
 
         Replaces LightningCLI's version, which imports whatever class the checkpoint names
         (``_class_path``) before the parser can reject it: here the name must be an already imported
         subclass of the model class (see ``checkpoints.py``). Every load of the run, including
         ``--ckpt_path last``/``best`` that Lightning resolves and loads itself, uses
-        ``weights_only=True``. The evaluation settings (``EVALUATION_SETTINGS``) keep the command's values.
+        ``weights_only=True``. The evaluation settings (``EVALUATION_SETTINGS``) keep the command's values;
+        the data settings of the training run fill in every data option the command does not give.
+
+        Args:
+            subcommand: ``fit``/``validate``/``test``/``predict``, or ``None`` for a parser without
+                subcommands (``sasrec-lightning-attention``).
         """
-        subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
+        config = self.config[subcommand] if subcommand else self.config
+        root = f"{subcommand}." if subcommand else ""
         if "weights_only" in config:
             if config.get("weights_only") is False:
                 raise OptionError("--weights_only false: checkpoints are only loaded with weights_only=True (tensors "
@@ -113,19 +227,73 @@ class SASRecCLI(LightningCLI):
                 return  # resolved and loaded by the Trainer (with weights_only=True, set above)
             raise CheckpointError(f"--ckpt_path {ckpt_path!r} is not a file; expected a .ckpt written by "
                                   f"`sasrec-lightning fit`, or one of {list(LIGHTNING_CKPT_NAMES)}")
-        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        checkpoint = read_checkpoint(ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         check_checkpoint_classes(hparams, self._model_class, ckpt_path)
+        self._apply_checkpoint_data(checkpoint, root)
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        prefix = f"{subcommand}.model.init_args."
+        prefix = f"{root}model.init_args."
         given = {key: self.config.get(prefix + key) for key in EVALUATION_SETTINGS}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        model = {"model": hparams}
+        self.config = self.parser.parse_object({subcommand: model} if subcommand else model, self.config)
         for key, value in given.items():
             if value is not None and self.config.get(prefix + key, None) is not None:
                 self.config[prefix + key] = value
+
+    def _apply_checkpoint_data(self, checkpoint: dict, root: str) -> None:
+        """Fill the data options the command leaves at their defaults from the checkpoint's training run.
+
+        So ``predict --ckpt_path run.ckpt --data.path new.csv`` reads ``new.csv`` with the run's
+        columns, filters, ``max_len``, ... ; options in the command's config files or flags win.
+        Run-time options (``DATA_RUNTIME_OPTIONS``) are never taken from the checkpoint.
+        """
+        saved = dict(checkpoint.get(SASRecDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        class_path = self.config.get(f"{root}data.class_path")
+        if not saved or saved.pop("_class_path", class_path) != class_path or self._given_args is None:
+            return  # another data class: its options need not mean the same
+        given = self.parser.parse_args(self._given_args, defaults=False)
+        given_options = set(dict(given.get(f"{root}data.init_args") or {}))
+        # max_len sizes the position embedding: the checkpoint fits no other, so a config file's value
+        # gives way too; only a flag keeps it (and then gets the shape error naming it).
+        if not any(arg.split("=")[0] in ("--data.max_len", "--data.init_args.max_len") for arg in self._given_args):
+            given_options.discard("max_len")
+        current = self.config.get(f"{root}data.init_args")
+        taken = {key: value for key, value in saved.items()
+                 if key in current and key not in given_options and key not in DATA_RUNTIME_OPTIONS
+                 and plain(value) != plain(current[key])}
+        if not taken:
+            return
+        data = {"data": {"class_path": class_path, "init_args": taken}}
+        self.config = self.parser.parse_object({root.rstrip("."): data} if root else data, self.config)
+        print("[sasrec-lightning] data options of the checkpoint's training run: "
+              + ", ".join(f"{key}={value!r}" for key, value in taken.items()))
+
+    def before_instantiate_classes(self) -> None:
+        """Keep outputs tidy: name the run after its data; predict/test a checkpoint without a new run folder."""
+        subcommand = self.subcommand
+        if not subcommand or self._given_args is None:
+            return
+        config = self.config[subcommand]
+        flags = {arg.split("=")[0] for arg in self._given_args if arg.startswith("--")}
+        logger = config.get("trainer.logger")
+        if subcommand != "fit" and config.get("ckpt_path") and logger is not False \
+                and not any(flag.startswith("--trainer.logger") for flag in flags):
+            # Evaluating or predicting a trained model is not a training run: no logger version folder
+            # (pass --trainer.logger to log the test metrics anyway).
+            config["trainer.logger"] = False
+            return
+        data_given = flags & {"--data.path", "--data.init_args.path", "--data.url", "--data.init_args.url"}
+        name_given = any(flag.startswith("--trainer.logger") and flag.endswith(".name") for flag in flags)
+        if isinstance(logger, Namespace) and "name" in (logger.get("init_args") or {}) and data_given \
+                and not name_given:
+            # A config's run name (`beauty`) describes its own data, not the file given with --data.path.
+            data = config.get("data.init_args")
+            source = data.get("path") or data.get("url") or "synthetic"
+            logger["init_args"]["name"] = Path(str(source).rstrip("/")).name.split(".")[0] or "data"
 
     def before_fit(self) -> None:
         if not self.trainer.loggers:
@@ -172,16 +340,94 @@ class SASRecCLI(LightningCLI):
         return config.get(key)
 
 
+def packaged_configs() -> Path | None:
+    """The folder of the configs that ship with the package, or ``None`` when there is none.
+
+    A wheel installs the repository's ``configs/`` as ``sasrec_lightning/configs``; a source checkout
+    (``PYTHONPATH=src``, or an editable install, which maps the folder instead of copying it) has it
+    beside ``src/``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parents[1] / "configs"):
+        if (candidate / "quickstart.yaml").is_file():
+            return candidate
+    return None
+
+
+def resolve_config(name: str) -> str:
+    """``name`` as given when it is an existing path, else the packaged config it names, else unchanged.
+
+    ``quickstart``, ``quickstart.yaml``, ``trainer/bf16`` and ``configs/steam.yaml`` (the repository
+    form, run outside a clone) all name packaged configs. An unknown name is returned unchanged, so the
+    parser reports the missing file as usual.
+    """
+    if os.path.exists(name) or "\n" in name or ":" in name:  # a file, or inline YAML (``-c '{...}'``)
+        return name
+    folder = packaged_configs()
+    if folder is None:
+        return name
+    relative = name.removeprefix("configs/")
+    for candidate in (relative, f"{relative}.yaml"):
+        path = folder / candidate
+        if path.is_file() and folder in path.resolve().parents:
+            return str(path)
+    return name
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`."""
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        if arg in ("-c", "--config") and index + 1 < len(resolved):
+            resolved[index + 1] = resolve_config(resolved[index + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            flag, value = arg.split("=", 1)
+            resolved[index] = f"{flag}={resolve_config(value)}"
+    return resolved
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Save the run's ``config.yaml`` in the run's folder, never in the working directory.
+
+    With a logger that is the logger's ``log_dir`` (as in LightningCLI); without one, the folder of
+    the checkpoints; without either, nothing is saved (no run folder exists). Only ``fit`` starts a
+    run: ``validate``/``test``/``predict`` save nothing.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved or stage != "fit" or trainer.logger is None:
+            return  # (without a logger: saved in on_fit_start, after ModelCheckpoint checked its folder is new)
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.already_saved or trainer.logger is not None:
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and trainer.is_global_zero:
+            folder = checkpoint.dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
+            os.makedirs(folder, exist_ok=True)
+            self.parser.save(self.config, os.path.join(folder, self.config_filename), overwrite=self.overwrite,
+                             multifile=self.multifile)
+        self.already_saved = True
+
+
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
-    """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``)."""
+    """Build and run the CLI; model and data classes can be any subclass (``--model.class_path``).
+
+    ``-c NAME`` runs a packaged config by name (``-c quickstart``) when ``NAME`` is no file here.
+    """
+    if args is None:  # rewritten in place: LightningCLI warns when given both args and a command line
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+    elif isinstance(args, list):
+        args = resolve_config_args(args)
     return SASRecCLI(
         SASRecModule,
         SASRecDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        save_config_kwargs={"overwrite": True},
-        **{"parser_class": SASRecArgumentParser, **kwargs},
+        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback,
+           "save_config_kwargs": {"overwrite": True}, **kwargs},
     )
 
 
@@ -215,8 +461,47 @@ def exit_on_reported_errors(function: Callable[..., Any], *args: Any) -> Any:
         raise SystemExit(2) from None
 
 
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Known-harmless messages of other libraries, silenced by the console scripts only (not on import, so
+# a user's own Lightning code sees everything): each by its exact text, never a whole category.
+_HARMLESS_WARNINGS = (
+    # Lightning's own pytree helper uses a torch class that torch >= 2.10 deprecates.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # predict/test load a checkpoint whose ModelCheckpoint folder is not this run's: nothing to restore.
+    (r"The dirpath has changed from .* therefore `best_model_score`", UserWarning),
+)
+_HARMLESS_LOGS = {
+    # Advertisements for Lightning's cloud services, on every run.
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    "lightning.fabric.utilities.rank_zero": ("💡 Tip:",),
+    # The ONNX exporter looks up torchvision's operators, which a recommender never uses.
+    "torch.onnx._internal.exporter._registration": ("torchvision is not installed",),
+}
+
+
+def quiet_known_warnings() -> None:
+    """Silence the known-harmless third-party warnings and tips listed above (console scripts call it)."""
+    for message, category in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, prefixes in _HARMLESS_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropMessages) for existing in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
+
+
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: bad data, options or checkpoints exit with status 2 and one ``error:`` line."""
+    quiet_known_warnings()
     exit_on_reported_errors(cli_main, args)
 
 

@@ -19,7 +19,14 @@ from .errors import DataError
 from .loaders import ResumableLoader, batches_done_this_epoch
 from .options import check_data_options
 from .prediction import read_user_list
-from .preprocessing import PreprocessOptions, SequenceData, build_sequences, dataset_statistics, format_statistics
+from .preprocessing import (
+    PreprocessOptions,
+    SequenceData,
+    build_sequences,
+    dataset_statistics,
+    format_filters,
+    format_statistics,
+)
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
 from .sources import detect_format, download, load_interactions, source_identity
@@ -198,6 +205,9 @@ class SASRecDataModule(L.LightningDataModule):
             cache = self._sequences.info.get("cache")
             origin = "" if cache is None else f" ({'from cache' if cache['hit'] else 'cached to'} {cache['path']})"
             print(f"[sasrec-lightning] dataset statistics{origin}:\n{format_statistics(statistics, name)}")
+            filters = format_filters(self._sequences.info)  # what each filter removed, and its option
+            if filters:
+                print(filters)
 
     @property
     def statistics(self) -> dict[str, float]:
@@ -238,7 +248,8 @@ class SASRecDataModule(L.LightningDataModule):
             hp = self.hparams
             users = None  # the split's users of the stage
             if stage == "predict" and hp.predict_users:
-                users = read_user_list(hp.predict_users, self.sequences.user_ids)
+                users = read_user_list(hp.predict_users, self.sequences.user_ids,
+                                       self.sequences.info.get("filtered_users"))
             self._eval[stage] = EvalBatches(self.split_data, stage, hp.max_len, hp.num_eval_negatives, hp.seed,
                                             users=users, negative_sampling=hp.eval_negative_sampling,
                                             popularity=self.item_popularity())

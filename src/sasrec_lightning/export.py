@@ -139,7 +139,9 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["onnx", "torchscript"], default=None,
                         help="override the format chosen from the extension")
     options = parser.parse_args(args)
-    from .cli import exit_on_reported_errors
+    from .cli import exit_on_reported_errors, quiet_known_warnings
+
+    quiet_known_warnings()
 
     for path in exit_on_reported_errors(export_checkpoint, options.ckpt_path, options.output, options.format):
         print(f"[sasrec-lightning] wrote {path}")

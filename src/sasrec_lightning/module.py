@@ -14,7 +14,13 @@ from torch import Tensor
 
 from .batches import TrainingStatistics
 from .callbacks import RowGradients
-from .checkpoints import check_item_ids, check_state_shapes, restore_rng_states, save_rng_states
+from .checkpoints import (
+    check_item_ids,
+    check_state_shapes,
+    data_setting_differences,
+    restore_rng_states,
+    save_rng_states,
+)
 from .encoder import SASRec
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
@@ -329,13 +335,17 @@ class SASRecModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
         # a size-mismatch traceback (other item count) or, worse, score the wrong items (same count).
+        # The error names the data options that differ from the training run's (Lightning saves them).
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"),
+                                               getattr(datamodule, "hparams", None))
         state = checkpoint.get("state_dict")
         if state is not None:
-            check_state_shapes(state, self.state_dict(), self.model.num_items)
+            check_state_shapes(state, self.state_dict(), self.model.num_items, differences)
         data_ids = self._data_item_ids()
         if checkpoint.get("item_ids") is not None:
             if data_ids is not None:
-                check_item_ids(checkpoint["item_ids"], data_ids)
+                check_item_ids(checkpoint["item_ids"], data_ids, differences)
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
         if state is not None and "item_popularity" not in state:  # written before the buffer existed
             state["item_popularity"] = torch.zeros_like(self.item_popularity)
@@ -343,18 +353,23 @@ class SASRecModule(L.LightningModule):
         if resuming:
             restore_rng_states(checkpoint, self.device)
 
-    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> Recommendations:
+    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
+                  strict: bool = False) -> Recommendations:
         """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
 
         Args:
             sequences: item-id sequences, oldest first, in the dataset's original ids when the
                 model knows them (trained from a data module or a checkpoint of one), otherwise
-                internal ids ``1..num_items``. Unknown ids are skipped with a warning; a sequence
-                with no known item gets the most-popular items.
+                internal ids ``1..num_items``. Unknown ids are skipped with a warning (``strict``:
+                raise); a sequence with no known item gets the most-popular items.
             k: items per sequence.
             exclude_seen: never recommend an item already in the sequence.
+            strict: raise ``KeyError`` on an unknown id instead of skipping it (services that must
+                not answer a malformed request with most-popular items should pass ``True``).
 
         Returns:
-            ``Recommendations(items, scores)``: one list of ids (best first) and one of scores per sequence.
+            ``Recommendations(items, scores, fallback)``: per sequence the ids (best first), their
+            scores, and whether it was answered with the most-popular items (no known item).
         """
-        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity)
+        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
+                         strict=strict)

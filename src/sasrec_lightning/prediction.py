@@ -57,7 +57,7 @@ def output_format(path: str) -> str:
     return FORMATS[suffix]
 
 
-def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
+def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, list] | None = None) -> np.ndarray:
     """User rows of the original user ids listed in a file, in sorted row order, each once.
 
     Args:
@@ -65,6 +65,8 @@ def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
             a ``user`` column.
         user_ids: ``(U,)`` original user ids of the data, row -> id (sorted, as built by
             :func:`~sasrec_lightning.preprocessing.build_sequences`).
+        filtered_users: ``{option: original ids of the users it filtered out}`` (preprocessing's
+            ``info["filtered_users"]``), so a skipped id is reported as filtered out, not unknown.
 
     Returns:
         ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
@@ -103,8 +105,14 @@ def read_user_list(path: str, user_ids: np.ndarray) -> np.ndarray:
     found = known & (user_ids[rows] == wanted)  # (N,)
     if not found.all():
         missing = given[~found][:5].tolist()
-        log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)",
-                    path, int((~found).sum()), missing)
+        reasons = []
+        for option, ids in (filtered_users or {}).items():
+            dropped = np.intersect1d(given[~found], np.asarray(ids).astype(str))  # (D,)
+            if len(dropped):
+                reasons.append(f"{len(dropped)} filtered out by {option} (e.g. {dropped[:3].tolist()})")
+        why = f"; {', '.join(reasons)}" if reasons else ""
+        log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)%s",
+                    path, int((~found).sum()), missing, why)
     return np.unique(rows[found]).astype(np.int64)
 
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from .errors import DataError
 
 __all__ = ["SequenceData", "PreprocessOptions", "preprocess", "build_sequences", "dataset_statistics",
-           "format_statistics"]
+           "format_statistics", "format_filters"]
 
 
 @dataclass
@@ -169,12 +169,17 @@ def preprocess(table: pa.Table, options: PreprocessOptions | None = None, source
     options = options or PreprocessOptions()
     num_rows = table.num_rows
     keep = None
+    removed = []  # what each filter removed, for the data summary (see format_filters)
     if options.min_rating is not None:
         if "rating" not in table.column_names:
             raise DataError(f"{source}: min_rating={options.min_rating} needs a rating column; the columns are "
                             f"{table.column_names}. Set --data.rating_column or drop --data.min_rating")
         keep = pc.fill_null(pc.greater_equal(table.column("rating"), options.min_rating), False)
+        before = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
         table = table.filter(keep)
+        after = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
+        removed.append({"option": f"min_rating={options.min_rating}", "users": before[0] - after[0],
+                        "items": before[1] - after[1], "interactions": num_rows - table.num_rows})
     user_vocab, users = _encode(table.column("user"))  # (n,), (n,)
     item_vocab, items = _encode(table.column("item"))
     raw = _counts(users, items)
@@ -191,12 +196,18 @@ def preprocess(table: pa.Table, options: PreprocessOptions | None = None, source
         _, first = np.unique(keys, return_index=True)
         keep[:] = False
         keep[first] = True
+        removed.append({"option": "deduplicate=True", "users": 0, "items": 0,
+                        "interactions": int(len(keep) - len(first))})
     passes = 0
+    filtered_users = {}
     if options.min_user_interactions > 0 or options.min_item_interactions > 0:
         kept_rows = np.flatnonzero(keep)
         filtered, passes = _filter_counts(users[kept_rows], items[kept_rows], len(user_vocab), len(item_vocab),
                                           options)
         keep[kept_rows[~filtered]] = False
+        removed_by, filtered_users = _threshold_report(users[kept_rows], items[kept_rows], filtered, user_vocab,
+                                                       len(item_vocab), options)
+        removed += removed_by
     if not keep.any():
         user_counts = np.bincount(users, minlength=len(user_vocab))
         item_counts = np.bincount(items, minlength=len(item_vocab))
@@ -224,8 +235,75 @@ def preprocess(table: pa.Table, options: PreprocessOptions | None = None, source
         item_ids=np.concatenate([item_ids[:1], item_ids]),  # index 0 (padding) is a placeholder
         timestamps=timestamps,
     )
-    data.info = {"raw": raw, "filter_passes": passes, "options": asdict(options)}
+    data.info = {"raw": raw, "filter_passes": passes, "options": asdict(options), "removed": removed,
+                 "filtered_users": filtered_users}
     return data
+
+
+# Filtered-out user ids kept for messages (an unknown --data.predict_users id): bounded, since the raw
+# Steam log has millions of users below the threshold; beyond this only the counts are kept.
+MAX_FILTERED_USER_IDS = 100_000
+
+
+def _threshold_report(users: np.ndarray, items: np.ndarray, kept: np.ndarray, user_vocab: pa.Array, num_items: int,
+                      options: PreprocessOptions) -> tuple[list[dict], dict[str, list]]:
+    """What the user/item thresholds removed, each row, user and item credited to the option that removed it.
+
+    A row is credited to ``min_user_interactions`` when its user was below that threshold on the counts
+    before filtering, else to ``min_item_interactions`` when its item was; what ``k_core``'s later
+    passes removed besides is credited to ``filter_mode=k_core``. A removed user below the user
+    threshold is credited to it, any other removed user to the item threshold (all its items were
+    rare); a removed item below the item threshold to it, any other to the user threshold.
+
+    Args:
+        users: ``(n,)`` user codes of the rows the thresholds saw.
+        items: ``(n,)`` item codes of those rows.
+        kept: ``(n,)`` whether each row survived.
+        user_vocab: user code -> original id.
+        num_items: number of item codes.
+        options: the recipe.
+
+    Returns:
+        One ``{"option", "users", "items", "interactions"}`` entry per option that removed something,
+        and ``{option: [original ids of the users it removed]}`` (omitted above ``MAX_FILTERED_USER_IDS``).
+    """
+    user_counts = np.bincount(users, minlength=len(user_vocab))  # (U,)
+    item_counts = np.bincount(items, minlength=num_items)  # (I,)
+    user_low = user_counts < options.min_user_interactions  # (U,)
+    item_low = item_counts < options.min_item_interactions  # (I,)
+    users_left = np.bincount(users[kept], minlength=len(user_vocab)) > 0  # (U,)
+    items_left = np.bincount(items[kept], minlength=num_items) > 0  # (I,)
+    gone_users, gone_items = (user_counts > 0) & ~users_left, (item_counts > 0) & ~items_left  # (U,), (I,)
+    by_user = user_low[users]  # (n,) row credited to min_user_interactions
+    by_item = ~by_user & item_low[items]  # (n,)
+    later = ~kept & ~by_user & ~by_item  # (n,) k_core cascades
+    reasons = [
+        (f"min_user_interactions={options.min_user_interactions}", by_user, gone_users & user_low,
+         gone_items & ~item_low),
+        (f"min_item_interactions={options.min_item_interactions}", by_item, gone_users & ~user_low,
+         gone_items & item_low),
+    ]
+    report, ids = [], {}
+    for option, rows, user_mask, item_mask in reasons:
+        if rows.any():
+            report.append({"option": option, "users": int(user_mask.sum()), "items": int(item_mask.sum()),
+                           "interactions": int(rows.sum())})
+            if user_mask.sum() <= MAX_FILTERED_USER_IDS:
+                ids[option] = user_vocab.take(pa.array(np.flatnonzero(user_mask))).to_pylist()
+    if later.any():
+        report.append({"option": "filter_mode=k_core (later passes)", "users": 0, "items": 0,
+                       "interactions": int(later.sum())})
+    return report, ids
+
+
+def format_filters(info: dict) -> str:
+    """One line per filter: what it removed and the option that controls it (``""`` when nothing was removed)."""
+    lines = [f"  {entry['option']}: removed {entry['users']:,} users, {entry['items']:,} items, "
+             f"{entry['interactions']:,} interactions" for entry in info.get("removed", []) if entry["interactions"]]
+    if not lines:
+        return ""
+    read = info.get("raw", {}).get("rows_read", 0)
+    return f"filters ({read:,} interactions read):\n" + "\n".join(lines)
 
 
 def build_sequences(

@@ -1,8 +1,8 @@
 """Top-K recommendations for raw item-id sequences, without a Trainer.
 
 This is what :meth:`SASRecModule.recommend` runs: map original ids to internal ones (unknown ids
-are skipped with one warning), left-pad the last ``max_len`` items of every sequence, encode,
-score every item, drop the padding id and (optionally) the items already in the sequence, and
+are skipped with one warning, or raise with ``strict=True``), left-pad the last ``max_len`` items of
+every sequence, encode, score every item, drop the padding id and (optionally) the items already in the sequence, and
 take the top K. A sequence left empty gets the most-popular items instead (the encoder has
 nothing to attend to).
 """
@@ -31,11 +31,13 @@ class Recommendations(NamedTuple):
     fewer than ``k`` items are left after excluding the sequence's own items). For a sequence
     with no known item, the items are the most popular ones and the scores their interaction
     counts over every interaction of the (preprocessed) dataset the model was trained from:
-    training, validation and test items alike, the full history a served model should use.
+    training, validation and test items alike, the full history a served model should use;
+    ``fallback[b]`` is ``True`` for exactly those sequences.
     """
 
     items: list[list]
     scores: list[list[float]]
+    fallback: list[bool]
 
 
 def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
@@ -60,8 +62,12 @@ def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
 
 
 def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabulary | None,
-                        num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat internal ids and CSR offsets of the known items of every sequence."""
+                        num_items: int, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Flat internal ids and CSR offsets of the known items of every sequence.
+
+    Raises:
+        KeyError: ``strict`` and an id is not in the model's vocabulary.
+    """
     lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)  # (B,)
     flat = [item for sequence in sequences for item in sequence]
     if vocabulary is not None:
@@ -72,6 +78,15 @@ def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabular
     known = internal != 0  # (n,)
     if not known.all():
         unknown = [flat[i] for i in np.flatnonzero(~known)[:5]]
+        if strict:
+            kinds = sorted({type(item).__name__ for item in unknown})
+            example = vocabulary.item_ids[1] if vocabulary is not None and num_items else 1
+            example = example.item() if isinstance(example, np.generic) else example  # 'i0', not np.str_('i0')
+            raise KeyError(
+                f"recommend(strict=True): {int((~known).sum())} item id(s) not in the model's vocabulary of "
+                f"{num_items} items (first: {unknown}, of type {', '.join(kinds)}); expected ids seen in training, "
+                f"e.g. {example!r} (type {type(example).__name__}). strict=False skips them"
+            )
         warnings.warn(
             f"recommend: skipped {int((~known).sum())} unknown item id(s) not in the model's vocabulary "
             f"of {num_items} items (first: {unknown}); expected ids seen in training",
@@ -92,6 +107,7 @@ def recommend(
     vocabulary: ItemVocabulary | None = None,
     popularity: Tensor | None = None,
     batch_size: int = 1024,
+    strict: bool = False,
 ) -> Recommendations:
     """Recommend the top ``k`` items after each item sequence (oldest item first).
 
@@ -104,9 +120,15 @@ def recommend(
         vocabulary: original <-> internal id map; ``None`` answers in internal ids.
         popularity: ``(num_items + 1,)`` interaction counts for the empty-sequence fallback.
         batch_size: sequences encoded at once.
+        strict: raise ``KeyError`` on an id not in the vocabulary instead of skipping it (with a
+            warning). Either way ``Recommendations.fallback`` marks the sequences answered with the
+            most-popular items.
 
     Returns:
         :class:`Recommendations`, one entry per input sequence, in input order.
+
+    Raises:
+        KeyError: ``strict`` and a sequence holds an unknown id.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -116,7 +138,7 @@ def recommend(
         raise TypeError(f"sequences must be a list of item-id sequences, e.g. [[3, 7, 9]]; got {sequences!r:.80}. "
                         "For one user pass [sequence]")
     num_items = encoder.num_items
-    items, offsets = _internal_sequences(sequences, vocabulary, num_items)
+    items, offsets = _internal_sequences(sequences, vocabulary, num_items, strict)
     starts, ends = offsets[:-1], offsets[1:]  # (B,), (B,)
     device = encoder.output_weight.device
     counts = popularity if popularity is not None else torch.zeros(num_items + 1)
@@ -167,4 +189,4 @@ def recommend(
             "most-popular items (scores are interaction counts)",
             stacklevel=3,
         )
-    return Recommendations(out_items, out_scores)
+    return Recommendations(out_items, out_scores, (ends - starts == 0).tolist())
