@@ -29,7 +29,7 @@ from .preprocessing import (
 )
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
-from .sources import detect_format, download, load_interactions, source_identity
+from .sources import default_min_interactions, detect_format, download, load_interactions, source_identity
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
 
@@ -161,9 +161,9 @@ class SASRecDataModule(L.LightningDataModule):
         return self._sequences
 
     def preprocess_options(self, format: str) -> PreprocessOptions:
-        """The preprocessing recipe for a source of ``format`` (SASRec text files are not filtered again)."""
+        """The preprocessing recipe for a source of ``format`` (its reader's filter default, e.g. 0 for SASRec text)."""
         hp = self.hparams
-        default = 0 if format == "sasrec" else 5
+        default = default_min_interactions(format)
         min_user = default if hp.min_user_interactions is None else hp.min_user_interactions
         min_item = default if hp.min_item_interactions is None else hp.min_item_interactions
         return PreprocessOptions(min_user, min_item, hp.filter_mode, hp.min_rating, hp.deduplicate)
