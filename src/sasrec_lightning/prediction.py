@@ -26,7 +26,6 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +37,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from .errors import DataError, OptionError
+from .vocabulary import IdMap
 
 __all__ = ["PredictionWriter", "read_user_list", "output_format", "recommendations_table"]
 
@@ -88,21 +88,15 @@ def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, li
     else:
         with open(path, encoding="utf-8") as handle:
             wanted = np.array([line.strip() for line in handle if line.strip()])
-    user_ids = np.asarray(user_ids)
     wanted = np.asarray(wanted)
     given = wanted.astype(str)  # (N,) as written, for the warning
     known = np.ones(len(wanted), dtype=bool)  # (N,)
-    if user_ids.dtype.kind in "iu":
-        text = wanted.astype(str)
-        known = np.char.isdigit(np.char.lstrip(text, "-"))  # (N,) ids that can be integers at all
-        wanted = np.zeros(len(text), dtype=np.int64)
-        wanted[known] = text[known].astype(np.int64)
-    else:
-        wanted, user_ids = wanted.astype(str), user_ids.astype(str)
-    order = np.argsort(user_ids, kind="stable")  # (U,)
-    where = np.minimum(np.searchsorted(user_ids[order], wanted), max(len(user_ids) - 1, 0))  # (N,)
-    rows = order[where]  # (N,)
-    found = known & (user_ids[rows] == wanted)  # (N,)
+    if np.asarray(user_ids).dtype.kind in "iu":  # ids written as text: parse the ones that are integers
+        known = np.char.isdigit(np.char.lstrip(given, "-"))  # (N,) ids that can be integers at all
+        wanted = np.zeros(len(given), dtype=np.int64)
+        wanted[known] = given[known].astype(np.int64)
+    rows, found = IdMap(user_ids).lookup(wanted)  # (N,), (N,)
+    found &= known
     if not found.all():
         missing = given[~found][:5].tolist()
         reasons = []
@@ -322,8 +316,3 @@ class PredictionWriter(BasePredictionWriter):
             os.remove(path)
         print(f"[sasrec-lightning] merged {world_size} ranks: wrote the top-{items.shape[1]} items of "
               f"{len(rows)} users to {self.output}")
-
-
-def user_rows_from(path: str | None, user_ids: Sequence) -> np.ndarray | None:
-    """:func:`read_user_list` when a file is given, else ``None`` (every user)."""
-    return None if not path else read_user_list(path, np.asarray(user_ids))

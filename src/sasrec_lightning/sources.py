@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError
 from .formats import (
+    first_false,
     integer_or_text_ids,
     looks_like_literal_dicts,
     parse_literal_dicts,
@@ -286,7 +287,7 @@ _INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
 
 def _missing_token(values: pa.ChunkedArray) -> int | None:
     """Row of the first cell that is empty or a missing-value token (``NA``, ``null``, ``None``, ...)."""
-    return _first_false(pc.invert(pc.is_in(values, pa.array(_MISSING_TOKENS))))
+    return first_false(pc.invert(pc.is_in(values, pa.array(_MISSING_TOKENS))))
 
 
 def _missing_detail(token: str | None) -> str:
@@ -349,7 +350,7 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
             pass
     if text:
         values = pc.utf8_trim_whitespace(values)
-    row = _first_false(pc.is_valid(values))
+    row = first_false(pc.is_valid(values))
     token = None
     if row is None and text and format in ("csv", "tsv"):
         row = _missing_token(values)
@@ -375,21 +376,15 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
             numbers = pc.cast(values, pa.float64()).to_numpy()
             return _floats_to_int64(numbers, values, table, source, field, format, expected)
         parsed = _parse_datetimes(values)
-        row = _first_false(pc.or_(numeric, pc.is_valid(parsed)))
+        row = first_false(pc.or_(numeric, pc.is_valid(parsed)))
         if row is None and parsed.null_count == 0:
             return parsed.to_numpy()
         if row is None:  # every value is a number or a date, but both kinds occur
-            row = _first_false(pc.invert(numeric)) or 0
+            row = first_false(pc.invert(numeric)) or 0
             expected += " (one kind per column: this column mixes numbers and dates)"
         raise DataError(f"{source}, {_row_hint(table, row, format, source)}: timestamp field {field!r} is "
                         f"{values[row].as_py()!r}; {expected}")
     raise DataError(f"{source}: timestamp field {field!r} has type {kind}; {expected}")
-
-
-def _first_false(mask) -> int | None:
-    values = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~values)
-    return int(bad[0]) if len(bad) else None
 
 
 def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str) -> pa.ChunkedArray:
@@ -413,12 +408,12 @@ def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str)
             if pa.types.is_integer(typed.type):
                 return typed
         values = pc.utf8_trim_whitespace(values)
-    row = _first_false(pc.is_valid(values))
+    row = first_false(pc.is_valid(values))
     token = None
     # CSV: pandas' missing-value tokens too; JSON/Parquet: an empty string. Python-literal files (Steam,
     # old Amazon) keep '' as an id, as the paper's preprocessing script does with those files.
     if row is None and text and format != "literal":
-        row = _missing_token(values) if format in ("csv", "tsv") else _first_false(pc.not_equal(values, ""))
+        row = _missing_token(values) if format in ("csv", "tsv") else first_false(pc.not_equal(values, ""))
         token = None if row is None else values[row].as_py()
     if row is not None:
         if token is None and format in ("csv", "tsv"):
