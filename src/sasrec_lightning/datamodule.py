@@ -160,6 +160,10 @@ class SASRecDataModule(L.LightningDataModule):
             self._report_statistics()
         return self._sequences
 
+    def item_ids(self) -> np.ndarray:
+        """``(I + 1,)`` original item ids, internal id -> original id (index 0, padding, is a placeholder)."""
+        return self.sequences.item_ids
+
     def preprocess_options(self, format: str) -> PreprocessOptions:
         """The preprocessing recipe for a source of ``format`` (its reader's filter default, e.g. 0 for SASRec text)."""
         hp = self.hparams

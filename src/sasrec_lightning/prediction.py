@@ -197,7 +197,7 @@ class PredictionWriter(BasePredictionWriter):
 
     K and the seen-item switch live here rather than on the model because LightningCLI rebuilds
     the model from the hyper-parameters stored in ``--ckpt_path``; the writer hands them to the
-    module's ``predict_step`` when ``predict`` starts.
+    module through its public ``set_prediction(k, exclude_seen)`` when ``predict`` starts.
 
     Args:
         output: output file; ``.parquet`` writes Parquet, ``.jsonl`` (or ``.json``/``.ndjson``)
@@ -240,8 +240,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._chunks = []
-        pl_module.predict_k = self.k
-        pl_module.predict_exclude_seen = self.exclude_seen
+        pl_module.set_prediction(self.k, self.exclude_seen)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, torch.Tensor], batch_indices,
                            batch, batch_idx: int, dataloader_idx: int) -> None:

@@ -21,7 +21,7 @@ from .csr import csr_gather, left_padded
 from .encoder import SASRec
 from .vocabulary import ItemVocabulary
 
-__all__ = ["Recommendations", "recommend", "top_k_scores"]
+__all__ = ["Recommendations", "recommend", "top_k_scores", "predict_top_k", "served_items"]
 
 
 class Recommendations(NamedTuple):
@@ -59,6 +59,49 @@ def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
         scores[seen_rows, seen_items] = float("-inf")  # (B, I + 1)
     k = min(int(k), scores.size(1) - 1)
     return scores.topk(k, dim=-1)  # (B, k), (B, k)
+
+
+def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool) -> dict[str, Tensor]:
+    """``predict_step`` of a prediction batch: the top ``k`` internal ids per user (``-inf`` score = no item left).
+
+    Args:
+        encoder: the trained encoder.
+        batch: ``input_ids (B, L)``, ``users (B,)`` and the seen pairs ``seen_rows``/``seen_items (S,)``.
+        k: items per user.
+        exclude_seen: mask the user's own items.
+
+    Returns:
+        ``{"users": (B,), "items": (B, k), "scores": (B, k)}``.
+    """
+    if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler)
+        empty = torch.zeros(0, k, device=batch["users"].device)
+        return {"users": batch["users"], "items": empty.long(), "scores": empty}
+    hidden = encoder.last_hidden(batch["input_ids"]).float()  # (B, d)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
+        scores = encoder.score_all(hidden)  # (B, I + 1)
+    seen = (batch["seen_rows"], batch["seen_items"]) if exclude_seen else (None, None)
+    top_scores, top_items = top_k_scores(scores, k, *seen)  # (B, k), (B, k)
+    return {"users": batch["users"], "items": top_items, "scores": top_scores}
+
+
+def served_items(item_ids: Sequence, popularity: Sequence | Tensor | None,
+                 num_items: int) -> tuple[ItemVocabulary, Tensor | None]:
+    """The id map and ``(I + 1,)`` int64 item counts a model of ``num_items`` items answers with.
+
+    Raises:
+        ValueError: the ids or counts are not of ``num_items`` items (index 0 = padding).
+    """
+    vocabulary = ItemVocabulary(item_ids)
+    if vocabulary.num_items != num_items:
+        raise ValueError(f"item vocabulary has {vocabulary.num_items} items but the model was built with "
+                         f"num_items={num_items}; expected the id map of the training data")
+    if popularity is None:
+        return vocabulary, None
+    counts = torch.as_tensor(popularity, dtype=torch.int64).reshape(-1)  # (I + 1,)
+    if counts.numel() != num_items + 1:
+        raise ValueError(f"popularity has {counts.numel()} entries; expected num_items + 1 = "
+                         f"{num_items + 1} (index 0 = padding)")
+    return vocabulary, counts
 
 
 def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabulary | None,
