@@ -18,7 +18,6 @@ from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
 from .loaders import ResumableLoader, batches_done_this_epoch
 from .options import check_data_options
-from .prediction import read_user_list
 from .preprocessing import (
     PreprocessOptions,
     SequenceData,
@@ -32,6 +31,7 @@ from .sampling import InteractionIndex
 from .sources import default_min_interactions, detect_format, download, load_interactions, source_identity
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
+from .vocabulary import read_user_list
 
 __all__ = ["SASRecDataModule"]
 
