@@ -29,9 +29,8 @@ class Recommendations(NamedTuple):
 
     ``items[b]`` and ``scores[b]`` are plain lists of equal length ``<= k`` (shorter only when
     fewer than ``k`` items are left after excluding the sequence's own items). For a sequence
-    with no known item, the items are the most popular ones and the scores their interaction
-    counts over every interaction of the (preprocessed) dataset the model was trained from:
-    training, validation and test items alike, the full history a served model should use;
+    with no known item, the items are the most popular ones and the scores their training
+    interaction counts (the data module's ``item_popularity()``, saved with the weights);
     ``fallback[b]`` is ``True`` for exactly those sequences.
     """
 
