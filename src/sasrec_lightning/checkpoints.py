@@ -24,7 +24,8 @@ import torch
 from .errors import CheckpointError
 
 __all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
-           "check_item_ids", "is_unsafe_refusal", "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
+           "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal", "unsafe_checkpoint_error",
+           "save_rng_states", "restore_rng_states",
            "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS", "data_setting_differences", "plain"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
@@ -230,6 +231,28 @@ def check_item_ids(checkpoint_ids, data_ids, differences: str = "") -> None:
         f"data's (internal id: checkpoint item vs data item, e.g. {examples}), so its scores "
         f"would belong to other items. {_what_differs(differences)}, or train a model on this data."
     )
+
+
+def check_checkpoint_data(checkpoint: Mapping, own_state: Mapping, num_items: int, data_hparams: Mapping | None,
+                          data_item_ids) -> None:
+    """Refuse a checkpoint of other data before its weights are loaded.
+
+    Loaded anyway it would fail in ``load_state_dict`` with a size-mismatch traceback (another item
+    count) or, worse, score the wrong items (same count). The error names the data options that
+    differ from the training run's (Lightning saves them in the checkpoint).
+
+    Args:
+        checkpoint: the checkpoint dict.
+        own_state: the model's ``state_dict()``.
+        num_items: the model's number of items.
+        data_hparams: the data module's hyper-parameters, or ``None``.
+        data_item_ids: the item ids of the data the model is used with, or ``None``.
+    """
+    differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"), data_hparams)
+    if checkpoint.get("state_dict") is not None:
+        check_state_shapes(checkpoint["state_dict"], own_state, num_items, differences)
+    if checkpoint.get("item_ids") is not None and data_item_ids is not None:
+        check_item_ids(checkpoint["item_ids"], data_item_ids, differences)
 
 
 def save_rng_states(checkpoint: dict, device: torch.device) -> None:

@@ -18,7 +18,6 @@ from .cache import SequenceCache, cache_key, default_cache_root
 from .errors import DataError
 from .loaders import ResumableLoader, batches_done_this_epoch
 from .options import check_data_options
-from .prediction import read_user_list
 from .preprocessing import (
     PreprocessOptions,
     SequenceData,
@@ -29,9 +28,10 @@ from .preprocessing import (
 )
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
-from .sources import detect_format, download, load_interactions, source_identity
+from .sources import default_min_interactions, detect_format, download, load_interactions, source_identity
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
+from .vocabulary import read_user_list
 
 __all__ = ["SASRecDataModule"]
 
@@ -160,10 +160,14 @@ class SASRecDataModule(L.LightningDataModule):
             self._report_statistics()
         return self._sequences
 
+    def item_ids(self) -> np.ndarray:
+        """``(I + 1,)`` original item ids, internal id -> original id (index 0, padding, is a placeholder)."""
+        return self.sequences.item_ids
+
     def preprocess_options(self, format: str) -> PreprocessOptions:
-        """The preprocessing recipe for a source of ``format`` (SASRec text files are not filtered again)."""
+        """The preprocessing recipe for a source of ``format`` (its reader's filter default, e.g. 0 for SASRec text)."""
         hp = self.hparams
-        default = 0 if format == "sasrec" else 5
+        default = default_min_interactions(format)
         min_user = default if hp.min_user_interactions is None else hp.min_user_interactions
         min_item = default if hp.min_item_interactions is None else hp.min_item_interactions
         return PreprocessOptions(min_user, min_item, hp.filter_mode, hp.min_rating, hp.deduplicate)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from .errors import DataError
 
 __all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts",
-           "integer_or_text_ids", "quote_line"]
+           "integer_or_text_ids", "quote_line", "first_false"]
 
 _INTEGER = r"^[+-]?\d+$"
 _PLAIN_INTEGER = r"^(0|-?[1-9][0-9]*)$"  # no sign but '-', no leading zero: the text is the number's only spelling
@@ -57,8 +57,8 @@ def _lines(dataset: datasets.Dataset) -> tuple[pa.ChunkedArray, np.ndarray]:
     return text.filter(keep), numbers
 
 
-def _first_bad(ok: pa.ChunkedArray | pa.Array) -> int | None:
-    """Index of the first ``False`` in a boolean array, or ``None`` when all are ``True``."""
+def first_false(ok: pa.ChunkedArray | pa.Array) -> int | None:
+    """Index of the first ``False`` (or null) in a boolean array, or ``None`` when all are ``True``."""
     values = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~values)
     return int(bad[0]) if len(bad) else None
@@ -69,7 +69,7 @@ def _split_fields(text: pa.ChunkedArray, numbers: np.ndarray, path: str, separat
     """Split every line into exactly ``expected`` fields, or raise naming the first bad line."""
     split = pc.split_pattern_regex(text, separator) if regex else pc.split_pattern(text, separator)
     split = split.combine_chunks() if isinstance(split, pa.ChunkedArray) else split
-    bad = _first_bad(pc.equal(pc.list_value_length(split), expected))
+    bad = first_false(pc.equal(pc.list_value_length(split), expected))
     if bad is not None:
         raise DataError(
             f"{path}, line {numbers[bad]}: expected {what}, found {quote_line(text[bad].as_py())}. "
@@ -87,7 +87,7 @@ def quote_line(text: str, limit: int = 80) -> str:
 def _integers(field: pa.Array, numbers: np.ndarray, path: str, name: str, line_format: str,
               ids: bool = False) -> pa.Array:
     """A field that must be an integer on every line: int64 (ids: see :func:`integer_or_text_ids`)."""
-    bad = _first_bad(pc.match_substring_regex(field, _INTEGER))
+    bad = first_false(pc.match_substring_regex(field, _INTEGER))
     if bad is not None:
         raise DataError(
             f"{path}, line {numbers[bad]}: {name} {quote_line(field[bad].as_py())} is not an integer; every line "
@@ -259,7 +259,7 @@ def parse_literal_dicts(dataset: datasets.Dataset, path: str, keys: tuple[str, .
     table = parsed.data.table
     errors = table.column("error")
     if errors.null_count != len(errors):
-        bad = _first_bad(pc.is_null(errors))
+        bad = first_false(pc.is_null(errors))
         raise DataError(
             f"{path}, line {table.column('line')[bad].as_py()}: {errors[bad].as_py()}. Expected one Python dict "
             f"per line with the keys {list(keys)} (set --data.user_column/--data.item_column/"

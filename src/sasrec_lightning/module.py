@@ -14,26 +14,22 @@ from torch import Tensor
 
 from .batches import TrainingStatistics
 from .callbacks import RowGradients
-from .checkpoints import (
-    check_item_ids,
-    check_state_shapes,
-    data_setting_differences,
-    restore_rng_states,
-    save_rng_states,
-)
+from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
 from .options import check_model_options
 from .ranking import full_ranks, sampled_ranks
-from .recommend import Recommendations, recommend, top_k_scores
-from .vocabulary import ItemVocabulary
+from .serving import ServingMixin
 
 __all__ = ["SASRecModule"]
 
 
-class SASRecModule(L.LightningModule):
+class SASRecModule(ServingMixin, L.LightningModule):
     """SASRec with the paper's loss, optimizer and evaluation protocol.
+
+    Serving (``recommend``, ``set_item_vocabulary``, ``item_vocabulary``, ``predict_step``) comes from
+    :class:`~sasrec_lightning.serving.ServingMixin`.
 
     Args:
         num_items: number of items; linked from the data module, never typed by hand.
@@ -143,14 +139,7 @@ class SASRecModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RankingMetrics(top_k, prefix="val/")
         self.test_metrics = RankingMetrics(top_k, prefix="test/")
-        # Served with the weights: training interactions per item (the data module's ``item_popularity()``,
-        # the empty-history fallback of ``recommend``) and, in the checkpoint, the original item ids.
-        self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
-        self.item_vocabulary: ItemVocabulary | None = None
-        # What ``predict_step`` returns; the prediction writer sets them from its config
-        # (``--prediction.k``), since LightningCLI takes model hyper-parameters from ``--ckpt_path``.
-        self.predict_k = 10
-        self.predict_exclude_seen = True
+        self._init_serving(num_items)  # item ids, item popularity, predict's top-K (serving.py)
         self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
@@ -276,100 +265,11 @@ class SASRecModule(L.LightningModule):
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top ``self.predict_k`` items per user in internal ids (``-inf`` score = no item left).
-
-        Seen items are excluded if ``self.predict_exclude_seen``; the prediction writer
-        (:class:`~sasrec_lightning.prediction.PredictionWriter`) sets both and turns the ids into
-        original ones.
-        """
-        if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler)
-            empty = torch.zeros(0, self.predict_k, device=batch["users"].device)
-            return {"users": batch["users"], "items": empty.long(), "scores": empty}
-        hidden = self.model.last_hidden(batch["input_ids"]).float()  # (B, d)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
-            scores = self.model.score_all(hidden)  # (B, I + 1)
-        seen = (batch["seen_rows"], batch["seen_items"]) if self.predict_exclude_seen else (None, None)
-        top_scores, top_items = top_k_scores(scores, self.predict_k, *seen)  # (B, k), (B, k)
-        return {"users": batch["users"], "items": top_items, "scores": top_scores}
-
-    # ------------------------------------------------------------------------- recommendations
-    def set_item_vocabulary(self, item_ids, popularity=None) -> None:
-        """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
-
-        Done automatically from a data module with ``sequences`` at setup; call it by hand for a
-        model trained elsewhere.
-        """
-        vocabulary = ItemVocabulary(item_ids)
-        if vocabulary.num_items != self.model.num_items:
-            raise ValueError(f"item vocabulary has {vocabulary.num_items} items but the model was built with "
-                             f"num_items={self.model.num_items}; expected the id map of the training data")
-        self.item_vocabulary = vocabulary
-        if popularity is not None:
-            counts = torch.as_tensor(popularity, dtype=torch.int64).reshape(-1)  # (I + 1,)
-            if counts.numel() != self.model.num_items + 1:
-                raise ValueError(f"popularity has {counts.numel()} entries; expected num_items + 1 = "
-                                 f"{self.model.num_items + 1} (index 0 = padding)")
-            self.item_popularity.copy_(counts)
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        sequences = getattr(datamodule, "sequences", None)
-        if self.item_vocabulary is None and sequences is not None and sequences.num_items == self.model.num_items:
-            popularity = getattr(datamodule, "item_popularity", None)  # the data module's one definition
-            self.set_item_vocabulary(sequences.item_ids, None if popularity is None else popularity())
-
-    def _data_item_ids(self):
-        """The item ids this module is used with: its trainer's data module's, else an attached vocabulary's."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        sequences = getattr(datamodule, "sequences", None)
-        if sequences is not None:
-            return sequences.item_ids
-        return None if self.item_vocabulary is None else self.item_vocabulary.item_ids
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.item_vocabulary is not None:
-            checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
+        self._save_item_ids(checkpoint)
         save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Before the weights are loaded: a checkpoint of other data would fail in load_state_dict with
-        # a size-mismatch traceback (other item count) or, worse, score the wrong items (same count).
-        # The error names the data options that differ from the training run's (Lightning saves them).
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"),
-                                               getattr(datamodule, "hparams", None))
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            check_state_shapes(state, self.state_dict(), self.model.num_items, differences)
-        data_ids = self._data_item_ids()
-        if checkpoint.get("item_ids") is not None:
-            if data_ids is not None:
-                check_item_ids(checkpoint["item_ids"], data_ids, differences)
-            self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
-        if state is not None and "item_popularity" not in state:  # written before the buffer existed
-            state["item_popularity"] = torch.zeros_like(self.item_popularity)
-        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
-        if resuming:
+        self._load_item_ids(checkpoint)
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming
             restore_rng_states(checkpoint, self.device)
-
-    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
-                  strict: bool = False) -> Recommendations:
-        """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
-
-        Args:
-            sequences: item-id sequences, oldest first, in the dataset's original ids when the
-                model knows them (trained from a data module or a checkpoint of one), otherwise
-                internal ids ``1..num_items``. Unknown ids are skipped with a warning (``strict``:
-                raise); a sequence with no known item gets the most-popular items.
-            k: items per sequence.
-            exclude_seen: never recommend an item already in the sequence.
-            strict: raise ``KeyError`` on an unknown id instead of skipping it (services that must
-                not answer a malformed request with most-popular items should pass ``True``).
-
-        Returns:
-            ``Recommendations(items, scores, fallback)``: per sequence the ids (best first), their
-            scores, and whether it was answered with the most-popular items (no known item).
-        """
-        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
-                         strict=strict)

@@ -26,7 +26,6 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -37,7 +36,8 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from .errors import DataError, OptionError
+from .errors import OptionError
+from .vocabulary import read_user_list  # noqa: F401  (re-exported: it was defined here)
 
 __all__ = ["PredictionWriter", "read_user_list", "output_format", "recommendations_table"]
 
@@ -55,65 +55,6 @@ def output_format(path: str) -> str:
             f"{sorted(FORMATS)} (Parquet or JSON lines)"
         )
     return FORMATS[suffix]
-
-
-def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, list] | None = None) -> np.ndarray:
-    """User rows of the original user ids listed in a file, in sorted row order, each once.
-
-    Args:
-        path: a text file with one original user id per line, or a Parquet / JSON-lines file with
-            a ``user`` column.
-        user_ids: ``(U,)`` original user ids of the data, row -> id (sorted, as built by
-            :func:`~sasrec_lightning.preprocessing.build_sequences`).
-        filtered_users: ``{option: original ids of the users it filtered out}`` (preprocessing's
-            ``info["filtered_users"]``), so a skipped id is reported as filtered out, not unknown.
-
-    Returns:
-        ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
-    """
-    if not os.path.isfile(path):
-        raise DataError(f"--data.predict_users {path!r} does not exist; expected a file with one user id "
-                                "per line (or Parquet / JSON lines with a 'user' column)")
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
-        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
-        try:
-            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
-        except (pa.ArrowException, OSError) as error:
-            raise DataError(f"--data.predict_users {path!r} is not a readable {kind} file ({error}); expected a "
-                            "'user' column (or a text file with one user id per line)") from error
-        if "user" not in table.column_names:
-            raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
-        wanted = table.column("user").to_numpy(zero_copy_only=False)
-    else:
-        with open(path, encoding="utf-8") as handle:
-            wanted = np.array([line.strip() for line in handle if line.strip()])
-    user_ids = np.asarray(user_ids)
-    wanted = np.asarray(wanted)
-    given = wanted.astype(str)  # (N,) as written, for the warning
-    known = np.ones(len(wanted), dtype=bool)  # (N,)
-    if user_ids.dtype.kind in "iu":
-        text = wanted.astype(str)
-        known = np.char.isdigit(np.char.lstrip(text, "-"))  # (N,) ids that can be integers at all
-        wanted = np.zeros(len(text), dtype=np.int64)
-        wanted[known] = text[known].astype(np.int64)
-    else:
-        wanted, user_ids = wanted.astype(str), user_ids.astype(str)
-    order = np.argsort(user_ids, kind="stable")  # (U,)
-    where = np.minimum(np.searchsorted(user_ids[order], wanted), max(len(user_ids) - 1, 0))  # (N,)
-    rows = order[where]  # (N,)
-    found = known & (user_ids[rows] == wanted)  # (N,)
-    if not found.all():
-        missing = given[~found][:5].tolist()
-        reasons = []
-        for option, ids in (filtered_users or {}).items():
-            dropped = np.intersect1d(given[~found], np.asarray(ids).astype(str))  # (D,)
-            if len(dropped):
-                reasons.append(f"{len(dropped)} filtered out by {option} (e.g. {dropped[:3].tolist()})")
-        why = f"; {', '.join(reasons)}" if reasons else ""
-        log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)%s",
-                    path, int((~found).sum()), missing, why)
-    return np.unique(rows[found]).astype(np.int64)
 
 
 def recommendations_table(
@@ -203,7 +144,7 @@ class PredictionWriter(BasePredictionWriter):
 
     K and the seen-item switch live here rather than on the model because LightningCLI rebuilds
     the model from the hyper-parameters stored in ``--ckpt_path``; the writer hands them to the
-    module's ``predict_step`` when ``predict`` starts.
+    module through its public ``set_prediction(k, exclude_seen)`` when ``predict`` starts.
 
     Args:
         output: output file; ``.parquet`` writes Parquet, ``.jsonl`` (or ``.json``/``.ndjson``)
@@ -246,8 +187,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._chunks = []
-        pl_module.predict_k = self.k
-        pl_module.predict_exclude_seen = self.exclude_seen
+        pl_module.set_prediction(self.k, self.exclude_seen)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, torch.Tensor], batch_indices,
                            batch, batch_idx: int, dataloader_idx: int) -> None:
@@ -322,8 +262,3 @@ class PredictionWriter(BasePredictionWriter):
             os.remove(path)
         print(f"[sasrec-lightning] merged {world_size} ranks: wrote the top-{items.shape[1]} items of "
               f"{len(rows)} users to {self.output}")
-
-
-def user_rows_from(path: str | None, user_ids: Sequence) -> np.ndarray | None:
-    """:func:`read_user_list` when a file is given, else ``None`` (every user)."""
-    return None if not path else read_user_list(path, np.asarray(user_ids))

@@ -168,76 +168,106 @@ def preprocess(table: pa.Table, options: PreprocessOptions | None = None, source
     """
     options = options or PreprocessOptions()
     num_rows = table.num_rows
-    keep = None
     removed = []  # what each filter removed, for the data summary (see format_filters)
-    if options.min_rating is not None:
-        if "rating" not in table.column_names:
-            raise DataError(f"{source}: min_rating={options.min_rating} needs a rating column; the columns are "
-                            f"{table.column_names}. Set --data.rating_column or drop --data.min_rating")
-        keep = pc.fill_null(pc.greater_equal(table.column("rating"), options.min_rating), False)
-        before = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
-        table = table.filter(keep)
-        after = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
-        removed.append({"option": f"min_rating={options.min_rating}", "users": before[0] - after[0],
-                        "items": before[1] - after[1], "interactions": num_rows - table.num_rows})
+    table = _rating_filter(table, options, source, removed)
     user_vocab, users = _encode(table.column("user"))  # (n,), (n,)
     item_vocab, items = _encode(table.column("item"))
-    raw = _counts(users, items)
-    raw["rows_read"] = num_rows
+    raw = {**_counts(users, items), "rows_read": num_rows}
     timestamps = None
     if timestamp_column is not None and timestamp_column in table.column_names:
         timestamps = _column(table, timestamp_column).astype(np.int64, copy=False)
     order = _chronological_order(users, timestamps, len(user_vocab))
     users, items = users[order], items[order]
     timestamps = None if timestamps is None else timestamps[order]
-    keep = np.ones(len(users), dtype=bool)
-    if options.deduplicate:
-        keys = users * len(item_vocab) + items  # (n,) chronological within each user
-        _, first = np.unique(keys, return_index=True)
-        keep[:] = False
-        keep[first] = True
-        removed.append({"option": "deduplicate=True", "users": 0, "items": 0,
-                        "interactions": int(len(keep) - len(first))})
-    passes = 0
-    filtered_users = {}
-    if options.min_user_interactions > 0 or options.min_item_interactions > 0:
-        kept_rows = np.flatnonzero(keep)
-        filtered, passes = _filter_counts(users[kept_rows], items[kept_rows], len(user_vocab), len(item_vocab),
-                                          options)
-        keep[kept_rows[~filtered]] = False
-        removed_by, filtered_users = _threshold_report(users[kept_rows], items[kept_rows], filtered, user_vocab,
-                                                       len(item_vocab), options)
-        removed += removed_by
+    keep = _first_occurrences(users, items, len(item_vocab), removed) if options.deduplicate else \
+        np.ones(len(users), dtype=bool)
+    passes, filtered_users = _threshold_filter(users, items, keep, user_vocab, len(item_vocab), options, removed)
     if not keep.any():
-        user_counts = np.bincount(users, minlength=len(user_vocab))
-        item_counts = np.bincount(items, minlength=len(item_vocab))
-        raise DataError(
-            f"{source}: every interaction was filtered out (min_user_interactions={options.min_user_interactions}, "
-            f"min_item_interactions={options.min_item_interactions}, filter_mode={options.filter_mode!r}, "
-            f"min_rating={options.min_rating}, deduplicate={options.deduplicate}); before filtering there were "
-            f"{raw['actions']} interactions of {raw['users']} users (most active: {user_counts.max(initial=0)}) "
-            f"on {raw['items']} items (most popular: {item_counts.max(initial=0)}). Lower "
-            "--data.min_user_interactions / --data.min_item_interactions"
-        )
+        raise _nothing_left(source, options, raw, users, items, len(user_vocab), len(item_vocab))
     if not keep.all():
         users, items = users[keep], items[keep]
         timestamps = None if timestamps is None else timestamps[keep]
+    data = _renumbered(users, items, timestamps, user_vocab, item_vocab)
+    data.info = {"raw": raw, "filter_passes": passes, "options": asdict(options), "removed": removed,
+                 "filtered_users": filtered_users}
+    return data
+
+
+def _rating_filter(table: pa.Table, options: PreprocessOptions, source: str, removed: list[dict]) -> pa.Table:
+    """The rows rated at least ``min_rating`` (all rows without the option); appends what it removed."""
+    if options.min_rating is None:
+        return table
+    if "rating" not in table.column_names:
+        raise DataError(f"{source}: min_rating={options.min_rating} needs a rating column; the columns are "
+                        f"{table.column_names}. Set --data.rating_column or drop --data.min_rating")
+    keep = pc.fill_null(pc.greater_equal(table.column("rating"), options.min_rating), False)
+    before = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
+    filtered = table.filter(keep)
+    after = [pc.count_distinct(filtered.column(name)).as_py() for name in ("user", "item")]
+    removed.append({"option": f"min_rating={options.min_rating}", "users": before[0] - after[0],
+                    "items": before[1] - after[1], "interactions": table.num_rows - filtered.num_rows})
+    return filtered
+
+
+def _first_occurrences(users: np.ndarray, items: np.ndarray, num_items: int, removed: list[dict]) -> np.ndarray:
+    """``(n,)`` mask of the earliest row of each (user, item) pair (rows in time order); appends what it removed."""
+    _, first = np.unique(users * num_items + items, return_index=True)  # keys chronological within each user
+    keep = np.zeros(len(users), dtype=bool)
+    keep[first] = True
+    removed.append({"option": "deduplicate=True", "users": 0, "items": 0, "interactions": int(len(keep) - len(first))})
+    return keep
+
+
+def _threshold_filter(users: np.ndarray, items: np.ndarray, keep: np.ndarray, user_vocab: pa.Array, num_items: int,
+                      options: PreprocessOptions, removed: list[dict]) -> tuple[int, dict[str, list]]:
+    """Apply the user/item thresholds to the rows still in ``keep`` (cleared in place where a row goes).
+
+    Returns:
+        The number of filter passes and ``{option: original ids of the users it removed}``; what each
+        threshold removed is appended to ``removed``.
+    """
+    if options.min_user_interactions <= 0 and options.min_item_interactions <= 0:
+        return 0, {}
+    kept_rows = np.flatnonzero(keep)  # (m,)
+    filtered, passes = _filter_counts(users[kept_rows], items[kept_rows], len(user_vocab), num_items, options)
+    keep[kept_rows[~filtered]] = False
+    removed_by, filtered_users = _threshold_report(users[kept_rows], items[kept_rows], filtered, user_vocab,
+                                                   num_items, options)
+    removed += removed_by
+    return passes, filtered_users
+
+
+def _nothing_left(source: str, options: PreprocessOptions, raw: dict, users: np.ndarray, items: np.ndarray,
+                  num_users: int, num_items: int) -> DataError:
+    """The error for a recipe that filtered out every interaction, with the counts before filtering."""
+    user_counts = np.bincount(users, minlength=num_users)
+    item_counts = np.bincount(items, minlength=num_items)
+    return DataError(
+        f"{source}: every interaction was filtered out (min_user_interactions={options.min_user_interactions}, "
+        f"min_item_interactions={options.min_item_interactions}, filter_mode={options.filter_mode!r}, "
+        f"min_rating={options.min_rating}, deduplicate={options.deduplicate}); before filtering there were "
+        f"{raw['actions']} interactions of {raw['users']} users (most active: {user_counts.max(initial=0)}) "
+        f"on {raw['items']} items (most popular: {item_counts.max(initial=0)}). Lower "
+        "--data.min_user_interactions / --data.min_item_interactions"
+    )
+
+
+def _renumbered(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, user_vocab: pa.Array,
+                item_vocab: pa.Array) -> SequenceData:
+    """The kept rows (grouped by user, in time order) as CSR sequences: users ``0..U-1``, items ``1..I``."""
     users, user_rows = _compact(users, len(user_vocab))
     items, item_rows = _compact(items, len(item_vocab))
-    items += 1
-    offsets = np.zeros(len(user_rows) + 1, dtype=np.int64)
+    items += 1  # 0 is padding
+    offsets = np.zeros(len(user_rows) + 1, dtype=np.int64)  # (U + 1,)
     np.cumsum(np.bincount(users, minlength=len(user_rows)), out=offsets[1:])
     item_ids = item_vocab.take(pa.array(item_rows)).to_numpy(zero_copy_only=False)
-    data = SequenceData(
+    return SequenceData(
         items=items,
         offsets=offsets,
         user_ids=user_vocab.take(pa.array(user_rows)).to_numpy(zero_copy_only=False),
         item_ids=np.concatenate([item_ids[:1], item_ids]),  # index 0 (padding) is a placeholder
         timestamps=timestamps,
     )
-    data.info = {"raw": raw, "filter_passes": passes, "options": asdict(options), "removed": removed,
-                 "filtered_users": filtered_users}
-    return data
 
 
 # Filtered-out user ids kept for messages (an unknown --data.predict_users id): bounded, since the raw

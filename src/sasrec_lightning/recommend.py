@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .batches import left_padded
+from .csr import csr_gather, left_padded
 from .encoder import SASRec
 from .vocabulary import ItemVocabulary
 
-__all__ = ["Recommendations", "recommend", "top_k_scores"]
+__all__ = ["Recommendations", "recommend", "top_k_scores", "predict_top_k", "served_items"]
 
 
 class Recommendations(NamedTuple):
@@ -29,9 +29,8 @@ class Recommendations(NamedTuple):
 
     ``items[b]`` and ``scores[b]`` are plain lists of equal length ``<= k`` (shorter only when
     fewer than ``k`` items are left after excluding the sequence's own items). For a sequence
-    with no known item, the items are the most popular ones and the scores their interaction
-    counts over every interaction of the (preprocessed) dataset the model was trained from:
-    training, validation and test items alike, the full history a served model should use;
+    with no known item, the items are the most popular ones and the scores their training
+    interaction counts (the data module's ``item_popularity()``, saved with the weights);
     ``fallback[b]`` is ``True`` for exactly those sequences.
     """
 
@@ -59,6 +58,49 @@ def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
         scores[seen_rows, seen_items] = float("-inf")  # (B, I + 1)
     k = min(int(k), scores.size(1) - 1)
     return scores.topk(k, dim=-1)  # (B, k), (B, k)
+
+
+def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool) -> dict[str, Tensor]:
+    """``predict_step`` of a prediction batch: the top ``k`` internal ids per user (``-inf`` score = no item left).
+
+    Args:
+        encoder: the trained encoder.
+        batch: ``input_ids (B, L)``, ``users (B,)`` and the seen pairs ``seen_rows``/``seen_items (S,)``.
+        k: items per user.
+        exclude_seen: mask the user's own items.
+
+    Returns:
+        ``{"users": (B,), "items": (B, k), "scores": (B, k)}``.
+    """
+    if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler)
+        empty = torch.zeros(0, k, device=batch["users"].device)
+        return {"users": batch["users"], "items": empty.long(), "scores": empty}
+    hidden = encoder.last_hidden(batch["input_ids"]).float()  # (B, d)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
+        scores = encoder.score_all(hidden)  # (B, I + 1)
+    seen = (batch["seen_rows"], batch["seen_items"]) if exclude_seen else (None, None)
+    top_scores, top_items = top_k_scores(scores, k, *seen)  # (B, k), (B, k)
+    return {"users": batch["users"], "items": top_items, "scores": top_scores}
+
+
+def served_items(item_ids: Sequence, popularity: Sequence | Tensor | None,
+                 num_items: int) -> tuple[ItemVocabulary, Tensor | None]:
+    """The id map and ``(I + 1,)`` int64 item counts a model of ``num_items`` items answers with.
+
+    Raises:
+        ValueError: the ids or counts are not of ``num_items`` items (index 0 = padding).
+    """
+    vocabulary = ItemVocabulary(item_ids)
+    if vocabulary.num_items != num_items:
+        raise ValueError(f"item vocabulary has {vocabulary.num_items} items but the model was built with "
+                         f"num_items={num_items}; expected the id map of the training data")
+    if popularity is None:
+        return vocabulary, None
+    counts = torch.as_tensor(popularity, dtype=torch.int64).reshape(-1)  # (I + 1,)
+    if counts.numel() != num_items + 1:
+        raise ValueError(f"popularity has {counts.numel()} entries; expected num_items + 1 = "
+                         f"{num_items + 1} (index 0 = padding)")
+    return vocabulary, counts
 
 
 def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabulary | None,
@@ -99,6 +141,52 @@ def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabular
     return internal[known], offsets
 
 
+def _check_arguments(sequences: Sequence[Sequence], k: int) -> None:
+    """Refuse ``k < 1`` and a flat sequence or string where a list of sequences is expected."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if isinstance(sequences, (str, bytes)) or any(
+        isinstance(sequence, (str, bytes)) or not hasattr(sequence, "__len__") for sequence in sequences[:1]
+    ):
+        raise TypeError(f"sequences must be a list of item-id sequences, e.g. [[3, 7, 9]]; got {sequences!r:.80}. "
+                        "For one user pass [sequence]")
+
+
+def _most_popular(popularity: Tensor | None, num_items: int, k: int) -> tuple[Tensor, Tensor]:
+    """The fallback answer: the ``k`` most popular items and their counts, ``(k,)`` float64 and ``(k,)``."""
+    counts = popularity if popularity is not None else torch.zeros(num_items + 1)
+    counts = counts.detach().to("cpu", torch.float64).clone()  # (I + 1,)
+    counts[0] = float("-inf")  # never the padding id
+    return counts.topk(min(k, num_items))  # (k,), (k,)
+
+
+def _top_k_batch(encoder: SASRec, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int,
+                 exclude_seen: bool) -> tuple[Tensor, Tensor]:
+    """Encode one batch of CSR rows ``items[starts[b]:ends[b]]`` and take its top ``k``: ``(B, k)`` x 2 on CPU."""
+    device = encoder.output_weight.device
+    width = max(1, int(min(encoder.max_len, (ends - starts).max(initial=0))))
+    # A trailing 0 keeps the gather valid when every sequence of the batch is empty.
+    padded = left_padded(np.append(items, 0), starts, ends, width)  # (B, L)
+    hidden = encoder(torch.from_numpy(padded).to(device))[:, -1].float()  # (B, d)
+    scores = encoder.score_all(hidden)  # (B, I + 1)
+    seen_rows = seen_items = None
+    if exclude_seen:
+        rows, seen = csr_gather(items, starts, ends)  # (S,), (S,)
+        seen_rows, seen_items = torch.from_numpy(rows).to(device), torch.from_numpy(seen).to(device)
+    top_scores, top_items = top_k_scores(scores, k, seen_rows, seen_items)  # (B, k), (B, k)
+    return top_scores.cpu(), top_items.cpu()
+
+
+def _as_lists(ids: np.ndarray, scores: Tensor) -> tuple[list[list], list[list[float]]]:
+    """Per row, the ids and scores as lists, without the ``-inf`` slots (no item left after exclusion)."""
+    out_items, out_scores = ids.tolist(), scores.tolist()
+    for row in np.flatnonzero(~torch.isfinite(scores).all(dim=-1).numpy()):
+        kept = torch.isfinite(scores[row]).numpy()  # (k,)
+        out_items[row] = ids[row][kept].tolist()
+        out_scores[row] = scores[row][kept].tolist()
+    return out_items, out_scores
+
+
 def recommend(
     encoder: SASRec,
     sequences: Sequence[Sequence],
@@ -130,22 +218,11 @@ def recommend(
     Raises:
         KeyError: ``strict`` and a sequence holds an unknown id.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if isinstance(sequences, (str, bytes)) or any(
-        isinstance(sequence, (str, bytes)) or not hasattr(sequence, "__len__") for sequence in sequences[:1]
-    ):
-        raise TypeError(f"sequences must be a list of item-id sequences, e.g. [[3, 7, 9]]; got {sequences!r:.80}. "
-                        "For one user pass [sequence]")
-    num_items = encoder.num_items
-    items, offsets = _internal_sequences(sequences, vocabulary, num_items, strict)
+    _check_arguments(sequences, k)
+    items, offsets = _internal_sequences(sequences, vocabulary, encoder.num_items, strict)
     starts, ends = offsets[:-1], offsets[1:]  # (B,), (B,)
-    device = encoder.output_weight.device
-    counts = popularity if popularity is not None else torch.zeros(num_items + 1)
-    counts = counts.detach().to("cpu", torch.float64).clone()  # (I + 1,)
-    counts[0] = float("-inf")
-    popular_scores, popular_items = counts.topk(min(k, num_items))  # (k,), (k,)
-
+    empty = ends - starts == 0  # (B,) nothing known to attend to: the most-popular items
+    popular_scores, popular_items = _most_popular(popularity, encoder.num_items, k)  # (k,), (k,)
     out_items: list[list] = []
     out_scores: list[list[float]] = []
     was_training = encoder.training
@@ -153,40 +230,21 @@ def recommend(
     try:
         with torch.no_grad():
             for begin in range(0, len(sequences), batch_size):
-                rows = np.arange(begin, min(begin + batch_size, len(sequences)))  # (B,)
-                lengths = ends[rows] - starts[rows]  # (B,)
-                width = max(1, int(min(encoder.max_len, lengths.max(initial=0))))
-                # A trailing 0 keeps the gather valid when every sequence of the batch is empty.
-                padded = left_padded(np.append(items, 0), starts[rows], ends[rows], width)  # (B, L)
-                input_ids = torch.from_numpy(padded).to(device)  # (B, L)
-                hidden = encoder(input_ids)[:, -1].float()  # (B, d)
-                scores = encoder.score_all(hidden)  # (B, I + 1)
-                seen_rows = seen_items = None
-                if exclude_seen:
-                    seen_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)).to(device)  # (S,)
-                    at = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) \
-                        + np.repeat(starts[rows], lengths)  # (S,) positions in ``items``
-                    seen_items = torch.from_numpy(items[at]).to(device)  # (S,)
-                top_scores, top_items = top_k_scores(scores, k, seen_rows, seen_items)  # (B, k), (B, k)
-                top_scores, top_items = top_scores.cpu(), top_items.cpu()
-                empty = torch.from_numpy(lengths == 0)  # (B,)
-                top_items[empty] = popular_items
-                top_scores[empty] = popular_scores.to(top_scores.dtype)
+                rows = slice(begin, begin + batch_size)
+                top_scores, top_items = _top_k_batch(encoder, items, starts[rows], ends[rows], k,
+                                                     exclude_seen)  # (B, k), (B, k)
+                top_items[torch.from_numpy(empty[rows])] = popular_items
+                top_scores[torch.from_numpy(empty[rows])] = popular_scores.to(top_scores.dtype)
                 ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
-                batch_items, batch_scores = ids.tolist(), top_scores.tolist()
-                for row in np.flatnonzero(~torch.isfinite(top_scores).all(dim=-1).numpy()):
-                    # -inf = no item left after excluding the sequence's own items: drop those slots.
-                    kept = torch.isfinite(top_scores[row]).numpy()
-                    batch_items[row] = ids[row][kept].tolist()
-                    batch_scores[row] = top_scores[row][kept].tolist()
+                batch_items, batch_scores = _as_lists(ids, top_scores)
                 out_items += batch_items
                 out_scores += batch_scores
     finally:
         encoder.train(was_training)
-    if np.any(ends - starts == 0):
+    if empty.any():
         warnings.warn(
-            f"recommend: {int(np.sum(ends - starts == 0))} sequence(s) had no known item; answered with the "
+            f"recommend: {int(empty.sum())} sequence(s) had no known item; answered with the "
             "most-popular items (scores are interaction counts)",
             stacklevel=3,
         )
-    return Recommendations(out_items, out_scores, (ends - starts == 0).tolist())
+    return Recommendations(out_items, out_scores, empty.tolist())

@@ -36,7 +36,8 @@ import threading
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError
 from .formats import (
+    first_false,
     integer_or_text_ids,
     looks_like_literal_dicts,
     parse_literal_dicts,
@@ -58,6 +60,9 @@ from .formats import (
 __all__ = [
     "DataError",
     "FORMATS",
+    "READERS",
+    "Reader",
+    "default_min_interactions",
     "detect_format",
     "download",
     "load_interactions",
@@ -65,10 +70,7 @@ __all__ = [
     "timestamps_to_int64",
 ]
 
-FORMATS = ("sasrec", "csv", "tsv", "parquet", "json", "literal", "movielens", "disk", "hub")
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
-_EXTENSIONS = {".txt": "sasrec", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
-               ".json": "json", ".jsonl": "json", ".ndjson": "json", ".dat": "movielens", ".zip": "movielens"}
 
 
 def detect_format(path: str) -> str:
@@ -80,12 +82,13 @@ def detect_format(path: str) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     suffix = Path(name).suffix
-    if suffix in _EXTENSIONS:
-        return _EXTENSIONS[suffix]
+    extensions = {extension: format for format, reader in READERS.items() for extension in reader.extensions}
+    if suffix in extensions:
+        return extensions[suffix]
     if os.path.exists(path):
         raise DataError(
             f"cannot tell the format of {path!r} from its extension {suffix!r}; expected one of "
-            f"{sorted(_EXTENSIONS)} or set --data.format to one of {list(FORMATS)}"
+            f"{sorted(extensions)} or set --data.format to one of {list(READERS)}"
         )
     return "hub"
 
@@ -284,7 +287,7 @@ _INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
 
 def _missing_token(values: pa.ChunkedArray) -> int | None:
     """Row of the first cell that is empty or a missing-value token (``NA``, ``null``, ``None``, ...)."""
-    return _first_false(pc.invert(pc.is_in(values, pa.array(_MISSING_TOKENS))))
+    return first_false(pc.invert(pc.is_in(values, pa.array(_MISSING_TOKENS))))
 
 
 def _missing_detail(token: str | None) -> str:
@@ -347,7 +350,7 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
             pass
     if text:
         values = pc.utf8_trim_whitespace(values)
-    row = _first_false(pc.is_valid(values))
+    row = first_false(pc.is_valid(values))
     token = None
     if row is None and text and format in ("csv", "tsv"):
         row = _missing_token(values)
@@ -373,21 +376,15 @@ def timestamps_to_int64(table: pa.Table, column: str, source: str, field: str, f
             numbers = pc.cast(values, pa.float64()).to_numpy()
             return _floats_to_int64(numbers, values, table, source, field, format, expected)
         parsed = _parse_datetimes(values)
-        row = _first_false(pc.or_(numeric, pc.is_valid(parsed)))
+        row = first_false(pc.or_(numeric, pc.is_valid(parsed)))
         if row is None and parsed.null_count == 0:
             return parsed.to_numpy()
         if row is None:  # every value is a number or a date, but both kinds occur
-            row = _first_false(pc.invert(numeric)) or 0
+            row = first_false(pc.invert(numeric)) or 0
             expected += " (one kind per column: this column mixes numbers and dates)"
         raise DataError(f"{source}, {_row_hint(table, row, format, source)}: timestamp field {field!r} is "
                         f"{values[row].as_py()!r}; {expected}")
     raise DataError(f"{source}: timestamp field {field!r} has type {kind}; {expected}")
-
-
-def _first_false(mask) -> int | None:
-    values = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~values)
-    return int(bad[0]) if len(bad) else None
 
 
 def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str) -> pa.ChunkedArray:
@@ -411,12 +408,12 @@ def _ids(table: pa.Table, column: str, canonical: str, source: str, format: str)
             if pa.types.is_integer(typed.type):
                 return typed
         values = pc.utf8_trim_whitespace(values)
-    row = _first_false(pc.is_valid(values))
+    row = first_false(pc.is_valid(values))
     token = None
     # CSV: pandas' missing-value tokens too; JSON/Parquet: an empty string. Python-literal files (Steam,
     # old Amazon) keep '' as an id, as the paper's preprocessing script does with those files.
     if row is None and text and format != "literal":
-        row = _missing_token(values) if format in ("csv", "tsv") else _first_false(pc.not_equal(values, ""))
+        row = _missing_token(values) if format in ("csv", "tsv") else first_false(pc.not_equal(values, ""))
         token = None if row is None else values[row].as_py()
     if row is not None:
         if token is None and format in ("csv", "tsv"):
@@ -757,6 +754,137 @@ def _check_local(path: str, format: str) -> None:
         raise DataError(f"data file {path!r} is empty; expected interactions ({format} format)")
 
 
+# ---------------------------------------------------------------------------------------- readers
+@dataclass(frozen=True)
+class _Request:
+    """One read: the source, the fields wanted (for messages) and where ``datasets`` may cache."""
+
+    path: str
+    format: str
+    keys: list[str]
+    scratch: str | None  # the scratch ``datasets`` cache of a local file (None for disk/hub)
+    name: str | None
+    split: str
+    cache_dir: str | None
+    num_proc: int | None
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How one format is read: a function from a :class:`_Request` to an Arrow table, plus its defaults.
+
+    Attributes:
+        read: returns the table with the source's columns (named by ``columns`` or by the options).
+        extensions: file extensions that select this format.
+        columns: the format's own ``(user, item, timestamp, rating)`` columns, which override the
+            ``*_column`` options; ``None``: the options name them.
+        min_interactions: default of ``min_user_interactions`` / ``min_item_interactions``
+            (0: the file is already filtered, as the SASRec text files are).
+        sniff: for a format that covers two kinds of file, the format a local path really has
+            (read from its first line); ``None``: the format is what it says.
+    """
+
+    read: Callable[[_Request], pa.Table]
+    extensions: tuple[str, ...] = ()
+    columns: tuple[str, str, str | None, str | None] | None = None
+    min_interactions: int = 5
+    sniff: Callable[[str], str] | None = None
+
+
+def _read_sasrec(request: _Request) -> pa.Table:
+    lines = _load("text", request.path, request.scratch, request.format, ["user", "item"])
+    return parse_sasrec_lines(lines, request.path)
+
+
+def _read_movielens(request: _Request) -> pa.Table:
+    lines = _load("text", request.path, request.scratch, request.format, ["UserID", "MovieID"])
+    return parse_movielens_lines(lines, request.path)
+
+
+def _read_literal(request: _Request) -> pa.Table:
+    lines = _load("text", request.path, request.scratch, request.format, request.keys)
+    return parse_literal_dicts(lines, request.path, tuple(request.keys), request.num_proc)
+
+
+def _read_text_cells(request: _Request) -> pa.Table:
+    return _read_csv(request.path, request.format, request.scratch, request.keys)
+
+
+def _read_parquet(request: _Request) -> pa.Table:
+    if not request.path.lower().endswith(_COMPRESSION):
+        _check_parquet(request.path, request.keys)
+    return _load("parquet", request.path, request.scratch, request.format, request.keys).data.table
+
+
+def _read_json(request: _Request) -> pa.Table:
+    return _load("json", request.path, request.scratch, request.format, request.keys).data.table
+
+
+def _json_or_literal(path: str) -> str:
+    """``literal`` when the first line of a ``json`` file is a Python-literal dict (raw Steam/Amazon), else ``json``."""
+    if not os.path.isfile(path):
+        return "json"
+    try:
+        return "literal" if looks_like_literal_dicts(_first_line(path)) else "json"
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); expected a "
+                        "complete (gzip) JSON-lines file") from error
+
+
+def _read_disk(request: _Request) -> pa.Table:
+    path, split = request.path, request.split
+    try:
+        dataset = datasets.load_from_disk(path)
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: not a folder written by Dataset.save_to_disk ({error})") from error
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(f"{path}: split {split!r} not found; the splits are {list(dataset)} (--data.split)")
+        dataset = dataset[split]
+    return dataset.data.table
+
+
+def _read_hub(request: _Request) -> pa.Table:
+    path, name, split = request.path, request.name, request.split
+    try:
+        return datasets.load_dataset(path, name=name, split=split, cache_dir=request.cache_dir).data.table
+    except datasets.exceptions.DatasetGenerationError as error:  # the hub files themselves are bad
+        cause = error.__cause__ or error
+        raise DataError(
+            f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be built: "
+            f"{_one_paragraph(cause)}. Expected files of one consistent table with "
+            "user/item(/timestamp) columns"
+        ) from error
+    except (ConnectionError, FileNotFoundError) as error:
+        offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataError(
+            f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
+            f"{type(error).__name__}: {error}. Expected a dataset id reachable on the Hugging Face Hub or "
+            "already in the local datasets cache (--data.cache_dir); for a local file check --data.path"
+        ) from error
+
+
+#: Every format: its reader. Adding a format is one entry here (and its line parser in formats.py).
+READERS: dict[str, Reader] = {
+    "sasrec": Reader(_read_sasrec, (".txt",), columns=("user", "item", None, None), min_interactions=0),
+    "csv": Reader(_read_text_cells, (".csv",)),
+    "tsv": Reader(_read_text_cells, (".tsv",)),
+    "parquet": Reader(_read_parquet, (".parquet", ".pq")),
+    "json": Reader(_read_json, (".json", ".jsonl", ".ndjson"), sniff=_json_or_literal),
+    "literal": Reader(_read_literal),
+    "movielens": Reader(_read_movielens, (".dat", ".zip"), columns=("user", "item", "timestamp", "rating")),
+    "disk": Reader(_read_disk),
+    "hub": Reader(_read_hub),
+}
+FORMATS = tuple(READERS)  # the built-in formats
+
+
+def default_min_interactions(format: str) -> int:
+    """The default minimum user/item interaction count of ``format`` (5, the paper; 0 for SASRec text)."""
+    reader = READERS.get(format)
+    return 5 if reader is None else reader.min_interactions
+
+
 def load_interactions(
     path: str,
     format: str | None = None,
@@ -773,7 +901,7 @@ def load_interactions(
 
     Args:
         path: file path, folder or hub id.
-        format: one of :data:`FORMATS`; detected from the extension when ``None``.
+        format: a key of :data:`READERS`; detected from the extension when ``None``.
         user_column: user column name in the source (ignored by ``sasrec``/``movielens``).
         item_column: item column name in the source (ignored by ``sasrec``/``movielens``).
         timestamp_column: timestamp column name, or ``None`` to keep file order (``movielens``
@@ -793,65 +921,19 @@ def load_interactions(
         DataError: missing/empty/corrupt file, bad line or value, missing column, unreachable hub id.
     """
     format = format or detect_format(path)
-    if format not in FORMATS:
-        raise DataError(f"unknown format {format!r} for {path!r}; expected one of {list(FORMATS)}")
+    if format not in READERS:
+        raise DataError(f"unknown format {format!r} for {path!r}; expected one of {list(READERS)}")
     if format != "hub":
         _check_local(path, format)
+    if READERS[format].sniff is not None:
+        format = READERS[format].sniff(path)  # e.g. a .json file of Python-literal dicts: literal
+    reader = READERS[format]
+    if reader.columns is not None:
+        user_column, item_column, timestamp_column, rating_column = reader.columns
     keys = list(dict.fromkeys(key for key in (user_column, item_column, timestamp_column, rating_column) if key))
-    if format == "parquet" and not path.lower().endswith(_COMPRESSION):
-        _check_parquet(path, keys)
-    if format == "json" and os.path.isfile(path):
-        try:
-            literal = looks_like_literal_dicts(_first_line(path))
-        except (OSError, EOFError, zlib.error) as error:
-            raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); expected a "
-                            "complete (gzip) JSON-lines file") from error
-        format = "literal" if literal else "json"
-
     with contextlib.ExitStack() as stack:
         # Local files: the datasets cache is a scratch folder (nothing lands in cache_dir); hub ids
         # keep using cache_dir, where datasets prepares into "*.incomplete" and renames when done.
         scratch = None if format in ("disk", "hub") else stack.enter_context(_scratch_cache())
-        if format == "sasrec":
-            table = parse_sasrec_lines(_load("text", path, scratch, format, ["user", "item"]), path)
-            user_column, item_column, timestamp_column, rating_column = "user", "item", None, None
-        elif format == "movielens":
-            table = parse_movielens_lines(_load("text", path, scratch, format, ["UserID", "MovieID"]), path)
-            user_column, item_column, timestamp_column = "user", "item", "timestamp"
-            rating_column = "rating"
-        elif format == "literal":
-            table = parse_literal_dicts(_load("text", path, scratch, format, keys), path, tuple(keys), num_proc)
-        elif format in ("csv", "tsv"):
-            table = _read_csv(path, format, scratch, keys)
-        elif format in ("parquet", "json"):
-            table = _load(format, path, scratch, format, keys).data.table
-        elif format == "disk":
-            try:
-                dataset = datasets.load_from_disk(path)
-            except FileNotFoundError as error:
-                raise DataError(f"{path}: not a folder written by Dataset.save_to_disk ({error})") from error
-            if isinstance(dataset, datasets.DatasetDict):
-                if split not in dataset:
-                    raise DataError(f"{path}: split {split!r} not found; the splits are {list(dataset)} (--data.split)")
-                dataset = dataset[split]
-            table = dataset.data.table
-        else:
-            try:
-                table = datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
-            except datasets.exceptions.DatasetGenerationError as error:  # the hub files themselves are bad
-                cause = error.__cause__ or error
-                detail = " ".join(str(cause).split())  # one paragraph (schema dumps span many lines)
-                detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-                raise DataError(
-                    f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be built: "
-                    f"{type(cause).__name__}: {detail}. Expected files of one consistent table with "
-                    "user/item(/timestamp) columns"
-                ) from error
-            except (ConnectionError, FileNotFoundError) as error:
-                offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
-                raise DataError(
-                    f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
-                    f"{type(error).__name__}: {error}. Expected a dataset id reachable on the Hugging Face Hub or "
-                    "already in the local datasets cache (--data.cache_dir); for a local file check --data.path"
-                ) from error
+        table = reader.read(_Request(path, format, keys, scratch, name, split, cache_dir, num_proc))
         return _canonical(table, path, format, user_column, item_column, timestamp_column, rating_column)

@@ -1,4 +1,4 @@
-"""The item vocabulary a trained model carries: original item ids and item popularity.
+"""Id maps between original ids and internal ids: one :class:`IdMap` for users and items.
 
 The model works on internal ids ``1..num_items`` (0 = padding). To answer in the dataset's own
 ids, and to fall back to the most-popular items for an empty history, the module keeps
@@ -13,11 +13,21 @@ Lookups are vectorized (``np.searchsorted`` over the sorted ids), no per-item di
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.json
+import pyarrow.parquet as pq
 
-__all__ = ["ItemVocabulary"]
+from .errors import DataError
+
+__all__ = ["IdMap", "ItemVocabulary", "read_user_list"]
+
+log = logging.getLogger(__name__)
 
 
 def _as_array(ids: Sequence) -> np.ndarray:
@@ -30,38 +40,38 @@ def _as_array(ids: Sequence) -> np.ndarray:
     return array.astype(str)  # mixed/object: compare as text
 
 
-class ItemVocabulary:
-    """Two-way map between original item ids and internal ids ``1..num_items``.
+class IdMap:
+    """Two-way map between original ids and consecutive internal ids ``first, first + 1, ...``.
+
+    Users are rows ``0..U-1`` (``first=0``); items are ``1..I`` (``first=1``, entry 0 is padding).
+    Lookups are one ``np.searchsorted`` over the sorted original ids.
 
     Args:
-        item_ids: ``(num_items + 1,)`` original ids, internal id -> original id; entry 0 (padding)
-            is a placeholder.
+        ids: original ids, internal id -> original id; entries before ``first`` are placeholders.
+        first: the first internal id that names a real entry.
     """
 
-    def __init__(self, item_ids: Sequence) -> None:
-        self.item_ids = _as_array(item_ids)  # (I + 1,)
-        if len(self.item_ids) < 2:
-            raise ValueError(f"an item vocabulary needs at least one item after the padding entry, got "
-                             f"{len(self.item_ids)} entries")
-        self.order = np.argsort(self.item_ids[1:], kind="stable") + 1  # (I,) internal ids sorted by original id
-        self.sorted_ids = self.item_ids[self.order]  # (I,)
+    def __init__(self, ids: Sequence, first: int = 0) -> None:
+        self.ids = _as_array(ids)  # (first + n,)
+        self.first = first
+        self.order = np.argsort(self.ids[first:], kind="stable") + first  # (n,) internal ids sorted by original id
+        self.sorted_ids = self.ids[self.order]  # (n,)
 
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids) - 1
+    def __len__(self) -> int:
+        return len(self.ids) - self.first
 
-    def to_list(self) -> list:
-        """Plain Python ints/strings, safe for ``weights_only`` checkpoints and JSON."""
-        return self.item_ids.tolist()
+    def lookup(self, ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids of original ids and whether each was found: ``(n,) -> (n,) int64, (n,) bool``.
 
-    def to_internal(self, ids: Sequence) -> np.ndarray:
-        """Internal ids of original ids; ``0`` where an id is unknown: ``(n,) -> (n,)`` int64."""
-        if len(ids) == 0:
-            return np.zeros(0, dtype=np.int64)
+        Integer queries against text ids (or the other way round) compare as text, so ids read from
+        a file as strings of digits still match. Where an id is unknown, its internal id is arbitrary.
+        """
         query = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if len(query) == 0 or len(self) == 0:
+            return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
         if (query.dtype.kind in "iub") != (self.sorted_ids.dtype.kind == "i"):
-            # e.g. integer queries against string ids: compare as text ("12" == 12 would be surprising,
-            # but ids read from a CSV may be strings of digits).
+            # e.g. integer queries against string ids ("12" == 12 would be surprising, but ids read
+            # from a CSV may be strings of digits)
             query = query.astype(str)
             sorted_ids = self.sorted_ids.astype(str)
             order = np.argsort(sorted_ids, kind="stable")
@@ -70,9 +80,94 @@ class ItemVocabulary:
             query = query.astype(self.sorted_ids.dtype)
             sorted_ids, internal = self.sorted_ids, self.order
         where = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)  # (n,)
-        found = sorted_ids[where] == query  # (n,)
-        return np.where(found, internal[where], 0).astype(np.int64)
+        return internal[where].astype(np.int64), sorted_ids[where] == query
 
     def to_original(self, internal: np.ndarray) -> np.ndarray:
         """Original ids of internal ids, any shape."""
-        return self.item_ids[np.asarray(internal)]
+        return self.ids[np.asarray(internal)]
+
+
+class ItemVocabulary(IdMap):
+    """Two-way map between original item ids and internal ids ``1..num_items`` (0 = padding, unknown).
+
+    Args:
+        item_ids: ``(num_items + 1,)`` original ids, internal id -> original id; entry 0 (padding)
+            is a placeholder.
+    """
+
+    def __init__(self, item_ids: Sequence) -> None:
+        super().__init__(item_ids, first=1)
+        if len(self.ids) < 2:
+            raise ValueError(f"an item vocabulary needs at least one item after the padding entry, got "
+                             f"{len(self.ids)} entries")
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """``(I + 1,)`` original ids, internal id -> original id."""
+        return self.ids
+
+    @property
+    def num_items(self) -> int:
+        return len(self)
+
+    def to_list(self) -> list:
+        """Plain Python ints/strings, safe for ``weights_only`` checkpoints and JSON."""
+        return self.ids.tolist()
+
+    def to_internal(self, ids: Sequence) -> np.ndarray:
+        """Internal ids of original ids; ``0`` where an id is unknown: ``(n,) -> (n,)`` int64."""
+        internal, found = self.lookup(ids)
+        return np.where(found, internal, 0).astype(np.int64)
+
+
+def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, list] | None = None) -> np.ndarray:
+    """User rows of the original user ids listed in a file, in sorted row order, each once.
+
+    Args:
+        path: a text file with one original user id per line, or a Parquet / JSON-lines file with
+            a ``user`` column.
+        user_ids: ``(U,)`` original user ids of the data, row -> id (sorted, as built by
+            :func:`~sasrec_lightning.preprocessing.build_sequences`).
+        filtered_users: ``{option: original ids of the users it filtered out}`` (preprocessing's
+            ``info["filtered_users"]``), so a skipped id is reported as filtered out, not unknown.
+
+    Returns:
+        ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"--data.predict_users {path!r} does not exist; expected a file with one user id "
+                                "per line (or Parquet / JSON lines with a 'user' column)")
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
+        try:
+            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"--data.predict_users {path!r} is not a readable {kind} file ({error}); expected a "
+                            "'user' column (or a text file with one user id per line)") from error
+        if "user" not in table.column_names:
+            raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
+        wanted = table.column("user").to_numpy(zero_copy_only=False)
+    else:
+        with open(path, encoding="utf-8") as handle:
+            wanted = np.array([line.strip() for line in handle if line.strip()])
+    wanted = np.asarray(wanted)
+    given = wanted.astype(str)  # (N,) as written, for the warning
+    known = np.ones(len(wanted), dtype=bool)  # (N,)
+    if np.asarray(user_ids).dtype.kind in "iu":  # ids written as text: parse the ones that are integers
+        known = np.char.isdigit(np.char.lstrip(given, "-"))  # (N,) ids that can be integers at all
+        wanted = np.zeros(len(given), dtype=np.int64)
+        wanted[known] = given[known].astype(np.int64)
+    rows, found = IdMap(user_ids).lookup(wanted)  # (N,), (N,)
+    found &= known
+    if not found.all():
+        missing = given[~found][:5].tolist()
+        reasons = []
+        for option, ids in (filtered_users or {}).items():
+            dropped = np.intersect1d(given[~found], np.asarray(ids).astype(str))  # (D,)
+            if len(dropped):
+                reasons.append(f"{len(dropped)} filtered out by {option} (e.g. {dropped[:3].tolist()})")
+        why = f"; {', '.join(reasons)}" if reasons else ""
+        log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)%s",
+                    path, int((~found).sum()), missing, why)
+    return np.unique(rows[found]).astype(np.int64)

@@ -1,0 +1,107 @@
+"""Serving a trained model: original item ids, the most-popular fallback, ``recommend`` and ``predict``.
+
+:class:`ServingMixin` is the part of :class:`~sasrec_lightning.module.SASRecModule` that answers
+requests rather than trains. It keeps
+
+* ``item_vocabulary`` (:class:`~sasrec_lightning.vocabulary.ItemVocabulary`): the original item
+  ids, saved in the checkpoint as plain values (``weights_only``-safe) and taken from the data
+  module's public ``item_ids()`` at setup;
+* ``item_popularity``: a buffer (saved with the weights) of training interactions per item, the
+  data module's ``item_popularity()``, for the answer to a sequence with no known item;
+* the top-K of ``predict_step``, set by the prediction writer through :meth:`set_prediction`.
+
+The computations live in :mod:`~sasrec_lightning.recommend`; this class only holds their state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .checkpoints import check_checkpoint_data
+from .recommend import Recommendations, predict_top_k, recommend, served_items
+from .vocabulary import ItemVocabulary
+
+__all__ = ["ServingMixin"]
+
+
+class ServingMixin:
+    """Item ids, item popularity, ``recommend`` and ``predict_step`` of a LightningModule with an encoder ``model``."""
+
+    def _init_serving(self, num_items: int) -> None:
+        self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
+        self.item_vocabulary: ItemVocabulary | None = None
+        self.predict_k, self.predict_exclude_seen = 10, True  # see set_prediction
+
+    def set_prediction(self, k: int = 10, exclude_seen: bool = True) -> None:
+        """What ``predict_step`` returns: the top ``k`` items per user, the user's own items excluded or not.
+
+        The prediction writer calls it with its config (``--prediction.k``), since LightningCLI
+        rebuilds the model's hyper-parameters from ``--ckpt_path``.
+        """
+        self.predict_k, self.predict_exclude_seen = k, exclude_seen
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left); see ``set_prediction``."""
+        return predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen)
+
+    def set_item_vocabulary(self, item_ids, popularity=None) -> None:
+        """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
+
+        Done at setup from a data module with ``item_ids()`` and ``item_popularity()``
+        (``SASRecDataModule``); call it by hand for a model trained elsewhere.
+        """
+        self.item_vocabulary, counts = served_items(item_ids, popularity, self.model.num_items)
+        if counts is not None:
+            self.item_popularity.copy_(counts)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self._datamodule()
+        if self.item_vocabulary is None and hasattr(datamodule, "item_ids"):
+            item_ids = datamodule.item_ids()
+            if len(item_ids) == self.model.num_items + 1:
+                popularity = getattr(datamodule, "item_popularity", None)  # the data module's one definition
+                self.set_item_vocabulary(item_ids, None if popularity is None else popularity())
+
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _save_item_ids(self, checkpoint: dict) -> None:
+        if self.item_vocabulary is not None:
+            checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
+
+    def _load_item_ids(self, checkpoint: dict) -> None:
+        """Check that ``checkpoint`` fits the data (before its weights load), then take its item ids."""
+        datamodule = self._datamodule()
+        data_ids = datamodule.item_ids() if hasattr(datamodule, "item_ids") else (
+            None if self.item_vocabulary is None else self.item_vocabulary.item_ids)
+        check_checkpoint_data(checkpoint, self.state_dict(), self.model.num_items,
+                              getattr(datamodule, "hparams", None), data_ids)
+        if checkpoint.get("item_ids") is not None:
+            self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+        state = checkpoint.get("state_dict")
+        if state is not None and "item_popularity" not in state:  # written before the buffer existed
+            state["item_popularity"] = torch.zeros_like(self.item_popularity)
+
+    def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
+                  strict: bool = False) -> Recommendations:
+        """Top-``k`` items after each item sequence, without a Trainer (a notebook, a service).
+
+        Args:
+            sequences: item-id sequences, oldest first, in the dataset's original ids when the
+                model knows them (trained from a data module or a checkpoint of one), otherwise
+                internal ids ``1..num_items``. Unknown ids are skipped with a warning (``strict``:
+                raise); a sequence with no known item gets the most-popular items.
+            k: items per sequence.
+            exclude_seen: never recommend an item already in the sequence.
+            strict: raise ``KeyError`` on an unknown id instead of skipping it (services that must
+                not answer a malformed request with most-popular items should pass ``True``).
+
+        Returns:
+            ``Recommendations(items, scores, fallback)``: per sequence the ids (best first), their
+            scores, and whether it was answered with the most-popular items (no known item).
+        """
+        return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
+                         strict=strict)
