@@ -6,7 +6,9 @@ baseline equals a brute-force computation; a few epochs beat it on synthetic dat
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -267,3 +269,23 @@ def test_train_loss_is_the_mean_since_the_last_log_every_log_every_n_steps_and_a
     assert len(watch.logged) == len(expected) == 2 * per_epoch
     for step, (got, want) in enumerate(zip(watch.logged, expected, strict=True)):
         assert got == pytest.approx(want, rel=1e-6) if want is not None else got is None, step
+
+
+def test_train_loss_reaches_the_logger_every_epoch_when_an_epoch_is_shorter_than_log_every_n_steps(tmp_path):
+    """Lightning writes step values to its loggers only every ``log_every_n_steps``; each epoch's loss still arrives."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0, verbose=False)
+    data = SASRecDataModule(synthetic_users=120, synthetic_items=40, max_len=8, batch_size=16,
+                            print_statistics=False, use_cache=False)
+    module = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = tiny_trainer(tmp_path, max_epochs=3, limit_val_batches=0, log_every_n_steps=50, logger=logger)
+    trainer.fit(module, datamodule=data)
+    assert trainer.num_training_batches < 50  # no logging step inside an epoch
+
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+    per_epoch = trainer.num_training_batches
+    assert [int(row["step"]) for row in rows] == [per_epoch * epoch - 1 for epoch in (1, 2, 3)]
+    assert all(math.isfinite(float(row["train/loss"])) and float(row["train/loss"]) > 0 for row in rows)

@@ -186,8 +186,15 @@ class SASRecModule(ServingMixin, L.LightningModule):
         if self._trainer is None:  # a direct training_step call: nothing to log to
             return
         every, last = self.trainer.log_every_n_steps, batch_idx + 1 >= self.trainer.num_training_batches
-        if last or (every > 0 and (self.global_step + 1) % every == 0):
-            self.log("train/loss", self._train_loss_sum / self._train_loss_steps, prog_bar=True, batch_size=1)
+        logging_step = every > 0 and (self.global_step + 1) % every == 0
+        if last or logging_step:
+            mean = self._train_loss_sum / self._train_loss_steps
+            self.log("train/loss", mean, prog_bar=True, batch_size=1)
+            if last and not logging_step:
+                # Lightning hands step values to the loggers only every log_every_n_steps: the epoch's
+                # last mean goes to them directly, so a short epoch (or run) still records its loss.
+                for logger in self.loggers:
+                    logger.log_metrics({"train/loss": mean.item()}, step=self.global_step)
             self._train_loss_sum, self._train_loss_steps = None, 0
 
     def configure_callbacks(self) -> list[L.Callback]:
