@@ -13,10 +13,12 @@ from sasrec_lightning.export import ServingModel, export_checkpoint, export_onnx
 NUM_ITEMS, MAX_LEN = 40, 6
 
 
-@pytest.fixture(scope="module")
-def encoder() -> SASRec:
+@pytest.fixture(scope="module", params=["paper", "reference"])
+def encoder(request) -> SASRec:
+    """Both block layouts (the reference one has no attention output projection and a second input)."""
     torch.manual_seed(0)
-    return SASRec(NUM_ITEMS, MAX_LEN, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3).eval()
+    return SASRec(NUM_ITEMS, MAX_LEN, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3,
+                  block_layout=request.param).eval()
 
 
 def random_inputs() -> list[torch.Tensor]:
