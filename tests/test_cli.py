@@ -81,3 +81,22 @@ def test_test_with_a_checkpoint_takes_evaluation_settings_from_the_command(tmp_p
     # Without a flag the command's config decides too (quickstart: the default sampled protocol).
     cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint)])
     assert cli.model.hparams.eval_protocol == "sampled" and list(cli.model.hparams.top_k) == [10]
+
+
+def test_the_private_lightningcli_names_the_cli_relies_on_still_exist():
+    """The private LightningCLI names SASRecCLI overrides or reads are still there.
+
+    ``_parse_ckpt_path`` (safe checkpoint loading), ``_model_class`` and ``_datamodule_class``: fail
+    loudly here if a Lightning upgrade renames them or stops calling the hook, instead of silently
+    skipping the checkpoint checks.
+    """
+    import inspect
+
+    import lightning
+    from lightning.pytorch.cli import LightningCLI
+
+    source = inspect.getsource(LightningCLI)
+    hint = f"lightning {lightning.__version__}: update sasrec_lightning/cli.py"
+    assert callable(getattr(LightningCLI, "_parse_ckpt_path", None)), hint
+    assert "self._parse_ckpt_path()" in source, hint  # still called while parsing
+    assert "self._model_class" in source and "self._datamodule_class" in source, hint
