@@ -23,6 +23,8 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.callbacks import RowGradients
+from sasrec_lightning.errors import OptionError
+from sasrec_lightning.sharding import check_sharding_options
 
 SCRIPT = textwrap.dedent(
     """
@@ -141,7 +143,19 @@ def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
 def test_row_gradients_true_is_refused_under_sharding():
     module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
     sharded = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
-    with pytest.raises(ValueError, match=r"row_gradients=true cannot be used with ModelParallelStrategy.*auto"):
+    with pytest.raises(ValueError, match=r"row_gradients true cannot be used with ModelParallelStrategy.*auto"):
         RowGradients(True).setup(sharded, module, "fit")
     RowGradients("auto").setup(sharded, module, "fit")  # auto: resolved to off when training starts
     RowGradients(True).setup(SimpleNamespace(strategy=DDPStrategy()), module, "fit")  # not sharded: allowed
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"loss": "ce"}, r"--model.init_args.loss ce: .*use sampled_softmax, bce, gbce or bpr"),
+    ({"l2_emb": 0.01}, r"--model.init_args.l2_emb 0.01: .*set l2_emb 0"),
+    ({"tensor_parallel_size": 2}, r"tensor_parallel_size 2: .*tensor_parallel_size 1 and data_parallel_size 4"),
+])
+def test_options_that_read_the_whole_table_are_refused_under_sharding(options, message):
+    settings = {"loss": "sampled_softmax", "l2_emb": 0.0, "tensor_parallel_size": 1, "world_size": 4, **options}
+    with pytest.raises(OptionError, match=message):
+        check_sharding_options(**settings)
+    check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combination passes

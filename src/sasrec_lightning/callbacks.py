@@ -11,6 +11,7 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 
+from .errors import OptionError
 from .row_grad import ItemEmbedding
 from .sharding import gather, is_sharded, reshard
 
@@ -49,9 +50,9 @@ class RowGradients(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.enabled is True and shards_parameters(trainer.strategy):
-            raise ValueError(
-                f"row_gradients=true cannot be used with {type(trainer.strategy).__name__}: the sharded item table's "
-                "gradient is FSDP's to reduce; set --model.init_args.row_gradients auto (off under sharding) or false"
+            raise OptionError(
+                f"--model.init_args.row_gradients true cannot be used with {type(trainer.strategy).__name__}: the "
+                "sharded item table's gradient is FSDP's to reduce; expected auto (off under sharding) or false"
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -22,7 +22,7 @@ from .metrics import RankingMetrics
 from .options import check_model_options
 from .ranking import full_ranks, sampled_ranks
 from .serving import ServingMixin
-from .sharding import is_sharded, shard_encoder
+from .sharding import check_sharding_options, is_sharded, shard_encoder
 
 __all__ = ["SASRecModule"]
 
@@ -212,19 +212,15 @@ class SASRecModule(ServingMixin, L.LightningModule):
         """Under ``ModelParallelStrategy`` shard the encoder with FSDP2, item tables by rows (``sharding.py``).
 
         A no-op under every other strategy, and once sharded (Lightning calls the hook for every stage).
-        The model has no tensor-parallel plan, so the strategy's ``tensor_parallel_size`` must be 1.
+        The model has no tensor-parallel plan (``tensor_parallel_size`` must be 1), and ``loss: ce`` and
+        ``l2_emb``, which read the whole table outside its lookups, are refused (``OptionError``).
         """
         if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
             return
         if is_sharded(self.model):
             return
         mesh = self.device_mesh
-        if mesh["tensor_parallel"].size() != 1:
-            raise ValueError(
-                f"ModelParallelStrategy(tensor_parallel_size={mesh['tensor_parallel'].size()}): SASRec is sharded by "
-                "FSDP2 only; set tensor_parallel_size: 1 and data_parallel_size to the number of processes "
-                f"({mesh.size()}), as configs/trainer/fsdp.yaml does"
-            )
+        check_sharding_options(self.hparams.loss, self.hparams.l2_emb, mesh["tensor_parallel"].size(), mesh.size())
         shard_encoder(self.model, mesh["data_parallel"])
 
     def on_fit_start(self) -> None:

@@ -21,8 +21,38 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from .encoder import SASRec
+from .errors import OptionError
 
-__all__ = ["is_sharded", "shard_encoder", "gather", "reshard"]
+__all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "gather", "reshard"]
+
+
+def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, world_size: int) -> None:
+    """Refuse the options that read the whole item table outside its lookups, which a shard cannot serve.
+
+    Args:
+        loss: the model's ``loss``; ``ce`` multiplies every position with the whole output table.
+        l2_emb: the model's ``l2_emb``; a penalty on the whole table, added after the forward pass.
+        tensor_parallel_size: ``ModelParallelStrategy``'s; the model has no tensor-parallel plan.
+        world_size: number of processes (for the message).
+    """
+    if tensor_parallel_size != 1:
+        raise OptionError(
+            f"--trainer.strategy.init_args.tensor_parallel_size {tensor_parallel_size}: SASRec is sharded by FSDP2 "
+            f"only; expected tensor_parallel_size 1 and data_parallel_size {world_size} (the number of processes), "
+            "as configs/trainer/fsdp.yaml sets them"
+        )
+    if loss == "ce":
+        raise OptionError(
+            "--model.init_args.loss ce: the exact softmax multiplies every position with the whole output table, "
+            "which a sharded model does not hold outside its lookups; under ModelParallelStrategy use "
+            "sampled_softmax, bce, gbce or bpr"
+        )
+    if l2_emb:
+        raise OptionError(
+            f"--model.init_args.l2_emb {l2_emb}: the penalty reads the whole item table after the forward pass, "
+            "which a sharded model does not hold; under ModelParallelStrategy set l2_emb 0 (weight_decay is "
+            "applied by the optimizer to each shard)"
+        )
 
 
 def is_sharded(encoder: SASRec) -> bool:
