@@ -21,6 +21,7 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
+from conftest import REPO, run_cli
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.callbacks import RowGradients
 from sasrec_lightning.errors import OptionError
@@ -159,3 +160,18 @@ def test_options_that_read_the_whole_table_are_refused_under_sharding(options, m
     with pytest.raises(OptionError, match=message):
         check_sharding_options(**settings)
     check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combination passes
+
+
+@pytest.mark.slow
+def test_cli_fit_and_test_with_the_fsdp_fragment_on_two_cpu_processes(synthetic_txt, tmp_path):
+    """The documented command: ``-c configs/trainer/fsdp.yaml`` with the CPU overrides (fit, then test)."""
+    result = run_cli(
+        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "fsdp.yaml"),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy.init_args.data_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path,
+    )
+    assert result.stdout.count("test (sampled protocol)") == 1  # printed by rank 0 only
