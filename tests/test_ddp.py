@@ -260,4 +260,8 @@ def test_config_fragments_compose_with_a_main_config(fragment, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     for key, value in yaml.safe_load(fragment.read_text())["trainer"].items():
-        assert printed["trainer"][key] == value or key in ("logger", "callbacks"), key
+        if isinstance(value, dict) and "class_path" in value:  # a class (strategy): printed with its defaults too
+            assert printed["trainer"][key]["class_path"] == value["class_path"], key
+            assert value.get("init_args", {}).items() <= printed["trainer"][key]["init_args"].items(), key
+        else:
+            assert printed["trainer"][key] == value or key in ("logger", "callbacks"), key

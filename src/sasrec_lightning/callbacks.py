@@ -1,14 +1,26 @@
-"""``RowGradients``: the training callback that switches the item tables' row-wise gradients on and off."""
+"""Callbacks that own a lifecycle around the module.
+
+``RowGradients`` switches the item tables' row-wise gradients on and off while training;
+``GatheredEvaluation`` keeps a sharded model gathered while it is evaluated or predicts.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 
+from .errors import OptionError
 from .row_grad import ItemEmbedding
+from .sharding import gather, is_sharded, reshard
 
-__all__ = ["RowGradients"]
+__all__ = ["RowGradients", "GatheredEvaluation", "shards_parameters"]
+
+
+def shards_parameters(strategy: Strategy) -> bool:
+    """Whether ``strategy`` shards the parameters across processes (FSDP, or FSDP2 under ``ModelParallelStrategy``)."""
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 class RowGradients(L.Callback):
@@ -20,7 +32,10 @@ class RowGradients(L.Callback):
 
     Args:
         enabled: ``True``, or ``"auto"``: only when the model trains on the CPU (on a GPU the dense
-            gradient costs little and the plain path runs).
+            gradient costs little and the plain path runs) and is not sharded.
+
+    Under a sharding strategy (FSDP) the table is a row shard that autograd fills through FSDP's own
+    gradient hooks, so the row-wise buffer cannot work: ``auto`` is off there, and ``True`` is an error.
     """
 
     def __init__(self, enabled: bool | Literal["auto"] = "auto") -> None:
@@ -33,8 +48,17 @@ class RowGradients(L.Callback):
             if isinstance(table, ItemEmbedding):
                 table.keep_row_gradients(on, full_clear)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled is True and shards_parameters(trainer.strategy):
+            raise OptionError(
+                f"--model.init_args.row_gradients true cannot be used with {type(trainer.strategy).__name__}: the "
+                "sharded item table's gradient is FSDP's to reduce; expected auto (off under sharding) or false"
+            )
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        on = pl_module.device.type == "cpu" if self.enabled == "auto" else self.enabled
+        on = self.enabled
+        if on == "auto":
+            on = pl_module.device.type == "cpu" and not shards_parameters(trainer.strategy)
         # Under DDP the all-reduce writes rows that other processes touched: clear whole buffers.
         self._switch(pl_module, on, full_clear=trainer.world_size > 1)
 
@@ -43,3 +67,25 @@ class RowGradients(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._switch(pl_module, False)
+
+
+class GatheredEvaluation(L.Callback):
+    """Under FSDP2 (``ModelParallelStrategy``), gather the sharded encoder once for validation, test and predict.
+
+    Evaluation shards users unevenly (each counted once), so processes run different numbers of
+    batches, and full ranking reads the whole output table outside a forward pass: both need the
+    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`). They are
+    resharded when the stage ends, before checkpoints are written. ``SASRecModule.configure_callbacks``
+    returns one when the model is sharded.
+    """
+
+    def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_sharded(pl_module.model):
+            gather(pl_module.model)
+
+    def _reshard(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_sharded(pl_module.model):
+            reshard(pl_module.model)
+
+    on_validation_start = on_test_start = on_predict_start = _gather
+    on_validation_end = on_test_end = on_predict_end = _reshard

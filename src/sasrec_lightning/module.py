@@ -9,11 +9,12 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from .batches import TrainingStatistics
-from .callbacks import RowGradients
+from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
 from .losses import LossName, build_loss
@@ -21,6 +22,7 @@ from .metrics import RankingMetrics
 from .options import check_model_options
 from .ranking import full_ranks, sampled_ranks
 from .serving import ServingMixin
+from .sharding import check_sharding_options, is_sharded, shard_encoder
 
 __all__ = ["SASRecModule"]
 
@@ -201,7 +203,25 @@ class SASRecModule(ServingMixin, L.LightningModule):
         # The row-gradient lifecycle is one callback's (callbacks.py); for fit only, else test would replace it.
         switch = self.hparams.get("row_gradients", "auto")
         off = switch is False or (self._trainer is not None and self.trainer.state.fn != "fit")
-        return [] if off else [RowGradients(switch)]
+        # A sharded model is gathered for evaluation (callbacks.GatheredEvaluation), in every stage.
+        sharded = self._trainer is not None and shards_parameters(self.trainer.strategy) and not any(
+            isinstance(callback, GatheredEvaluation) for callback in self.trainer.callbacks)  # one from a stage before
+        return ([] if off else [RowGradients(switch)]) + ([GatheredEvaluation()] if sharded else [])
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` shard the encoder with FSDP2, item tables by rows (``sharding.py``).
+
+        A no-op under every other strategy, and once sharded (Lightning calls the hook for every stage).
+        The model has no tensor-parallel plan (``tensor_parallel_size`` must be 1), and ``loss: ce`` and
+        ``l2_emb``, which read the whole table outside its lookups, are refused (``OptionError``).
+        """
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        if is_sharded(self.model):
+            return
+        mesh = self.device_mesh
+        check_sharding_options(self.hparams.loss, self.hparams.l2_emb, mesh["tensor_parallel"].size(), mesh.size())
+        shard_encoder(self.model, mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
         # What the loss and `loss_normalization: epoch` need, from the data module's one public method.

@@ -1,0 +1,177 @@
+"""The sharded item table (FSDP2 via Lightning's ``ModelParallelStrategy``) on CPU: 2 processes, gloo.
+
+The same tiny training runs twice in subprocesses (the strategies' launcher re-executes the script
+for rank 1): once sharded, once under DDP with a replicated table, with the same seed and the same
+per-rank batches. FSDP averages gradients over the processes as DDP does, so the two runs compute
+the same steps; only the order of fp32 sums differs (reduce-scatter against all-reduce, the dense
+embedding backward against the row-wise one), ~1e-7 relative per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+from conftest import REPO, run_cli
+from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.callbacks import RowGradients
+from sasrec_lightning.errors import OptionError
+from sasrec_lightning.sharding import check_sharding_options
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from sasrec_lightning import SASRecDataModule, SASRecModule
+
+
+    class Record(L.Callback):
+        \"\"\"Per rank: each step's loss, and how much of the item table (and a row-wise buffer) the rank holds.\"\"\"
+
+        def __init__(self):
+            self.losses, self.table = [], None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+            weight = module.model.item_embedding.weight
+            local = weight.to_local() if hasattr(weight, "to_local") else weight
+            self.table = {"kind": type(weight).__name__, "local_shape": list(local.shape),
+                          "global_shape": list(weight.shape),
+                          "row_sharded": [p.is_shard(0) for p in getattr(weight, "placements", [])],
+                          "row_gradients": module.model.item_embedding.row_gradient is not None}
+
+
+    def main():
+        data_path, out, kind = sys.argv[1:4]
+        L.seed_everything(3, verbose=False)
+        data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+                                print_statistics=False)
+        model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
+                             loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
+        if kind == "sharded":
+            strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                             save_distributed_checkpoint=False)
+        else:
+            strategy = "ddp"
+        record = Record()
+        checkpoint = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0)
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=6, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, callbacks=[record, checkpoint])
+        trainer.fit(model, datamodule=data)
+        result = {"losses": record.losses, "table": record.table, "world_size": trainer.world_size}
+        if kind == "sharded":  # evaluation of the sharded model: uneven user shards, full ranking
+            result["test"] = trainer.test(model, datamodule=data, ckpt_path=os.path.join(out, "ckpt", "last.ckpt"),
+                                          verbose=False)[0]
+        with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
+            json.dump(result, handle)
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def _run(tmp_path, data_path, kind):
+    out = tmp_path / kind
+    out.mkdir()
+    script = out / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, str(script), str(data_path), str(out), kind], cwd=out, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"{kind} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+    return ranks, out / "ckpt" / "last.ckpt"
+
+
+def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
+    sharded, sharded_ckpt = _run(tmp_path, synthetic_txt, "sharded")
+    replicated, replicated_ckpt = _run(tmp_path, synthetic_txt, "ddp")
+    rows = SASRecDataModule(path=str(synthetic_txt), max_len=8, print_statistics=False).num_items + 1  # with padding
+
+    # Each rank holds a row shard of the table: ceil(rows / 2) and the rest, together every row once.
+    local_rows = [rank["table"]["local_shape"][0] for rank in sharded]
+    assert local_rows == [-(-rows // 2), rows - -(-rows // 2)]
+    for rank in sharded:
+        assert rank["table"]["kind"] == "DTensor" and rank["table"]["row_sharded"] == [True]
+        assert rank["table"]["global_shape"] == [rows, 8] and rank["table"]["local_shape"][1] == 8
+        assert not rank["table"]["row_gradients"]  # row_gradients: auto is off under sharding
+    for rank in replicated:
+        assert rank["table"]["local_shape"] == [rows, 8]
+        assert rank["table"]["row_gradients"]  # ... and on under DDP on the CPU: the two gradient paths agree
+
+    # Step for step, each rank's loss equals the replicated run's (fp32 summation order only, see the docstring).
+    for rank in range(2):
+        assert len(sharded[rank]["losses"]) == 6
+        assert sharded[rank]["losses"] == pytest.approx(replicated[rank]["losses"], rel=1e-5, abs=1e-6)
+    assert sharded[0]["losses"] != sharded[1]["losses"]  # the ranks trained on different batches
+
+    # The checkpoint holds the full (gathered) state dict: it loads in one process, equal to DDP's weights.
+    model = SASRecModule.load_from_checkpoint(sharded_ckpt, weights_only=True)
+    reference = torch.load(replicated_ckpt, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert set(state) == set(reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    initial = SASRecModule(num_items=rows - 1, max_len=8, hidden_size=8, num_blocks=1)
+    assert not torch.allclose(state["model.item_embedding.weight"], initial.model.item_embedding.weight)
+
+    # Tested alone, that checkpoint gives the metrics the two sharded processes computed together.
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+                            print_statistics=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    alone = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert set(alone) == set(sharded[0]["test"])
+    for name, value in alone.items():
+        assert sharded[0]["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_row_gradients_true_is_refused_under_sharding():
+    module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
+    sharded = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
+    with pytest.raises(ValueError, match=r"row_gradients true cannot be used with ModelParallelStrategy.*auto"):
+        RowGradients(True).setup(sharded, module, "fit")
+    RowGradients("auto").setup(sharded, module, "fit")  # auto: resolved to off when training starts
+    RowGradients(True).setup(SimpleNamespace(strategy=DDPStrategy()), module, "fit")  # not sharded: allowed
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"loss": "ce"}, r"--model.init_args.loss ce: .*use sampled_softmax, bce, gbce or bpr"),
+    ({"l2_emb": 0.01}, r"--model.init_args.l2_emb 0.01: .*set l2_emb 0"),
+    ({"tensor_parallel_size": 2}, r"tensor_parallel_size 2: .*tensor_parallel_size 1 and data_parallel_size 4"),
+])
+def test_options_that_read_the_whole_table_are_refused_under_sharding(options, message):
+    settings = {"loss": "sampled_softmax", "l2_emb": 0.0, "tensor_parallel_size": 1, "world_size": 4, **options}
+    with pytest.raises(OptionError, match=message):
+        check_sharding_options(**settings)
+    check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combination passes
+
+
+@pytest.mark.slow
+def test_cli_fit_and_test_with_the_fsdp_fragment_on_two_cpu_processes(synthetic_txt, tmp_path):
+    """The documented command: ``-c configs/trainer/fsdp.yaml`` with the CPU overrides (fit, then test)."""
+    result = run_cli(
+        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "fsdp.yaml"),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy.init_args.data_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path,
+    )
+    assert result.stdout.count("test (sampled protocol)") == 1  # printed by rank 0 only
