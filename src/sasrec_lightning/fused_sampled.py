@@ -82,8 +82,9 @@ class SharedNegatives:
 def accidental_hits(negatives: SharedNegatives, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Block ``(row, column)`` of every negative equal to its position's target.
 
-    Vectorized: the negatives are sorted once (per sequence), each target is looked up with two
-    binary searches, and the few matches (``N M / I`` expected) are expanded.
+    Vectorized. Batch negatives are sorted once, each target is looked up with two binary searches
+    and the few matches (``N M / I`` expected) are expanded; per-sequence negatives are compared
+    with the targets of their sequence.
 
     Args:
         negatives: the shared negatives.
@@ -94,25 +95,18 @@ def accidental_hits(negatives: SharedNegatives, targets: Tensor) -> tuple[Tensor
     """
     ids = negatives.ids
     if negatives.per_sequence:
-        order = torch.argsort(ids, dim=1, stable=True)  # (B, M)
-        ordered = ids.gather(1, order)  # (B, M)
-        grid = negatives.to_slots(targets, fill=-1).view(ids.size(0), negatives.width)  # (B, L') -1: no position
-        low = torch.searchsorted(ordered, grid, side="left").reshape(-1)  # (B L',)
-        high = torch.searchsorted(ordered, grid, side="right").reshape(-1)
-        owner = torch.arange(ids.size(0), device=ids.device).repeat_interleave(negatives.width)  # (B L',)
-    else:
-        order = torch.argsort(ids, stable=True)  # (M,)
-        ordered = ids[order]
-        low = torch.searchsorted(ordered, targets, side="left")  # (N,)
-        high = torch.searchsorted(ordered, targets, side="right")
-        owner = None
-    counts = high - low  # (R,) hits of each block row
+        # A comparison of the (B, L', M) grid: one pass over bytes, cheaper than sorting every row.
+        grid = negatives.to_slots(targets, fill=-1).view(ids.size(0), negatives.width, 1)  # (B, L', 1)
+        sequence, slot, column = torch.nonzero(ids.unsqueeze(1) == grid, as_tuple=True)
+        return sequence * negatives.width + slot, column
+    order = torch.argsort(ids, stable=True)  # (M,)
+    ordered = ids[order]
+    low = torch.searchsorted(ordered, targets, side="left")  # (N,)
+    counts = torch.searchsorted(ordered, targets, side="right") - low  # (N,) hits of each position
     hit_rows = torch.repeat_interleave(torch.arange(counts.numel(), device=ids.device), counts)  # (H,)
-    # k-th hit of a row: sorted position low[row] + k.
+    # k-th hit of a position: sorted position low[row] + k.
     offsets = torch.arange(hit_rows.numel(), device=ids.device) - (torch.cumsum(counts, 0) - counts)[hit_rows]
-    sorted_at = low[hit_rows] + offsets  # (H,)
-    columns = order[owner[hit_rows], sorted_at] if owner is not None else order[sorted_at]
-    return hit_rows, columns
+    return hit_rows, order[low[hit_rows] + offsets]
 
 
 def _logit_block(hidden: Tensor, negative_vectors: Tensor, negatives: SharedNegatives,
@@ -134,8 +128,8 @@ def _logit_block(hidden: Tensor, negative_vectors: Tensor, negatives: SharedNega
 
 
 def _negative_gradients(exps: Tensor, hidden_scaled: Tensor, negative_vectors: Tensor,
-                        negatives: SharedNegatives) -> tuple[Tensor, Tensor]:
-    """``(e @ W_neg)`` per position ``(N, d)`` and ``e^T @ h_scaled`` per negative (``(M, d)`` or ``(B, M, d)``).
+                        negatives: SharedNegatives, out: Tensor) -> Tensor:
+    """``e @ W_neg`` per position ``(N, d)``; ``e^T @ h_scaled`` per negative written into ``out`` (``(M', d)``).
 
     ``hidden_scaled`` is ``(N, d)``: each position's hidden state times its row weight.
     """
@@ -144,17 +138,19 @@ def _negative_gradients(exps: Tensor, hidden_scaled: Tensor, negative_vectors: T
         e = exps.view(b, width, m)  # (B, L', M)
         per_position = torch.bmm(e, negative_vectors).view(b * width, -1).index_select(0, negatives.slot)  # (N, d)
         slots = negatives.to_slots(hidden_scaled).view(b, width, -1)  # (B, L', d), padding slots zero
-        return per_position, torch.bmm(e.transpose(1, 2), slots)  # (N, d), (B, M, d)
-    return exps @ negative_vectors, exps.T @ hidden_scaled  # (N, d), (M, d)
+        torch.bmm(e.transpose(1, 2), slots, out=out.view(b, m, -1))  # (B, M, d)
+        return per_position
+    torch.mm(exps.T, hidden_scaled, out=out)  # (M, d)
+    return exps @ negative_vectors  # (N, d)
 
 
 class _FusedSampledSoftmax(torch.autograd.Function):
     """Mean over positions of ``logsumexp([s_pos, s_neg]) - s_pos`` with logQ and hit masking."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, positive_vectors: Tensor, negative_vectors: Tensor,
-                negatives: SharedNegatives, targets: Tensor, log_q: Tensor | None,
-                workspace: Workspace | None) -> Tensor:
+    def forward(ctx, hidden: Tensor, vectors: Tensor, negatives: SharedNegatives, targets: Tensor,
+                log_q: Tensor | None, workspace: Workspace | None) -> Tensor:
+        positive_vectors, negative_vectors = _split(vectors, negatives)
         block, loan = _logit_block(hidden, negative_vectors, negatives, workspace)  # (R, M)
         positive = (hidden * positive_vectors).sum(dim=-1)  # (N,)
         if log_q is not None:
@@ -174,31 +170,35 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         lse = row_max + sums.log()  # (R,)
         if negatives.per_sequence:
             lse, sums, positive_exp = (t.index_select(0, negatives.slot) for t in (lse, sums, positive_exp))
-        ctx.save_for_backward(hidden, positive_vectors, negative_vectors, block, sums, positive_exp)
+        ctx.save_for_backward(hidden, vectors, block, sums, positive_exp)
         ctx.negatives, ctx.loan = negatives, loan
         return (lse - positive).mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
-        hidden, positive_vectors, negative_vectors, exps, sums, positive_exp = ctx.saved_tensors
+        hidden, vectors, exps, sums, positive_exp = ctx.saved_tensors
         negatives = ctx.negatives
+        positive_vectors, negative_vectors = _split(vectors, negatives)
         scale = grad_output / hidden.size(0)  # d mean / d position loss
         inverse = (scale / sums).unsqueeze(-1)  # (N, 1): softmax = exps / sums
-        negative_part, grad_negative = _negative_gradients(exps, hidden * inverse, negative_vectors, negatives)
+        grad_vectors = torch.empty_like(vectors)  # (N + M', d): one buffer, no concatenation
+        grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.ids.numel()])
+        negative_part = _negative_gradients(exps, hidden * inverse, negative_vectors, negatives, grad_negative)
         _give_back(ctx.loan)
         positive_weight = positive_exp.unsqueeze(-1) * inverse - scale  # (N, 1): (p_pos - 1) / N
         grad_hidden = negative_part.mul_(inverse).addcmul_(positive_weight, positive_vectors)  # (N, d)
-        grad_positive = hidden * positive_weight  # (N, d)
-        return grad_hidden, grad_positive, grad_negative, None, None, None, None
+        torch.mul(hidden, positive_weight, out=grad_positive)  # (N, d)
+        return grad_hidden, grad_vectors, None, None, None, None
 
 
 class _FusedGBCE(torch.autograd.Function):
     """Mean over positions of ``(beta softplus(-s_pos) + sum_j softplus(s_neg_j)) / (M + 1)``, hits left out."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, positive_vectors: Tensor, negative_vectors: Tensor,
-                negatives: SharedNegatives, targets: Tensor, beta: float, workspace: Workspace | None) -> Tensor:
+    def forward(ctx, hidden: Tensor, vectors: Tensor, negatives: SharedNegatives, targets: Tensor, beta: float,
+                workspace: Workspace | None) -> Tensor:
+        positive_vectors, negative_vectors = _split(vectors, negatives)
         block, loan = _logit_block(hidden, negative_vectors, negatives, workspace)  # (R, M)
         hit_rows, hit_columns = accidental_hits(negatives, targets)
         block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))  # softplus(-inf) = 0
@@ -207,29 +207,40 @@ class _FusedGBCE(torch.autograd.Function):
         if negatives.per_sequence:
             negative_sums = negative_sums.index_select(0, negatives.slot)  # (N,)
         per_position = beta * torch.nn.functional.softplus(-positive) + negative_sums  # (N,)
-        ctx.save_for_backward(hidden, positive_vectors, negative_vectors, block, positive)
+        ctx.save_for_backward(hidden, vectors, block, positive)
         ctx.negatives, ctx.loan, ctx.beta = negatives, loan, beta
         return per_position.mean() / (negatives.ids.size(-1) + 1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
-        hidden, positive_vectors, negative_vectors, block, positive = ctx.saved_tensors
+        hidden, vectors, block, positive = ctx.saved_tensors
         negatives = ctx.negatives
+        positive_vectors, negative_vectors = _split(vectors, negatives)
         scale = grad_output / (hidden.size(0) * (negatives.ids.size(-1) + 1))
         sigmoid = block.sigmoid_()  # (R, M) d softplus(s) / ds; hits: sigmoid(-inf) = 0
-        negative_part, grad_negative = _negative_gradients(sigmoid, hidden * scale, negative_vectors, negatives)
+        grad_vectors = torch.empty_like(vectors)  # (N + M', d)
+        grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.ids.numel()])
+        negative_part = _negative_gradients(sigmoid, hidden * scale, negative_vectors, negatives, grad_negative)
         _give_back(ctx.loan)
         positive_weight = (-ctx.beta * torch.sigmoid(-positive)).unsqueeze(-1) * scale  # (N, 1)
         grad_hidden = negative_part.mul_(scale).addcmul_(positive_weight, positive_vectors)
-        return grad_hidden, hidden * positive_weight, grad_negative, None, None, None, None
+        torch.mul(hidden, positive_weight, out=grad_positive)
+        return grad_hidden, grad_vectors, None, None, None, None
 
 
-def _vectors(encoder, targets: Tensor, negatives: SharedNegatives) -> tuple[Tensor, Tensor]:
-    """Item vectors of the targets ``(N, d)`` and negatives (``(M, d)`` / ``(B, M, d)``) from one lookup (fp32)."""
-    ids = torch.cat([targets, negatives.ids.reshape(-1)])
-    vectors = at_least_fp32(encoder.item_vectors(ids))  # one gradient accumulation into the table
-    positive, negative = vectors.split([targets.numel(), negatives.ids.numel()])
+def _vectors(encoder, targets: Tensor, negatives: SharedNegatives) -> Tensor:
+    """Item vectors ``(N + M', d)`` of the targets, then the negatives, from one lookup (at least fp32).
+
+    One lookup: one gradient accumulation into the item table per step; the fused backward hands
+    back one ``(N + M', d)`` gradient, so nothing is concatenated.
+    """
+    return at_least_fp32(encoder.item_vectors(torch.cat([targets, negatives.ids.reshape(-1)])))
+
+
+def _split(vectors: Tensor, negatives: SharedNegatives) -> tuple[Tensor, Tensor]:
+    """The target vectors ``(N, d)`` and the negatives' (``(M, d)`` or ``(B, M, d)``) of :func:`_vectors`."""
+    positive, negative = vectors.split([vectors.size(0) - negatives.ids.numel(), negatives.ids.numel()])
     return positive, negative.view(*negatives.ids.shape, -1)
 
 
@@ -252,11 +263,11 @@ def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tens
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         negatives = SharedNegatives(shared, rows)
-        positive_vectors, negative_vectors = _vectors(encoder, targets, negatives)
+        vectors = _vectors(encoder, targets, negatives)
         if hidden.size(0) == 0:
-            return (hidden.sum() + positive_vectors.sum() + negative_vectors.sum()) * 0.0
+            return (hidden.sum() + vectors.sum()) * 0.0
         hidden = at_least_fp32(hidden)
-        return _FusedSampledSoftmax.apply(hidden, positive_vectors, negative_vectors, negatives, targets,
+        return _FusedSampledSoftmax.apply(hidden, vectors, negatives, targets,
                                           None if log_q is None else log_q.to(hidden.dtype), workspace)
 
 
@@ -278,8 +289,7 @@ def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: f
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         negatives = SharedNegatives(shared, rows)
-        positive_vectors, negative_vectors = _vectors(encoder, targets, negatives)
+        vectors = _vectors(encoder, targets, negatives)
         if hidden.size(0) == 0:
-            return (hidden.sum() + positive_vectors.sum() + negative_vectors.sum()) * 0.0
-        return _FusedGBCE.apply(at_least_fp32(hidden), positive_vectors, negative_vectors, negatives, targets, float(beta),
-                                workspace)
+            return (hidden.sum() + vectors.sum()) * 0.0
+        return _FusedGBCE.apply(at_least_fp32(hidden), vectors, negatives, targets, float(beta), workspace)
