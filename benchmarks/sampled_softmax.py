@@ -127,9 +127,9 @@ def parse_value(text: str):
 
 def bench_train(args) -> dict:
     import lightning as L
+    from speed import make_trainer, throughput_callback
 
     from sasrec_lightning import SASRecModule
-    from speed import make_trainer, throughput_callback
 
     L.seed_everything(args.seed, verbose=False)
     data = synthetic_data(args)

@@ -9,7 +9,7 @@ import torch
 
 from sasrec_lightning import SASRec
 from sasrec_lightning.chunked_ce import Workspace
-from sasrec_lightning.fused_sampled import accidental_hits, fused_gbce, fused_sampled_softmax, SharedNegatives
+from sasrec_lightning.fused_sampled import SharedNegatives, accidental_hits, fused_gbce, fused_sampled_softmax
 from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss, gbce_beta, gbce_shared_loss, sampled_softmax_loss
 
 NUM_ITEMS = 12  # few items: many accidental hits
@@ -60,7 +60,7 @@ def test_sampled_softmax_matches_the_written_out_loss(per_sequence, with_log_q, 
     workspace = Workspace()
     fused = gradients(lambda m, h: fused_sampled_softmax(m, h, targets, shared, log_q, rows, workspace), model, hidden)
     plain = gradients(lambda m, h: sampled_softmax_loss(m, h, targets, shared, log_q, rows), model, hidden)
-    for got, want in zip(fused, plain):
+    for got, want in zip(fused, plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -73,8 +73,8 @@ def test_sampled_softmax_against_a_per_position_formula():
     table = model.item_embedding.weight.detach()
     total = 0.0
     for i in range(hidden.size(0)):
-        score = lambda item: float(hidden[i] @ table[item]) - float(log_q[item])  # noqa: E731
-        terms = [score(int(targets[i]))] + [score(int(j)) for j in shared[rows[i]] if int(j) != int(targets[i])]
+        items = [int(targets[i])] + [int(j) for j in shared[rows[i]] if int(j) != int(targets[i])]
+        terms = [float(hidden[i] @ table[item]) - float(log_q[item]) for item in items]
         top = max(terms)
         total += top + math.log(sum(math.exp(t - top) for t in terms)) - terms[0]
     assert float(loss) == pytest.approx(total / hidden.size(0), rel=1e-12)
@@ -88,7 +88,7 @@ def test_gbce_matches_the_written_out_loss(per_sequence, seed):
     beta = gbce_beta(shared.size(-1), NUM_ITEMS, 0.75)
     fused = gradients(lambda m, h: fused_gbce(m, h, targets, shared, beta, rows, Workspace()), model, hidden)
     plain = gradients(lambda m, h: gbce_shared_loss(m, h, targets, shared, beta, rows), model, hidden)
-    for got, want in zip(fused, plain):
+    for got, want in zip(fused, plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -178,9 +178,9 @@ def test_the_loss_module_fused_and_plain_agree(sampling, sharing):
         loss_fn = SampledSoftmaxLoss(NUM_ITEMS, 9, sampling, 0.5, True, sharing, fused=fused)
         loss_fn.set_frequencies(counts)
         generator = torch.Generator().manual_seed(11)
-        values.append(gradients(lambda m, h: loss_fn(m, h, targets, torch.empty(h.size(0), 0), generator, rows),
-                                model, hidden))
-    for got, want in zip(*values):
+        values.append(gradients(
+            lambda m, h, f=loss_fn, g=generator: f(m, h, targets, torch.empty(h.size(0), 0), g, rows), model, hidden))
+    for got, want in zip(*values, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -273,7 +273,7 @@ def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tens
 
 def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float, rows: Tensor | None = None,
                workspace: Workspace | None = None) -> Tensor:
-    """gSASRec's generalized BCE over shared negatives, fused (value of ``gbce_shared_loss``).
+    """GSASRec's generalized BCE over shared negatives, fused (value of ``gbce_shared_loss``).
 
     Args:
         encoder: the model.

@@ -204,7 +204,7 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
 
 def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
                      rows: Tensor | None = None) -> Tensor:
-    """gBCE over negatives shared by the batch ``(M,)`` or by each sequence ``(B, M)``, written out.
+    """GBCE over negatives shared by the batch ``(M,)`` or by each sequence ``(B, M)``, written out.
 
     ``(beta * softplus(-s_pos) + sum_j softplus(s_neg_j)) / (M + 1)`` per position, averaged; a
     negative equal to the position's target (an accidental hit) is left out of the sum.
