@@ -130,7 +130,7 @@ def test_accidental_hits_are_every_match(per_sequence):
     _, targets, rows, shared = case(7, positions_per_row=(4, 0, 6, 2, 1), num_negatives=15, per_sequence=per_sequence)
     negatives = SharedNegatives(shared, rows)
     hit_rows, hit_columns = accidental_hits(negatives, targets)
-    found = set(zip(hit_rows.tolist(), hit_columns.tolist()))
+    found = set(zip(hit_rows.tolist(), hit_columns.tolist(), strict=True))
     expected = set()
     for i, target in enumerate(targets.tolist()):
         ids = shared[rows[i]] if per_sequence else shared

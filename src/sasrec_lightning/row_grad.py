@@ -125,8 +125,8 @@ class RowGradient:
     def _many_rows(self, table_rows: int) -> bool:
         """Whether a step wrote more rows than a quarter of a large table (e.g. negatives per sequence).
 
-        Then one pass beats a scattered fill of that many rows (a profile showed 44 ms a step for the 387k rows of 128 x 3,000
-        negatives per sequence in a 54,543-row table).
+        Then one pass beats a scattered fill of that many rows (a profile showed 44 ms a step for the
+        387k rows of 128 x 3,000 negatives per sequence in a 54,543-row table).
         """
         return table_rows >= _FULL_CLEAR_MIN_ROWS and sum(r.numel() for r in self.rows) > table_rows // 4
 
