@@ -436,6 +436,7 @@ class SampledSoftmaxLoss(Loss):
         counts = torch.ones(num_items + 1, dtype=torch.float64)
         counts[0] = 0
         self.register_buffer("frequencies", counts, persistent=False)
+        self._cache: tuple | None = None  # (device, frequencies) -> popularity and log Q
 
     @classmethod
     def from_options(cls, num_items: int, options: Mapping[str, Any]) -> SampledSoftmaxLoss:
@@ -465,6 +466,7 @@ class SampledSoftmaxLoss(Loss):
             raise ValueError(f"expected {tuple(self.frequencies.shape)} item counts, got {tuple(counts.shape)}")
         counts[0] = 0
         self.frequencies = counts
+        self._cache = None
 
     def sample(self, targets: Tensor, generator: torch.Generator | None = None,
                shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
@@ -476,20 +478,38 @@ class SampledSoftmaxLoss(Loss):
         m, num_items, device = self.num_negatives, self.num_items, targets.device
         shape = shape or (m,)
         lead = shape[:-1]
-        uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
+        popularity, log_q = self._distributions(device)
         if self.sampling == "uniform":
-            shared = torch.randint(1, num_items + 1, shape, device=device, generator=generator)
-            return shared, (uniform_q * m).log()
-        popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
+            return torch.randint(1, num_items + 1, shape, device=device, generator=generator), log_q
         if self.sampling == "popularity":
-            shared = torch.multinomial(popularity.float(), math.prod(shape), replacement=True, generator=generator)
-            return shared.view(shape), (popularity * m).log()
+            shared = torch.multinomial(popularity, math.prod(shape), replacement=True, generator=generator)
+            return shared.view(shape), log_q
         in_batch = round(m * self.in_batch_fraction)
         picks = torch.randint(0, targets.numel(), (*lead, in_batch), device=device, generator=generator)
         uniform = torch.randint(1, num_items + 1, (*lead, m - in_batch), device=device, generator=generator)
-        shared = torch.cat([targets[picks], uniform], dim=-1)  # (..., M)
-        # Expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I.
-        return shared, (in_batch * popularity + (m - in_batch) * uniform_q).log()
+        return torch.cat([targets[picks], uniform], dim=-1), log_q  # (..., M)
+
+    def _distributions(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The fp32 popularity ``(I + 1,)`` and the ``(I + 1,)`` log expected count of each item in a draw.
+
+        Computed once per device and frequency table (a pass over the catalogue each step costs
+        milliseconds at a million items).
+        """
+        key = (str(device), self.frequencies.data_ptr())
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        m, num_items = self.num_negatives, self.num_items
+        uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
+        popularity = (self.frequencies / self.frequencies.sum()).to(device)  # (I + 1,)
+        if self.sampling == "uniform":
+            expected = uniform_q * m
+        elif self.sampling == "popularity":
+            expected = popularity * m
+        else:  # expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I
+            in_batch = round(m * self.in_batch_fraction)
+            expected = in_batch * popularity + (m - in_batch) * uniform_q
+        self._cache = (key, (popularity.float(), expected.log()))
+        return self._cache[1]
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
