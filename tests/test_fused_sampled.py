@@ -224,3 +224,21 @@ def test_float32_large_scores_stay_finite():
     reference = sampled_softmax_loss(model.double(), hidden.detach().double(), targets, shared, None, rows)
     assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
     assert float(loss) == pytest.approx(float(reference), rel=1e-4)
+
+
+def test_module_options_reach_the_losses():
+    from sasrec_lightning import SASRecModule
+    from sasrec_lightning.options import OptionError
+
+    module = SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, num_blocks=1, loss="gbce",
+                          gbce_shared_negatives=7, negative_sharing="sequence", fused_loss=False)
+    assert not module.needs_negatives  # the data module draws none: the loss draws its 7
+    assert (module.loss_fn.shared_negatives, module.loss_fn.sharing, module.loss_fn.fused) == (7, "sequence", False)
+    assert SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, loss="sampled_softmax").loss_fn.fused
+    batch = {"input_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), "targets": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]]),
+             "negatives": torch.zeros(2, 4, 0, dtype=torch.long), "sample_seed": torch.tensor(3)}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.model.item_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(OptionError, match="gbce_shared_negatives"):
+        SASRecModule(num_items=NUM_ITEMS, loss="gbce", gbce_shared_negatives=-1)
