@@ -236,7 +236,8 @@ def test_module_options_reach_the_losses():
     assert (module.loss_fn.shared_negatives, module.loss_fn.sharing, module.loss_fn.fused) == (7, "sequence", False)
     assert SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, loss="sampled_softmax").loss_fn.fused
     batch = {"input_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]),
-             "targets": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]]), "negatives": torch.zeros(2, 4, 0, dtype=torch.long), "sample_seed": torch.tensor(3)}
+             "targets": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]]),
+             "negatives": torch.zeros(2, 4, 0, dtype=torch.long), "sample_seed": torch.tensor(3)}
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and module.model.item_embedding.weight.grad.abs().sum() > 0
