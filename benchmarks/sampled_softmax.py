@@ -30,7 +30,7 @@ def bench_loss(args) -> dict:
     import torch
 
     from sasrec_lightning import SASRec
-    from sasrec_lightning.losses import SampledSoftmaxLoss
+    from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss
 
     torch.manual_seed(args.seed)
     model = SASRec(num_items=args.items, max_len=50, hidden_size=args.hidden, num_blocks=0)
@@ -42,8 +42,12 @@ def bench_loss(args) -> dict:
     hidden = torch.randn(n, d) * 0.3
     targets = torch.randint(1, args.items + 1, (n,))
     sharing = "sequence" if args.per_sequence else "batch"
-    fused = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=True)
-    plain = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=False)
+    if args.loss == "gbce":
+        fused = GBCELoss(0.75, args.items, shared_negatives=m, sharing=sharing, fused=True)
+        plain = GBCELoss(0.75, args.items, shared_negatives=m, sharing=sharing, fused=False)
+    else:
+        fused = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=True)
+        plain = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=False)
     empty = torch.empty(n, 0, dtype=torch.long)
     # The three products of the loss, into reused outputs: logits, d hidden, d negatives.
     if args.per_sequence:
@@ -86,7 +90,7 @@ def bench_loss(args) -> dict:
             run()
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
-    return {"positions": n, "negatives": m, "hidden": d, "items": args.items, "sharing": sharing,
+    return {"loss": args.loss, "positions": n, "negatives": m, "hidden": d, "items": args.items, "sharing": sharing,
             "ms": {name: round(value * 1e3, 2) for name, value in median.items()},
             "products_gflops": flops / median["products"] / 1e9,
             "fused_over_products": median["fused"] / median["products"],
@@ -161,7 +165,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=40_000)
     parser.add_argument("--actions", type=int, default=25)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--loss", default="sampled_softmax")
+    parser.add_argument("--loss", default="sampled_softmax", help="train: any loss; loss: sampled_softmax or gbce")
     parser.add_argument("--option", action="append", default=[], help="more SASRecModule options, name=value")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
