@@ -8,12 +8,18 @@ sequence of each position, for negatives shared per sequence). The module's ``lo
 one of :data:`LOSSES`:
 
 * ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
-* ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``;
+* ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``,
+  on the data module's ``k`` negatives per position or on ``M`` uniform negatives shared by the
+  batch or by each sequence (``gbce_shared_negatives``);
 * ``bpr`` — Bayesian personalized ranking (Rendle et al., UAI 2009), the same negatives;
 * ``sampled_softmax`` — softmax over the positive and ``M`` negatives shared by the whole batch or
   by each sequence (uniform, popularity-proportional or in-batch mixed with uniform) with logQ
   correction;
 * ``ce`` — exact softmax over the whole catalogue, item-chunked (:mod:`.chunked_ce`).
+
+The losses over shared negatives run fused by default (:mod:`.fused_sampled`: one reused logit
+block, a backward pass of two products); the functions below are the plain-PyTorch reference,
+selected with ``fused_loss: false``.
 
 Adding a loss is one :class:`Loss` subclass under ``@register_loss("name")`` (``docs/architecture.md``).
 """
@@ -30,6 +36,7 @@ from torch import Tensor, nn
 
 from .chunked_ce import Workspace, chunked_cross_entropy
 from .encoder import SASRec
+from .fused_sampled import at_least_fp32, fused_gbce, fused_sampled_softmax
 
 if TYPE_CHECKING:
     from .batches import TrainingStatistics
@@ -45,6 +52,7 @@ __all__ = [
     "gbce_beta",
     "bpr_loss",
     "sampled_softmax_loss",
+    "gbce_shared_loss",
     "BCELoss",
     "GBCELoss",
     "BPRLoss",
@@ -194,6 +202,33 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
         return (per_position / (negatives.size(-1) + 1)).mean()
 
 
+def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
+                     rows: Tensor | None = None) -> Tensor:
+    """GBCE over negatives shared by the batch ``(M,)`` or by each sequence ``(B, M)``, written out.
+
+    ``(beta * softplus(-s_pos) + sum_j softplus(s_neg_j)) / (M + 1)`` per position, averaged; a
+    negative equal to the position's target (an accidental hit) is left out of the sum.
+
+    Args:
+        encoder: the model.
+        hidden: ``(N, d)`` hidden states at real positions (row-major).
+        targets: ``(N,)`` next items.
+        shared: ``(M,)`` or ``(B, M)`` negative item ids.
+        beta: the power on the positive probability (:func:`gbce_beta` with ``k = M``).
+        rows: ``(N,)`` sequence of each position (needed with ``(B, M)`` negatives).
+
+    Returns:
+        Scalar loss.
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden = at_least_fp32(hidden)
+        positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
+        negative, negative_ids = _shared_scores(encoder, hidden, shared, rows)  # (N, M), (N or 1, M)
+        negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))
+        per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
+        return (per_position / (shared.size(-1) + 1)).mean()
+
+
 def bpr_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
     """Bayesian personalized ranking (Rendle et al., UAI 2009): ``-log sigma(r_pos - r_neg)``.
 
@@ -231,6 +266,15 @@ def sequence_scores(hidden: Tensor, rows: Tensor, vectors: Tensor) -> Tensor:
     return torch.bmm(padded, vectors.transpose(1, 2))[rows, column]  # (B, L', M) -> (N, M)
 
 
+def _shared_scores(encoder: SASRec, hidden: Tensor, shared: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Scores ``(N, M)`` of each position against its shared negatives, and their ids (``(1, M)`` or ``(N, M)``)."""
+    if shared.dim() == 1:
+        return hidden @ at_least_fp32(encoder.item_vectors(shared)).T, shared.unsqueeze(0)
+    if rows is None:
+        raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
+    return sequence_scores(hidden, rows, at_least_fp32(encoder.item_vectors(shared))), shared[rows]
+
+
 def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
                          log_q: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """Softmax cross-entropy of each target against sampled negatives shared by many positions.
@@ -255,17 +299,11 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        hidden = hidden.float()
-        positive = (hidden * encoder.item_vectors(targets).float()).sum(dim=-1)  # (N,)
-        if shared.dim() == 1:
-            negative = hidden @ encoder.item_vectors(shared).float().T  # (N, M)
-            negative_ids = shared.unsqueeze(0)  # (1, M)
-        else:
-            if rows is None:
-                raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
-            negative = sequence_scores(hidden, rows, encoder.item_vectors(shared).float())  # (N, M)
-            negative_ids = shared[rows]  # (N, M)
+        hidden = at_least_fp32(hidden)
+        positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
+        negative, negative_ids = _shared_scores(encoder, hidden, shared, rows)  # (N, M), (N or 1, M)
         if log_q is not None:
+            log_q = log_q.to(hidden.dtype)
             positive = positive - log_q[targets]
             negative = negative - log_q[negative_ids]
         negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))  # (N, M)
@@ -286,23 +324,62 @@ class BCELoss(Loss):
 
 @register_loss("gbce")
 class GBCELoss(Loss):
-    """``gbce``: generalized BCE with calibration ``t`` (``gbce_t``) and the data module's ``k`` negatives."""
+    """``gbce``: generalized BCE with calibration ``t`` (``gbce_t``).
+
+    Negatives: the data module's ``k`` per position (``gbce_shared_negatives: 0``, gSASRec's
+    setup), or ``M = gbce_shared_negatives`` uniform negatives drawn by the loss and shared by the
+    batch or by each sequence (``negative_sharing``), scored as one logit block: many negatives
+    for the price of a matrix product (fused by default, ``fused_loss``).
+    """
 
     needs_negatives = True
 
-    def __init__(self, t: float = 0.75) -> None:
+    def __init__(self, t: float = 0.75, num_items: int | None = None, shared_negatives: int = 0,
+                 sharing: Literal["batch", "sequence"] = "batch", fused: bool = True) -> None:
         super().__init__()
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"gbce_t must be in [0, 1], got {t}")
+        if shared_negatives < 0:
+            raise ValueError(f"gbce_shared_negatives must be at least 0, got {shared_negatives}")
+        if shared_negatives and num_items is None:
+            raise ValueError("gbce with shared negatives needs num_items")
+        if sharing not in ("batch", "sequence"):
+            raise ValueError(f"unknown negative sharing {sharing!r}; expected batch or sequence")
         self.t = t
+        self.num_items = num_items
+        self.shared_negatives = shared_negatives
+        self.sharing = sharing
+        self.fused = fused
+        self.needs_negatives = shared_negatives == 0  # with shared negatives the loss draws its own
+        self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
 
     @classmethod
     def from_options(cls, num_items: int, options: Mapping[str, Any]) -> GBCELoss:
-        return cls(options.get("gbce_t", 0.75))
+        return cls(options.get("gbce_t", 0.75), num_items, options.get("gbce_shared_negatives", 0),
+                   options.get("negative_sharing", "batch"), options.get("fused_loss", True))
+
+    def release_memory(self) -> None:
+        self.workspace.clear()
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        return gbce_loss(encoder, hidden, targets, negatives, self.t)
+        if not self.shared_negatives:
+            return gbce_loss(encoder, hidden, targets, negatives, self.t)
+        shared = torch.randint(1, self.num_items + 1, _shared_shape(self.shared_negatives, self.sharing, rows),
+                               device=targets.device, generator=generator)
+        beta = gbce_beta(self.shared_negatives, self.num_items, self.t)
+        if self.fused:
+            return fused_gbce(encoder, hidden, targets, shared, beta, rows, self.workspace)
+        return gbce_shared_loss(encoder, hidden, targets, shared, beta, rows)
+
+
+def _shared_shape(num_negatives: int, sharing: str, rows: Tensor | None) -> tuple[int, ...]:
+    """``(M,)`` for negatives shared by the batch, ``(B, M)`` for negatives per sequence."""
+    if sharing == "batch":
+        return (num_negatives,)
+    if rows is None:
+        raise ValueError("negatives shared per sequence need `rows`, the sequence of each position")
+    return (int(rows.max()) + 1 if rows.numel() else 1, num_negatives)
 
 
 @register_loss("bpr")
@@ -331,11 +408,13 @@ class SampledSoftmaxLoss(Loss):
             matmul); ``sequence``: a draw of ``M`` per sequence, shared by its positions, as in
             Klenitskiy & Vasilev's SASRec+ (independent negatives across sequences: a less noisy
             batch gradient for ``B`` times the sampled item vectors).
+        fused: compute the loss as one fused operation (:mod:`.fused_sampled`, the default) or
+            with the written-out :func:`sampled_softmax_loss` (same value).
     """
 
     def __init__(self, num_items: int, num_negatives: int = 3000, sampling: Sampling = "uniform",
                  in_batch_fraction: float = 0.5, logq_correction: bool = True,
-                 sharing: Literal["batch", "sequence"] = "batch") -> None:
+                 sharing: Literal["batch", "sequence"] = "batch", fused: bool = True) -> None:
         super().__init__()
         if num_negatives < 1:
             raise ValueError(f"sampled_softmax needs at least 1 negative, got num_negatives={num_negatives}")
@@ -351,16 +430,23 @@ class SampledSoftmaxLoss(Loss):
         self.in_batch_fraction = in_batch_fraction
         self.logq_correction = logq_correction
         self.sharing = sharing
+        self.fused = fused
+        self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
         # Training target frequency of every item id (row 0 unused); uniform until set_frequencies.
         counts = torch.ones(num_items + 1, dtype=torch.float64)
         counts[0] = 0
         self.register_buffer("frequencies", counts, persistent=False)
+        self._cache: tuple | None = None  # (device, frequencies) -> popularity and log Q
 
     @classmethod
     def from_options(cls, num_items: int, options: Mapping[str, Any]) -> SampledSoftmaxLoss:
         return cls(num_items, options.get("sampled_negatives", 3000), options.get("negative_sampling", "uniform"),
                    options.get("in_batch_fraction", 0.5), options.get("logq_correction", True),
-                   options.get("negative_sharing", "batch"))
+                   options.get("negative_sharing", "batch"), options.get("fused_loss", True))
+
+    def release_memory(self) -> None:
+        """Let go of the kept logit block (``positions x negatives`` floats) until the next step."""
+        self.workspace.clear()
 
     def setup(self, statistics: TrainingStatistics | None) -> None:
         """Popularity and in-batch sampling: the training target counts (``statistics.item_counts``)."""
@@ -380,6 +466,7 @@ class SampledSoftmaxLoss(Loss):
             raise ValueError(f"expected {tuple(self.frequencies.shape)} item counts, got {tuple(counts.shape)}")
         counts[0] = 0
         self.frequencies = counts
+        self._cache = None
 
     def sample(self, targets: Tensor, generator: torch.Generator | None = None,
                shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
@@ -391,31 +478,49 @@ class SampledSoftmaxLoss(Loss):
         m, num_items, device = self.num_negatives, self.num_items, targets.device
         shape = shape or (m,)
         lead = shape[:-1]
-        uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
+        popularity, log_q = self._distributions(device)
         if self.sampling == "uniform":
-            shared = torch.randint(1, num_items + 1, shape, device=device, generator=generator)
-            return shared, (uniform_q * m).log()
-        popularity = self.frequencies / self.frequencies.sum()  # (I + 1,)
+            return torch.randint(1, num_items + 1, shape, device=device, generator=generator), log_q
         if self.sampling == "popularity":
-            shared = torch.multinomial(popularity.float(), math.prod(shape), replacement=True, generator=generator)
-            return shared.view(shape), (popularity * m).log()
+            shared = torch.multinomial(popularity, math.prod(shape), replacement=True, generator=generator)
+            return shared.view(shape), log_q
         in_batch = round(m * self.in_batch_fraction)
         picks = torch.randint(0, targets.numel(), (*lead, in_batch), device=device, generator=generator)
         uniform = torch.randint(1, num_items + 1, (*lead, m - in_batch), device=device, generator=generator)
-        shared = torch.cat([targets[picks], uniform], dim=-1)  # (..., M)
-        # Expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I.
-        return shared, (in_batch * popularity + (m - in_batch) * uniform_q).log()
+        return torch.cat([targets[picks], uniform], dim=-1), log_q  # (..., M)
+
+    def _distributions(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The fp32 popularity ``(I + 1,)`` and the ``(I + 1,)`` log expected count of each item in a draw.
+
+        Computed once per device and frequency table (a pass over the catalogue each step costs
+        milliseconds at a million items).
+        """
+        key = (str(device), self.frequencies.data_ptr())
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        m, num_items = self.num_negatives, self.num_items
+        uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
+        popularity = (self.frequencies / self.frequencies.sum()).to(device)  # (I + 1,)
+        if self.sampling == "uniform":
+            expected = uniform_q * m
+        elif self.sampling == "popularity":
+            expected = popularity * m
+        else:  # expected count of item i in the mixed sample: M_b p_pop(i) + M_u / I
+            in_batch = round(m * self.in_batch_fraction)
+            expected = in_batch * popularity + (m - in_batch) * uniform_q
+        self._cache = (key, (popularity.float(), expected.log()))
+        return self._cache[1]
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        shape = None
-        if self.sharing == "sequence":
-            if rows is None:
-                raise ValueError("sampled_softmax with sharing='sequence' needs `rows`, the sequence of each position")
-            shape = (int(rows.max()) + 1 if rows.numel() else 1, self.num_negatives)
-        shared, log_q = self.sample(targets, generator, shape)
+        shared, log_q = self.sample(targets, generator, _shared_shape(self.num_negatives, self.sharing, rows))
+        if self.fused:
+            # Under uniform sampling log Q is the same for every item and cancels: no pass over the block.
+            correct = self.logq_correction and self.sampling != "uniform"
+            return fused_sampled_softmax(encoder, hidden, targets, shared, log_q if correct else None, rows,
+                                         self.workspace)
         return sampled_softmax_loss(encoder, hidden, targets, shared,
-                                    log_q.float() if self.logq_correction else None, rows)
+                                    log_q if self.logq_correction else None, rows)
 
 
 @register_loss("ce")

@@ -64,6 +64,13 @@ class SASRecModule(ServingMixin, L.LightningModule):
         negative_sharing: ``sampled_softmax``: ``batch`` draws one set of negatives for every
             position of a batch; ``sequence`` one per sequence, shared by its positions (SASRec+ of
             Klenitskiy & Vasilev; independent across sequences, ``batch_size`` times the vectors).
+            Also the sharing of ``gbce_shared_negatives``.
+        gbce_shared_negatives: ``gbce`` with this many uniform negatives drawn by the loss and shared
+            by the batch or by each sequence (``negative_sharing``), instead of the data module's
+            ``data.num_negatives`` per position (``0``, the default and gSASRec's setup).
+        fused_loss: the losses over shared negatives (``sampled_softmax``, ``gbce`` with
+            ``gbce_shared_negatives``) as one fused operation on a reused logit block
+            (``fused_sampled.py``); ``false``: the written-out PyTorch losses (same values).
         ce_chunk_size: items per chunk of the ``ce`` loss (peak memory ~ positions x chunk).
         loss_normalization: how a batch's loss is divided: ``epoch`` sums it over the batch's
             positions and divides by the mean number of positions per training batch (every position
@@ -112,6 +119,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
         in_batch_fraction: float = 0.5,
         logq_correction: bool = True,
         negative_sharing: Literal["batch", "sequence"] = "batch",
+        gbce_shared_negatives: int = 0,
+        fused_loss: bool = True,
         ce_chunk_size: int = 65536,
         loss_normalization: Literal["epoch", "batch"] = "epoch",
         lr: float = 0.001,
@@ -130,7 +139,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         super().__init__()
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
-                            top_k, eval_chunk_size)
+                            top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # The encoder and the loss each take their own options from the fields above, by name.
         encoder_options = inspect.signature(SASRec).parameters

@@ -37,7 +37,7 @@ def check_model_options(
     num_items: int, max_len: int, hidden_size: int, num_blocks: int, num_heads: int, dropout: float,
     init_std: float, gbce_t: float, sampled_negatives: int, in_batch_fraction: float, ce_chunk_size: int,
     lr: float, betas: Sequence[float], weight_decay: float, l2_emb: float, top_k: Sequence[int],
-    eval_chunk_size: int,
+    eval_chunk_size: int, gbce_shared_negatives: int = 0,
 ) -> None:
     """Raise :class:`OptionError` for the first :class:`~sasrec_lightning.SASRecModule` option out of range."""
     section = "model"
@@ -54,6 +54,7 @@ def check_model_options(
         raise OptionError(f"--{section}.init_std {init_std!r}: expected a number > 0")
     in_range(section, "gbce_t", gbce_t, 0.0, 1.0)
     at_least(section, "sampled_negatives", sampled_negatives, 1)
+    at_least(section, "gbce_shared_negatives", gbce_shared_negatives, 0)
     in_range(section, "in_batch_fraction", in_batch_fraction, 0.0, 1.0)
     at_least(section, "ce_chunk_size", ce_chunk_size, 1)
     if not isinstance(lr, (int, float)) or not lr > 0:

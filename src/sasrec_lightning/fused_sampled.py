@@ -1,0 +1,295 @@
+"""Sampled losses over shared negatives as one fused operation: the logits block, computed once.
+
+With ``M`` negatives shared by a batch (or by each sequence), the loss of ``N`` positions is a
+function of one ``(N, M)`` logit block (``(B, L', M)`` per sequence). Written with ordinary
+tensor operations (:func:`~sasrec_lightning.losses.sampled_softmax_loss`) that block is copied,
+concatenated, masked and exponentiated into fresh ``(N, 1 + M)`` tensors about ten times per step,
+and autograd keeps several of them for the backward pass; at 3,000 x 3,000 the block is 36 MB, so
+these passes (and their page faults: fresh blocks above glibc's mmap threshold are returned to the
+kernel when freed) took most of the step while the matrix products took ~15 %.
+
+Here the block lives in one reused :class:`~sasrec_lightning.chunked_ce.Workspace` buffer:
+
+* forward: the product is written into it; the logQ correction of the negatives is subtracted
+  in place (skipped for uniform sampling, where it is a constant and cancels); accidental hits (a
+  negative equal to the position's target) are set to ``-inf`` at their few ``(row, column)``
+  pairs, found by binary search in the sorted negatives; then the row max, ``exp(logit - max)``
+  in place and the row sums, so the softmax is never divided out;
+* backward: no pass over the block at all. With ``e`` the kept exponentials, ``s`` their row sums
+  (with the positive's ``exp``), the gradients are two products plus row-wise terms:
+  ``dh = (e @ W_neg) / s + (p_pos - 1) w_pos`` and ``dW_neg = e^T @ (h / s)``, scaled by ``1 / N``.
+
+:class:`FusedGBCE` does the same for gSASRec's generalized BCE over shared negatives (its
+backward needs ``sigmoid`` of the block: one in-place pass).
+
+The plain-PyTorch losses in :mod:`~sasrec_lightning.losses` stay the reference (the tests compare
+values and gradients in float64); ``fused_loss: false`` selects them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .chunked_ce import Workspace, _give_back
+
+__all__ = ["SharedNegatives", "accidental_hits", "at_least_fp32", "fused_sampled_softmax", "fused_gbce"]
+
+
+def at_least_fp32(tensor: Tensor) -> Tensor:
+    """``tensor`` in fp32, or as it is when already fp64 (the losses compute in fp32 under mixed precision)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+class SharedNegatives:
+    """Where each position's shared negatives are: one set for the batch, or one per sequence.
+
+    The logit block has one row per position (``batch``) or per *slot* of a ``(B, L')`` grid that
+    holds each sequence's positions in order (``sequence``; ``L'`` is the longest sequence's count,
+    the other slots are padding and are ignored).
+
+    Args:
+        ids: ``(M,)`` negatives of the batch, or ``(B, M)`` of each sequence.
+        rows: ``(N,)`` sequence of each position, non-decreasing (needed for ``(B, M)`` ids).
+    """
+
+    def __init__(self, ids: Tensor, rows: Tensor | None = None) -> None:
+        self.ids = ids
+        self.per_sequence = ids.dim() == 2
+        if not self.per_sequence:
+            return
+        if rows is None:
+            raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
+        counts = torch.bincount(rows, minlength=ids.size(0))  # (B,)
+        self.rows = rows
+        self.column = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]  # (N,)
+        self.width = int(counts.max()) if rows.numel() else 0  # L'
+        self.slot = rows * self.width + self.column  # (N,) flat slot of each position in (B, L')
+
+    def block_rows(self, num_positions: int) -> int:
+        """Rows of the logit block: ``N``, or ``B * L'`` slots per sequence."""
+        return self.ids.size(0) * self.width if self.per_sequence else num_positions
+
+    def to_slots(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """``(N, ...)`` per-position values laid out on the ``(B * L', ...)`` slots (others ``fill``)."""
+        if not self.per_sequence:
+            return values
+        out = values.new_full((self.ids.size(0) * self.width, *values.shape[1:]), fill)
+        return out.index_copy_(0, self.slot, values)
+
+
+def accidental_hits(negatives: SharedNegatives, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Block ``(row, column)`` of every negative equal to its position's target.
+
+    Vectorized. Batch negatives are sorted once, each target is looked up with two binary searches
+    and the few matches (``N M / I`` expected) are expanded; per-sequence negatives are compared
+    with the targets of their sequence.
+
+    Args:
+        negatives: the shared negatives.
+        targets: ``(N,)`` next items.
+
+    Returns:
+        Two ``(H,)`` int64 tensors: block rows (positions or slots) and negative columns.
+    """
+    ids = negatives.ids
+    if negatives.per_sequence:
+        # A comparison of the (B, L', M) grid: one pass over bytes, cheaper than sorting every row.
+        grid = negatives.to_slots(targets, fill=-1).view(ids.size(0), negatives.width, 1)  # (B, L', 1)
+        sequence, slot, column = torch.nonzero(ids.unsqueeze(1) == grid, as_tuple=True)
+        return sequence * negatives.width + slot, column
+    order = torch.argsort(ids, stable=True)  # (M,)
+    ordered = ids[order]
+    low = torch.searchsorted(ordered, targets, side="left")  # (N,)
+    counts = torch.searchsorted(ordered, targets, side="right") - low  # (N,) hits of each position
+    hit_rows = torch.repeat_interleave(torch.arange(counts.numel(), device=ids.device), counts)  # (H,)
+    # k-th hit of a position: sorted position low[row] + k.
+    offsets = torch.arange(hit_rows.numel(), device=ids.device) - (torch.cumsum(counts, 0) - counts)[hit_rows]
+    return hit_rows, order[low[hit_rows] + offsets]
+
+
+def _logit_block(hidden: Tensor, negative_vectors: Tensor, negatives: SharedNegatives,
+                 workspace: Workspace | None) -> tuple[Tensor, object]:
+    """The ``(R, M)`` logits ``hidden @ W_neg^T`` (per sequence: a batched product on the slots)."""
+    rows = negatives.block_rows(hidden.size(0))
+    m = negatives.ids.size(-1)
+    if workspace is None:
+        block, loan = hidden.new_empty(rows * m), None
+    else:
+        block, loan = workspace.take(rows * m, hidden)
+    if negatives.per_sequence:
+        slots = negatives.to_slots(hidden).view(negatives.ids.size(0), negatives.width, -1)  # (B, L', d)
+        out = block.view(negatives.ids.size(0), negatives.width, m)  # (B, L', M)
+        torch.bmm(slots, negative_vectors.transpose(1, 2), out=out)
+    else:
+        torch.mm(hidden, negative_vectors.T, out=block.view(rows, m))
+    return block.view(rows, m), loan
+
+
+def _negative_gradients(exps: Tensor, hidden_scaled: Tensor, negative_vectors: Tensor,
+                        negatives: SharedNegatives, out: Tensor) -> Tensor:
+    """``e @ W_neg`` per position ``(N, d)``; ``e^T @ h_scaled`` per negative written into ``out`` (``(M', d)``).
+
+    ``hidden_scaled`` is ``(N, d)``: each position's hidden state times its row weight.
+    """
+    if negatives.per_sequence:
+        b, width, m = negatives.ids.size(0), negatives.width, negatives.ids.size(-1)
+        e = exps.view(b, width, m)  # (B, L', M)
+        per_position = torch.bmm(e, negative_vectors).view(b * width, -1).index_select(0, negatives.slot)  # (N, d)
+        slots = negatives.to_slots(hidden_scaled).view(b, width, -1)  # (B, L', d), padding slots zero
+        torch.bmm(e.transpose(1, 2), slots, out=out.view(b, m, -1))  # (B, M, d)
+        return per_position
+    torch.mm(exps.T, hidden_scaled, out=out)  # (M, d)
+    return exps @ negative_vectors  # (N, d)
+
+
+class _FusedSampledSoftmax(torch.autograd.Function):
+    """Mean over positions of ``logsumexp([s_pos, s_neg]) - s_pos`` with logQ and hit masking."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, vectors: Tensor, negatives: SharedNegatives, targets: Tensor,
+                log_q: Tensor | None, workspace: Workspace | None) -> Tensor:
+        positive_vectors, negative_vectors = _split(vectors, negatives)
+        block, loan = _logit_block(hidden, negative_vectors, negatives, workspace)  # (R, M)
+        positive = (hidden * positive_vectors).sum(dim=-1)  # (N,)
+        if log_q is not None:
+            positive = positive - log_q[targets]
+            correction = log_q[negatives.ids]  # (M,) or (B, M)
+            if negatives.per_sequence:
+                block.view(negatives.ids.size(0), negatives.width, -1).sub_(correction.unsqueeze(1))
+            else:
+                block.sub_(correction)
+        hit_rows, hit_columns = accidental_hits(negatives, targets)
+        block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))
+        positive_rows = negatives.to_slots(positive)  # (R,) slots: padding slots 0 (ignored)
+        row_max = torch.maximum(block.amax(dim=-1), positive_rows)  # (R,) finite: s_pos is finite
+        block.sub_(row_max.unsqueeze(-1)).exp_()  # (R, M) exp(logit - max); hits -> 0
+        positive_exp = torch.exp(positive_rows - row_max)  # (R,)
+        sums = block.sum(dim=-1) + positive_exp  # (R,)
+        lse = row_max + sums.log()  # (R,)
+        if negatives.per_sequence:
+            lse, sums, positive_exp = (t.index_select(0, negatives.slot) for t in (lse, sums, positive_exp))
+        ctx.save_for_backward(hidden, vectors, block, sums, positive_exp)
+        ctx.negatives, ctx.loan = negatives, loan
+        return (lse - positive).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        hidden, vectors, exps, sums, positive_exp = ctx.saved_tensors
+        negatives = ctx.negatives
+        positive_vectors, negative_vectors = _split(vectors, negatives)
+        scale = grad_output / hidden.size(0)  # d mean / d position loss
+        inverse = (scale / sums).unsqueeze(-1)  # (N, 1): softmax = exps / sums
+        grad_vectors = torch.empty_like(vectors)  # (N + M', d): one buffer, no concatenation
+        grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.ids.numel()])
+        negative_part = _negative_gradients(exps, hidden * inverse, negative_vectors, negatives, grad_negative)
+        _give_back(ctx.loan)
+        positive_weight = positive_exp.unsqueeze(-1) * inverse - scale  # (N, 1): (p_pos - 1) / N
+        grad_hidden = negative_part.mul_(inverse).addcmul_(positive_weight, positive_vectors)  # (N, d)
+        torch.mul(hidden, positive_weight, out=grad_positive)  # (N, d)
+        return grad_hidden, grad_vectors, None, None, None, None
+
+
+class _FusedGBCE(torch.autograd.Function):
+    """Mean over positions of ``(beta softplus(-s_pos) + sum_j softplus(s_neg_j)) / (M + 1)``, hits left out."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, vectors: Tensor, negatives: SharedNegatives, targets: Tensor, beta: float,
+                workspace: Workspace | None) -> Tensor:
+        positive_vectors, negative_vectors = _split(vectors, negatives)
+        block, loan = _logit_block(hidden, negative_vectors, negatives, workspace)  # (R, M)
+        hit_rows, hit_columns = accidental_hits(negatives, targets)
+        block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))  # softplus(-inf) = 0
+        positive = (hidden * positive_vectors).sum(dim=-1)  # (N,)
+        negative_sums = torch.nn.functional.softplus(block).sum(dim=-1)  # (R,)
+        if negatives.per_sequence:
+            negative_sums = negative_sums.index_select(0, negatives.slot)  # (N,)
+        per_position = beta * torch.nn.functional.softplus(-positive) + negative_sums  # (N,)
+        ctx.save_for_backward(hidden, vectors, block, positive)
+        ctx.negatives, ctx.loan, ctx.beta = negatives, loan, beta
+        return per_position.mean() / (negatives.ids.size(-1) + 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        hidden, vectors, block, positive = ctx.saved_tensors
+        negatives = ctx.negatives
+        positive_vectors, negative_vectors = _split(vectors, negatives)
+        scale = grad_output / (hidden.size(0) * (negatives.ids.size(-1) + 1))
+        sigmoid = block.sigmoid_()  # (R, M) d softplus(s) / ds; hits: sigmoid(-inf) = 0
+        grad_vectors = torch.empty_like(vectors)  # (N + M', d)
+        grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.ids.numel()])
+        negative_part = _negative_gradients(sigmoid, hidden * scale, negative_vectors, negatives, grad_negative)
+        _give_back(ctx.loan)
+        positive_weight = (-ctx.beta * torch.sigmoid(-positive)).unsqueeze(-1) * scale  # (N, 1)
+        grad_hidden = negative_part.mul_(scale).addcmul_(positive_weight, positive_vectors)
+        torch.mul(hidden, positive_weight, out=grad_positive)
+        return grad_hidden, grad_vectors, None, None, None, None
+
+
+def _vectors(encoder, targets: Tensor, negatives: SharedNegatives) -> Tensor:
+    """Item vectors ``(N + M', d)`` of the targets, then the negatives, from one lookup (at least fp32).
+
+    One lookup: one gradient accumulation into the item table per step; the fused backward hands
+    back one ``(N + M', d)`` gradient, so nothing is concatenated.
+    """
+    return at_least_fp32(encoder.item_vectors(torch.cat([targets, negatives.ids.reshape(-1)])))
+
+
+def _split(vectors: Tensor, negatives: SharedNegatives) -> tuple[Tensor, Tensor]:
+    """The target vectors ``(N, d)`` and the negatives' (``(M, d)`` or ``(B, M, d)``) of :func:`_vectors`."""
+    positive, negative = vectors.split([vectors.size(0) - negatives.ids.numel(), negatives.ids.numel()])
+    return positive, negative.view(*negatives.ids.shape, -1)
+
+
+def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, log_q: Tensor | None = None,
+                          rows: Tensor | None = None, workspace: Workspace | None = None) -> Tensor:
+    """Sampled softmax over shared negatives as one fused operation (same value as ``sampled_softmax_loss``).
+
+    Args:
+        encoder: the model (``item_vectors``).
+        hidden: ``(N, d)`` hidden states at real positions, row-major.
+        targets: ``(N,)`` next items.
+        shared: ``(M,)`` negatives of the batch or ``(B, M)`` of each sequence.
+        log_q: optional ``(I + 1,)`` log expected count of each item in a draw (``None``: no
+            correction; pass ``None`` for uniform sampling, where it cancels).
+        rows: ``(N,)`` sequence of each position (needed with ``(B, M)`` negatives).
+        workspace: reused buffer of the logit block (``None``: a fresh one).
+
+    Returns:
+        Scalar mean loss (fp32).
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        negatives = SharedNegatives(shared, rows)
+        vectors = _vectors(encoder, targets, negatives)
+        if hidden.size(0) == 0:
+            return (hidden.sum() + vectors.sum()) * 0.0
+        hidden = at_least_fp32(hidden)
+        return _FusedSampledSoftmax.apply(hidden, vectors, negatives, targets,
+                                          None if log_q is None else log_q.to(hidden.dtype), workspace)
+
+
+def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float, rows: Tensor | None = None,
+               workspace: Workspace | None = None) -> Tensor:
+    """GSASRec's generalized BCE over shared negatives, fused (value of ``gbce_shared_loss``).
+
+    Args:
+        encoder: the model.
+        hidden: ``(N, d)`` hidden states at real positions.
+        targets: ``(N,)`` next items.
+        shared: ``(M,)`` or ``(B, M)`` negatives.
+        beta: the power on the positive probability (:func:`~sasrec_lightning.losses.gbce_beta`).
+        rows: ``(N,)`` sequence of each position (with ``(B, M)`` negatives).
+        workspace: reused buffer of the logit block.
+
+    Returns:
+        Scalar mean loss (fp32).
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        negatives = SharedNegatives(shared, rows)
+        vectors = _vectors(encoder, targets, negatives)
+        if hidden.size(0) == 0:
+            return (hidden.sum() + vectors.sum()) * 0.0
+        return _FusedGBCE.apply(at_least_fp32(hidden), vectors, negatives, targets, float(beta), workspace)

@@ -1,0 +1,245 @@
+"""The fused losses over shared negatives against the written-out losses: values and gradients, float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sasrec_lightning import SASRec
+from sasrec_lightning.chunked_ce import Workspace
+from sasrec_lightning.fused_sampled import SharedNegatives, accidental_hits, fused_gbce, fused_sampled_softmax
+from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss, gbce_beta, gbce_shared_loss, sampled_softmax_loss
+
+NUM_ITEMS = 12  # few items: many accidental hits
+
+
+def encoder(seed: int = 0, hidden: int = 6) -> SASRec:
+    torch.manual_seed(seed)
+    model = SASRec(num_items=NUM_ITEMS, max_len=5, hidden_size=hidden, num_blocks=0).double()
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0, 1.5)  # large scores: the row max matters
+        model.item_embedding.weight[0].zero_()
+    return model
+
+
+def case(seed: int, positions_per_row=(3, 0, 5, 1), num_negatives: int = 9, per_sequence: bool = False):
+    """Hidden states, targets, rows and negatives of a batch whose sequences have the given numbers of positions."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.repeat_interleave(torch.arange(len(positions_per_row)), torch.tensor(positions_per_row))
+    n = rows.numel()
+    hidden = torch.randn(n, 6, generator=g, dtype=torch.float64) * 2
+    targets = torch.randint(1, NUM_ITEMS + 1, (n,), generator=g)
+    shape = (len(positions_per_row), num_negatives) if per_sequence else (num_negatives,)
+    shared = torch.randint(1, NUM_ITEMS + 1, shape, generator=g)
+    return hidden, targets, rows, shared
+
+
+def log_q_of(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 100)
+    q = torch.rand(NUM_ITEMS + 1, generator=g, dtype=torch.float64) + 0.05
+    return (q / q.sum() * 9).log()
+
+
+def gradients(loss_fn, model, hidden):
+    hidden = hidden.clone().requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model, hidden)
+    loss.backward()
+    return loss.detach(), hidden.grad, model.item_embedding.weight.grad.clone()
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+@pytest.mark.parametrize("with_log_q", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampled_softmax_matches_the_written_out_loss(per_sequence, with_log_q, seed):
+    model = encoder(seed)
+    hidden, targets, rows, shared = case(seed, per_sequence=per_sequence)
+    log_q = log_q_of(seed) if with_log_q else None
+    workspace = Workspace()
+    fused = gradients(lambda m, h: fused_sampled_softmax(m, h, targets, shared, log_q, rows, workspace), model, hidden)
+    plain = gradients(lambda m, h: sampled_softmax_loss(m, h, targets, shared, log_q, rows), model, hidden)
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_sampled_softmax_against_a_per_position_formula():
+    """Independent of both implementations: logsumexp over the target and the negatives that are not hits."""
+    model = encoder(3)
+    hidden, targets, rows, shared = case(3, per_sequence=True)
+    log_q = log_q_of(3)
+    loss = fused_sampled_softmax(model, hidden, targets, shared, log_q, rows)
+    table = model.item_embedding.weight.detach()
+    total = 0.0
+    for i in range(hidden.size(0)):
+        items = [int(targets[i])] + [int(j) for j in shared[rows[i]] if int(j) != int(targets[i])]
+        terms = [float(hidden[i] @ table[item]) - float(log_q[item]) for item in items]
+        top = max(terms)
+        total += top + math.log(sum(math.exp(t - top) for t in terms)) - terms[0]
+    assert float(loss) == pytest.approx(total / hidden.size(0), rel=1e-12)
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gbce_matches_the_written_out_loss(per_sequence, seed):
+    model = encoder(seed)
+    hidden, targets, rows, shared = case(seed, per_sequence=per_sequence)
+    beta = gbce_beta(shared.size(-1), NUM_ITEMS, 0.75)
+    fused = gradients(lambda m, h: fused_gbce(m, h, targets, shared, beta, rows, Workspace()), model, hidden)
+    plain = gradients(lambda m, h: gbce_shared_loss(m, h, targets, shared, beta, rows), model, hidden)
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gbce_shared_against_a_per_position_formula():
+    model = encoder(4)
+    hidden, targets, rows, shared = case(4)
+    beta = 0.3
+    loss = fused_gbce(model, hidden, targets, shared, beta, rows)
+    table = model.item_embedding.weight.detach()
+    softplus = lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x)))  # noqa: E731
+    total = 0.0
+    for i in range(hidden.size(0)):
+        positive = float(hidden[i] @ table[targets[i]])
+        negatives = [float(hidden[i] @ table[j]) for j in shared if int(j) != int(targets[i])]
+        total += (beta * softplus(-positive) + sum(softplus(s) for s in negatives)) / (shared.numel() + 1)
+    # torch's softplus returns x itself above 20 (off by log1p(exp(-x)) < 2.1e-9)
+    assert float(loss) == pytest.approx(total / hidden.size(0), rel=1e-9)
+
+
+def test_gradients_match_finite_differences():
+    model = encoder(5)
+    hidden, targets, rows, shared = case(5, positions_per_row=(2, 3), num_negatives=4, per_sequence=True)
+    log_q = log_q_of(5)
+    weight = model.item_embedding.weight
+    hidden = hidden.requires_grad_(True)
+
+    def fn(h, w):
+        class Table:
+            def item_vectors(self, ids):
+                return torch.nn.functional.embedding(ids, w)
+
+        return fused_sampled_softmax(Table(), h, targets, shared, log_q, rows)
+
+    assert torch.autograd.gradcheck(fn, (hidden, weight.detach().clone().requires_grad_(True)))
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_accidental_hits_are_every_match(per_sequence):
+    _, targets, rows, shared = case(7, positions_per_row=(4, 0, 6, 2, 1), num_negatives=15, per_sequence=per_sequence)
+    negatives = SharedNegatives(shared, rows)
+    hit_rows, hit_columns = accidental_hits(negatives, targets)
+    found = set(zip(hit_rows.tolist(), hit_columns.tolist(), strict=True))
+    expected = set()
+    for i, target in enumerate(targets.tolist()):
+        ids = shared[rows[i]] if per_sequence else shared
+        block_row = int(negatives.slot[i]) if per_sequence else i
+        expected |= {(block_row, j) for j, item in enumerate(ids.tolist()) if item == target}
+    assert expected and found == expected
+    assert hit_rows.numel() == len(found)  # each pair once
+
+
+def test_the_logit_block_is_reused_and_handed_back():
+    model = encoder(0)
+    hidden, targets, rows, shared = case(0, num_negatives=7)
+    workspace = Workspace()
+    for _ in range(3):
+        loss = fused_sampled_softmax(model, hidden.clone().requires_grad_(True), targets, shared, None, rows, workspace)
+        loss.backward()
+        block = workspace._block
+        assert block is not None and not workspace._lent
+    loss = fused_sampled_softmax(model, hidden, targets, shared, None, rows, workspace)
+    assert workspace._block is block  # the same buffer every step
+
+
+def test_a_retained_graph_is_not_run_backward_on_an_overwritten_block():
+    model = encoder(0)
+    hidden, targets, rows, shared = case(0)
+    workspace = Workspace()
+    h = hidden.clone().requires_grad_(True)
+    first = fused_sampled_softmax(model, h, targets, shared, None, rows, workspace)
+    first.backward(retain_graph=True)
+    second = fused_sampled_softmax(model, h, targets, shared.flip(0), None, rows, workspace)  # the block again
+    second.backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity", "in_batch"])
+@pytest.mark.parametrize("sharing", ["batch", "sequence"])
+def test_the_loss_module_fused_and_plain_agree(sampling, sharing):
+    """Same seed, same negatives: the fused loss (logQ skipped when uniform) equals the written-out one."""
+    model = encoder(1)
+    hidden, targets, rows, _ = case(1)
+    counts = torch.arange(NUM_ITEMS + 1, dtype=torch.float64)
+    values = []
+    for fused in (True, False):
+        loss_fn = SampledSoftmaxLoss(NUM_ITEMS, 9, sampling, 0.5, True, sharing, fused=fused)
+        loss_fn.set_frequencies(counts)
+        generator = torch.Generator().manual_seed(11)
+        values.append(gradients(
+            lambda m, h, f=loss_fn, g=generator: f(m, h, targets, torch.empty(h.size(0), 0), g, rows), model, hidden))
+    for got, want in zip(*values, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sharing", ["batch", "sequence"])
+def test_gbce_with_shared_negatives_draws_its_own(sharing):
+    model = encoder(2)
+    hidden, targets, rows, _ = case(2)
+    per_position = GBCELoss(0.75)
+    shared = GBCELoss(0.75, NUM_ITEMS, shared_negatives=9, sharing=sharing)
+    assert per_position.needs_negatives and not shared.needs_negatives
+    values = []
+    for fused in (True, False):
+        shared.fused = fused
+        generator = torch.Generator().manual_seed(5)
+        values.append(shared(model, hidden, targets, torch.empty(hidden.size(0), 0), generator, rows))
+    torch.testing.assert_close(values[0], values[1], rtol=1e-10, atol=0)
+    # The same negatives, drawn here: the written-out loss.
+    shape = (9,) if sharing == "batch" else (4, 9)
+    drawn = torch.randint(1, NUM_ITEMS + 1, shape, generator=torch.Generator().manual_seed(5))
+    expected = gbce_shared_loss(model, hidden, targets, drawn, gbce_beta(9, NUM_ITEMS, 0.75), rows)
+    torch.testing.assert_close(values[0], expected, rtol=1e-10, atol=0)
+
+
+def test_no_positions_gives_a_zero_loss_with_gradients():
+    model = encoder(0)
+    hidden = torch.zeros(0, 6, dtype=torch.float64, requires_grad=True)
+    loss = fused_sampled_softmax(model, hidden, torch.zeros(0, dtype=torch.long), torch.tensor([1, 2]))
+    loss.backward()
+    assert float(loss) == 0.0 and model.item_embedding.weight.grad is not None
+
+
+def test_float32_large_scores_stay_finite():
+    """Scores of several hundred: exp would overflow without the row max."""
+    model = encoder(0).float()
+    with torch.no_grad():
+        model.item_embedding.weight.mul_(30)
+    hidden, targets, rows, shared = case(0)
+    hidden = (hidden * 30).float().requires_grad_(True)
+    loss = fused_sampled_softmax(model, hidden, targets, shared, None, rows)
+    loss.backward()
+    reference = sampled_softmax_loss(model.double(), hidden.detach().double(), targets, shared, None, rows)
+    assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
+    assert float(loss) == pytest.approx(float(reference), rel=1e-4)
+
+
+def test_module_options_reach_the_losses():
+    from sasrec_lightning import SASRecModule
+    from sasrec_lightning.options import OptionError
+
+    module = SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, num_blocks=1, loss="gbce",
+                          gbce_shared_negatives=7, negative_sharing="sequence", fused_loss=False)
+    assert not module.needs_negatives  # the data module draws none: the loss draws its 7
+    assert (module.loss_fn.shared_negatives, module.loss_fn.sharing, module.loss_fn.fused) == (7, "sequence", False)
+    assert SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, loss="sampled_softmax").loss_fn.fused
+    batch = {"input_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]),
+             "targets": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]]),
+             "negatives": torch.zeros(2, 4, 0, dtype=torch.long), "sample_seed": torch.tensor(3)}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.model.item_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(OptionError, match="gbce_shared_negatives"):
+        SASRecModule(num_items=NUM_ITEMS, loss="gbce", gbce_shared_negatives=-1)
