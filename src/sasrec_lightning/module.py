@@ -95,7 +95,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
         pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
             (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
         row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training
-            (``row_grad.py``); ``auto``: on CPU only, and off under a sharding strategy (``configs/trainer/fsdp.yaml``); ``false``: ordinary dense embedding gradients.
+            (``row_grad.py``); ``auto``: on CPU only, and off under a sharding strategy
+            (``configs/trainer/fsdp.yaml``); ``false``: ordinary dense embedding gradients.
     """
 
     def __init__(
