@@ -77,8 +77,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
         l2_emb: L2 penalty ``l2_emb * ||M||^2 / 2`` on the item embedding table.
         item_updates: how Adam updates the item tables: ``dense`` (the paper's: every row and both
             moments every step) or ``lazy`` (``lazy_adam.py``: only the rows a step used; the moments
-            of untouched rows do not decay, so it is a different optimizer). ``lazy`` pays off with
-            large catalogues and sampled losses; it needs ``l2_emb: 0`` and no custom ``optimizer``.
+            of untouched rows do not decay and weight decay reaches only the rows used, so it is a
+            different optimizer). ``lazy`` pays off with large catalogues and sampled losses; it needs
+            ``l2_emb: 0`` and no custom ``optimizer``.
         optimizer: any optimizer factory (LightningCLI ``--model.optimizer``); overrides lr/betas/
             weight_decay when given.
         lr_scheduler: optional scheduler factory.
