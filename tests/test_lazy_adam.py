@@ -148,8 +148,9 @@ def test_a_used_row_with_zero_gradient_is_updated_from_the_lists_but_not_from_no
 def test_touched_rows_are_unique_and_sorted():
     grad = torch.zeros(6, 2)
     grad[4, 1], grad[1, 0] = 1.0, float("nan")  # NaN counts as touched (it must propagate, not hide)
+    grad[2, 0], grad[5, 1] = -1e-30, -0.0  # a negative entry is non-zero; -0.0 is zero
     assert touched_rows(grad, torch.tensor([3, 1, 3, 3, 0])).tolist() == [0, 1, 3]
-    assert touched_rows(grad).tolist() == [1, 4]
+    assert touched_rows(grad).tolist() == [1, 2, 4]
 
 
 def test_equals_sparse_adam_on_the_same_rows():
