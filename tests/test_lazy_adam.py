@@ -149,8 +149,12 @@ def test_touched_rows_are_unique_and_sorted():
     grad = torch.zeros(6, 2)
     grad[4, 1], grad[1, 0] = 1.0, float("nan")  # NaN counts as touched (it must propagate, not hide)
     grad[2, 0], grad[5, 1] = -1e-30, -0.0  # a negative entry is non-zero; -0.0 is zero
+    grad[3] = torch.tensor([2.0, -2.0])  # entries that cancel
     assert touched_rows(grad, torch.tensor([3, 1, 3, 3, 0])).tolist() == [0, 1, 3]
-    assert touched_rows(grad).tolist() == [1, 2, 4]
+    assert touched_rows(grad).tolist() == [1, 2, 3, 4]
+    big = torch.zeros(20_000, 2)  # more rows than one block
+    big[[0, 8191, 8192, 19_999], 1] = 1.0
+    assert touched_rows(big).tolist() == [0, 8191, 8192, 19_999]
 
 
 def test_equals_sparse_adam_on_the_same_rows():
