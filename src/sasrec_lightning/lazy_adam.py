@@ -66,8 +66,8 @@ def touched_rows(grad: Tensor, row_ids: Tensor | None = None) -> Tensor:
     # A row's sum of |entries| is 0 exactly when every entry is 0 (no cancellation, no underflow to 0;
     # NaN propagates and counts as touched). A plain sum would not do: a score gradient is a multiple
     # of a LayerNorm output, whose entries sum to ~0, and such rows were missed in a test. One BLAS
-    # mat-vec per cache-sized block reads the gradient once; `grad.any(dim=1)` (~3x) or amax/amin
-    # (~1.6x) took longer on 1M x 64 (docs/performance.md).
+    # mat-vec per cache-sized block reads the gradient once; `grad.any(dim=1)` (3.3x) or amax/amin
+    # (1.7x) took longer on 1M x 64 (docs/performance.md).
     ones = grad.new_ones(grad.size(1))
     l1 = grad.new_empty(grad.size(0))  # (R,)
     for start in range(0, grad.size(0), _BLOCK_ROWS):
