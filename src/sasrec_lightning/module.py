@@ -17,9 +17,10 @@ from .batches import TrainingStatistics
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
+from .lazy_adam import item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
-from .options import check_model_options
+from .options import check_item_updates, check_model_options
 from .ranking import full_ranks, sampled_ranks
 from .serving import ServingMixin
 from .sharding import check_sharding_options, is_sharded, shard_encoder
@@ -83,6 +84,11 @@ class SASRecModule(ServingMixin, L.LightningModule):
         betas: Adam betas (the original code uses (0.9, 0.98)).
         weight_decay: Adam weight decay on all parameters.
         l2_emb: L2 penalty ``l2_emb * ||M||^2 / 2`` on the item embedding table.
+        item_updates: how Adam updates the item tables: ``dense`` (the paper's: every row and both
+            moments every step) or ``lazy`` (``lazy_adam.py``: only the rows a step used; the moments
+            of untouched rows do not decay and weight decay reaches only the rows used, so it is a
+            different optimizer). ``lazy`` pays off with large catalogues and sampled losses; it needs
+            ``l2_emb: 0`` and no custom ``optimizer``.
         optimizer: any optimizer factory (LightningCLI ``--model.optimizer``); overrides lr/betas/
             weight_decay when given.
         lr_scheduler: optional scheduler factory.
@@ -128,6 +134,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
         l2_emb: float = 0.0,
+        item_updates: Literal["dense", "lazy"] = "dense",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         eval_protocol: Literal["sampled", "full"] = "sampled",
@@ -141,6 +148,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
                             top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives)
+        check_item_updates(item_updates, l2_emb, optimizer)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # The encoder and the loss each take their own options from the fields above, by name.
         encoder_options = inspect.signature(SASRec).parameters
@@ -249,6 +257,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
+        elif self.hparams.get("item_updates", "dense") == "lazy":  # checkpoints from before the option: dense
+            optimizer = item_table_lazy_adam(self, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)
         else:
             # Fused Adam: one pass over each parameter instead of ~10 foreach kernels. The dense
             # item table dominates the parameters, so this is most of a CPU step's optimizer cost

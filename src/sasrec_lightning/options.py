@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .errors import OptionError
 
-__all__ = ["at_least", "in_range", "check_model_options", "check_data_options"]
+__all__ = ["at_least", "in_range", "check_model_options", "check_item_updates", "check_data_options"]
 
 
 def at_least(section: str, name: str, value, minimum: int, optional: bool = False) -> None:
@@ -70,6 +70,24 @@ def check_model_options(
         raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "
                           "non-empty list of cut-offs, each an integer >= 1 (e.g. [1, 5, 10])")
     at_least(section, "eval_chunk_size", eval_chunk_size, 1)
+
+
+def check_item_updates(item_updates: str, l2_emb: float, optimizer) -> None:
+    """Raise :class:`OptionError` when ``item_updates`` is unknown or ``lazy`` meets an option it cannot honour."""
+    section = "model"
+    if item_updates not in ("dense", "lazy"):
+        raise OptionError(f"--{section}.item_updates {item_updates!r}: expected 'dense' or 'lazy'")
+    if item_updates != "lazy":
+        return
+    if l2_emb:
+        # The penalty's gradient l2_emb * M is non-zero on every row, so every row would be "touched".
+        raise OptionError(f"--{section}.item_updates lazy with --{section}.l2_emb {l2_emb}: the L2 term gives every "
+                          "item row a gradient, so every row would be updated each step; set l2_emb 0 (weight_decay "
+                          "is applied to the rows a step used) or use item_updates dense")
+    if optimizer is not None:
+        raise OptionError(f"--{section}.item_updates lazy builds its own optimizer (lazy Adam from lr, betas, "
+                          f"weight_decay), so --{section}.optimizer cannot be given with it; drop "
+                          f"--{section}.optimizer or use item_updates dense")
 
 
 def check_data_options(

@@ -105,6 +105,19 @@ class RowGradient:
         buffer[0].zero_()  # padding_idx=0: the padding row never has a gradient
         self._note(ids)
 
+    def written_rows(self) -> Tensor | None:
+        """The row ids (with repeats, row 0 included) whose gradient this accumulation wrote, or ``None`` if unknown.
+
+        Unknown when a dense gradient or a foreign buffer arrived (``dirty``), or under ``full_clear``
+        (DDP's all-reduce adds the rows other processes touched); the caller then has to look at
+        the gradient itself. A row-sparse optimizer (``lazy_adam.py``) reads this before its step.
+        """
+        if self.dirty or self.full_clear or self.kept is None or self.parameter.grad is not self.kept:
+            return None
+        if not self.rows:
+            return torch.empty(0, dtype=torch.long, device=self.parameter.device)
+        return torch.cat(self.rows)
+
     def zero_(self, full: bool = False) -> None:
         """Clear the kept buffer (written rows only, unless ``full``) and make it ``parameter.grad`` again.
 
