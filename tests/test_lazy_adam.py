@@ -268,7 +268,7 @@ def test_lazy_refuses_l2_emb_and_a_custom_optimizer():
         SASRecModule(num_items=5, item_updates="lazy", l2_emb=0.01)
     with pytest.raises(OptionError, match=r"cannot be given with it; drop --model\.optimizer"):
         SASRecModule(num_items=5, item_updates="lazy", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    with pytest.raises(OptionError, match=r"--model\.item_updates 'sparse': expected 'dense' or 'lazy'"):
+    with pytest.raises(OptionError, match=r"--model\.item_updates 'sparse': expected 'dense', 'lazy' or 'deferred'"):
         SASRecModule(num_items=5, item_updates="sparse")
     SASRecModule(num_items=5, item_updates="dense", l2_emb=0.01)  # dense keeps both
     with pytest.raises(ValueError, match="row_sparse groups hold 2-D tables"):
