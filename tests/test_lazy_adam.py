@@ -282,15 +282,20 @@ TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.
         "--trainer.max_epochs", "1", "--test_after_fit", "false"]
 
 
-@pytest.mark.parametrize(("flags", "expected"), [
-    (["--model.init_args.l2_emb", "0.01"], "error: --model.item_updates lazy with --model.l2_emb 0.01: the L2 term"),
-    (["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
+@pytest.mark.parametrize(("mode", "flags", "expected"), [
+    ("lazy", ["--model.init_args.l2_emb", "0.01"],
+     "error: --model.item_updates lazy with --model.l2_emb 0.01: the L2 term"),
+    ("lazy", ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
      "error: --model.item_updates lazy builds its own optimizer"),
-], ids=["l2_emb", "optimizer"])
-def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, flags, expected):
+    ("deferred", ["--model.init_args.l2_emb", "0.01"],
+     "error: --model.item_updates deferred with --model.l2_emb 0.01: the L2 term"),
+    ("deferred", ["--model.init_args.betas", "[0.9, 0.8]"],
+     "error: --model.item_updates deferred with --model.betas [0.9, 0.8]: needs beta1 < sqrt(beta2)"),
+], ids=["lazy-l2_emb", "lazy-optimizer", "deferred-l2_emb", "deferred-betas"])
+def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, mode, flags, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY, "--trainer.default_root_dir", str(tmp_path),
-              "--model.init_args.item_updates", "lazy", *flags])
+              "--model.init_args.item_updates", mode, *flags])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -298,12 +303,12 @@ def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, flags, expec
 
 
 # -------------------------------------------------------------------------------------------- resume
-def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14):
+def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14, item_updates="lazy"):
     L.seed_everything(7, verbose=False)
     data = SASRecDataModule(path=str(data_path), max_len=8, batch_size=8, eval_batch_size=16, seed=7,
                             print_statistics=False)
     model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.3,
-                         loss="sampled_softmax", sampled_negatives=5, item_updates="lazy", weight_decay=0.01)
+                         loss="sampled_softmax", sampled_negatives=5, item_updates=item_updates, weight_decay=0.01)
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[checkpoint, *callbacks], num_sanity_val_steps=0,
@@ -312,14 +317,22 @@ def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14):
     return trainer, model
 
 
-def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path):
-    """Fit 14 steps == fit 5, crash, resume from ``last`` to 14: same weights and moments, bit for bit."""
-    reference_trainer, reference = _run(synthetic_txt, tmp_path / "reference")
+@pytest.mark.parametrize("item_updates", ["lazy", "deferred"])
+def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path, item_updates):
+    """Fit 14 steps == fit 5, crash, resume from ``last`` to 14: same weights and moments, bit for bit.
+
+    The 10-batch epoch ends at step 10, so a deferred run also flushes once after the resume.
+    """
+    reference_trainer, reference = _run(synthetic_txt, tmp_path / "reference", item_updates=item_updates)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(synthetic_txt, tmp_path / "crashed", callbacks=[Crash(5)])
+        _run(synthetic_txt, tmp_path / "crashed", callbacks=[Crash(5)], item_updates=item_updates)
     saved = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5 and saved["optimizer_states"][0]["state"]  # the moments are in the checkpoint
-    trainer, resumed = _run(synthetic_txt, tmp_path / "crashed", ckpt_path="last")
+    if item_updates == "deferred":  # mid-epoch: some rows are behind, and the checkpoint says which
+        last_steps = [s["last_step"] for s in saved["optimizer_states"][0]["state"].values() if "last_step" in s]
+        assert last_steps and all(s.dtype == torch.int64 for s in last_steps)
+        assert any((s < 5).any() for s in last_steps) and any((s == 5).any() for s in last_steps)
+    trainer, resumed = _run(synthetic_txt, tmp_path / "crashed", ckpt_path="last", item_updates=item_updates)
     assert isinstance(trainer.optimizers[0], LazyAdam)
     for (name, expected), actual in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=f"{name} differs after resume")
@@ -327,7 +340,8 @@ def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path):
     assert states[0].keys() == states[1].keys()
     for key, state in states[0].items():
         assert int(state["step"]) == int(states[1][key]["step"]) == 14
-        for name in ("exp_avg", "exp_avg_sq"):
+        assert state.keys() == states[1][key].keys()
+        for name in set(state) - {"step"}:  # the moments, and last_step when deferred
             torch.testing.assert_close(states[1][key][name], state[name], rtol=0, atol=0)
 
 
