@@ -367,12 +367,12 @@ DDP_SCRIPT = textwrap.dedent(
 
 
     def main():
-        data_path, out = sys.argv[1:3]
+        data_path, out, item_updates = sys.argv[1:4]
         L.seed_everything(5, verbose=False)
         data = SASRecDataModule(path=data_path, max_len=6, batch_size=4, seed=5, num_eval_negatives=20,
                                 print_statistics=False)
         model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, dropout=0.0,
-                             item_updates="lazy", weight_decay=0.01)
+                             item_updates=item_updates, weight_decay=0.01 if item_updates == "lazy" else 0.0)
         initial = {name: value.clone() for name, value in model.state_dict().items()}
         record = Record()
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
@@ -390,11 +390,13 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
+@pytest.mark.parametrize("item_updates", ["lazy", "deferred"])
+def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path, item_updates):
     """2 processes (gloo): the same weights on both ranks; the table's = the reference on the averaged gradients.
 
     Each process looked up only its own batch's rows; the rows updated must be those of the all-reduced
-    gradient (rows other processes touched too), the same on both ranks.
+    gradient (rows other processes touched too), the same on both ranks. ``deferred`` (no weight decay,
+    flushed at the end of fit): dense Adam on the averaged gradients, every row every step.
     """
     from sasrec_lightning.synthetic import synthetic_interactions
 
@@ -405,8 +407,8 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path / "run")], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path / "run"), item_updates],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     ranks = [torch.load(tmp_path / f"run.rank{rank}.pt", weights_only=True) for rank in range(2)]
     for name, value in ranks[0]["final"].items():
@@ -416,7 +418,13 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
     grads = [grad.double().numpy() for grad in ranks[0]["grads"]]
     used = [np.flatnonzero(np.any(grad != 0, axis=1)) for grad in grads]
     table = "model.item_embedding.weight"
-    expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001, weight_decay=0.01)
+    if item_updates == "lazy":
+        expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001, weight_decay=0.01)
+    else:
+        every_row = [np.arange(grads[0].shape[0])] * len(grads)
+        expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, every_row, lr=0.001)
+        lazy_expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001)
+        assert np.abs(lazy_expected - expected).max() > 1e-4  # lazy would fail the comparison below
     np.testing.assert_allclose(ranks[0]["final"][table].numpy(), expected, rtol=1e-5, atol=1e-6)
     # The test can tell: other processes' rows were in the gradient, and rows were left out.
     assert any(set(rows.tolist()) - set(local.tolist()) for rows, local in zip(used, ranks[0]["local"], strict=True))
