@@ -15,7 +15,7 @@ from torch import nn
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.errors import OptionError
-from sasrec_lightning.lazy_adam import LazyAdam, skipped_steps_factor
+from sasrec_lightning.lazy_adam import LazyAdam, SkippedSteps, skipped_steps_factor
 
 LR, BETAS, EPS = 0.01, (0.9, 0.98), 1e-8
 
@@ -81,7 +81,8 @@ def _zero_gradient_adam(p, m, v, t0, k, lr=LR, betas=BETAS):
 
 
 @pytest.mark.parametrize("betas", [BETAS, (0.9, 0.999)])
-@pytest.mark.parametrize(("t0", "k"), [(5, 0), (1, 1), (1, 3), (2, 17), (40, 1), (30, 120), (7, 1000), (3000, 2)])
+@pytest.mark.parametrize(("t0", "k"), [(5, 0), (1, 1), (1, 3), (2, 17), (40, 1), (30, 120), (7, 1000), (3000, 2),
+                                       (5000, 400)])
 def test_flush_equals_zero_gradient_adam_steps(t0, k, betas):
     """The closed form (via ``flush``) against a loop of dense Adam steps with zero gradients, eps = 0.
 
@@ -114,6 +115,18 @@ def test_skipped_steps_factor_sums_the_written_out_terms():
     expected = [sum((beta1 / beta2**0.5) ** j * (1 - beta2 ** (a + j)) ** 0.5 / (1 - beta1 ** (a + j))
                     for j in range(1, b + 1)) for a, b in zip(t0.tolist(), k.tolist(), strict=True)]
     np.testing.assert_allclose(skipped_steps_factor(t0, k, beta1, beta2).numpy(), expected, rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("betas", [BETAS, (0.9, 0.999), (0.0, 0.9)])
+def test_the_look_up_tables_give_skipped_steps_factor(betas):
+    """SkippedSteps (near rows, far rows, t0 past the constant tail, growing tables) == the (rows, J) sums."""
+    table = SkippedSteps(*betas, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for upto in (0, 3, 250, 1000, 6000, 60_000, 60_001):
+        t0 = torch.cat([torch.randint(0, upto + 1, (300,), generator=generator),
+                        torch.arange(max(upto - 400, 0), upto + 1)])  # (r,) many rows near upto
+        expected = skipped_steps_factor(t0, upto - t0, *betas)
+        torch.testing.assert_close(table(t0, upto), expected, rtol=1e-13, atol=1e-15)
 
 
 def test_never_used_rows_stay_exactly_unchanged_without_nan():

@@ -78,7 +78,8 @@ from .row_grad import ItemEmbedding
 __all__ = ["LazyAdam", "item_table_lazy_adam", "skipped_steps_factor", "touched_rows"]
 
 _BLOCK_ROWS = 8192  # rows per block when looking for non-zero rows: the block's |grad| stays in cache
-_CATCH_UP_ROWS = 4096  # rows per block of a catch-up: bounds the (rows, J) float64 matrix of S's terms
+_FACTOR_ROWS = 4096  # rows per block of skipped_steps_factor: bounds its (rows, J) float64 matrix
+_FLUSH_ROWS = 65536  # rows per block of a flush: bounds the gathered copies of the table and moments
 _CUT_OFF = 1e-12  # S's terms with rho^j below this are dropped
 RowLists = Callable[[Tensor], "Tensor | None"]  # parameter -> row ids its gradient was written to, or None
 
@@ -136,15 +137,68 @@ def skipped_steps_factor(t0: Tensor, k: Tensor, beta1: float, beta2: float) -> T
         return out
     j = torch.arange(1, terms + 1, dtype=torch.float64, device=t0.device)  # (J,)
     rho_j, beta1_j, beta2_j = rho**j, beta1**j, beta2**j  # (J,)
-    for start in range(0, t0.numel(), _CATCH_UP_ROWS):
-        block_t0 = t0[start : start + _CATCH_UP_ROWS].double()  # (b,)
+    for start in range(0, t0.numel(), _FACTOR_ROWS):
+        block_t0 = t0[start : start + _FACTOR_ROWS].double()  # (b,)
         # beta^(t0 + j) as an outer product: two products instead of two pow() over the (b, J) matrix.
         c1 = 1.0 - torch.outer(beta1**block_t0, beta1_j)  # (b, J) bias corrections 1 - beta1^s
         c2 = 1.0 - torch.outer(beta2**block_t0, beta2_j)  # (b, J)
         term = c2.sqrt_().div_(c1).mul_(rho_j)  # (b, J)
-        term.masked_fill_(j > k[start : start + _CATCH_UP_ROWS, None], 0.0)  # j <= k only
+        term.masked_fill_(j > k[start : start + _FACTOR_ROWS, None], 0.0)  # j <= k only
         out[start : start + block_t0.numel()] = term.sum(dim=1)
     return out
+
+
+class SkippedSteps:
+    """``S(t0, upto - t0)`` for many rows at once by table look-up (:func:`skipped_steps_factor`'s values).
+
+    All rows caught up at one time go to the same step ``upto``, so ``S`` is a function of ``t0`` alone:
+
+    - rows behind by fewer than ``J`` steps: ``t0`` in ``(upto - J, upto]``, a ``(J, J)`` matrix once per step;
+    - rows behind by ``J`` or more: all ``J`` terms, ``S(t0, J)``, which does not depend on ``upto``: a
+      table over ``t0`` grown as training goes, and constant from the step ``T`` on where both
+      ``beta^s`` are below ``2^-60`` (the bias corrections are then exactly 1 in float64).
+
+    So a step costs one look-up per row instead of ``J`` terms per row.
+
+    Args:
+        beta1: Adam's ``beta1``.
+        beta2: Adam's ``beta2`` (``beta1 < sqrt(beta2)``).
+        device: where the tables live (the rows' ``last_step`` device).
+    """
+
+    def __init__(self, beta1: float, beta2: float, device: torch.device) -> None:
+        self.beta1, self.beta2, self.device = beta1, beta2, device
+        rho = beta1 / beta2**0.5
+        self.terms = 1 if rho == 0.0 else math.ceil(math.log(_CUT_OFF) / math.log(rho))  # J
+        self.constant_from = max(math.ceil(-60 * math.log(2) / math.log(beta)) if beta > 0 else 0
+                                 for beta in (beta1, beta2))  # T
+        self.far = torch.zeros(0, dtype=torch.float64, device=device)  # (n,) S(t0, J) for t0 < n
+        self.near_upto, self.near = None, None  # (J,) S(t0, upto - t0) for t0 = upto - J + 1 .. upto
+
+    def _far(self, needed: int) -> None:
+        """Grow the far table to cover ``t0 <= needed`` (at most up to ``T``), doubling."""
+        needed = min(needed, self.constant_from)
+        if needed < self.far.numel():
+            return
+        size = min(max(needed + 1, 2 * self.far.numel()), self.constant_from + 1)
+        t0 = torch.arange(self.far.numel(), size, device=self.device)  # (new,)
+        extra = skipped_steps_factor(t0, torch.full_like(t0, self.terms), self.beta1, self.beta2)
+        self.far = torch.cat([self.far, extra])
+
+    def __call__(self, t0: Tensor, upto: int) -> Tensor:
+        """``(r,)`` float64 ``S(t0, upto - t0)`` for ``(r,)`` int64 ``t0 <= upto``."""
+        if self.near_upto != upto:
+            near_t0 = torch.arange(upto - self.terms + 1, upto + 1, device=self.device).clamp_(min=0)  # (J,)
+            self.near = skipped_steps_factor(near_t0, upto - near_t0, self.beta1, self.beta2)
+            self.near_upto = upto
+        behind = upto - t0  # (r,) k
+        is_far = behind >= self.terms  # (r,)
+        out = self.near[(t0 - (upto - self.terms + 1)).clamp_(min=0)]  # (r,) right where not far
+        if bool(is_far.any()):
+            self._far(int(t0[is_far].max()))
+            far = self.far[t0.clamp(max=self.far.numel() - 1)]  # (r,) t0 >= T: the constant S(T, J)
+            out = torch.where(is_far, far, out)
+        return out
 
 
 class LazyAdam(Optimizer):
@@ -197,6 +251,7 @@ class LazyAdam(Optimizer):
                     raise ValueError(f"LazyAdam row_sparse groups hold 2-D tables, got shapes {shapes}")
         self.row_lists = row_lists  # not state: rebuilt with the optimizer, not saved
         self.catch_up = catch_up
+        self._skipped: dict[tuple, SkippedSteps] = {}  # look-up tables of S per (betas, device); not state
 
     def _state(self, parameter: Tensor, fused: bool, row_sparse: bool = False) -> dict:
         state = self.state[parameter]
@@ -276,8 +331,8 @@ class LazyAdam(Optimizer):
                     continue
                 step = int(state["step"])
                 behind = (state["last_step"] < step).nonzero().squeeze(1)  # (b,)
-                for start in range(0, behind.numel(), _CATCH_UP_ROWS):
-                    rows = behind[start : start + _CATCH_UP_ROWS]
+                for start in range(0, behind.numel(), _FLUSH_ROWS):
+                    rows = behind[start : start + _FLUSH_ROWS]
                     weights, exp_avg, exp_avg_sq = (tensor.index_select(0, rows) for tensor in
                                                     (parameter, state["exp_avg"], state["exp_avg_sq"]))  # (b, d)
                     self._catch_up_rows(weights, exp_avg, exp_avg_sq, state["last_step"][rows], step, group)
@@ -286,8 +341,7 @@ class LazyAdam(Optimizer):
                     parameter.index_copy_(0, rows, weights)
                 state["last_step"].fill_(step)
 
-    @staticmethod
-    def _catch_up_rows(weights: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, last_step: Tensor, upto: int,
+    def _catch_up_rows(self, weights: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, last_step: Tensor, upto: int,
                        group: dict) -> None:
         """In place on gathered rows: dense Adam's zero-gradient steps ``last_step + 1 .. upto``, in closed form.
 
@@ -301,7 +355,10 @@ class LazyAdam(Optimizer):
         """
         beta1, beta2 = group["betas"]
         skipped = upto - last_step  # (r,) k
-        factor = skipped_steps_factor(last_step, skipped, beta1, beta2) * group["lr"]  # (r,) float64: lr * S
+        key = (beta1, beta2, last_step.device)
+        if key not in self._skipped:
+            self._skipped[key] = SkippedSteps(beta1, beta2, last_step.device)
+        factor = self._skipped[key](last_step, upto) * group["lr"]  # (r,) float64: lr * S
         # m0 / sqrt(v0); a row with v0 = 0 has m0 = 0 (never had a gradient) and must not move (no 0/0).
         direction = torch.where(exp_avg_sq > 0, exp_avg / exp_avg_sq.sqrt(), 0.0)  # (r, d)
         weights.sub_(direction * factor.to(weights.dtype)[:, None])
