@@ -48,7 +48,9 @@ steps, then the ordinary update with this step's gradient::
 
 (dense Adam's skipped step ``s`` moves the row by ``lr * m_hat_s / (sqrt(v_hat_s) + eps)`` with
 ``m_s = beta1^j m0``, ``v_s = beta2^j v0``; the sum drops ``eps`` in the skipped steps, and its
-terms below ``1e-12 * rho`` are cut off, which needs ``rho < 1``, i.e. ``beta1 < sqrt(beta2)``).
+terms with ``rho^j < 1e-12`` are cut off, which needs ``rho < 1``, i.e. ``beta1 < sqrt(beta2)``).
+``S`` is a per-row scalar that, at a given step, depends on ``t0`` only: :class:`SkippedSteps` looks
+it up in two small tables, so a catch-up costs a few passes over the touched rows.
 :meth:`LazyAdam.flush` brings every row up to date (the module calls it before validation, at the
 end of each training epoch and of training, so evaluation, epoch-end checkpoints and predictions
 see dense-Adam-like weights). What remains different from dense Adam:
@@ -75,11 +77,11 @@ from torch.optim.adam import adam
 
 from .row_grad import ItemEmbedding
 
-__all__ = ["LazyAdam", "item_table_lazy_adam", "skipped_steps_factor", "touched_rows"]
+__all__ = ["LazyAdam", "SkippedSteps", "item_table_lazy_adam", "skipped_steps_factor", "touched_rows"]
 
 _BLOCK_ROWS = 8192  # rows per block when looking for non-zero rows: the block's |grad| stays in cache
 _FACTOR_ROWS = 4096  # rows per block of skipped_steps_factor: bounds its (rows, J) float64 matrix
-_FLUSH_ROWS = 65536  # rows per block of a flush: bounds the gathered copies of the table and moments
+_FLUSH_ROWS = 4096  # rows per block of a flush: the block's temporaries stay in cache
 _CUT_OFF = 1e-12  # S's terms with rho^j below this are dropped
 RowLists = Callable[[Tensor], "Tensor | None"]  # parameter -> row ids its gradient was written to, or None
 
@@ -317,8 +319,10 @@ class LazyAdam(Optimizer):
     def flush(self) -> None:
         """Deferred mode: bring every row of the row-sparse tables up to the current step (no-op otherwise).
 
-        The rows behind (``last_step < step``) catch up on the steps they missed, in blocks of rows:
-        one gather/scatter pass over those rows of the table and both moments.
+        The rows behind (``last_step < step``) catch up on the steps they missed: one in-place pass
+        over the table and both moments, in cache-sized blocks of consecutive rows (after an epoch
+        most rows are behind, so gathering them would cost more than it saves; a row already up to
+        date has ``k = 0``, ``S = 0``, and stays bit for bit).
         """
         if not self.catch_up:
             return
@@ -329,17 +333,13 @@ class LazyAdam(Optimizer):
                 state = self.state.get(parameter)
                 if not state or "last_step" not in state:
                     continue
-                step = int(state["step"])
-                behind = (state["last_step"] < step).nonzero().squeeze(1)  # (b,)
-                for start in range(0, behind.numel(), _FLUSH_ROWS):
-                    rows = behind[start : start + _FLUSH_ROWS]
-                    weights, exp_avg, exp_avg_sq = (tensor.index_select(0, rows) for tensor in
-                                                    (parameter, state["exp_avg"], state["exp_avg_sq"]))  # (b, d)
-                    self._catch_up_rows(weights, exp_avg, exp_avg_sq, state["last_step"][rows], step, group)
-                    state["exp_avg"].index_copy_(0, rows, exp_avg)
-                    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                    parameter.index_copy_(0, rows, weights)
-                state["last_step"].fill_(step)
+                step, last_step = int(state["step"]), state["last_step"]  # (R,)
+                for start in range(0, parameter.size(0), _FLUSH_ROWS):
+                    rows = slice(start, start + _FLUSH_ROWS)
+                    if bool((last_step[rows] < step).any()):  # views: updated in place
+                        self._catch_up_rows(parameter[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows],
+                                            last_step[rows], step, group)
+                last_step.fill_(step)
 
     def _catch_up_rows(self, weights: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, last_step: Tensor, upto: int,
                        group: dict) -> None:
@@ -359,9 +359,11 @@ class LazyAdam(Optimizer):
         if key not in self._skipped:
             self._skipped[key] = SkippedSteps(beta1, beta2, last_step.device)
         factor = self._skipped[key](last_step, upto) * group["lr"]  # (r,) float64: lr * S
-        # m0 / sqrt(v0); a row with v0 = 0 has m0 = 0 (never had a gradient) and must not move (no 0/0).
-        direction = torch.where(exp_avg_sq > 0, exp_avg / exp_avg_sq.sqrt(), 0.0)  # (r, d)
-        weights.sub_(direction * factor.to(weights.dtype)[:, None])
+        # m0 / sqrt(v0). An entry with v0 = 0 has m0 = 0 (no gradient yet) and must not move: sqrt(v0) is
+        # raised to the smallest normal number, below the root of any non-zero v0, so it gives 0 / tiny = 0
+        # instead of 0 / 0 (cheaper than a where()).
+        direction = exp_avg / exp_avg_sq.sqrt().clamp_(min=torch.finfo(exp_avg_sq.dtype).tiny)  # (r, d)
+        weights.addcmul_(direction, factor.to(weights.dtype)[:, None], value=-1.0)
         exp_avg.mul_(torch.pow(beta1, skipped.to(exp_avg.dtype))[:, None])  # m <- beta1^k m
         exp_avg_sq.mul_(torch.pow(beta2, skipped.to(exp_avg_sq.dtype))[:, None])  # v <- beta2^k v
 
