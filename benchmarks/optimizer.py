@@ -1,4 +1,4 @@
-"""Optimizer cost of one training step on a large item table: dense Adam, SparseAdam and lazy Adam.
+"""Optimizer cost of one training step on a large item table: dense Adam, SparseAdam, lazy and deferred Adam.
 
     python benchmarks/optimizer.py --threads 1                 # 1,000,000 and 54,543 items, d = 64
     python benchmarks/optimizer.py --threads 2 --items 54543
@@ -12,7 +12,12 @@ Cases (the same lookups, gradient values and dense-part gradients for all):
   uncoalesced gradients, summed by autograd), plus fused Adam for the dense part;
 - ``lazy_lists``: ``LazyAdam`` (``item_updates: lazy``) with the rows from the ``RowGradient`` lists;
 - ``lazy_nonzero``: ``LazyAdam`` finding the rows as the non-zero rows of the dense gradient (what
-  it does under DDP, with the ``ce`` loss or with ``row_gradients`` off).
+  it does under DDP, with the ``ce`` loss or with ``row_gradients`` off);
+- ``deferred``: ``LazyAdam(catch_up=True)`` (``item_updates: deferred``) with the row lists. After the
+  warm-up step the rows' last updates are spread over the previous 1,000 steps, so every step's
+  catch-up sums the full ~J terms per touched row (what training sees once uniform negatives reach
+  rows unused for a long time). Also timed: one ``flush()`` after the timed steps (``flush_ms``,
+  every row behind), what an epoch end costs.
 
 What one timed step includes, split in two timers:
 
@@ -48,7 +53,7 @@ from sasrec_lightning.encoder import SASRec
 from sasrec_lightning.lazy_adam import LazyAdam, touched_rows
 from sasrec_lightning.row_grad import RowGradient
 
-CASES = ("dense", "sparse_adam", "lazy_lists", "lazy_nonzero")
+CASES = ("dense", "sparse_adam", "lazy_lists", "lazy_nonzero", "deferred")
 LR, BETAS = 0.001, (0.9, 0.98)
 
 
@@ -78,7 +83,12 @@ def dense_part(args) -> list[torch.nn.Parameter]:
 
 
 def run_case(case: str, table: torch.nn.Parameter, dense: list, dense_grads: list, steps: list, count: int):
-    """Warm-up step, then ``count`` timed steps; returns per-step (grad seconds, step seconds) and unique rows."""
+    """Warm-up step, then ``count`` timed steps.
+
+    Returns:
+        Per-step (grad seconds, step seconds), unique rows per step, and the seconds of one ``flush()``
+        (``deferred``; else ``None``).
+    """
     row_grad = None
     if case == "sparse_adam":
         optimizers = [torch.optim.SparseAdam([table], lr=LR, betas=BETAS),
@@ -92,9 +102,9 @@ def run_case(case: str, table: torch.nn.Parameter, dense: list, dense_grads: lis
         if case == "dense":
             optimizers = [torch.optim.Adam([table, *dense], lr=LR, betas=BETAS, fused=True)]
         else:
-            row_lists = (lambda parameter: row_grad.written_rows()) if case == "lazy_lists" else None
+            row_lists = (lambda parameter: row_grad.written_rows()) if case in ("lazy_lists", "deferred") else None
             optimizers = [LazyAdam([{"params": dense}, {"params": [table], "row_sparse": True}], lr=LR, betas=BETAS,
-                                   row_lists=row_lists, fused=True)]
+                                   row_lists=row_lists, fused=True, catch_up=case == "deferred")]
     times, unique = [], []
     for index in range(count + 1):
         lookups = steps[index % len(steps)]
@@ -112,10 +122,21 @@ def run_case(case: str, table: torch.nn.Parameter, dense: list, dense_grads: lis
         if index:  # the first step allocates the moments (and the gradient buffer)
             times.append((middle - start, end - middle))
             unique.append(torch.cat([ids for ids, _ in lookups]).unique().numel())
+        elif case == "deferred":  # the rows were last updated up to 1,000 steps ago (the moments are random)
+            state = optimizers[0].state[table]
+            state["step"] += 1000
+            state["last_step"].random_(int(state["step"]) - 1000, int(state["step"]) + 1)
+            state["exp_avg"].normal_(0.0, 1e-3)
+            state["exp_avg_sq"].uniform_(1e-6, 2e-6)
+    flush = None
+    if case == "deferred":
+        start = time.perf_counter()
+        optimizers[0].flush()
+        flush = time.perf_counter() - start
     if row_grad is not None:
         row_grad.remove()
     table.grad = None
-    return times, unique
+    return times, unique, flush
 
 
 def bench_row_search(table: torch.nn.Parameter, steps: list, args) -> dict:
@@ -150,14 +171,18 @@ def bench(num_items: int, args) -> list[dict]:
     steps = make_steps(num_items, args, rng)
     cases = [case for case in CASES if case in args.cases]
     measured = {case: [] for case in cases}
-    unique_rows = []
+    unique_rows, flushes = [], []
     load_before = os.getloadavg()
     for round_index in range(args.rounds):
         order = cases[round_index % len(cases):] + cases[: round_index % len(cases)]  # rotate: ABCD, BCDA, ...
         for case in order:
-            times, unique = run_case(case, table, dense, dense_grads, steps, args.steps)
+            with torch.no_grad():
+                table.normal_(0.0, 0.02)  # the same start for every case (a deferred flush moves every row)
+                table[0] = 0.0
+            times, unique, flush = run_case(case, table, dense, dense_grads, steps, args.steps)
             measured[case] += times
             unique_rows += unique
+            flushes += [flush] if flush is not None else []
     load_after = os.getloadavg()
     results = []
     reference = statistics.median(g + s for g, s in measured["dense"]) if "dense" in measured else None
@@ -178,6 +203,8 @@ def bench(num_items: int, args) -> list[dict]:
         if reference:
             result["dense_over_case_total"] = round(reference / statistics.median(totals), 2)
             result["dense_over_case_step"] = round(reference_step / step, 2)
+        if case == "deferred":
+            result["median_flush_ms"] = round(1000 * statistics.median(flushes), 3)
         results.append(result)
         print("RESULT " + json.dumps(result), flush=True)
     search = {"case": "find_nonzero_rows", "items": num_items, "dim": args.dim, **bench_row_search(table, steps, args),

@@ -268,7 +268,7 @@ def test_lazy_refuses_l2_emb_and_a_custom_optimizer():
         SASRecModule(num_items=5, item_updates="lazy", l2_emb=0.01)
     with pytest.raises(OptionError, match=r"cannot be given with it; drop --model\.optimizer"):
         SASRecModule(num_items=5, item_updates="lazy", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    with pytest.raises(OptionError, match=r"--model\.item_updates 'sparse': expected 'dense' or 'lazy'"):
+    with pytest.raises(OptionError, match=r"--model\.item_updates 'sparse': expected 'dense', 'lazy' or 'deferred'"):
         SASRecModule(num_items=5, item_updates="sparse")
     SASRecModule(num_items=5, item_updates="dense", l2_emb=0.01)  # dense keeps both
     with pytest.raises(ValueError, match="row_sparse groups hold 2-D tables"):
@@ -282,15 +282,20 @@ TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.
         "--trainer.max_epochs", "1", "--test_after_fit", "false"]
 
 
-@pytest.mark.parametrize(("flags", "expected"), [
-    (["--model.init_args.l2_emb", "0.01"], "error: --model.item_updates lazy with --model.l2_emb 0.01: the L2 term"),
-    (["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
+@pytest.mark.parametrize(("mode", "flags", "expected"), [
+    ("lazy", ["--model.init_args.l2_emb", "0.01"],
+     "error: --model.item_updates lazy with --model.l2_emb 0.01: the L2 term"),
+    ("lazy", ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
      "error: --model.item_updates lazy builds its own optimizer"),
-], ids=["l2_emb", "optimizer"])
-def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, flags, expected):
+    ("deferred", ["--model.init_args.l2_emb", "0.01"],
+     "error: --model.item_updates deferred with --model.l2_emb 0.01: the L2 term"),
+    ("deferred", ["--model.init_args.betas", "[0.9, 0.8]"],
+     "error: --model.item_updates deferred with --model.betas [0.9, 0.8]: needs beta1 < sqrt(beta2)"),
+], ids=["lazy-l2_emb", "lazy-optimizer", "deferred-l2_emb", "deferred-betas"])
+def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, mode, flags, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY, "--trainer.default_root_dir", str(tmp_path),
-              "--model.init_args.item_updates", "lazy", *flags])
+              "--model.init_args.item_updates", mode, *flags])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -298,12 +303,12 @@ def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, flags, expec
 
 
 # -------------------------------------------------------------------------------------------- resume
-def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14):
+def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14, item_updates="lazy"):
     L.seed_everything(7, verbose=False)
     data = SASRecDataModule(path=str(data_path), max_len=8, batch_size=8, eval_batch_size=16, seed=7,
                             print_statistics=False)
     model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.3,
-                         loss="sampled_softmax", sampled_negatives=5, item_updates="lazy", weight_decay=0.01)
+                         loss="sampled_softmax", sampled_negatives=5, item_updates=item_updates, weight_decay=0.01)
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[checkpoint, *callbacks], num_sanity_val_steps=0,
@@ -312,14 +317,22 @@ def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14):
     return trainer, model
 
 
-def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path):
-    """Fit 14 steps == fit 5, crash, resume from ``last`` to 14: same weights and moments, bit for bit."""
-    reference_trainer, reference = _run(synthetic_txt, tmp_path / "reference")
+@pytest.mark.parametrize("item_updates", ["lazy", "deferred"])
+def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path, item_updates):
+    """Fit 14 steps == fit 5, crash, resume from ``last`` to 14: same weights and moments, bit for bit.
+
+    The 10-batch epoch ends at step 10, so a deferred run also flushes once after the resume.
+    """
+    reference_trainer, reference = _run(synthetic_txt, tmp_path / "reference", item_updates=item_updates)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(synthetic_txt, tmp_path / "crashed", callbacks=[Crash(5)])
+        _run(synthetic_txt, tmp_path / "crashed", callbacks=[Crash(5)], item_updates=item_updates)
     saved = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5 and saved["optimizer_states"][0]["state"]  # the moments are in the checkpoint
-    trainer, resumed = _run(synthetic_txt, tmp_path / "crashed", ckpt_path="last")
+    if item_updates == "deferred":  # mid-epoch: some rows are behind, and the checkpoint says which
+        last_steps = [s["last_step"] for s in saved["optimizer_states"][0]["state"].values() if "last_step" in s]
+        assert last_steps and all(s.dtype == torch.int64 for s in last_steps)
+        assert any((s < 5).any() for s in last_steps) and any((s == 5).any() for s in last_steps)
+    trainer, resumed = _run(synthetic_txt, tmp_path / "crashed", ckpt_path="last", item_updates=item_updates)
     assert isinstance(trainer.optimizers[0], LazyAdam)
     for (name, expected), actual in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=f"{name} differs after resume")
@@ -327,7 +340,8 @@ def test_resume_continues_the_lazy_moments_exactly(synthetic_txt, tmp_path):
     assert states[0].keys() == states[1].keys()
     for key, state in states[0].items():
         assert int(state["step"]) == int(states[1][key]["step"]) == 14
-        for name in ("exp_avg", "exp_avg_sq"):
+        assert state.keys() == states[1][key].keys()
+        for name in set(state) - {"step"}:  # the moments, and last_step when deferred
             torch.testing.assert_close(states[1][key][name], state[name], rtol=0, atol=0)
 
 
@@ -353,12 +367,12 @@ DDP_SCRIPT = textwrap.dedent(
 
 
     def main():
-        data_path, out = sys.argv[1:3]
+        data_path, out, item_updates = sys.argv[1:4]
         L.seed_everything(5, verbose=False)
         data = SASRecDataModule(path=data_path, max_len=6, batch_size=4, seed=5, num_eval_negatives=20,
                                 print_statistics=False)
         model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, dropout=0.0,
-                             item_updates="lazy", weight_decay=0.01)
+                             item_updates=item_updates, weight_decay=0.01 if item_updates == "lazy" else 0.0)
         initial = {name: value.clone() for name, value in model.state_dict().items()}
         record = Record()
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
@@ -376,11 +390,13 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
+@pytest.mark.parametrize("item_updates", ["lazy", "deferred"])
+def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path, item_updates):
     """2 processes (gloo): the same weights on both ranks; the table's = the reference on the averaged gradients.
 
     Each process looked up only its own batch's rows; the rows updated must be those of the all-reduced
-    gradient (rows other processes touched too), the same on both ranks.
+    gradient (rows other processes touched too), the same on both ranks. ``deferred`` (no weight decay,
+    flushed at the end of fit): dense Adam on the averaged gradients, every row every step.
     """
     from sasrec_lightning.synthetic import synthetic_interactions
 
@@ -391,8 +407,8 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path / "run")], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path / "run"), item_updates],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     ranks = [torch.load(tmp_path / f"run.rank{rank}.pt", weights_only=True) for rank in range(2)]
     for name, value in ranks[0]["final"].items():
@@ -402,7 +418,13 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path):
     grads = [grad.double().numpy() for grad in ranks[0]["grads"]]
     used = [np.flatnonzero(np.any(grad != 0, axis=1)) for grad in grads]
     table = "model.item_embedding.weight"
-    expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001, weight_decay=0.01)
+    if item_updates == "lazy":
+        expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001, weight_decay=0.01)
+    else:
+        every_row = [np.arange(grads[0].shape[0])] * len(grads)
+        expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, every_row, lr=0.001)
+        lazy_expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001)
+        assert np.abs(lazy_expected - expected).max() > 1e-4  # lazy would fail the comparison below
     np.testing.assert_allclose(ranks[0]["final"][table].numpy(), expected, rtol=1e-5, atol=1e-6)
     # The test can tell: other processes' rows were in the gradient, and rows were left out.
     assert any(set(rows.tolist()) - set(local.tolist()) for rows, local in zip(used, ranks[0]["local"], strict=True))

@@ -17,7 +17,7 @@ from .batches import TrainingStatistics
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
-from .lazy_adam import item_table_lazy_adam
+from .lazy_adam import LazyAdam, item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
 from .options import check_item_updates, check_model_options
@@ -87,8 +87,13 @@ class SASRecModule(ServingMixin, L.LightningModule):
         item_updates: how Adam updates the item tables: ``dense`` (the paper's: every row and both
             moments every step) or ``lazy`` (``lazy_adam.py``: only the rows a step used; the moments
             of untouched rows do not decay and weight decay reaches only the rows used, so it is a
-            different optimizer). ``lazy`` pays off with large catalogues and sampled losses; it needs
-            ``l2_emb: 0`` and no custom ``optimizer``.
+            different optimizer) or ``deferred`` (lazy's cost, dense Adam's trajectory: a row used again
+            first catches up in closed form on the zero-gradient steps it missed, and every row is
+            brought up to date before validation and at the end of each epoch and of training; equal to
+            dense Adam up to ``eps`` in the skipped steps when ``weight_decay`` is 0, except that a
+            forward pass reads a row that missed steps as of its last update). ``lazy`` and
+            ``deferred`` pay off with large catalogues and sampled losses; they need ``l2_emb: 0`` and
+            no custom ``optimizer``; ``deferred`` needs ``beta1 < sqrt(beta2)``.
         optimizer: any optimizer factory (LightningCLI ``--model.optimizer``); overrides lr/betas/
             weight_decay when given.
         lr_scheduler: optional scheduler factory.
@@ -134,7 +139,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
         l2_emb: float = 0.0,
-        item_updates: Literal["dense", "lazy"] = "dense",
+        item_updates: Literal["dense", "lazy", "deferred"] = "dense",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         eval_protocol: Literal["sampled", "full"] = "sampled",
@@ -148,7 +153,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
                             top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives)
-        check_item_updates(item_updates, l2_emb, optimizer)
+        check_item_updates(item_updates, l2_emb, optimizer, betas)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # The encoder and the loss each take their own options from the fields above, by name.
         encoder_options = inspect.signature(SASRec).parameters
@@ -252,13 +257,29 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.loss_fn.setup(self.statistics)
 
     def on_train_end(self) -> None:
+        self._flush_item_updates()
         self.loss_fn.release_memory()
+
+    # `item_updates: deferred` brings every item row up to date whenever weights are read outside
+    # training steps: here, and before validation (on_validation_start). In Lightning 2.x the epoch-end
+    # validation runs inside the training epoch loop, before on_train_epoch_end; ModelCheckpoint saves
+    # after validation or, without it, in its on_train_epoch_end, which runs after the module's.
+    def on_train_epoch_end(self) -> None:
+        self._flush_item_updates()
+
+    def _flush_item_updates(self) -> None:
+        if self._trainer is None:
+            return
+        for optimizer in self.trainer.optimizers:
+            if isinstance(optimizer, LazyAdam):
+                optimizer.flush()  # a no-op unless deferred
 
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
-        elif self.hparams.get("item_updates", "dense") == "lazy":  # checkpoints from before the option: dense
-            optimizer = item_table_lazy_adam(self, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)
+        elif self.hparams.get("item_updates", "dense") in ("lazy", "deferred"):  # older checkpoints: dense
+            optimizer = item_table_lazy_adam(self, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay,
+                                             catch_up=self.hparams.item_updates == "deferred")
         else:
             # Fused Adam: one pass over each parameter instead of ~10 foreach kernels. The dense
             # item table dominates the parameters, so this is most of a CPU step's optimizer cost
@@ -294,6 +315,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         return (ranks, scores) if return_target_scores else ranks
 
     def on_validation_start(self) -> None:
+        self._flush_item_updates()  # item_updates: deferred (see on_train_epoch_end)
         self.loss_fn.release_memory()  # evaluation inside fit does not need the training step's block
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -72,22 +72,28 @@ def check_model_options(
     at_least(section, "eval_chunk_size", eval_chunk_size, 1)
 
 
-def check_item_updates(item_updates: str, l2_emb: float, optimizer) -> None:
-    """Raise :class:`OptionError` when ``item_updates`` is unknown or ``lazy`` meets an option it cannot honour."""
+def check_item_updates(item_updates: str, l2_emb: float, optimizer, betas: Sequence[float]) -> None:
+    """Raise :class:`OptionError` when ``item_updates`` is unknown or meets an option it cannot honour."""
     section = "model"
-    if item_updates not in ("dense", "lazy"):
-        raise OptionError(f"--{section}.item_updates {item_updates!r}: expected 'dense' or 'lazy'")
-    if item_updates != "lazy":
+    if item_updates not in ("dense", "lazy", "deferred"):
+        raise OptionError(f"--{section}.item_updates {item_updates!r}: expected 'dense', 'lazy' or 'deferred'")
+    if item_updates == "dense":
         return
+    mode = item_updates
     if l2_emb:
         # The penalty's gradient l2_emb * M is non-zero on every row, so every row would be "touched".
-        raise OptionError(f"--{section}.item_updates lazy with --{section}.l2_emb {l2_emb}: the L2 term gives every "
+        raise OptionError(f"--{section}.item_updates {mode} with --{section}.l2_emb {l2_emb}: the L2 term gives every "
                           "item row a gradient, so every row would be updated each step; set l2_emb 0 (weight_decay "
                           "is applied to the rows a step used) or use item_updates dense")
     if optimizer is not None:
-        raise OptionError(f"--{section}.item_updates lazy builds its own optimizer (lazy Adam from lr, betas, "
+        raise OptionError(f"--{section}.item_updates {mode} builds its own optimizer (lazy Adam from lr, betas, "
                           f"weight_decay), so --{section}.optimizer cannot be given with it; drop "
                           f"--{section}.optimizer or use item_updates dense")
+    if mode == "deferred" and not betas[0] < betas[1] ** 0.5:
+        # The closed-form catch-up sums dense Adam's moves along a momentum decaying as (beta1 / sqrt(beta2))^j.
+        raise OptionError(f"--{section}.item_updates deferred with --{section}.betas {list(betas)}: needs beta1 < "
+                          f"sqrt(beta2) (here {betas[0]} >= {betas[1] ** 0.5:.6g}), so that the steps a row misses "
+                          "add up to a finite move; lower beta1, raise beta2, or use item_updates lazy or dense")
 
 
 def check_data_options(
