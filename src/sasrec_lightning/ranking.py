@@ -153,7 +153,7 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         if pairs is not None:
             scores[pairs] = 1.0
         skip = max(done, 1) - start  # padding (id 0) and ids already counted: left out of the sum
-        below += scores[:, skip:].sum(dim=-1)  # (B,) exact: integers below 2**24
+        below += (scores[:, skip:] if skip > 0 else scores).sum(dim=-1)  # (B,) exact: integers below 2**24
         competitors += chunk - skip
         done = start + chunk
     ranks = (competitors - below).to(torch.int64)  # (B,) competitors at or above the target
