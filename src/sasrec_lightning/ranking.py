@@ -229,9 +229,16 @@ class _TopK:
         self.ids[rows[keep], place[keep]] = ids[keep]
 
 
-def _group_size(chunk: int) -> int:
-    """Columns per group of the top-k pre-filter: the largest power of two <= 32 dividing ``chunk``."""
-    return math.gcd(chunk, 32)
+def _group_size(chunk: int, k: int) -> int:
+    """Columns per group of the top-k pre-filter: a power of two <= 32 dividing ``chunk``.
+
+    Smaller when needed to leave at least ``2k`` groups, so that the k-th best group maximum of the
+    first chunk is a useful threshold (with ``k`` groups or fewer it says nothing).
+    """
+    group = math.gcd(chunk, 32)
+    while group > 1 and chunk // group < 2 * k:
+        group //= 2
+    return group
 
 
 def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None = None,
@@ -267,7 +274,7 @@ def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None 
     k = max(0, min(int(k), rows_total - 1))
     chunk = max(1, min(chunk, rows_total))
     starts = _chunk_starts(rows_total, chunk)
-    group = _group_size(chunk)
+    group = _group_size(chunk, k)
     best = _TopK(size, k, hidden)
     if k == 0 or size == 0:
         return best.scores, best.ids
