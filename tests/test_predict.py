@@ -145,3 +145,30 @@ def test_predict_under_ddp_merges_one_file_without_duplicates(checkpoint, tmp_pa
     for a, b in zip(got, expected, strict=True):
         assert a["items"] == b["items"]
         assert a["scores"] == pytest.approx(b["scores"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [16, 45, 4096])  # 8 chunks with an overlapping last one, 3, one
+def test_predict_step_and_recommend_in_item_chunks_match_a_numpy_brute_force(chunk):
+    """``predict_step`` and ``recommend`` score the catalogue ``eval_chunk_size`` items at a time."""
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=120, max_len=8, hidden_size=8, num_blocks=1, eval_chunk_size=chunk).eval()
+    histories = [[3, 17, 64, 119], [120], [5, 5, 90, 33, 2, 71], [1, 2, 3, 4, 5, 6, 7, 8, 9]]  # internal ids
+    inputs = np.zeros((len(histories), 8), dtype=np.int64)
+    for row, history in enumerate(histories):
+        inputs[row, 8 - len(history[-8:]):] = history[-8:]
+    rows = [row for row, history in enumerate(histories) for _ in history]
+    batch = {"input_ids": torch.from_numpy(inputs), "users": torch.arange(4),
+             "seen_rows": torch.tensor(rows), "seen_items": torch.tensor([i for h in histories for i in h])}
+    module.set_prediction(k=12, exclude_seen=True)
+    with torch.no_grad():
+        out = module.predict_step(batch, 0)
+        hidden = module.model.last_hidden(batch["input_ids"]).double().numpy()  # (B, d)
+    recommended = module.recommend(histories, k=12)
+    table = module.model.output_weight.detach().double().numpy()  # (I + 1, d)
+    for row, history in enumerate(histories):
+        scores = table @ hidden[row]  # (I + 1,)
+        candidates = np.array([item for item in range(1, 121) if item not in set(history)])
+        best = candidates[np.argsort(-scores[candidates], kind="stable")[:12]]
+        assert out["items"][row].tolist() == best.tolist(), row
+        np.testing.assert_allclose(out["scores"][row].numpy(), scores[best], rtol=1e-5, atol=1e-6)
+        assert recommended.items[row] == best.tolist(), row

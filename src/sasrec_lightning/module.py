@@ -101,8 +101,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
             negatives (paper: 100); ``full`` ranks it against every item.
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
-        eval_chunk_size: items scored at once under full ranking (bounds memory; 4096 keeps each
-            users x items block cache-sized: 3x faster than 65536 on Beauty, docs/performance.md).
+        eval_chunk_size: items scored at once under full ranking and by ``predict`` / ``recommend``
+            (bounds memory; 4096 keeps each users x items block cache-sized: 3x faster than 65536 on
+            Beauty, and as fast as 2048-8192 at 1M items, docs/performance.md).
         pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
             (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
         row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training

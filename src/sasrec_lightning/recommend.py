@@ -2,9 +2,9 @@
 
 This is what :meth:`SASRecModule.recommend` runs: map original ids to internal ones (unknown ids
 are skipped with one warning, or raise with ``strict=True``), left-pad the last ``max_len`` items of
-every sequence, encode, score every item, drop the padding id and (optionally) the items already in the sequence, and
-take the top K. A sequence left empty gets the most-popular items instead (the encoder has
-nothing to attend to).
+every sequence, encode, score every item, drop the padding id and (optionally) the items already in
+the sequence, and take the top K (in item chunks, :func:`~sasrec_lightning.ranking.full_top_k`). A
+sequence left empty gets the most-popular items instead (the encoder has nothing to attend to).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .csr import csr_gather, left_padded
 from .encoder import SASRec
+from .ranking import full_top_k
 from .vocabulary import ItemVocabulary
 
 __all__ = ["Recommendations", "recommend", "top_k_scores", "predict_top_k", "served_items"]
@@ -41,7 +42,11 @@ class Recommendations(NamedTuple):
 
 def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
                  seen_items: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Top-k over all items with the padding id and optional seen items masked out.
+    """Top-k over all items with the padding id and optional seen items masked out, from a full score matrix.
+
+    The readable reference of :func:`~sasrec_lightning.ranking.full_top_k`, which ``predict`` and
+    :func:`recommend` use (the same items, without the ``(B, I + 1)`` matrix; ties there go to the
+    lower id, here in ``topk``'s order).
 
     Args:
         scores: ``(B, num_items + 1)`` scores; column 0 is padding. Modified in place.
@@ -60,7 +65,8 @@ def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
     return scores.topk(k, dim=-1)  # (B, k), (B, k)
 
 
-def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool) -> dict[str, Tensor]:
+def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool,
+                  chunk_size: int = 4096) -> dict[str, Tensor]:
     """``predict_step`` of a prediction batch: the top ``k`` internal ids per user (``-inf`` score = no item left).
 
     Args:
@@ -68,6 +74,7 @@ def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_see
         batch: ``input_ids (B, L)``, ``users (B,)`` and the seen pairs ``seen_rows``/``seen_items (S,)``.
         k: items per user.
         exclude_seen: mask the user's own items.
+        chunk_size: items scored at once (:func:`~sasrec_lightning.ranking.full_top_k`).
 
     Returns:
         ``{"users": (B,), "items": (B, k), "scores": (B, k)}``.
@@ -76,10 +83,10 @@ def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_see
         empty = torch.zeros(0, k, device=batch["users"].device)
         return {"users": batch["users"], "items": empty.long(), "scores": empty}
     hidden = encoder.last_hidden(batch["input_ids"]).float()  # (B, d)
-    with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
-        scores = encoder.score_all(hidden)  # (B, I + 1)
     seen = (batch["seen_rows"], batch["seen_items"]) if exclude_seen else (None, None)
-    top_scores, top_items = top_k_scores(scores, k, *seen)  # (B, k), (B, k)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
+        top_scores, top_items = full_top_k(hidden, encoder.output_weight.float(), k, *seen,
+                                           chunk=chunk_size)  # (B, k), (B, k)
     return {"users": batch["users"], "items": top_items, "scores": top_scores}
 
 
@@ -161,19 +168,19 @@ def _most_popular(popularity: Tensor | None, num_items: int, k: int) -> tuple[Te
 
 
 def _top_k_batch(encoder: SASRec, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int,
-                 exclude_seen: bool) -> tuple[Tensor, Tensor]:
+                 exclude_seen: bool, chunk_size: int) -> tuple[Tensor, Tensor]:
     """Encode one batch of CSR rows ``items[starts[b]:ends[b]]`` and take its top ``k``: ``(B, k)`` x 2 on CPU."""
     device = encoder.output_weight.device
     width = max(1, int(min(encoder.max_len, (ends - starts).max(initial=0))))
     # A trailing 0 keeps the gather valid when every sequence of the batch is empty.
     padded = left_padded(np.append(items, 0), starts, ends, width)  # (B, L)
     hidden = encoder(torch.from_numpy(padded).to(device))[:, -1].float()  # (B, d)
-    scores = encoder.score_all(hidden)  # (B, I + 1)
     seen_rows = seen_items = None
     if exclude_seen:
         rows, seen = csr_gather(items, starts, ends)  # (S,), (S,)
         seen_rows, seen_items = torch.from_numpy(rows).to(device), torch.from_numpy(seen).to(device)
-    top_scores, top_items = top_k_scores(scores, k, seen_rows, seen_items)  # (B, k), (B, k)
+    top_scores, top_items = full_top_k(hidden, encoder.output_weight.float(), k, seen_rows, seen_items,
+                                       chunk=chunk_size)  # (B, k), (B, k)
     return top_scores.cpu(), top_items.cpu()
 
 
@@ -196,6 +203,7 @@ def recommend(
     popularity: Tensor | None = None,
     batch_size: int = 1024,
     strict: bool = False,
+    chunk_size: int = 4096,
 ) -> Recommendations:
     """Recommend the top ``k`` items after each item sequence (oldest item first).
 
@@ -211,6 +219,7 @@ def recommend(
         strict: raise ``KeyError`` on an id not in the vocabulary instead of skipping it (with a
             warning). Either way ``Recommendations.fallback`` marks the sequences answered with the
             most-popular items.
+        chunk_size: items scored at once (:func:`~sasrec_lightning.ranking.full_top_k`).
 
     Returns:
         :class:`Recommendations`, one entry per input sequence, in input order.
@@ -232,7 +241,7 @@ def recommend(
             for begin in range(0, len(sequences), batch_size):
                 rows = slice(begin, begin + batch_size)
                 top_scores, top_items = _top_k_batch(encoder, items, starts[rows], ends[rows], k,
-                                                     exclude_seen)  # (B, k), (B, k)
+                                                     exclude_seen, chunk_size)  # (B, k), (B, k)
                 top_items[torch.from_numpy(empty[rows])] = popular_items
                 top_scores[torch.from_numpy(empty[rows])] = popular_scores.to(top_scores.dtype)
                 ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())

@@ -45,7 +45,8 @@ class ServingMixin:
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left); see ``set_prediction``."""
-        return predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen)
+        return predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen,
+                             self.hparams.eval_chunk_size)
 
     def set_item_vocabulary(self, item_ids, popularity=None) -> None:
         """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
@@ -104,4 +105,4 @@ class ServingMixin:
             scores, and whether it was answered with the most-popular items (no known item).
         """
         return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
-                         strict=strict)
+                         strict=strict, chunk_size=self.hparams.eval_chunk_size)
