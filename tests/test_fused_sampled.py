@@ -243,3 +243,30 @@ def test_module_options_reach_the_losses():
     assert torch.isfinite(loss) and module.model.item_embedding.weight.grad.abs().sum() > 0
     with pytest.raises(OptionError, match="gbce_shared_negatives"):
         SASRecModule(num_items=NUM_ITEMS, loss="gbce", gbce_shared_negatives=-1)
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_a_negative_far_above_its_positive_takes_the_row_maximum_path(per_sequence):
+    """float32: a negative 150 above its positive overflows exp(s_neg - s_pos); the result must not."""
+    model = encoder(0).float()
+    hidden, targets, rows, shared = case(0, per_sequence=per_sequence)
+    with torch.no_grad():
+        table = model.item_embedding.weight
+        table.zero_()
+        negative = int(shared.reshape(-1)[0])
+        targets = torch.where(targets == negative, negative % NUM_ITEMS + 1, targets)  # no hit on it
+        table[negative, 0] = 1.0  # score 150 against hidden[:, 0] = 150; the targets score 0
+    hidden = torch.zeros_like(hidden, dtype=torch.float32)
+    hidden[:, 0] = 150.0
+    h = hidden.clone().requires_grad_(True)
+    loss = fused_sampled_softmax(model, h, targets, shared, None, rows)
+    loss.backward()
+    reference_model = encoder(0)
+    with torch.no_grad():
+        reference_model.item_embedding.weight.copy_(model.item_embedding.weight.double())
+    r = hidden.double().requires_grad_(True)
+    reference = sampled_softmax_loss(reference_model, r, targets, shared, None, rows)
+    reference.backward()
+    assert torch.isfinite(loss) and float(reference) > 100  # the overflow case really happened
+    assert float(loss) == pytest.approx(float(reference), rel=1e-5)
+    torch.testing.assert_close(h.grad.double(), r.grad, rtol=1e-5, atol=1e-7)

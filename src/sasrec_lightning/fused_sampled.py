@@ -13,8 +13,11 @@ Here the block lives in one reused :class:`~sasrec_lightning.chunked_ce.Workspac
 * forward: the product is written into it; the logQ correction of the negatives is subtracted
   in place (skipped for uniform sampling, where it is a constant and cancels); accidental hits (a
   negative equal to the position's target) are set to ``-inf`` at their few ``(row, column)``
-  pairs, found by binary search in the sorted negatives; then the row max, ``exp(logit - max)``
-  in place and the row sums, so the softmax is never divided out;
+  pairs, found by binary search in the sorted negatives; then ``exp(s_neg - s_pos)`` in place,
+  each row shifted by its own positive logit (no pass for the row maximum; the loss is
+  ``log1p`` of the row sum; a negative ~88 above its positive would overflow, and then the block is
+  computed again and shifted by the row maximum), and the row sums, so the softmax is never
+  divided out;
 * backward: no pass over the block at all. With ``e`` the kept exponentials, ``s`` their row sums
   (with the positive's ``exp``), the gradients are two products plus row-wise terms:
   ``dh = (e @ W_neg) / s + (p_pos - 1) w_pos`` and ``dW_neg = e^T @ (h / s)``, scaled by ``1 / N``.
@@ -118,13 +121,31 @@ def _logit_block(hidden: Tensor, negative_vectors: Tensor, negatives: SharedNega
         block, loan = hidden.new_empty(rows * m), None
     else:
         block, loan = workspace.take(rows * m, hidden)
+    block = block.view(rows, m)
+    _write_logits(block, hidden, negative_vectors, negatives)
+    return block, loan
+
+
+def _write_logits(block: Tensor, hidden: Tensor, negative_vectors: Tensor, negatives: SharedNegatives) -> None:
+    """Write ``hidden @ W_neg^T`` into the ``(R, M)`` block."""
     if negatives.per_sequence:
         slots = negatives.to_slots(hidden).view(negatives.ids.size(0), negatives.width, -1)  # (B, L', d)
-        out = block.view(negatives.ids.size(0), negatives.width, m)  # (B, L', M)
+        out = block.view(negatives.ids.size(0), negatives.width, -1)  # (B, L', M)
         torch.bmm(slots, negative_vectors.transpose(1, 2), out=out)
     else:
-        torch.mm(hidden, negative_vectors.T, out=block.view(rows, m))
-    return block.view(rows, m), loan
+        torch.mm(hidden, negative_vectors.T, out=block)
+
+
+def _correct_logits(block: Tensor, negatives: SharedNegatives, targets: Tensor, log_q: Tensor | None) -> None:
+    """In place: ``- log Q`` of each negative, and ``-inf`` where a negative is its position's target."""
+    if log_q is not None:
+        correction = log_q[negatives.ids]  # (M,) or (B, M)
+        if negatives.per_sequence:
+            block.view(negatives.ids.size(0), negatives.width, -1).sub_(correction.unsqueeze(1))
+        else:
+            block.sub_(correction)
+    hit_rows, hit_columns = accidental_hits(negatives, targets)
+    block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))
 
 
 def _negative_gradients(exps: Tensor, hidden_scaled: Tensor, negative_vectors: Tensor,
@@ -155,24 +176,31 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         positive = (hidden * positive_vectors).sum(dim=-1)  # (N,)
         if log_q is not None:
             positive = positive - log_q[targets]
-            correction = log_q[negatives.ids]  # (M,) or (B, M)
-            if negatives.per_sequence:
-                block.view(negatives.ids.size(0), negatives.width, -1).sub_(correction.unsqueeze(1))
-            else:
-                block.sub_(correction)
-        hit_rows, hit_columns = accidental_hits(negatives, targets)
-        block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))
+        _correct_logits(block, negatives, targets, log_q)
         positive_rows = negatives.to_slots(positive)  # (R,) slots: padding slots 0 (ignored)
-        row_max = torch.maximum(block.amax(dim=-1), positive_rows)  # (R,) finite: s_pos is finite
-        block.sub_(row_max.unsqueeze(-1)).exp_()  # (R, M) exp(logit - max); hits -> 0
-        positive_exp = torch.exp(positive_rows - row_max)  # (R,)
-        sums = block.sum(dim=-1) + positive_exp  # (R,)
-        lse = row_max + sums.log()  # (R,)
+        # Each row shifted by its own positive logit: no pass for the row maximum. The row's sum then
+        # includes the positive's exp(0) = 1, so nothing that matters underflows, and the loss is
+        # log1p(sum over the negatives). Only a negative more than ~88 above its positive overflows
+        # exp; then the block is computed again and shifted by the row maximum.
+        block.sub_(positive_rows.unsqueeze(-1)).exp_()  # (R, M) exp(s_neg - s_pos); hits -> 0
+        negative_sums = block.sum(dim=-1)  # (R,)
+        if bool(torch.isfinite(negative_sums).all()):
+            positive_exp = torch.ones_like(negative_sums)  # (R,)
+            losses = torch.log1p(negative_sums)  # (R,) logsumexp - s_pos
+        else:
+            _write_logits(block, hidden, negative_vectors, negatives)
+            _correct_logits(block, negatives, targets, log_q)
+            row_max = torch.maximum(block.amax(dim=-1), positive_rows)  # (R,)
+            block.sub_(row_max.unsqueeze(-1)).exp_()  # (R, M) exp(logit - max)
+            positive_exp = torch.exp(positive_rows - row_max)  # (R,)
+            negative_sums = block.sum(dim=-1)
+            losses = row_max - positive_rows + (negative_sums + positive_exp).log()  # (R,)
+        sums = negative_sums + positive_exp  # (R,) the softmax's denominator, in units of the shift
         if negatives.per_sequence:
-            lse, sums, positive_exp = (t.index_select(0, negatives.slot) for t in (lse, sums, positive_exp))
+            losses, sums, positive_exp = (t.index_select(0, negatives.slot) for t in (losses, sums, positive_exp))
         ctx.save_for_backward(hidden, vectors, block, sums, positive_exp)
         ctx.negatives, ctx.loan = negatives, loan
-        return (lse - positive).mean()
+        return losses.mean()
 
     @staticmethod
     @once_differentiable
@@ -200,8 +228,7 @@ class _FusedGBCE(torch.autograd.Function):
                 workspace: Workspace | None) -> Tensor:
         positive_vectors, negative_vectors = _split(vectors, negatives)
         block, loan = _logit_block(hidden, negative_vectors, negatives, workspace)  # (R, M)
-        hit_rows, hit_columns = accidental_hits(negatives, targets)
-        block.index_put_((hit_rows, hit_columns), block.new_tensor(float("-inf")))  # softplus(-inf) = 0
+        _correct_logits(block, negatives, targets, None)  # hits -> -inf: softplus(-inf) = 0
         positive = (hidden * positive_vectors).sum(dim=-1)  # (N,)
         negative_sums = torch.nn.functional.softplus(block).sum(dim=-1)  # (R,)
         if negatives.per_sequence:
