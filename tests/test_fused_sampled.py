@@ -270,3 +270,13 @@ def test_a_negative_far_above_its_positive_takes_the_row_maximum_path(per_sequen
     assert torch.isfinite(loss) and float(reference) > 100  # the overflow case really happened
     assert float(loss) == pytest.approx(float(reference), rel=1e-5)
     torch.testing.assert_close(h.grad.double(), r.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_softplus_row_sums_through_slices_equal_the_whole_block():
+    from sasrec_lightning.fused_sampled import _softplus_row_sums
+
+    block = torch.randn(600, 7, dtype=torch.float64) * 30  # 3 slices of 256 rows, the last one short
+    block[5, 2] = float("-inf")  # an accidental hit contributes softplus(-inf) = 0
+    torch.testing.assert_close(_softplus_row_sums(block), torch.nn.functional.softplus(block).sum(-1),
+                               rtol=1e-12, atol=0)
+    assert _softplus_row_sums(block[:0]).shape == (0,)
