@@ -299,14 +299,9 @@ def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tens
     Returns:
         Scalar mean loss (fp32).
     """
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
-        negatives = SharedNegatives(shared, rows)
-        vectors = _vectors(encoder, targets, negatives)
-        if hidden.size(0) == 0:
-            return (hidden.sum() + vectors.sum()) * 0.0
-        hidden = at_least_fp32(hidden)
-        return _FusedSampledSoftmax.apply(hidden, vectors, negatives, targets,
-                                          None if log_q is None else log_q.to(hidden.dtype), workspace)
+    hidden = at_least_fp32(hidden)
+    log_q = None if log_q is None else log_q.to(hidden.dtype)
+    return _apply_fused(_FusedSampledSoftmax, encoder, hidden, targets, shared, rows, log_q, workspace)
 
 
 def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float, rows: Tensor | None = None,
@@ -325,9 +320,18 @@ def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: f
     Returns:
         Scalar mean loss (fp32).
     """
+    return _apply_fused(_FusedGBCE, encoder, at_least_fp32(hidden), targets, shared, rows, float(beta), workspace)
+
+
+def _apply_fused(function: type[torch.autograd.Function], encoder, hidden: Tensor, targets: Tensor, shared: Tensor,
+                 rows: Tensor | None, *options) -> Tensor:
+    """``function(hidden, vectors, negatives, targets, *options)`` in fp32 (autocast off), after one lookup.
+
+    With no position the loss is a zero that still reaches the hidden states and the item table.
+    """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         negatives = SharedNegatives(shared, rows)
         vectors = _vectors(encoder, targets, negatives)
         if hidden.size(0) == 0:
             return (hidden.sum() + vectors.sum()) * 0.0
-        return _FusedGBCE.apply(at_least_fp32(hidden), vectors, negatives, targets, float(beta), workspace)
+        return function.apply(hidden, vectors, negatives, targets, *options)

@@ -77,7 +77,8 @@ from torch.optim.adam import adam
 
 from .row_grad import ItemEmbedding
 
-__all__ = ["LazyAdam", "SkippedSteps", "item_table_lazy_adam", "skipped_steps_factor", "touched_rows"]
+__all__ = ["LazyAdam", "SkippedSteps", "fused_adam_supported", "item_table_lazy_adam", "skipped_steps_factor",
+           "touched_rows"]
 
 _BLOCK_ROWS = 8192  # rows per block when looking for non-zero rows: the block's |grad| stays in cache
 _FACTOR_ROWS = 4096  # rows per block of skipped_steps_factor: bounds its (rows, J) float64 matrix
@@ -396,6 +397,11 @@ class LazyAdam(Optimizer):
         parameter.index_copy_(0, rows, weights)
 
 
+def fused_adam_supported(parameters: Iterable[Tensor]) -> bool:
+    """Whether torch's fused Adam kernel takes all of ``parameters`` (floating point, on CPU or CUDA)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+
+
 def item_table_lazy_adam(
     module: nn.Module, lr: float, betas: Sequence[float], weight_decay: float, eps: float = 1e-8,
     catch_up: bool = False,
@@ -419,7 +425,7 @@ def item_table_lazy_adam(
     tables = [table for table in module.modules() if isinstance(table, ItemEmbedding)]
     table_weights = {id(table.weight) for table in tables}
     dense = [p for p in module.parameters() if id(p) not in table_weights]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in dense)
+    fused = fused_adam_supported(dense)
 
     def row_lists(parameter: Tensor) -> Tensor | None:
         for table in tables:  # one or two tables

@@ -221,10 +221,7 @@ def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: T
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        hidden = at_least_fp32(hidden)
-        positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
-        negative, negative_ids = _shared_scores(encoder, hidden, shared, rows)  # (N, M), (N or 1, M)
-        negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))
+        positive, negative = _shared_logits(encoder, at_least_fp32(hidden), targets, shared, rows)
         per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
         return (per_position / (shared.size(-1) + 1)).mean()
 
@@ -266,13 +263,27 @@ def sequence_scores(hidden: Tensor, rows: Tensor, vectors: Tensor) -> Tensor:
     return torch.bmm(padded, vectors.transpose(1, 2))[rows, column]  # (B, L', M) -> (N, M)
 
 
-def _shared_scores(encoder: SASRec, hidden: Tensor, shared: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Scores ``(N, M)`` of each position against its shared negatives, and their ids (``(1, M)`` or ``(N, M)``)."""
+def _shared_logits(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor, rows: Tensor | None,
+                   log_q: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The written-out logits of the shared-negative losses: ``(N,)`` targets' and ``(N, M)`` negatives'.
+
+    With ``log_q`` both are corrected by ``- log Q``; then a negative equal to its position's
+    target (an accidental hit) is set to ``-inf``.
+    """
+    positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
     if shared.dim() == 1:
-        return hidden @ at_least_fp32(encoder.item_vectors(shared)).T, shared.unsqueeze(0)
-    if rows is None:
+        negative, negative_ids = hidden @ at_least_fp32(encoder.item_vectors(shared)).T, shared.unsqueeze(0)
+    elif rows is None:
         raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
-    return sequence_scores(hidden, rows, at_least_fp32(encoder.item_vectors(shared))), shared[rows]
+    else:
+        vectors = at_least_fp32(encoder.item_vectors(shared))  # (B, M, d)
+        negative, negative_ids = sequence_scores(hidden, rows, vectors), shared[rows]  # (N, M), (N, M)
+    if log_q is not None:
+        log_q = log_q.to(hidden.dtype)
+        positive = positive - log_q[targets]
+        negative = negative - log_q[negative_ids]
+    negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))  # (N, M)
+    return positive, negative
 
 
 def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
@@ -299,14 +310,7 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        hidden = at_least_fp32(hidden)
-        positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
-        negative, negative_ids = _shared_scores(encoder, hidden, shared, rows)  # (N, M), (N or 1, M)
-        if log_q is not None:
-            log_q = log_q.to(hidden.dtype)
-            positive = positive - log_q[targets]
-            negative = negative - log_q[negative_ids]
-        negative = negative.masked_fill(negative_ids == targets.unsqueeze(-1), float("-inf"))  # (N, M)
+        positive, negative = _shared_logits(encoder, at_least_fp32(hidden), targets, shared, rows, log_q)
         logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)  # (N, 1 + M)
         return (torch.logsumexp(logits, dim=-1) - positive).mean()
 

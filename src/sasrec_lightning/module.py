@@ -17,7 +17,7 @@ from .batches import TrainingStatistics
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
-from .lazy_adam import LazyAdam, item_table_lazy_adam
+from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
 from .options import check_item_updates, check_model_options
@@ -285,10 +285,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
             # Fused Adam: one pass over each parameter instead of ~10 foreach kernels. The dense
             # item table dominates the parameters, so this is most of a CPU step's optimizer cost
             # (docs/performance.md); the update is the same Adam.
-            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.parameters())
             optimizer = torch.optim.Adam(
                 self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                weight_decay=self.hparams.weight_decay, fused=fused or None,
+                weight_decay=self.hparams.weight_decay, fused=fused_adam_supported(self.parameters()) or None,
             )
         if self.lr_scheduler_factory is None:
             return optimizer
