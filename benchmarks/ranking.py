@@ -5,7 +5,9 @@ times, alternated case by case in every repeat (so a slow minute of this shared 
 every case alike), and reports the median of ``--repeats``:
 
 * ``sgemm``: the products alone, ``(B, d) @ (d, C)`` into one reused ``(B, C)`` block over every
-  chunk of the table (the shapes ``full_ranks`` and ``full_top_k`` use);
+  chunk of the table (the shapes ``full_ranks`` and ``full_top_k`` use; ``C`` from ``--chunk``,
+  by default ``auto`` as ``eval_chunk_size``), and ``sgemm4096``, ``sgemm16384``: the same products
+  at other widths (``--sgemm_chunks``), so a chunk width that slows the products shows;
 * ``ranks``: ``ranking.full_ranks`` (rank of a random target, ~``--seen`` history items per user
   excluded), what full-ranking evaluation runs per batch;
 * ``topk``: ``recommend.predict_top_k``, what ``predict_step`` runs, for each ``--k``
@@ -15,7 +17,7 @@ every case alike), and reports the median of ``--repeats``:
 
 Each case is reported as GFLOP/s = 2 * B * d * I / seconds (the flops of the catalogue's product,
 whatever the case does beyond it), in wall and in CPU seconds of this process, and as a fraction of
-``sgemm`` and ``square`` in the same repeat.
+``sgemm`` and ``square`` in the same repeat, and of the fastest ``sgemm*`` (``vs_best_sgemm``).
 
     python benchmarks/ranking.py --threads 1
     python benchmarks/ranking.py --threads 2 --items 54543 --dim 50       # Amazon Beauty's shapes
@@ -71,23 +73,32 @@ def cases(args, batch: int):
     targets = torch.randint(1, rows_total, (batch,), generator=generator)  # (B,)
     seen_rows = torch.arange(batch).repeat_interleave(args.seen)  # (S,)
     seen_items = torch.randint(1, rows_total, (batch * args.seen,), generator=generator)  # (S,)
-    chunk = min(args.chunk, rows_total)
-    starts = list(range(0, rows_total - chunk, chunk)) + [rows_total - chunk]
-    block = torch.empty(batch, chunk)
+    try:
+        from sasrec_lightning.ranking import chunk_items
+    except ImportError:  # a version before eval_chunk_size: auto
+        def chunk_items(chunk, rows, items):
+            return min(4096 if chunk == "auto" else int(chunk), items)
+    chunk = chunk_items(args.chunk if args.chunk == "auto" else int(args.chunk), batch, rows_total)
     flops = 2 * batch * dim * args.items
 
-    def sgemm():
-        for start in starts:
-            torch.mm(hidden, weight[start : start + chunk].T, out=block)
+    def products(width):
+        """The catalogue's products alone, ``width`` items at a time into one reused block."""
+        starts = list(range(0, rows_total - width, width)) + [rows_total - width]
+        block = torch.empty(batch, width)
+
+        def run():
+            for start in starts:
+                torch.mm(hidden, weight[start : start + width].T, out=block)
+        return run
 
     def ranks():
-        full_ranks(hidden, weight, targets, seen_rows, seen_items, args.chunk, True)
+        full_ranks(hidden, weight, targets, seen_rows, seen_items, chunk, True)
 
     encoder = FrozenEncoder(hidden, weight)
     predict_batch = {"input_ids": torch.ones(batch, 1, dtype=torch.int64), "users": torch.arange(batch),
                      "seen_rows": seen_rows, "seen_items": seen_items}
     chunked = "chunk_size" in inspect.signature(predict_top_k).parameters
-    extra = {"chunk_size": args.chunk} if chunked else {}
+    extra = {"chunk_size": chunk} if chunked else {}
 
     def top_k(k):
         return lambda: predict_top_k(encoder, predict_batch, k, True, **extra)
@@ -98,10 +109,13 @@ def cases(args, batch: int):
         for _ in range(4):
             torch.mm(square_a, square_b, out=square_out)
 
-    out = {"sgemm": (sgemm, flops), "ranks": (ranks, flops)}
+    out = {"sgemm": (products(chunk), flops), "ranks": (ranks, flops)}
     out.update({f"topk{k}": (top_k(k), flops) for k in args.k})
+    for width in args.sgemm_chunks:  # the same products at other chunk widths: the best is the machine's rate
+        if min(width, rows_total) != chunk:
+            out[f"sgemm{width}"] = (products(min(width, rows_total)), flops)
     out["square"] = (square, 4 * 2 * 2048**3)
-    return out, chunked
+    return out, chunked, chunk
 
 
 def main() -> None:
@@ -110,7 +124,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024], help="users scored at once")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100], help="top-k sizes")
-    parser.add_argument("--chunk", type=int, default=4096, help="items scored at once (eval_chunk_size)")
+    parser.add_argument("--chunk", default="auto", help="items scored at once (eval_chunk_size): auto or a number")
+    parser.add_argument("--sgemm_chunks", type=int, nargs="*", default=[4096, 16384],
+                        help="also time the products alone at these chunk widths (best_sgemm: the fastest)")
     parser.add_argument("--seen", type=int, default=25, help="history items excluded per user")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
@@ -125,7 +141,7 @@ def main() -> None:
     import sasrec_lightning
 
     for batch in args.batch:
-        functions, chunked = cases(args, batch)
+        functions, chunked, chunk = cases(args, batch)
         if args.only:
             functions = {name: value for name, value in functions.items() if name in args.only}
         load_before = os.getloadavg()
@@ -141,7 +157,7 @@ def main() -> None:
                 for name, times in runs.items()}
         for name, times in runs.items():
             result = {
-                "case": name, "items": args.items, "dim": args.dim, "batch": batch, "chunk": args.chunk,
+                "case": name, "items": args.items, "dim": args.dim, "batch": batch, "chunk": chunk,
                 "seen_per_user": args.seen, "threads": torch.get_num_threads(),
                 "median_seconds": statistics.median(w for w, _ in times),
                 "median_cpu_seconds": statistics.median(c for _, c in times),
@@ -152,6 +168,9 @@ def main() -> None:
                 if reference in rate and name != reference:
                     result[f"vs_{reference}"] = rate[name][0] / rate[reference][0]
                     result[f"vs_{reference}_cpu"] = rate[name][1] / rate[reference][1]
+            best = max((rate[other][0], other) for other in rate if other.startswith("sgemm"))
+            if not name.startswith(("sgemm", "square")):
+                result["vs_best_sgemm"], result["best_sgemm"] = rate[name][0] / best[0], best[1]
             result.update(package=os.path.dirname(sasrec_lightning.__file__), chunked_top_k=chunked,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           load_before=[round(x, 2) for x in load_before],

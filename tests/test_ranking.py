@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sasrec_lightning import metrics
-from sasrec_lightning.ranking import full_ranks, full_top_k, sampled_ranks
+from sasrec_lightning.ranking import AUTO_CHUNK_SCORES, chunk_items, full_ranks, full_top_k, sampled_ranks
 
 
 def reference_ranks(hidden: np.ndarray, weight: np.ndarray, targets, seen: dict[int, set], exclude_seen: bool):
@@ -168,3 +168,48 @@ def test_full_top_k_of_random_scores_is_the_top_k_of_the_full_score_matrix():
         best = candidates[np.argsort(-scores[row, candidates], kind="stable")[:25]]
         assert top_ids[row].tolist() == best.tolist(), row
         np.testing.assert_allclose(top_scores[row].numpy(), scores[row, best], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ eval_chunk_size: auto
+@pytest.mark.parametrize(("rows", "items"), [(256, 1_000_001), (1024, 1_000_001), (256, 54_543), (1, 1_000_001),
+                                             (100_000, 1_000_001), (256, 3000), (7, 1)])
+def test_auto_chunks_aim_at_the_block_size_and_spread_the_catalogue_evenly(rows, items):
+    width = chunk_items("auto", rows, items)
+    target = min(65536, max(4096, AUTO_CHUNK_SCORES // rows))  # items per chunk the block size asks for
+    chunks = -(-items // width)
+    assert 1 <= width <= items
+    assert chunks == -(-items // target)  # as many chunks as the target width needs, no more
+    if width < items:
+        assert width % 64 == 0  # top-k's column groups: a power of two up to 32 divides it
+        assert width - 64 < items / chunks  # even: the overlapping last chunk repeats less than 64 per chunk
+    assert chunk_items(500, rows, items) == min(500, items) and chunk_items(10**9, rows, items) == items
+
+
+def test_auto_chunks_of_a_million_items():
+    assert chunk_items("auto", 256, 1_000_001) == 8192  # 123 chunks of 8131 or more, rounded up to 64
+    assert chunk_items("auto", 1024, 1_000_001) == 4096  # the floor: 245 chunks
+    assert chunk_items("auto", 16, 1_000_001) == 62528  # the ceiling (65536): 16 chunks of 62501, rounded up
+    assert chunk_items("auto", 256, 54_543) == 7808  # Beauty: 7 chunks, not 7 x 8192 with 2,800 repeated
+
+
+def test_auto_chunks_rank_and_pick_the_top_k_as_a_brute_force_sort():
+    """1024 users: 4096-item chunks over 9000 items (an overlapping last chunk), ties, NaN, seen items."""
+    items, batch = 9000, 1024
+    weight = integer_table(items, 4, seed=3, nan_items=(17, 4000))
+    hidden = torch.randint(-2, 3, (batch, 4), generator=torch.Generator().manual_seed(2)).float()
+    assert chunk_items("auto", batch, items + 1) == 3008  # three chunks: 0, 3008, 5993
+    generator = torch.Generator().manual_seed(4)
+    targets = torch.randint(1, items + 1, (batch,), generator=generator)
+    seen_rows = torch.arange(batch).repeat_interleave(3)  # (S,)
+    seen_items = torch.randint(1, items + 1, (3 * batch,), generator=generator)  # (S,) spread over the chunks
+    seen = {row: set(seen_items[3 * row : 3 * row + 3].tolist()) for row in range(batch)}
+    scores = hidden.double().numpy() @ weight.double().numpy().T  # (B, I + 1) exact
+    ranks, _ = full_ranks(hidden, weight, targets, seen_rows, seen_items, "auto", True)
+    check = range(0, batch, 41)  # the written-out rule is slow: every 41st user
+    assert ranks[list(check)].tolist() == pessimistic_ranks(scores[list(check)], targets[list(check)].tolist(),
+                                                            {i: seen[row] for i, row in enumerate(check)}, True)
+    top_scores, top_ids = full_top_k(hidden, weight, 5, seen_rows, seen_items, "auto")
+    expected_scores, expected_ids = brute_force_top_k(scores[list(check)], 5,
+                                                      {i: seen[row] for i, row in enumerate(check)})
+    assert top_ids[list(check)].tolist() == expected_ids
+    np.testing.assert_array_equal(top_scores[list(check)].double().numpy(), np.array(expected_scores))

@@ -102,8 +102,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking and by ``predict`` / ``recommend``
-            (bounds memory; 4096 keeps each users x items block cache-sized: 3x faster than 65536 on
-            Beauty, and as fast as 2048-8192 at 1M items, docs/performance.md).
+            (bounds memory to one users x items block). ``auto``: a block of about 4M scores (16 MB),
+            the catalogue split into chunks of equal width (:func:`~sasrec_lightning.ranking.chunk_items`;
+            16384 items at 256 users and a million items, docs/performance.md); or a number of items.
         pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
             (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
         row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training
@@ -146,7 +147,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         eval_protocol: Literal["sampled", "full"] = "sampled",
         exclude_seen: bool = True,
         top_k: Sequence[int] = (10,),
-        eval_chunk_size: int = 4096,
+        eval_chunk_size: int | Literal["auto"] = "auto",
         pooled_dropout: bool | Literal["auto"] = "auto",
         row_gradients: bool | Literal["auto"] = "auto",
     ) -> None:

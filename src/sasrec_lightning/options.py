@@ -37,7 +37,7 @@ def check_model_options(
     num_items: int, max_len: int, hidden_size: int, num_blocks: int, num_heads: int, dropout: float,
     init_std: float, gbce_t: float, sampled_negatives: int, in_batch_fraction: float, ce_chunk_size: int,
     lr: float, betas: Sequence[float], weight_decay: float, l2_emb: float, top_k: Sequence[int],
-    eval_chunk_size: int, gbce_shared_negatives: int = 0,
+    eval_chunk_size: int | str, gbce_shared_negatives: int = 0,
 ) -> None:
     """Raise :class:`OptionError` for the first :class:`~sasrec_lightning.SASRecModule` option out of range."""
     section = "model"
@@ -69,7 +69,10 @@ def check_model_options(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in top_k):
         raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "
                           "non-empty list of cut-offs, each an integer >= 1 (e.g. [1, 5, 10])")
-    at_least(section, "eval_chunk_size", eval_chunk_size, 1)
+    if eval_chunk_size != "auto" and (isinstance(eval_chunk_size, bool) or not isinstance(eval_chunk_size, int)
+                                      or eval_chunk_size < 1):
+        raise OptionError(f"--{section}.eval_chunk_size {eval_chunk_size!r}: expected 'auto' or an integer >= 1 "
+                          "(items scored at once under full ranking and by predict)")
 
 
 def check_item_updates(item_updates: str, l2_emb: float, optimizer, betas: Sequence[float]) -> None:

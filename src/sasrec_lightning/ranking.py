@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .metrics import rank_of_target
 
-__all__ = ["sampled_ranks", "full_ranks", "full_top_k"]
+__all__ = ["sampled_ranks", "full_ranks", "full_top_k", "chunk_items"]
 
 
 def sampled_ranks(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,6 +45,40 @@ def sampled_ranks(scores: Tensor) -> tuple[Tensor, Tensor]:
 MAX_CHUNK = 2**24
 
 
+# ``eval_chunk_size: auto`` sizes the (B, C) block to about this many scores (8 MB of fp32), and never
+# below 4096 items: measured on a 2-core AVX-512 CPU (docs/performance.md), wider chunks than 4096
+# make top-k 15-40 % faster at B = 256 (fewer chunks, so fewer small operations per item), while
+# blocks of 16M scores and more slow the products themselves (B = 1024: 257 -> 155 GFLOP/s from
+# C = 4096 to 16384) and, on Beauty's 54,543 x 50 table, 16M-score blocks made the ranks ~12 % slower.
+AUTO_CHUNK_SCORES = 2**21
+_AUTO_CHUNK_LIMITS = (4096, 65536)
+_CHUNK_ALIGN = 64  # chunks a multiple of this (top-k's column groups need a power of two dividing C)
+
+
+def chunk_items(chunk: int | str, rows: int, items: int) -> int:
+    """Items per chunk: ``chunk`` itself, or for ``"auto"`` a size from the batch and the catalogue.
+
+    ``auto`` aims at ``AUTO_CHUNK_SCORES`` scores per ``(rows, C)`` block (at least 4096 and at most
+    65536 items), then spreads the catalogue evenly over that many chunks, so the last chunk does not
+    repeat most of its predecessor (every chunk has the same width, see :func:`_chunk_starts`).
+
+    Args:
+        chunk: an item count, or ``"auto"``.
+        rows: users scored at once (``B``).
+        items: table rows to score (``I + 1``).
+
+    Returns:
+        The chunk width, at most ``items``.
+    """
+    if chunk != "auto":
+        return max(1, min(int(chunk), items))
+    low, high = _AUTO_CHUNK_LIMITS
+    target = min(high, max(low, AUTO_CHUNK_SCORES // max(rows, 1)))
+    count = -(-items // target)  # chunks needed at the target width
+    width = -(-items // count)  # the same count of chunks, as even as they can be
+    return min(items, -(-width // _CHUNK_ALIGN) * _CHUNK_ALIGN)
+
+
 def _chunk_starts(rows_total: int, chunk: int) -> list[int]:
     """Where each chunk of ``chunk`` table rows starts; the last one ends at the table's end.
 
@@ -59,18 +93,19 @@ class _PairsByItem:
 
     def __init__(self, rows: Tensor, items: Tensor, starts: list[int], chunk: int) -> None:
         order = torch.argsort(items)
-        self.rows, self.items = rows[order], items[order]  # (S,), (S,)
+        items = items[order]  # (S,)
+        self.flat = rows[order] * chunk + items  # (S,) position in a (B, C) block, plus the chunk's start
         edges = torch.tensor(starts, dtype=items.dtype, device=items.device)  # (chunks,)
-        first = torch.searchsorted(self.items, edges).tolist()  # first pair of each chunk [start, start + C)
-        last = torch.searchsorted(self.items, edges + chunk).tolist()  # one past its last pair
+        first = torch.searchsorted(items, edges).tolist()  # first pair of each chunk [start, start + C)
+        last = torch.searchsorted(items, edges + chunk).tolist()  # one past its last pair
         self.spans = list(zip(first, last, strict=True))
 
-    def of_chunk(self, index: int, start: int) -> tuple[Tensor, Tensor] | None:
-        """The ``(n,)`` rows and ``(n,)`` in-chunk columns of chunk ``index`` (``None``: no pair)."""
+    def of_chunk(self, index: int, start: int) -> Tensor | None:
+        """``(n,)`` positions in the flattened ``(B, C)`` block of chunk ``index`` (``None``: no pair)."""
         first, last = self.spans[index]
         if first == last:
             return None
-        return self.rows[first:last], self.items[first:last] - start
+        return self.flat[first:last] - start
 
 
 def _target_scores(queries: Tensor, weight: Tensor, targets: Tensor, block: Tensor) -> Tensor:
@@ -92,7 +127,7 @@ def _target_scores(queries: Tensor, weight: Tensor, targets: Tensor, block: Tens
 
 
 def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tensor, seen_items: Tensor,
-               chunk: int, exclude_seen: bool = True) -> tuple[Tensor, Tensor]:
+               chunk: int | str = "auto", exclude_seen: bool = True) -> tuple[Tensor, Tensor]:
     """Rank of the target among all items, scored in chunks so memory stays bounded.
 
     The target's score comes from the same kind of matrix product as its competitors': every
@@ -116,7 +151,8 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         targets: ``(B,)`` held-out item ids.
         seen_rows: ``(S,)`` batch row of each history item.
         seen_items: ``(S,)`` the history items.
-        chunk: items scored at once (at most ``2**24``, where a float32 count stays exact).
+        chunk: items scored at once (at most ``2**24``, where a float32 count stays exact), or ``"auto"``
+            (:func:`chunk_items`).
         exclude_seen: ignore the user's history items (except the target itself).
 
     Returns:
@@ -124,7 +160,7 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     """
     size = targets.size(0)
     rows_total = weight.size(0)
-    chunk = max(1, min(chunk, rows_total, MAX_CHUNK))
+    chunk = min(chunk_items(chunk, size, rows_total), MAX_CHUNK)
     starts = _chunk_starts(rows_total, chunk)
     queries = hidden if size > 1 else hidden.expand(2, -1)  # (max(B, 2), d)
     block = hidden.new_empty(queries.size(0), chunk)  # (max(B, 2), C), reused by every product
@@ -138,7 +174,8 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     excluded = _PairsByItem(rows, items, starts, chunk)
 
     target_scores = _target_scores(queries, weight, targets, block) if len(starts) > 1 else None
-    below = torch.zeros(size, dtype=torch.float64, device=hidden.device)  # (B,) competitors below the target
+    # Each chunk's count of competitors below the target, written in place (exact: integers below 2**24).
+    below = block.new_empty(len(starts), size)  # (chunks, B)
     competitors = 0  # columns counted so far (the same for every user)
     done = 0  # item ids below this were counted by an earlier chunk
     for index, start in enumerate(starts):
@@ -151,12 +188,12 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         scores.lt_(threshold)  # (B, C) 1.0: below the target; 0.0: at or above it, or NaN
         pairs = excluded.of_chunk(index, start)
         if pairs is not None:
-            scores[pairs] = 1.0
+            scores.view(-1).index_fill_(0, pairs, 1.0)
         skip = max(done, 1) - start  # padding (id 0) and ids already counted: left out of the sum
-        below += (scores[:, skip:] if skip > 0 else scores).sum(dim=-1)  # (B,) exact: integers below 2**24
+        torch.sum(scores[:, skip:] if skip > 0 else scores, dim=-1, out=below[index])  # (B,)
         competitors += chunk - skip
         done = start + chunk
-    ranks = (competitors - below).to(torch.int64)  # (B,) competitors at or above the target
+    ranks = (competitors - below.sum(dim=0, dtype=torch.float64)).to(torch.int64)  # (B,) at or above the target
     return ranks, target_scores
 
 
@@ -242,7 +279,7 @@ def _group_size(chunk: int, k: int) -> int:
 
 
 def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None = None,
-               seen_items: Tensor | None = None, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+               seen_items: Tensor | None = None, chunk: int | str = "auto") -> tuple[Tensor, Tensor]:
     """The ``k`` best items of every row over the whole table, scored in chunks so memory stays bounded.
 
     The same result as ``(hidden @ weight.T)`` with column 0 and the seen pairs set to ``-inf``,
@@ -265,14 +302,14 @@ def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None 
         k: items per row (capped at ``I``).
         seen_rows: ``(S,)`` row of each excluded (row, item) pair.
         seen_items: ``(S,)`` item id of each excluded pair.
-        chunk: items scored at once.
+        chunk: items scored at once, or ``"auto"`` (:func:`chunk_items`).
 
     Returns:
         ``(B, k)`` scores and ``(B, k)`` int64 item ids, best first.
     """
     size, rows_total = hidden.size(0), weight.size(0)
     k = max(0, min(int(k), rows_total - 1))
-    chunk = max(1, min(chunk, rows_total))
+    chunk = chunk_items(chunk, size, rows_total)
     starts = _chunk_starts(rows_total, chunk)
     group = _group_size(chunk, k)
     best = _TopK(size, k, hidden)
@@ -296,7 +333,7 @@ def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None 
             block[:, :skip] = float("-inf")  # padding (id 0) and ids an earlier chunk covered
         pairs = None if excluded is None else excluded.of_chunk(index, start)
         if pairs is not None:
-            block[pairs] = float("-inf")
+            flat.index_fill_(0, pairs, float("-inf"))
         maxima = groups.amax(dim=1)  # (B, G) NaN where a group holds a NaN
         if index == 0 and k <= spread:
             # The k-th best group maximum: k items score at least that much, so the k-th best item

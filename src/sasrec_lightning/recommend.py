@@ -66,7 +66,7 @@ def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
 
 
 def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool,
-                  chunk_size: int = 4096) -> dict[str, Tensor]:
+                  chunk_size: int | str = "auto") -> dict[str, Tensor]:
     """``predict_step`` of a prediction batch: the top ``k`` internal ids per user (``-inf`` score = no item left).
 
     Args:
@@ -74,7 +74,7 @@ def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_see
         batch: ``input_ids (B, L)``, ``users (B,)`` and the seen pairs ``seen_rows``/``seen_items (S,)``.
         k: items per user.
         exclude_seen: mask the user's own items.
-        chunk_size: items scored at once (:func:`~sasrec_lightning.ranking.full_top_k`).
+        chunk_size: items scored at once, or ``"auto"`` (:func:`~sasrec_lightning.ranking.chunk_items`).
 
     Returns:
         ``{"users": (B,), "items": (B, k), "scores": (B, k)}``.
@@ -168,7 +168,7 @@ def _most_popular(popularity: Tensor | None, num_items: int, k: int) -> tuple[Te
 
 
 def _top_k_batch(encoder: SASRec, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int,
-                 exclude_seen: bool, chunk_size: int) -> tuple[Tensor, Tensor]:
+                 exclude_seen: bool, chunk_size: int | str) -> tuple[Tensor, Tensor]:
     """Encode one batch of CSR rows ``items[starts[b]:ends[b]]`` and take its top ``k``: ``(B, k)`` x 2 on CPU."""
     device = encoder.output_weight.device
     width = max(1, int(min(encoder.max_len, (ends - starts).max(initial=0))))
@@ -203,7 +203,7 @@ def recommend(
     popularity: Tensor | None = None,
     batch_size: int = 1024,
     strict: bool = False,
-    chunk_size: int = 4096,
+    chunk_size: int | str = "auto",
 ) -> Recommendations:
     """Recommend the top ``k`` items after each item sequence (oldest item first).
 
@@ -219,7 +219,7 @@ def recommend(
         strict: raise ``KeyError`` on an id not in the vocabulary instead of skipping it (with a
             warning). Either way ``Recommendations.fallback`` marks the sequences answered with the
             most-popular items.
-        chunk_size: items scored at once (:func:`~sasrec_lightning.ranking.full_top_k`).
+        chunk_size: items scored at once, or ``"auto"`` (:func:`~sasrec_lightning.ranking.chunk_items`).
 
     Returns:
         :class:`Recommendations`, one entry per input sequence, in input order.
