@@ -95,6 +95,8 @@ BAD_TYPES = [
     (["--trainer.max_epochs", "abc"], "--trainer.max_epochs: Expected a <class 'int'>"),
     (["--model.init_args.loss", "foo"],
      "--model.loss: Expected a typing.Literal['bce', 'gbce', 'bpr', 'sampled_softmax', 'ce']"),
+    (["--model.init_args.eval_chunk_size", "abc"], "--model.eval_chunk_size: Expected an int or 'auto'"),
+    (["--model.init_args.pooled_dropout", "abc"], "--model.pooled_dropout: Expected a bool or 'auto'"),
     (["--data.maxlen", "5"], "Option 'maxlen' is not accepted"),
     (["--no_such_option", "1"], "unrecognized arguments: --no_such_option 1"),
 ]

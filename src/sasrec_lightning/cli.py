@@ -71,10 +71,25 @@ def condensed_parse_error(message: str) -> str:
     if given and not any("Got value" in reason for reason in reasons) and not given[-1].startswith("NestedArg"):
         reasons.append(f"Got value: {given[-1]}")
     flag = ".".join(dict.fromkeys(key for _, key in keys))  # outer section, then the inner key
-    reason = " ".join(reasons) or " ".join(lines)
+    reason = _merged_expectations(" ".join(reasons) or " ".join(lines))
     if "Option '" in reason and "is not accepted" in reason:
         reason = re.sub(r" Got value: .*", "", reason)  # the whole section as given: noise next to the option
     return _explained(flag, reason, message)
+
+
+_EXPECTED = re.compile(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[([^\]]*)\])\.?")
+
+
+def _merged_expectations(reason: str) -> str:
+    """One "Expected ..." for a union: ``Expected a <class 'int'> Expected a typing.Literal['auto']`` ->
+    ``Expected an int or 'auto'``."""
+    found = list(_EXPECTED.finditer(reason))
+    if len(found) < 2:
+        return reason
+    kinds = list(dict.fromkeys(match.group(1) or match.group(2) for match in found))
+    merged = "Expected " + ("an " if kinds[0][0] in "aeiou" else "a ") + " or ".join(kinds)
+    rest = _EXPECTED.sub("", reason).strip()
+    return f"{merged}. {rest}" if rest else merged
 
 
 def _option_names(class_path: str) -> list[str]:
