@@ -70,22 +70,26 @@ class RowGradients(L.Callback):
 
 
 class GatheredEvaluation(L.Callback):
-    """Under FSDP2 (``ModelParallelStrategy``), gather the sharded encoder once for validation, test and predict.
+    """Under ``ModelParallelStrategy``, gather the sharded encoder once for validation, test and predict.
 
     Evaluation shards users unevenly (each counted once), so processes run different numbers of
     batches, and full ranking reads the whole output table outside a forward pass: both need the
-    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`). They are
-    resharded when the stage ends, before checkpoints are written. ``SASRecModule.configure_callbacks``
-    returns one when the model is sharded.
+    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`: FSDP2
+    units, or the tensor-parallel tables). They are resharded when the stage ends, before checkpoints
+    are written. ``SASRecModule.configure_callbacks`` returns one when the model is sharded.
     """
+
+    def __init__(self) -> None:
+        self.sharded_tables: dict = {}  # tensor-parallel table weights set aside while gathered
 
     def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_sharded(pl_module.model):
-            gather(pl_module.model)
+            self.sharded_tables = gather(pl_module.model)
 
     def _reshard(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_sharded(pl_module.model):
-            reshard(pl_module.model)
+            reshard(pl_module.model, self.sharded_tables)
+            self.sharded_tables = {}
 
     on_validation_start = on_test_start = on_predict_start = _gather
     on_validation_end = on_test_end = on_predict_end = _reshard
