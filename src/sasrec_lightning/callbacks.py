@@ -34,8 +34,9 @@ class RowGradients(L.Callback):
         enabled: ``True``, or ``"auto"``: only when the model trains on the CPU (on a GPU the dense
             gradient costs little and the plain path runs) and is not sharded.
 
-    Under a sharding strategy (FSDP) the table is a row shard that autograd fills through FSDP's own
-    gradient hooks, so the row-wise buffer cannot work: ``auto`` is off there, and ``True`` is an error.
+    Under a sharding strategy (FSDP, or tensor parallelism under ``ModelParallelStrategy``) the table is
+    a ``DTensor`` whose gradient the strategy owns, so the row-wise buffer cannot work: ``auto`` is off
+    there, and ``True`` is an error.
     """
 
     def __init__(self, enabled: bool | Literal["auto"] = "auto") -> None:
@@ -52,7 +53,8 @@ class RowGradients(L.Callback):
         if self.enabled is True and shards_parameters(trainer.strategy):
             raise OptionError(
                 f"--model.init_args.row_gradients true cannot be used with {type(trainer.strategy).__name__}: the "
-                "sharded item table's gradient is FSDP's to reduce; expected auto (off under sharding) or false"
+                "sharded item table's gradient is the strategy's (FSDP reduces it, tensor parallelism splits it); "
+                "expected auto (off under sharding) or false"
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
