@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import lightning as L
+    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.strategies import ModelParallelStrategy
     from sasrec_lightning import SASRecDataModule, SASRecModule
@@ -39,8 +40,18 @@ SCRIPT = textwrap.dedent(
     class Record(L.Callback):
         \"\"\"Per rank: each step's loss, and how much of the item table (and a row-wise buffer) the rank holds.\"\"\"
 
-        def __init__(self):
-            self.losses, self.table = [], None
+        def __init__(self, kind):
+            self.kind, self.losses, self.table, self.gradient = kind, [], None, None
+
+        def setup(self, trainer, module, stage):
+            if self.kind == "tp" and stage == "fit" and trainer.global_rank == 1:
+                torch.rand(3)  # rank 1's random state moves on after seeding (as any rank-dependent draw would)
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            grad = module.model.item_embedding.weight.grad
+            local = grad.to_local() if hasattr(grad, "to_local") else grad
+            self.gradient = {"kind": type(grad).__name__, "local_shape": list(local.shape),
+                             "placements": [repr(p) for p in getattr(grad, "placements", [])]}
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
@@ -49,29 +60,41 @@ SCRIPT = textwrap.dedent(
             self.table = {"kind": type(weight).__name__, "local_shape": list(local.shape),
                           "global_shape": list(weight.shape),
                           "row_sharded": [p.is_shard(0) for p in getattr(weight, "placements", [])],
+                          "placements": [repr(p) for p in getattr(weight, "placements", [])],
                           "row_gradients": module.model.item_embedding.row_gradient is not None}
 
 
     def main():
         data_path, out, kind = sys.argv[1:4]
-        L.seed_everything(3, verbose=False)
+        # Under tensor parallelism the processes are seeded differently on purpose: the replicated
+        # weights and the dropout masks must still be rank 0's (sharding.synchronize_replicas, share_random_state).
+        L.seed_everything(3 + (int(os.environ.get("LOCAL_RANK", 0)) if kind == "tp" else 0), verbose=False)
         data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, eval_batch_size=16, seed=3,
                                 print_statistics=False)
         model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
                              loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
+        devices = 1 if kind == "single" else 2
         if kind == "sharded":
             strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
                                              save_distributed_checkpoint=False)
-        else:
+        elif kind == "tp":
+            strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2,
+                                             save_distributed_checkpoint=False)
+        else:  # ddp, or single: one process under DDP, seeded (reset_seed) as the multi-process runs are
             strategy = "ddp"
-        record = Record()
+        record = Record(kind)
         checkpoint = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0)
-        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=6, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, callbacks=[record, checkpoint])
+        # One replica (tp, single): validation after steps 3 and 6, so training goes on after the
+        # table was gathered for evaluation and put back.
+        validation = dict(val_check_interval=3, limit_val_batches=2) if devices == 1 or kind == "tp" else \
+            dict(limit_val_batches=0)
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=6, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            callbacks=[record, checkpoint], **validation)
         trainer.fit(model, datamodule=data)
-        result = {"losses": record.losses, "table": record.table, "world_size": trainer.world_size}
-        if kind == "sharded":  # evaluation of the sharded model: uneven user shards, full ranking
+        result = {"losses": record.losses, "table": record.table, "gradient": record.gradient,
+                  "world_size": trainer.world_size}
+        if kind in ("sharded", "tp"):  # evaluation of the sharded model: uneven user shards, full ranking
             result["test"] = trainer.test(model, datamodule=data, ckpt_path=os.path.join(out, "ckpt", "last.ckpt"),
                                           verbose=False)[0]
         with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
@@ -84,7 +107,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(tmp_path, data_path, kind):
+def _run(tmp_path, data_path, kind, processes=2):
     out = tmp_path / kind
     out.mkdir()
     script = out / "run.py"
@@ -94,7 +117,7 @@ def _run(tmp_path, data_path, kind):
     result = subprocess.run([sys.executable, str(script), str(data_path), str(out), kind], cwd=out, env=env,
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, f"{kind} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(processes)]
     return ranks, out / "ckpt" / "last.ckpt"
 
 
@@ -141,6 +164,52 @@ def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
         assert sharded[0]["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
+def test_tensor_parallel_table_trains_like_one_process(synthetic_txt, tmp_path):
+    """``tensor_parallel_size`` 2, ``data_parallel_size`` 1: both processes train one model on the same batches.
+
+    The reference is one process (DDP with one device, seeded as the launched processes are). The two
+    tensor-parallel processes are seeded differently (3 and 4) and rank 1 draws extra random numbers
+    after seeding, so equal losses on both ranks also show that the replicated weights, the batches,
+    the loss's negatives (``sample_seed``) and the dropout masks (dropout 0.1) are rank 0's everywhere.
+    """
+    parallel, parallel_ckpt = _run(tmp_path, synthetic_txt, "tp")
+    single, single_ckpt = _run(tmp_path, synthetic_txt, "single", processes=1)
+    rows = SASRecDataModule(path=str(synthetic_txt), max_len=8, print_statistics=False).num_items + 1  # with padding
+
+    # Each rank holds only its half of the table (4 of the 8 columns of every row), and of its gradient.
+    for rank in parallel:
+        assert rank["table"]["kind"] == "DTensor" and rank["table"]["placements"] == ["Shard(dim=1)"]
+        assert rank["table"]["global_shape"] == [rows, 8] and rank["table"]["local_shape"] == [rows, 4]
+        assert rank["gradient"]["kind"] == "DTensor" and rank["gradient"]["placements"] == ["Shard(dim=1)"]
+        assert rank["gradient"]["local_shape"] == [rows, 4]
+        assert not rank["table"]["row_gradients"]
+    assert single[0]["table"]["local_shape"] == [rows, 8]
+
+    # Step for step, both ranks' losses equal the single process's (fp32 summation order only).
+    assert len(single[0]["losses"]) == 6
+    for rank in parallel:
+        assert rank["losses"] == pytest.approx(single[0]["losses"], rel=1e-5, abs=1e-6)
+
+    # The checkpoint holds the whole model: it loads in one process, equal to the single process's weights.
+    model = SASRecModule.load_from_checkpoint(parallel_ckpt, weights_only=True)
+    reference = torch.load(single_ckpt, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert set(state) == set(reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+    # Tested alone, that checkpoint gives the metrics the two processes computed together (table gathered once).
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+                            print_statistics=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    alone = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert set(alone) == set(parallel[0]["test"])
+    for rank in parallel:
+        for name, value in alone.items():
+            assert rank["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
 def test_row_gradients_true_is_refused_under_sharding():
     module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
     sharded = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
@@ -153,13 +222,24 @@ def test_row_gradients_true_is_refused_under_sharding():
 @pytest.mark.parametrize(("options", "message"), [
     ({"loss": "ce"}, r"--model.init_args.loss ce: .*use sampled_softmax, bce, gbce or bpr"),
     ({"l2_emb": 0.01}, r"--model.init_args.l2_emb 0.01: .*set l2_emb 0"),
-    ({"tensor_parallel_size": 2}, r"tensor_parallel_size 2: .*tensor_parallel_size 1 and data_parallel_size 4"),
+    ({"loss": "ce", "tensor_parallel_size": 4, "data_parallel_size": 1}, r"--model.init_args.loss ce: "),
+    ({"l2_emb": 0.5, "tensor_parallel_size": 4, "data_parallel_size": 1}, r"--model.init_args.l2_emb 0.5: "),
+    ({"tensor_parallel_size": 2, "data_parallel_size": 2},
+     r"tensor_parallel_size 2 with data_parallel_size 2: .*expected tensor_parallel_size 4 and data_parallel_size 1, "
+     r"or tensor_parallel_size 1 and data_parallel_size 4"),
+    ({"tensor_parallel_size": 4, "data_parallel_size": 1, "item_updates": "lazy"},
+     r"--model.init_args.item_updates lazy: .*use item_updates dense"),
+    ({"tensor_parallel_size": 4, "data_parallel_size": 1, "item_updates": "deferred"},
+     r"--model.init_args.item_updates deferred: "),
 ])
 def test_options_that_read_the_whole_table_are_refused_under_sharding(options, message):
-    settings = {"loss": "sampled_softmax", "l2_emb": 0.0, "tensor_parallel_size": 1, "world_size": 4, **options}
+    settings = {"loss": "sampled_softmax", "l2_emb": 0.0, "tensor_parallel_size": 1, "data_parallel_size": 4,
+                **options}
     with pytest.raises(OptionError, match=message):
         check_sharding_options(**settings)
-    check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combination passes
+    check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combinations pass
+    check_sharding_options("sampled_softmax", 0.0, 4, 1)
+    check_sharding_options("bce", 0.0, 1, 4, "lazy")  # FSDP2 as before
 
 
 @pytest.mark.slow
@@ -175,3 +255,33 @@ def test_cli_fit_and_test_with_the_fsdp_fragment_on_two_cpu_processes(synthetic_
         cwd=tmp_path,
     )
     assert result.stdout.count("test (sampled protocol)") == 1  # printed by rank 0 only
+
+
+@pytest.mark.slow
+def test_cli_fit_and_test_with_the_tp_fragment_on_two_cpu_processes(synthetic_txt, tmp_path):
+    """The documented command: ``-c configs/trainer/tp.yaml`` with the CPU overrides (fit, then test)."""
+    result = run_cli(
+        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "tp.yaml"),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32",
+         "--trainer.strategy.init_args.tensor_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path,
+    )
+    assert result.stdout.count("test (sampled protocol)") == 1  # printed by rank 0 only
+
+
+@pytest.mark.slow
+def test_cli_refuses_l2_emb_with_the_tp_fragment(synthetic_txt, tmp_path):
+    args = ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "tp.yaml"),
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32",
+            "--trainer.strategy.init_args.tensor_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
+            "--model.init_args.l2_emb", "0.01", "--trainer.default_root_dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: --model.init_args.l2_emb 0.01: the penalty reads the whole item table" in result.stderr
+    assert "Traceback" not in result.stderr

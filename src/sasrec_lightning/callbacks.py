@@ -34,8 +34,9 @@ class RowGradients(L.Callback):
         enabled: ``True``, or ``"auto"``: only when the model trains on the CPU (on a GPU the dense
             gradient costs little and the plain path runs) and is not sharded.
 
-    Under a sharding strategy (FSDP) the table is a row shard that autograd fills through FSDP's own
-    gradient hooks, so the row-wise buffer cannot work: ``auto`` is off there, and ``True`` is an error.
+    Under a sharding strategy (FSDP, or tensor parallelism under ``ModelParallelStrategy``) the table is
+    a ``DTensor`` whose gradient the strategy owns, so the row-wise buffer cannot work: ``auto`` is off
+    there, and ``True`` is an error.
     """
 
     def __init__(self, enabled: bool | Literal["auto"] = "auto") -> None:
@@ -52,7 +53,8 @@ class RowGradients(L.Callback):
         if self.enabled is True and shards_parameters(trainer.strategy):
             raise OptionError(
                 f"--model.init_args.row_gradients true cannot be used with {type(trainer.strategy).__name__}: the "
-                "sharded item table's gradient is FSDP's to reduce; expected auto (off under sharding) or false"
+                "sharded item table's gradient is the strategy's (FSDP reduces it, tensor parallelism splits it); "
+                "expected auto (off under sharding) or false"
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -70,22 +72,26 @@ class RowGradients(L.Callback):
 
 
 class GatheredEvaluation(L.Callback):
-    """Under FSDP2 (``ModelParallelStrategy``), gather the sharded encoder once for validation, test and predict.
+    """Under ``ModelParallelStrategy``, gather the sharded encoder once for validation, test and predict.
 
     Evaluation shards users unevenly (each counted once), so processes run different numbers of
     batches, and full ranking reads the whole output table outside a forward pass: both need the
-    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`). They are
-    resharded when the stage ends, before checkpoints are written. ``SASRecModule.configure_callbacks``
-    returns one when the model is sharded.
+    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`: FSDP2
+    units, or the tensor-parallel tables). They are resharded when the stage ends, before checkpoints
+    are written. ``SASRecModule.configure_callbacks`` returns one when the model is sharded.
     """
+
+    def __init__(self) -> None:
+        self.sharded_tables: dict = {}  # tensor-parallel table weights set aside while gathered
 
     def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_sharded(pl_module.model):
-            gather(pl_module.model)
+            self.sharded_tables = gather(pl_module.model)
 
     def _reshard(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_sharded(pl_module.model):
-            reshard(pl_module.model)
+            reshard(pl_module.model, self.sharded_tables)
+            self.sharded_tables = {}
 
     on_validation_start = on_test_start = on_predict_start = _gather
     on_validation_end = on_test_end = on_predict_end = _reshard

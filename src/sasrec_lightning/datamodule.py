@@ -339,14 +339,24 @@ class SASRecDataModule(L.LightningDataModule):
             )
 
     # ---------------------------------------------------------------------------- the loaders
-    def _world(self) -> tuple[int, int]:
+    def _world(self, train: bool = False) -> tuple[int, int]:
+        """``(replicas, this replica)`` that the batches are sharded over.
+
+        Training batches go to the data-parallel replicas the strategy names (its
+        ``distributed_sampler_kwargs``): under ``ModelParallelStrategy`` with tensor-parallel tables
+        (``tensor_parallel_size`` > 1) the processes of a tensor-parallel group train the same batch
+        together. Evaluation batches go to every process (each user once; the model is gathered).
+        """
         trainer = self.trainer
         if trainer is None:
             return 1, 0
+        sampler_kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if train else None
+        if sampler_kwargs:
+            return sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
         return trainer.world_size, trainer.global_rank
 
     def _loader(self, dataset, lengths: np.ndarray, batch_size: int, train: bool) -> DataLoader:
-        world_size, rank = self._world()
+        world_size, rank = self._world(train)
         sampler = UserBatchSampler(
             lengths, batch_size, shuffle=train, seed=self.hparams.seed, num_replicas=world_size, rank=rank,
             bucket=self.hparams.length_bucketing, even=train,
@@ -413,7 +423,7 @@ class SASRecDataModule(L.LightningDataModule):
         if getattr(self, "_item_counts", None) is None:
             self._item_counts = TrainBatches.item_counts(split)
         lengths = TrainBatches.sequence_lengths(split, hp.max_len)  # (N,)
-        world_size, rank = self._world()
+        world_size, rank = self._world(train=True)
         batches = len(UserBatchSampler(lengths, hp.batch_size, shuffle=True, num_replicas=world_size, rank=rank,
                                        even=True))  # per process, as the training loader has them
         return TrainingStatistics(self._item_counts, float(np.sum(lengths)) / max(batches * world_size, 1))

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from .dropout import MaskPool, PooledDropout, add_dropout, pooled
 from .row_grad import ItemEmbedding
@@ -271,8 +272,13 @@ class SASRec(nn.Module):
 
     @property
     def output_weight(self) -> Tensor:
-        """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding)."""
-        return (self.output_embedding or self.item_embedding).weight
+        """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding).
+
+        A tensor-parallel table (a ``DTensor``, ``sharding.shard_tables``) is returned whole:
+        no communication once it is gathered for evaluation (replicated), an all-gather otherwise.
+        """
+        weight = (self.output_embedding or self.item_embedding).weight
+        return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
     def item_vectors(self, item_ids: Tensor) -> Tensor:
         """Output-embedding rows of ``item_ids``: ``(...) -> (..., d)`` (row 0, padding, gets no gradient)."""

@@ -23,7 +23,15 @@ from .metrics import RankingMetrics
 from .options import check_item_updates, check_model_options
 from .ranking import full_ranks, sampled_ranks
 from .serving import ServingMixin
-from .sharding import check_sharding_options, is_sharded, shard_encoder
+from .sharding import (
+    check_sharding_options,
+    is_sharded,
+    parameter_groups,
+    shard_encoder,
+    shard_tables,
+    share_random_state,
+    synchronize_replicas,
+)
 
 __all__ = ["SASRecModule"]
 
@@ -234,19 +242,30 @@ class SASRecModule(ServingMixin, L.LightningModule):
         return ([] if off else [RowGradients(switch)]) + ([GatheredEvaluation()] if sharded else [])
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy`` shard the encoder with FSDP2, item tables by rows (``sharding.py``).
+        """Under ``ModelParallelStrategy`` shard the encoder's item tables (``sharding.py``).
 
+        ``tensor_parallel_size`` 1: FSDP2 over the data-parallel processes, tables split by rows
+        (``configs/trainer/fsdp.yaml``); ``tensor_parallel_size`` > 1 with ``data_parallel_size`` 1: the
+        tables split by columns with torch's ``ColwiseParallel`` and never gathered while training, the
+        rest replicated (``configs/trainer/tp.yaml``).
         A no-op under every other strategy, and once sharded (Lightning calls the hook for every stage).
-        The model has no tensor-parallel plan (``tensor_parallel_size`` must be 1), and ``loss: ce`` and
-        ``l2_emb``, which read the whole table outside its lookups, are refused (``OptionError``).
+        ``loss: ce`` and ``l2_emb``, which read the whole table outside its lookups, are refused
+        (``OptionError``), and so are both sizes above 1 and, with tensor-parallel tables, ``item_updates``
+        other than ``dense``.
         """
         if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
             return
         if is_sharded(self.model):
             return
         mesh = self.device_mesh
-        check_sharding_options(self.hparams.loss, self.hparams.l2_emb, mesh["tensor_parallel"].size(), mesh.size())
-        shard_encoder(self.model, mesh["data_parallel"])
+        tensor_parallel = mesh["tensor_parallel"]
+        check_sharding_options(self.hparams.loss, self.hparams.l2_emb, tensor_parallel.size(),
+                               mesh["data_parallel"].size(), self.hparams.get("item_updates", "dense"))
+        if tensor_parallel.size() > 1:
+            shard_tables(self.model, tensor_parallel)
+            synchronize_replicas(self.model, tensor_parallel)
+        else:
+            shard_encoder(self.model, mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
         # What the loss and `loss_normalization: epoch` need, from the data module's one public method.
@@ -257,6 +276,12 @@ class SASRecModule(ServingMixin, L.LightningModule):
                            "(SASRecDataModule); without one each batch's loss is the mean over its positions "
                            "(loss_normalization='batch').")
         self.loss_fn.setup(self.statistics)
+
+    def on_train_start(self) -> None:
+        if self._trainer is not None and _tensor_parallel(self.trainer.strategy):
+            # Every process of a tensor-parallel group computes the same step on its replica: the same
+            # dropout masks (rank 0's random state; a resumed run restored the saved one already).
+            share_random_state(self.trainer.strategy, self.device)
 
     def on_train_end(self) -> None:
         self._flush_item_updates()
@@ -286,8 +311,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
             # Fused Adam: one pass over each parameter instead of ~10 foreach kernels. The dense
             # item table dominates the parameters, so this is most of a CPU step's optimizer cost
             # (docs/performance.md); the update is the same Adam.
+            # One group per device mesh (sharding.parameter_groups): the fused kernel refuses a list that
+            # mixes tensor-parallel tables (DTensors) with plain tensors; otherwise one group, as before.
             optimizer = torch.optim.Adam(
-                self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                parameter_groups(self.parameters()), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                 weight_decay=self.hparams.weight_decay, fused=fused_adam_supported(self.parameters()) or None,
             )
         if self.lr_scheduler_factory is None:
@@ -343,3 +370,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self._load_item_ids(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming
             restore_rng_states(checkpoint, self.device)
+
+
+def _tensor_parallel(strategy) -> bool:
+    """Whether ``strategy`` splits the item tables by tensor parallelism (``ModelParallelStrategy``, size > 1)."""
+    return isinstance(strategy, ModelParallelStrategy) and strategy.device_mesh["tensor_parallel"].size() > 1

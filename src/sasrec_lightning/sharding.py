@@ -1,8 +1,9 @@
-"""The sharding plan: which parts of the :class:`~sasrec_lightning.encoder.SASRec` encoder FSDP2 shards.
+"""The sharding plans of the :class:`~sasrec_lightning.encoder.SASRec` encoder: FSDP2, or tensor-parallel item tables.
 
-Plain PyTorch (``torch.distributed.fsdp.fully_shard``); Lightning's ``ModelParallelStrategy`` calls
-it through ``SASRecModule.configure_model``. Past a few million items the item table is nearly all
-of the model (``(I + 1) x d`` against ``~12 d^2`` per block), so the plan is:
+Plain PyTorch (``torch.distributed.fsdp.fully_shard`` and ``torch.distributed.tensor.parallel``);
+Lightning's ``ModelParallelStrategy`` calls it through ``SASRecModule.configure_model``. Past a few
+million items the item table is nearly all of the model (``(I + 1) x d`` against ``~12 d^2`` per
+block). With ``tensor_parallel_size`` 1 (``configs/trainer/fsdp.yaml``) the plan is FSDP2:
 
 * each item table (the input table ``M``, and the output table when it is not shared) is its own
   FSDP unit. ``fully_shard`` splits a parameter along its first dimension, so rank ``r`` of ``N``
@@ -12,34 +13,69 @@ of the model (``(I + 1) x d`` against ``~12 d^2`` per block), so the plan is:
 * each self-attention block is a unit, so its gather overlaps the previous block's compute;
 * the encoder itself is the root unit for what is left (positional embedding, final LayerNorm).
 
+With ``tensor_parallel_size`` ``T`` > 1 and ``data_parallel_size`` 1 (``configs/trainer/tp.yaml``)
+the item tables are never gathered while training (:func:`shard_tables`): torch's
+``ColwiseParallel`` makes each table a ``DTensor`` split into ``T`` slices of its ``d`` columns; a
+lookup hands every process the same ids, each looks up its columns of those rows and the
+``(..., d / T)`` slices are all-gathered into ordinary ``(..., d)`` tensors. The backward pass of a
+lookup then stays local and gives each process the gradient of its own columns, so the table, its
+gradient and its Adam moments are ``1/T`` of their size on every process. (Splitting by rows with
+``RowwiseParallel`` keeps the weights and moments as row shards too, but torch computes its backward
+pass as a replicated, whole ``(I + 1, d)`` gradient on every process: measured with torch 2.13,
+``docs/scaling.md``.) The rest of the encoder is replicated and every process trains on the same
+batch with the same negatives and dropout masks (the data module shards batches by the
+data-parallel rank, :func:`synchronize_replicas` and :func:`share_random_state` align the initial
+weights and the random state), so the replicas compute the same steps: memory scales with ``T``,
+compute does not.
+
 The numbers (what is kept per device and what is gathered for a step) are in ``docs/scaling.md``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
+from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
 from .errors import OptionError
 
-__all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "gather", "reshard"]
+__all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "shard_tables", "synchronize_replicas",
+           "share_random_state", "parameter_groups", "gather", "reshard"]
 
 
-def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, world_size: int) -> None:
+def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, data_parallel_size: int,
+                           item_updates: str = "dense") -> None:
     """Refuse the options that read the whole item table outside its lookups, which a shard cannot serve.
 
     Args:
         loss: the model's ``loss``; ``ce`` multiplies every position with the whole output table.
         l2_emb: the model's ``l2_emb``; a penalty on the whole table, added after the forward pass.
-        tensor_parallel_size: ``ModelParallelStrategy``'s; the model has no tensor-parallel plan.
-        world_size: number of processes (for the message).
+        tensor_parallel_size: ``ModelParallelStrategy``'s; above 1 the tables are tensor-parallel.
+        data_parallel_size: ``ModelParallelStrategy``'s; must be 1 when ``tensor_parallel_size`` is not.
+        item_updates: the model's ``item_updates``; ``lazy`` and ``deferred`` read the rows of the whole
+            table's gradient, which a tensor-parallel table does not have.
     """
-    if tensor_parallel_size != 1:
+    processes = tensor_parallel_size * data_parallel_size
+    if tensor_parallel_size != 1 and data_parallel_size != 1:
         raise OptionError(
-            f"--trainer.strategy.init_args.tensor_parallel_size {tensor_parallel_size}: SASRec is sharded by FSDP2 "
-            f"only; expected tensor_parallel_size 1 and data_parallel_size {world_size} (the number of processes), "
-            "as configs/trainer/fsdp.yaml sets them"
+            f"--trainer.strategy.init_args.tensor_parallel_size {tensor_parallel_size} with data_parallel_size "
+            f"{data_parallel_size}: the item table is split over all processes by tensor parallelism "
+            "(data_parallel_size 1, configs/trainer/tp.yaml) or sharded by FSDP2 (tensor_parallel_size 1, "
+            f"configs/trainer/fsdp.yaml), not both; expected tensor_parallel_size {processes} and "
+            f"data_parallel_size 1, or tensor_parallel_size 1 and data_parallel_size {processes}"
+        )
+    if tensor_parallel_size != 1 and item_updates != "dense":
+        raise OptionError(
+            f"--model.init_args.item_updates {item_updates}: the row-sparse Adam reads the rows of the whole item "
+            "table's gradient, which a tensor-parallel table (tensor_parallel_size "
+            f"{tensor_parallel_size}) does not hold; use item_updates dense"
         )
     if loss == "ce":
         raise OptionError(
@@ -55,9 +91,14 @@ def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, 
         )
 
 
+def _tables(encoder: SASRec) -> list[nn.Embedding]:
+    """The item tables: the input table, and the output table when it is not shared."""
+    return [encoder.item_embedding] + ([encoder.output_embedding] if encoder.output_embedding is not None else [])
+
+
 def is_sharded(encoder: SASRec) -> bool:
-    """Whether :func:`shard_encoder` has already been applied (``configure_model`` runs once per stage)."""
-    return isinstance(encoder, FSDPModule)
+    """Whether a plan has already been applied (``configure_model`` runs once per stage)."""
+    return isinstance(encoder, FSDPModule) or isinstance(encoder.item_embedding.weight, DTensor)
 
 
 def shard_encoder(encoder: SASRec, mesh: DeviceMesh) -> None:
@@ -69,35 +110,121 @@ def shard_encoder(encoder: SASRec, mesh: DeviceMesh) -> None:
     """
     if mesh.ndim != 1:
         raise ValueError(f"shard_encoder needs a 1-D device mesh, got {mesh.ndim} dimensions ({mesh})")
-    tables = [encoder.item_embedding] + ([encoder.output_embedding] if encoder.output_embedding is not None else [])
-    for module in (*tables, *encoder.blocks):
+    for module in (*_tables(encoder), *encoder.blocks):
         fully_shard(module, mesh=mesh)
     fully_shard(encoder, mesh=mesh)
+
+
+def shard_tables(encoder: SASRec, mesh: DeviceMesh) -> None:
+    """Split each item table over a 1-D tensor-parallel ``mesh`` with torch's ``ColwiseParallel``, in place.
+
+    Process ``r`` of ``T`` keeps columns ``r * ceil(d / T)`` onward of every row (a ``DTensor``,
+    ``Shard(1)``), and so does the table's gradient: a lookup takes the same ids on every process
+    (``Replicate``), each looks up its columns and the slices are all-gathered into an ordinary
+    ``(..., d)`` tensor, so the rest of the encoder and the losses run unchanged; in the backward pass
+    each process keeps its columns of the output gradient and builds its ``(I + 1, d / T)`` slice of the
+    table's gradient without communication. ``ItemEmbedding``'s row-wise gradient path is off under
+    sharding (``RowGradients``), so a lookup is ``nn.Embedding``'s ``F.embedding`` on the ``DTensor``.
+
+    Not ``RowwiseParallel``: it splits the rows, but torch runs the backward pass of a row-wise lookup
+    on the replicated output gradient and ids, which gives every process the whole ``(I + 1, d)``
+    gradient (torch 2.13; ``docs/scaling.md``).
+
+    Args:
+        encoder: the model; every parameter outside the tables stays an ordinary, replicated tensor.
+        mesh: the tensor-parallel device mesh.
+    """
+    if mesh.ndim != 1:
+        raise ValueError(f"shard_tables needs a 1-D device mesh, got {mesh.ndim} dimensions ({mesh})")
+    names = ["item_embedding"] + (["output_embedding"] if encoder.output_embedding is not None else [])
+    plan = {name: ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()) for name in names}
+    parallelize_module(encoder, mesh, plan)
+
+
+def synchronize_replicas(encoder: SASRec, mesh: DeviceMesh) -> None:
+    """Copy the replicated parameters and buffers (all but the tensor-parallel tables) from the mesh's first process.
+
+    The processes of a tensor-parallel group train one model: its replicated part must start equal
+    everywhere (as DDP broadcasts rank 0's weights), also when the processes were not seeded alike.
+    Called after :func:`shard_tables` (whose ``distribute_tensor`` sends each process its slice of the
+    first process's tables), so only the small replicated part is sent.
+    """
+    group = mesh.get_group()
+    tensors = [tensor for tensor in (*encoder.parameters(), *encoder.buffers()) if not isinstance(tensor, DTensor)]
+    with torch.no_grad():
+        for tensor in tensors:  # on the mesh's device for the collective (NCCL: a GPU), back where it was
+            copy = tensor.detach().to(mesh.device_type)
+            torch.distributed.broadcast(copy, group=group, group_src=0)
+            tensor.copy_(copy)
+
+
+def share_random_state(strategy, device: torch.device) -> None:
+    """Give every process rank 0's torch (and CUDA) random state: the same dropout masks on every replica.
+
+    Args:
+        strategy: the Lightning strategy (its ``broadcast``).
+        device: the module's device (for the CUDA state).
+    """
+    state: dict = {}
+    save_rng_states(state, device)
+    restore_rng_states(strategy.broadcast(state, src=0), device)
+
+
+def parameter_groups(parameters: Iterable[Tensor]) -> list[dict]:
+    """``parameters`` as optimizer groups, one per device mesh (ordinary tensors in a group of their own).
+
+    Adam's fused and foreach kernels take one list of tensors per group, and the list may not mix
+    ``DTensor`` s with ordinary tensors (fused: "aten._fused_adam_.default got mixed torch.Tensor and
+    DTensor"), which tensor-parallel tables next to the replicated encoder would. Without ``DTensor`` s,
+    or with all of them on one mesh (FSDP2), this is one group, as before.
+    """
+    groups: dict[int | None, list[Tensor]] = {}
+    for parameter in parameters:
+        key = id(parameter.device_mesh) if isinstance(parameter, DTensor) else None
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params} for params in groups.values()]
 
 
 def _units(encoder: SASRec) -> list[FSDPModule]:
     return [module for module in encoder.modules() if isinstance(module, FSDPModule)]
 
 
-def gather(encoder: SASRec) -> None:
-    """All-gather every unit and keep it whole until :func:`reshard` (evaluation and prediction).
+def gather(encoder: SASRec) -> dict[str, nn.Parameter]:
+    """All-gather every unit (or tensor-parallel table) and keep it whole until :func:`reshard` (evaluation).
 
     Full ranking scores every item with the table itself (``encoder.output_weight``), outside any unit's
     forward pass, and evaluation shards are uneven (every user counted once), so a process may run
     more batches than another: with the parameters gathered once, no per-batch collective is left to
     wait for. Costs the full parameters on each device for the evaluation (``docs/scaling.md``).
+
+    A tensor-parallel table's weight is replaced by a replicated copy (``Replicate``: its lookups are
+    then local); the sharded parameter is returned, for :func:`reshard` to put back (the optimizer holds it).
     """
     for unit in _units(encoder):
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
+    sharded = {}
+    for name in ("item_embedding", "output_embedding"):
+        table = getattr(encoder, name)
+        weight = None if table is None or isinstance(encoder, FSDPModule) else table.weight
+        if isinstance(weight, DTensor) and not weight.placements[0].is_replicate():
+            sharded[name] = weight
+            table.weight = nn.Parameter(weight.detach().redistribute(placements=[Replicate()]), requires_grad=False)
+    return sharded
 
 
-def reshard(encoder: SASRec) -> None:
+def reshard(encoder: SASRec, sharded: dict[str, nn.Parameter] | None = None) -> None:
     """Undo :func:`gather`: back to row shards, gathered again for each forward pass.
 
     The root unit (positions, final LayerNorm) stays gathered from its forward to its backward pass,
     FSDP2's default for the root.
+
+    Args:
+        encoder: the model.
+        sharded: what :func:`gather` returned: the tensor-parallel table weights to put back.
     """
     for unit in _units(encoder):
         unit.reshard()
         unit.set_reshard_after_forward(unit is not encoder, recurse=False)
+    for name, weight in (sharded or {}).items():
+        getattr(encoder, name).weight = weight
