@@ -81,8 +81,10 @@ _EXPECTED = re.compile(r"Expected a (?:<class '(\w+)'>|typing\.Literal\[([^\]]*)
 
 
 def _merged_expectations(reason: str) -> str:
-    """One "Expected ..." for a union: ``Expected a <class 'int'> Expected a typing.Literal['auto']`` ->
-    ``Expected an int or 'auto'``."""
+    """One "Expected ..." for a union option, naming each accepted kind once.
+
+    ``Expected a <class 'int'> Expected a typing.Literal['auto']`` becomes ``Expected an int or 'auto'``.
+    """
     found = list(_EXPECTED.finditer(reason))
     if len(found) < 2:
         return reason
