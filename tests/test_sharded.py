@@ -143,25 +143,35 @@ def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
         assert sharded[rank]["losses"] == pytest.approx(replicated[rank]["losses"], rel=1e-5, abs=1e-6)
     assert sharded[0]["losses"] != sharded[1]["losses"]  # the ranks trained on different batches
 
-    # The checkpoint holds the full (gathered) state dict: it loads in one process, equal to DDP's weights.
-    model = SASRecModule.load_from_checkpoint(sharded_ckpt, weights_only=True)
-    reference = torch.load(replicated_ckpt, weights_only=True)["state_dict"]
+    # The checkpoint holds the full (gathered) state dict: it loads in one process, equal to DDP's weights,
+    # and tested alone it gives the metrics the two sharded processes computed together.
+    state = _checkpoint_alone(sharded_ckpt, replicated_ckpt, sharded[:1], synthetic_txt, tmp_path)
+    initial = SASRecModule(num_items=rows - 1, max_len=8, hidden_size=8, num_blocks=1)
+    assert not torch.allclose(state["model.item_embedding.weight"], initial.model.item_embedding.weight)
+
+
+def _checkpoint_alone(checkpoint, reference_checkpoint, ranks, synthetic_txt, tmp_path) -> dict:
+    """Load ``checkpoint`` in this one process: the reference run's weights, and each rank's test metrics.
+
+    Returns:
+        The loaded model's state dict.
+    """
+    model = SASRecModule.load_from_checkpoint(checkpoint, weights_only=True)
+    reference = torch.load(reference_checkpoint, weights_only=True)["state_dict"]
     state = model.state_dict()
     assert set(state) == set(reference)
     for name, value in reference.items():
         torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    initial = SASRecModule(num_items=rows - 1, max_len=8, hidden_size=8, num_blocks=1)
-    assert not torch.allclose(state["model.item_embedding.weight"], initial.model.item_embedding.weight)
-
-    # Tested alone, that checkpoint gives the metrics the two sharded processes computed together.
     data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
                             print_statistics=False)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     alone = trainer.test(model, datamodule=data, verbose=False)[0]
-    assert set(alone) == set(sharded[0]["test"])
-    for name, value in alone.items():
-        assert sharded[0]["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    for rank in ranks:
+        assert set(alone) == set(rank["test"])
+        for name, value in alone.items():
+            assert rank["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    return state
 
 
 def test_tensor_parallel_table_trains_like_one_process(synthetic_txt, tmp_path):
@@ -190,24 +200,9 @@ def test_tensor_parallel_table_trains_like_one_process(synthetic_txt, tmp_path):
     for rank in parallel:
         assert rank["losses"] == pytest.approx(single[0]["losses"], rel=1e-5, abs=1e-6)
 
-    # The checkpoint holds the whole model: it loads in one process, equal to the single process's weights.
-    model = SASRecModule.load_from_checkpoint(parallel_ckpt, weights_only=True)
-    reference = torch.load(single_ckpt, weights_only=True)["state_dict"]
-    state = model.state_dict()
-    assert set(state) == set(reference)
-    for name, value in reference.items():
-        torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
-
-    # Tested alone, that checkpoint gives the metrics the two processes computed together (table gathered once).
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                            print_statistics=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
-    alone = trainer.test(model, datamodule=data, verbose=False)[0]
-    assert set(alone) == set(parallel[0]["test"])
-    for rank in parallel:
-        for name, value in alone.items():
-            assert rank["test"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    # The checkpoint holds the whole model: it loads in one process, equal to the single process's weights,
+    # and tested alone it gives the metrics the two processes computed together (table gathered once).
+    _checkpoint_alone(parallel_ckpt, single_ckpt, parallel, synthetic_txt, tmp_path)
 
 
 def test_row_gradients_true_is_refused_under_sharding():
@@ -243,27 +238,15 @@ def test_options_that_read_the_whole_table_are_refused_under_sharding(options, m
 
 
 @pytest.mark.slow
-def test_cli_fit_and_test_with_the_fsdp_fragment_on_two_cpu_processes(synthetic_txt, tmp_path):
-    """The documented command: ``-c configs/trainer/fsdp.yaml`` with the CPU overrides (fit, then test)."""
+@pytest.mark.parametrize(("fragment", "flags"), [
+    ("fsdp.yaml", ["--trainer.strategy.init_args.data_parallel_size", "2"]),
+    ("tp.yaml", ["--trainer.precision", "32", "--trainer.strategy.init_args.tensor_parallel_size", "2"]),
+])
+def test_cli_fit_and_test_with_a_sharding_fragment_on_two_cpu_processes(synthetic_txt, tmp_path, fragment, flags):
+    """The documented commands: ``-c configs/trainer/<fragment>`` with the CPU overrides (fit, then test)."""
     result = run_cli(
-        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "fsdp.yaml"),
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-         "--trainer.strategy.init_args.data_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
-         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
-         "--trainer.default_root_dir", str(tmp_path)],
-        cwd=tmp_path,
-    )
-    assert result.stdout.count("test (sampled protocol)") == 1  # printed by rank 0 only
-
-
-@pytest.mark.slow
-def test_cli_fit_and_test_with_the_tp_fragment_on_two_cpu_processes(synthetic_txt, tmp_path):
-    """The documented command: ``-c configs/trainer/tp.yaml`` with the CPU overrides (fit, then test)."""
-    result = run_cli(
-        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "tp.yaml"),
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32",
-         "--trainer.strategy.init_args.tensor_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
+        ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / fragment),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", *flags, "--data.init_args.path", str(synthetic_txt),
          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
          "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
          "--trainer.default_root_dir", str(tmp_path)],
