@@ -19,7 +19,10 @@ __all__ = ["RowGradients", "GatheredEvaluation", "shards_parameters"]
 
 
 def shards_parameters(strategy: Strategy) -> bool:
-    """Whether ``strategy`` shards the parameters across processes (FSDP, or FSDP2 under ``ModelParallelStrategy``)."""
+    """Whether ``strategy`` shards the parameters across processes (FSDP, or ``ModelParallelStrategy``).
+
+    Under ``ModelParallelStrategy`` that is FSDP2 or the tensor-parallel item tables (``sharding.py``).
+    """
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 

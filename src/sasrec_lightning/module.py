@@ -110,9 +110,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
         exclude_seen: under full ranking, ignore items from the user's history (except the target).
         top_k: cut-offs for HR@K and NDCG@K.
         eval_chunk_size: items scored at once under full ranking and by ``predict`` / ``recommend``
-            (bounds memory to one users x items block). ``auto``: a block of about 4M scores (16 MB),
-            the catalogue split into chunks of equal width (:func:`~sasrec_lightning.ranking.chunk_items`;
-            16384 items at 256 users and a million items, docs/performance.md); or a number of items.
+            (bounds memory to one users x items block). ``auto``: a block of about 2M scores (8 MB) and
+            at least 4096 items, the catalogue split into chunks of equal width
+            (:func:`~sasrec_lightning.ranking.chunk_items`; 8192 items at 256 users and a million items,
+            docs/performance.md); or a number of items.
         pooled_dropout: CPU speed-up: a training pass's dropout masks from one pool of cheap random bits
             (``dropout.py``); ``auto``: on CPU only; ``false``: ``nn.Dropout`` and SDPA's dropout.
         row_gradients: CPU speed-up: item-table gradients filled and cleared row by row while training

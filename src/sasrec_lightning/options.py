@@ -16,12 +16,12 @@ from .errors import OptionError
 __all__ = ["at_least", "in_range", "check_model_options", "check_item_updates", "check_data_options"]
 
 
-def at_least(section: str, name: str, value, minimum: int, optional: bool = False) -> None:
-    """``value >= minimum`` (an integer), or ``None`` when ``optional``."""
-    if optional and value is None:
+def at_least(section: str, name: str, value, minimum: int, optional: bool = False, auto: bool = False) -> None:
+    """``value >= minimum`` (an integer), or ``None`` when ``optional``, or ``"auto"`` when ``auto``."""
+    if (optional and value is None) or (auto and value == "auto"):
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" (or empty)" if optional else "")
+        allowed = ("'auto' or " if auto else "") + f"an integer >= {minimum}" + (" (or empty)" if optional else "")
         raise OptionError(f"--{section}.{name} {value!r}: expected {allowed}")
 
 
@@ -69,10 +69,7 @@ def check_model_options(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in top_k):
         raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "
                           "non-empty list of cut-offs, each an integer >= 1 (e.g. [1, 5, 10])")
-    if eval_chunk_size != "auto" and (isinstance(eval_chunk_size, bool) or not isinstance(eval_chunk_size, int)
-                                      or eval_chunk_size < 1):
-        raise OptionError(f"--{section}.eval_chunk_size {eval_chunk_size!r}: expected 'auto' or an integer >= 1 "
-                          "(items scored at once under full ranking and by predict)")
+    at_least(section, "eval_chunk_size", eval_chunk_size, 1, auto=True)
 
 
 def check_item_updates(item_updates: str, l2_emb: float, optimizer, betas: Sequence[float]) -> None:

@@ -7,8 +7,8 @@ A rank-based metric is added there; how a rank is computed lives here. ``predict
 ``recommend`` take their top-k lists from :func:`full_top_k`.
 
 Full ranking and top-k score the catalogue one ``(B, d) x (d, C)`` product at a time into one
-reused ``(B, C)`` block, and whatever follows each product reads that block once or twice while it
-is still in the cache, so both run close to the speed of the products themselves
+reused ``(B, C)`` block, and whatever follows each product reads that block once or twice right
+after it (no fresh allocation, no users x items matrix), so both run close to the speed of the products
 (docs/performance.md, "Full ranking and predict at a million items"): counting is an in-place
 comparison and a row sum; top-k compares group maxima of the block with the running k-th best
 score and looks closer only at the few groups above it.
@@ -137,8 +137,8 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     rows at least: a one-row product runs as a matrix-vector product, which rounds columns
     differently (measured on CPU).
 
-    Each chunk is one product into a reused ``(B, C)`` block, then two passes over it while it is
-    in the cache: ``block.lt_(target)`` (in place: 1.0 where an item scores strictly below the
+    Each chunk is one product into a reused ``(B, C)`` block, then two passes over it:
+    ``block.lt_(target)`` (in place: 1.0 where an item scores strictly below the
     target; a NaN item or a non-finite target, mapped to NaN, compares false and so counts against
     the target, the rule of :func:`~sasrec_lightning.metrics.beats_target`) and a row sum. Items
     that are no competitors (the target itself, seen items, the padding id, ids an earlier chunk
