@@ -9,6 +9,7 @@ embedding backward against the row-wise one), ~1e-7 relative per step.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -24,8 +25,8 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from conftest import REPO, run_cli
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.callbacks import RowGradients
-from sasrec_lightning.errors import OptionError
-from sasrec_lightning.sharding import check_sharding_options
+from sasrec_lightning.errors import CheckpointError, OptionError
+from sasrec_lightning.sharding import check_sharding_options, regroup_optimizer_state
 
 SCRIPT = textwrap.dedent(
     """
@@ -203,6 +204,77 @@ def test_tensor_parallel_table_trains_like_one_process(synthetic_txt, tmp_path):
     # The checkpoint holds the whole model: it loads in one process, equal to the single process's weights,
     # and tested alone it gives the metrics the two processes computed together (table gathered once).
     _checkpoint_alone(parallel_ckpt, single_ckpt, parallel, synthetic_txt, tmp_path)
+
+    # Training resumes from it in one process: Adam's two groups (tables, the rest) become the one
+    # group of this run with every moment in place, and two more steps give the single run's weights.
+    resumed, restored = _resume_alone(parallel_ckpt, synthetic_txt, tmp_path / "resume_tp")
+    saved = torch.load(parallel_ckpt, weights_only=True)["optimizer_states"][0]
+    assert len(saved["param_groups"]) == 2 and len(restored["param_groups"]) == 1
+    for index, moments in saved["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(restored["state"][index][name], moments[name], rtol=0, atol=0)
+    reference, _ = _resume_alone(single_ckpt, synthetic_txt, tmp_path / "resume_single")
+    for name, value in reference.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _resume_alone(checkpoint, synthetic_txt, root) -> tuple[dict, dict]:
+    """Resume ``fit`` from ``checkpoint`` in this process for 2 more steps.
+
+    Returns:
+        The model's state dict at the end and the optimizer's state dict as restored (before any step).
+    """
+
+    class Restored(L.Callback):
+        def on_train_start(self, trainer, module):
+            self.state = copy.deepcopy(trainer.optimizers[0].state_dict())  # its tensors are updated in place
+
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+                            print_statistics=False)
+    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
+                         loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
+    restored = Restored()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        callbacks=[restored], default_root_dir=root)
+    trainer.fit(model, datamodule=data, ckpt_path=checkpoint)
+    assert trainer.global_step == 8
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}, restored.state
+
+
+def _adam_state(parameters, groups, lrs):
+    """One Adam step over ``parameters`` in ``groups`` (indexes) with learning rates ``lrs``: its state dict."""
+    optimizer = torch.optim.Adam([{"params": [parameters[i] for i in group], "lr": lr}
+                                  for group, lr in zip(groups, lrs, strict=True)])
+    sum((parameter**2).sum() for parameter in parameters).backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def test_regroup_optimizer_state_rebuilds_the_groups_and_keeps_every_moment():
+    parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2)),
+                  torch.nn.Parameter(torch.randn(4))]
+    saved = _adam_state(parameters, [[0], [1, 2]], [0.01, 0.01])  # a tensor-parallel run's layout
+    regrouped = regroup_optimizer_state(saved, parameters)
+    assert [group["params"] for group in regrouped["param_groups"]] == [[0, 1, 2]]
+    assert regrouped["param_groups"][0]["lr"] == 0.01
+    optimizer = torch.optim.Adam(parameters, lr=0.5)
+    optimizer.load_state_dict(regrouped)
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    for index, parameter in enumerate(parameters):
+        torch.testing.assert_close(optimizer.state[parameter]["exp_avg"], saved["state"][index]["exp_avg"])
+
+    same = _adam_state(parameters, [[0, 1, 2]], [0.01])
+    assert regroup_optimizer_state(same, parameters) is same  # already this run's groups
+    foreign = _adam_state(parameters[:2], [[0, 1]], [0.01])  # a custom optimizer over some parameters
+    assert regroup_optimizer_state(foreign, parameters) is foreign
+
+
+def test_regroup_optimizer_state_refuses_groups_with_different_settings():
+    parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2))]
+    saved = _adam_state(parameters, [[0], [1]], [0.01, 0.02])
+    with pytest.raises(CheckpointError, match=r"2 parameter groups with different lr, and this run puts its .* in 1"):
+        regroup_optimizer_state(saved, parameters)
 
 
 def test_row_gradients_true_is_refused_under_sharding():

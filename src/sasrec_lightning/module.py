@@ -17,6 +17,7 @@ from .batches import TrainingStatistics
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
+from .errors import CheckpointError
 from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
@@ -27,6 +28,7 @@ from .sharding import (
     check_sharding_options,
     is_sharded,
     parameter_groups,
+    regroup_optimizer_state,
     shard_encoder,
     shard_tables,
     share_random_state,
@@ -371,6 +373,14 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self._load_item_ids(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming
             restore_rng_states(checkpoint, self.device)
+            states = checkpoint.get("optimizer_states")
+            if states and self.optimizer_factory is None and self.hparams.get("item_updates", "dense") == "dense":
+                # A tensor-parallel run's two Adam groups (or one run's single group, the other way)
+                # for the groups of this run's optimizer, which Lightning loads after this hook.
+                try:
+                    states[0] = regroup_optimizer_state(states[0], self.parameters())
+                except CheckpointError as error:
+                    raise CheckpointError(f"--ckpt_path {self.trainer.ckpt_path}: {error}") from None
 
 
 def _tensor_parallel(strategy) -> bool:

@@ -44,10 +44,10 @@ from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_modul
 
 from .checkpoints import restore_rng_states, save_rng_states
 from .encoder import SASRec
-from .errors import OptionError
+from .errors import CheckpointError, OptionError
 
 __all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "shard_tables", "synchronize_replicas",
-           "share_random_state", "parameter_groups", "gather", "reshard"]
+           "share_random_state", "parameter_groups", "regroup_optimizer_state", "gather", "reshard"]
 
 
 def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, data_parallel_size: int,
@@ -183,6 +183,57 @@ def parameter_groups(parameters: Iterable[Tensor]) -> list[dict]:
         key = id(parameter.device_mesh) if isinstance(parameter, DTensor) else None
         groups.setdefault(key, []).append(parameter)
     return [{"params": params} for params in groups.values()]
+
+
+def regroup_optimizer_state(state_dict: dict, parameters: Iterable[Tensor]) -> dict:
+    """A saved Adam state with its parameter groups laid out as :func:`parameter_groups` lays out ``parameters``.
+
+    A tensor-parallel run saves two groups (the split tables, then the rest), one process or DDP
+    one; ``torch.optim.Optimizer.load_state_dict`` refuses a different number of groups, so without
+    this a tensor-parallel checkpoint could not resume in one process. Both save parameter ids in the
+    order of ``module.parameters()`` (Lightning's ``ModelParallelStrategy`` re-keys its full state dict
+    that way; a single group of ``parameters()`` numbers them so), so the per-parameter state stays
+    as it is and only the groups are rebuilt. The state comes back unchanged when the groups already
+    match or hold other ids (a custom optimizer's: its own ``load_state_dict`` decides).
+
+    Args:
+        state_dict: ``optimizer.state_dict()`` as saved (``state`` and ``param_groups``).
+        parameters: the module's parameters, in ``module.parameters()`` order.
+
+    Returns:
+        The state dict with the groups of this run (a new dict; ``state`` is shared).
+
+    Raises:
+        CheckpointError: the saved groups differ in a setting (``lr``, ``betas``, ...), so one setting
+            per new group cannot be chosen.
+    """
+    parameters = list(parameters)
+    index = {id(parameter): position for position, parameter in enumerate(parameters)}
+    layout = [[index[id(parameter)] for parameter in group["params"]] for group in parameter_groups(parameters)]
+    saved = state_dict.get("param_groups", [])
+    if [group["params"] for group in saved] == layout:
+        return state_dict
+    if sorted(i for group in saved for i in group["params"]) != list(range(len(parameters))):
+        return state_dict
+    settings = [_plain({key: value for key, value in group.items() if key != "params"}) for group in saved]
+    if any(setting != settings[0] for setting in settings[1:]):
+        differing = sorted(key for key in settings[0] if any(s.get(key) != settings[0][key] for s in settings[1:]))
+        raise CheckpointError(
+            f"the checkpoint's optimizer has {len(saved)} parameter groups with different {', '.join(differing)}, "
+            f"and this run puts its parameters in {len(layout)} group(s): resume with the strategy that wrote it "
+            "(the same tensor_parallel_size)"
+        )
+    first = {key: value for key, value in saved[0].items() if key != "params"}
+    return {**state_dict, "param_groups": [{**first, "params": group} for group in layout]}
+
+
+def _plain(value):
+    """Tuples as lists, recursively (a saved state's ``betas`` is a tuple or, after a round trip, a list)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _units(encoder: SASRec) -> list[FSDPModule]:
