@@ -7,9 +7,15 @@ import math
 import pytest
 import torch
 
-from sasrec_lightning import SASRec
+from sasrec_lightning import SASRec, fused_sampled
 from sasrec_lightning.chunked_ce import Workspace
-from sasrec_lightning.fused_sampled import SharedNegatives, accidental_hits, fused_gbce, fused_sampled_softmax
+from sasrec_lightning.fused_sampled import (
+    SharedNegatives,
+    accidental_hits,
+    distinct_ids,
+    fused_gbce,
+    fused_sampled_softmax,
+)
 from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss, gbce_beta, gbce_shared_loss, sampled_softmax_loss
 
 NUM_ITEMS = 12  # few items: many accidental hits
@@ -50,6 +56,13 @@ def gradients(loss_fn, model, hidden):
     return loss.detach(), hidden.grad, model.item_embedding.weight.grad.clone()
 
 
+def assert_like_written_out(fused_fn, plain_fn, model, hidden):
+    """The fused loss's value and gradients (hidden states, item table) equal the written-out loss's (float64)."""
+    fused, plain = gradients(fused_fn, model, hidden), gradients(plain_fn, model, hidden)
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("per_sequence", [False, True])
 @pytest.mark.parametrize("with_log_q", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -58,10 +71,8 @@ def test_sampled_softmax_matches_the_written_out_loss(per_sequence, with_log_q, 
     hidden, targets, rows, shared = case(seed, per_sequence=per_sequence)
     log_q = log_q_of(seed) if with_log_q else None
     workspace = Workspace()
-    fused = gradients(lambda m, h: fused_sampled_softmax(m, h, targets, shared, log_q, rows, workspace), model, hidden)
-    plain = gradients(lambda m, h: sampled_softmax_loss(m, h, targets, shared, log_q, rows), model, hidden)
-    for got, want in zip(fused, plain, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_like_written_out(lambda m, h: fused_sampled_softmax(m, h, targets, shared, log_q, rows, workspace),
+                            lambda m, h: sampled_softmax_loss(m, h, targets, shared, log_q, rows), model, hidden)
 
 
 def test_sampled_softmax_against_a_per_position_formula():
@@ -86,10 +97,8 @@ def test_gbce_matches_the_written_out_loss(per_sequence, seed):
     model = encoder(seed)
     hidden, targets, rows, shared = case(seed, per_sequence=per_sequence)
     beta = gbce_beta(shared.size(-1), NUM_ITEMS, 0.75)
-    fused = gradients(lambda m, h: fused_gbce(m, h, targets, shared, beta, rows, Workspace()), model, hidden)
-    plain = gradients(lambda m, h: gbce_shared_loss(m, h, targets, shared, beta, rows), model, hidden)
-    for got, want in zip(fused, plain, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_like_written_out(lambda m, h: fused_gbce(m, h, targets, shared, beta, rows, Workspace()),
+                            lambda m, h: gbce_shared_loss(m, h, targets, shared, beta, rows), model, hidden)
 
 
 def test_gbce_shared_against_a_per_position_formula():
@@ -151,6 +160,53 @@ def test_the_logit_block_is_reused_and_handed_back():
         assert block is not None and not workspace._lent
     loss = fused_sampled_softmax(model, hidden, targets, shared, None, rows, workspace)
     assert workspace._block is block  # the same buffer every step
+
+
+@pytest.mark.parametrize("table_rows", [13, 40])
+def test_distinct_ids_are_those_of_torch_unique(table_rows):
+    ids = torch.randint(0, 13, (30,), generator=torch.Generator().manual_seed(4))
+    ids[:3] = torch.tensor([12, 0, 12])  # the first and last row, and a repeat
+    got, want = distinct_ids(ids, table_rows), torch.unique(ids, sorted=True, return_inverse=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+@pytest.mark.parametrize("num_negatives", [9, 2])  # 5 x 9 cells >= 13 table rows: distinct items; 5 x 2: every cell
+def test_per_sequence_negatives_sum_their_gradient_over_slices_of_sequences(monkeypatch, loss, num_negatives):
+    """Each distinct item is looked up once and its gradient summed over its cells, a slice of sequences at a time."""
+    monkeypatch.setattr(fused_sampled, "_GRID_SLICE", 1)  # one sequence per slice
+    model = encoder(6)
+    hidden, targets, rows, shared = case(6, positions_per_row=(3, 0, 5, 1, 2), num_negatives=num_negatives,
+                                         per_sequence=True)
+    distinct = SharedNegatives(shared, rows, NUM_ITEMS + 1).inverse is not None
+    assert distinct == (num_negatives == 9)
+    beta = gbce_beta(num_negatives, NUM_ITEMS, 0.75)
+    if loss == "gbce":
+        assert_like_written_out(lambda m, h: fused_gbce(m, h, targets, shared, beta, rows, Workspace(), Workspace()),
+                                lambda m, h: gbce_shared_loss(m, h, targets, shared, beta, rows), model, hidden)
+    else:
+        assert_like_written_out(
+            lambda m, h: fused_sampled_softmax(m, h, targets, shared, None, rows, Workspace(), Workspace()),
+            lambda m, h: sampled_softmax_loss(m, h, targets, shared, None, rows), model, hidden)
+
+
+def test_the_per_sequence_grid_is_reused_and_a_retained_graph_runs_again():
+    model = encoder(0)
+    hidden, targets, rows, shared = case(0, per_sequence=True)
+    block, grid = Workspace(), Workspace()
+    for _ in range(2):
+        loss = fused_sampled_softmax(model, hidden.clone().requires_grad_(True), targets, shared, None, rows, block,
+                                     grid)
+        loss.backward()
+        kept = grid._block
+        assert kept is not None and not grid._lent
+    h = hidden.clone().requires_grad_(True)
+    loss = fused_sampled_softmax(model, h, targets, shared, None, rows, block, grid)
+    assert grid._block is kept  # the same buffer every step
+    loss.backward(retain_graph=True)
+    once = h.grad.clone()
+    loss.backward()  # the grid's vectors are still there: the same gradient again
+    torch.testing.assert_close(h.grad, 2 * once)
 
 
 def test_a_retained_graph_is_not_run_backward_on_an_overwritten_block():

@@ -356,6 +356,7 @@ class GBCELoss(Loss):
         self.fused = fused
         self.needs_negatives = shared_negatives == 0  # with shared negatives the loss draws its own
         self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
+        self.grid_workspace = Workspace()  # per sequence: the (B, M, d) negative vectors, reused too
 
     @classmethod
     def from_options(cls, num_items: int, options: Mapping[str, Any]) -> GBCELoss:
@@ -364,6 +365,7 @@ class GBCELoss(Loss):
 
     def release_memory(self) -> None:
         self.workspace.clear()
+        self.grid_workspace.clear()
 
     def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
@@ -373,7 +375,7 @@ class GBCELoss(Loss):
                                device=targets.device, generator=generator)
         beta = gbce_beta(self.shared_negatives, self.num_items, self.t)
         if self.fused:
-            return fused_gbce(encoder, hidden, targets, shared, beta, rows, self.workspace)
+            return fused_gbce(encoder, hidden, targets, shared, beta, rows, self.workspace, self.grid_workspace)
         return gbce_shared_loss(encoder, hidden, targets, shared, beta, rows)
 
 
@@ -436,6 +438,7 @@ class SampledSoftmaxLoss(Loss):
         self.sharing = sharing
         self.fused = fused
         self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
+        self.grid_workspace = Workspace()  # per sequence: the (B, M, d) negative vectors, reused too
         # Training target frequency of every item id (row 0 unused); uniform until set_frequencies.
         counts = torch.ones(num_items + 1, dtype=torch.float64)
         counts[0] = 0
@@ -449,8 +452,9 @@ class SampledSoftmaxLoss(Loss):
                    options.get("negative_sharing", "batch"), options.get("fused_loss", True))
 
     def release_memory(self) -> None:
-        """Let go of the kept logit block (``positions x negatives`` floats) until the next step."""
+        """Let go of the kept logit block (``positions x negatives`` floats) and negative grid until the next step."""
         self.workspace.clear()
+        self.grid_workspace.clear()
 
     def setup(self, statistics: TrainingStatistics | None) -> None:
         """Popularity and in-batch sampling: the training target counts (``statistics.item_counts``)."""
@@ -522,7 +526,7 @@ class SampledSoftmaxLoss(Loss):
             # Under uniform sampling log Q is the same for every item and cancels: no pass over the block.
             correct = self.logq_correction and self.sampling != "uniform"
             return fused_sampled_softmax(encoder, hidden, targets, shared, log_q if correct else None, rows,
-                                         self.workspace)
+                                         self.workspace, self.grid_workspace)
         return sampled_softmax_loss(encoder, hidden, targets, shared,
                                     log_q if self.logq_correction else None, rows)
 
