@@ -312,7 +312,10 @@ def test_options_that_read_the_whole_table_are_refused_under_sharding(options, m
 @pytest.mark.slow
 @pytest.mark.parametrize(("fragment", "flags"), [
     ("fsdp.yaml", ["--trainer.strategy.init_args.data_parallel_size", "2"]),
-    ("tp.yaml", ["--trainer.precision", "32", "--trainer.strategy.init_args.tensor_parallel_size", "2"]),
+    # A custom optimizer too: its foreach kernels refuse a group mixing the split tables with plain tensors.
+    ("tp.yaml", ["--trainer.precision", "32", "--trainer.strategy.init_args.tensor_parallel_size", "2",
+                 "--model.init_args.optimizer", "torch.optim.AdamW", "--model.init_args.optimizer.init_args.foreach",
+                 "true"]),
 ])
 def test_cli_fit_and_test_with_a_sharding_fragment_on_two_cpu_processes(synthetic_txt, tmp_path, fragment, flags):
     """The documented commands: ``-c configs/trainer/<fragment>`` with the CPU overrides (fit, then test)."""

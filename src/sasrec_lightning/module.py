@@ -306,7 +306,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
 
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(self.parameters())
+            # Tensor-parallel tables get a group of their own, as for Adam below: foreach and fused
+            # kernels refuse a list mixing DTensors with plain tensors. Otherwise the parameters as before.
+            groups = parameter_groups(self.parameters())
+            optimizer = self.optimizer_factory(groups if len(groups) > 1 else self.parameters())
         elif self.hparams.get("item_updates", "dense") in ("lazy", "deferred"):  # older checkpoints: dense
             optimizer = item_table_lazy_adam(self, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay,
                                              catch_up=self.hparams.item_updates == "deferred")
@@ -374,9 +377,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
         if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming
             restore_rng_states(checkpoint, self.device)
             states = checkpoint.get("optimizer_states")
-            if states and self.optimizer_factory is None and self.hparams.get("item_updates", "dense") == "dense":
-                # A tensor-parallel run's two Adam groups (or one run's single group, the other way)
-                # for the groups of this run's optimizer, which Lightning loads after this hook.
+            row_sparse = self.optimizer_factory is None and self.hparams.get("item_updates", "dense") != "dense"
+            if states and not row_sparse:  # (LazyAdam's groups never depend on the strategy)
+                # A tensor-parallel run's two optimizer groups (or one run's single group, the other
+                # way) for the groups of this run's optimizer, which Lightning loads after this hook.
                 try:
                     states[0] = regroup_optimizer_state(states[0], self.parameters())
                 except CheckpointError as error:
