@@ -55,6 +55,8 @@ class SharedNegatives:
     Args:
         ids: ``(M,)`` negatives of the batch, or ``(B, M)`` of each sequence.
         rows: ``(N,)`` sequence of each position, non-decreasing (needed for ``(B, M)`` ids).
+        table_rows: rows of the item table (``num_items + 1``); per sequence, at most ``B * M`` of
+            them means each distinct item is looked up once (``lookup``, ``inverse``), ``None`` never.
     """
 
     def __init__(self, ids: Tensor, rows: Tensor | None = None, table_rows: int | None = None) -> None:
