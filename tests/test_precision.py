@@ -21,12 +21,14 @@ class RecordLoss(L.Callback):
         self.losses.append(outputs["loss"].detach())
 
 
-@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "ce"])
-def test_bf16_mixed_trains_finite_with_fp32_loss_and_metrics(synthetic_txt, loss):
+@pytest.mark.parametrize(("loss", "sharing"), [("bce", "batch"), ("sampled_softmax", "batch"),
+                                              ("sampled_softmax", "sequence"), ("ce", "batch")])
+def test_bf16_mixed_trains_finite_with_fp32_loss_and_metrics(synthetic_txt, loss, sharing):
     L.seed_everything(0, verbose=False)
     data = SASRecDataModule(path=str(synthetic_txt), max_len=12, batch_size=16, print_statistics=False)
     model = SASRecModule(num_items=data.num_items, max_len=12, hidden_size=16, num_blocks=2, num_heads=2,
-                         dropout=0.2, loss=loss, sampled_negatives=20, lr=0.01, eval_protocol="full")
+                         dropout=0.2, loss=loss, sampled_negatives=20, negative_sharing=sharing, lr=0.01,
+                         eval_protocol="full")
     record = RecordLoss()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
