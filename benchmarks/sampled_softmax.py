@@ -5,6 +5,8 @@
     # whole training steps through Lightning's Trainer on synthetic users (40,000 x 25 actions)
     python benchmarks/sampled_softmax.py train --items 54542 --loss bce
     python benchmarks/sampled_softmax.py train --items 1000000 --loss sampled_softmax --option item_updates=lazy
+    # the same under DDP: 2 CPU processes (gloo), one thread each; sequences/s counts both processes
+    OMP_NUM_THREADS=1 python benchmarks/sampled_softmax.py train --devices 2 --threads 1 --items 1000000
 
 ``loss`` alternates the cases (products, fused, plain) ``--repeat`` times in one process and prints
 the medians; ``train`` runs one configuration per process (run it alternated from a shell loop to
@@ -142,14 +144,17 @@ def bench_train(args) -> dict:
     options.update({key: parse_value(value) for key, value in (o.split("=", 1) for o in args.option)})
     model = SASRecModule(**options)
     timer = throughput_callback(args.warmup)
+    processes = dict(devices=args.devices, strategy="ddp") if args.devices > 1 else {}
     trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
-                           log_every_n_steps=50)
+                           log_every_n_steps=50, **processes)
     trainer.fit(model, datamodule=data)
+    if trainer.global_rank != 0:
+        sys.exit(0)  # rank 0 reports; each process trains the same number of batches of the same size
     seconds = timer.end - timer.start
     return {"items": data.sequences.num_items, "users": args.users, "actions": len(data.sequences.items),
-            "options": {k: v for k, v in options.items() if k != "num_items"},
-            "ms_per_step": seconds / timer.steps * 1e3, "sequences_per_s": timer.sequences / seconds,
-            "steps": timer.steps}
+            "options": {k: v for k, v in options.items() if k != "num_items"}, "devices": args.devices,
+            "ms_per_step": seconds / timer.steps * 1e3,
+            "sequences_per_s": timer.sequences * args.devices / seconds, "steps": timer.steps}
 
 
 def main() -> None:
@@ -170,6 +175,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--devices", type=int, default=1, help="train: CPU processes under DDP (gloo)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     import torch
