@@ -151,6 +151,12 @@ def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
     assert not torch.allclose(state["model.item_embedding.weight"], initial.model.item_embedding.weight)
 
 
+def _data(synthetic_txt) -> SASRecDataModule:
+    """The data module of the runs in ``SCRIPT``, in this process."""
+    return SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+                            print_statistics=False)
+
+
 def _checkpoint_alone(checkpoint, reference_checkpoint, ranks, synthetic_txt, tmp_path) -> dict:
     """Load ``checkpoint`` in this one process: the reference run's weights, and each rank's test metrics.
 
@@ -163,8 +169,7 @@ def _checkpoint_alone(checkpoint, reference_checkpoint, ranks, synthetic_txt, tm
     assert set(state) == set(reference)
     for name, value in reference.items():
         torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                            print_statistics=False)
+    data = _data(synthetic_txt)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     alone = trainer.test(model, datamodule=data, verbose=False)[0]
@@ -229,8 +234,7 @@ def _resume_alone(checkpoint, synthetic_txt, root) -> tuple[dict, dict]:
         def on_train_start(self, trainer, module):
             self.state = copy.deepcopy(trainer.optimizers[0].state_dict())  # its tensors are updated in place
 
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                            print_statistics=False)
+    data = _data(synthetic_txt)
     model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
                          loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
     restored = Restored()

@@ -91,9 +91,9 @@ def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, 
         )
 
 
-def _tables(encoder: SASRec) -> list[nn.Embedding]:
-    """The item tables: the input table, and the output table when it is not shared."""
-    return [encoder.item_embedding] + ([encoder.output_embedding] if encoder.output_embedding is not None else [])
+def _table_names(encoder: SASRec) -> list[str]:
+    """The encoder's attributes holding item tables: the input table, and the output table when it is not shared."""
+    return ["item_embedding"] + (["output_embedding"] if encoder.output_embedding is not None else [])
 
 
 def is_sharded(encoder: SASRec) -> bool:
@@ -110,7 +110,7 @@ def shard_encoder(encoder: SASRec, mesh: DeviceMesh) -> None:
     """
     if mesh.ndim != 1:
         raise ValueError(f"shard_encoder needs a 1-D device mesh, got {mesh.ndim} dimensions ({mesh})")
-    for module in (*_tables(encoder), *encoder.blocks):
+    for module in (*(getattr(encoder, name) for name in _table_names(encoder)), *encoder.blocks):
         fully_shard(module, mesh=mesh)
     fully_shard(encoder, mesh=mesh)
 
@@ -136,8 +136,8 @@ def shard_tables(encoder: SASRec, mesh: DeviceMesh) -> None:
     """
     if mesh.ndim != 1:
         raise ValueError(f"shard_tables needs a 1-D device mesh, got {mesh.ndim} dimensions ({mesh})")
-    names = ["item_embedding"] + (["output_embedding"] if encoder.output_embedding is not None else [])
-    plan = {name: ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()) for name in names}
+    plan = {name: ColwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+            for name in _table_names(encoder)}
     parallelize_module(encoder, mesh, plan)
 
 
@@ -255,9 +255,9 @@ def gather(encoder: SASRec) -> dict[str, nn.Parameter]:
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
     sharded = {}
-    for name in ("item_embedding", "output_embedding"):
+    for name in _table_names(encoder):
         table = getattr(encoder, name)
-        weight = None if table is None or isinstance(encoder, FSDPModule) else table.weight
+        weight = None if isinstance(encoder, FSDPModule) else table.weight
         if isinstance(weight, DTensor) and not weight.placements[0].is_replicate():
             sharded[name] = weight
             table.weight = nn.Parameter(weight.detach().redistribute(placements=[Replicate()]), requires_grad=False)
