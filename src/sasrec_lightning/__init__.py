@@ -5,4 +5,4 @@ from .encoder import SASRec
 from .module import SASRecModule
 
 __all__ = ["SASRec", "SASRecModule", "SASRecDataModule"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
