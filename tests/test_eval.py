@@ -91,7 +91,9 @@ def test_full_ranking_in_chunks_equals_brute_force(chunk, exclude_seen):
         batch = eval_batch(stage)
         with torch.no_grad():
             ranks = module.target_ranks(batch)
-            scores = (module.model.last_hidden(batch["input_ids"]) @ module.model.output_weight.T).numpy()
+            # float64: the reference must not depend on how an fp32 product rounds (the ranks are exact)
+            hidden = module.model.last_hidden(batch["input_ids"]).double()
+            scores = (hidden @ module.model.output_weight.double().T).numpy()
         assert ranks.tolist() == brute_force_ranks(scores, batch, exclude_seen)
 
 

@@ -43,7 +43,8 @@ def test_full_ranks_equal_a_brute_force_reference_with_exact_ties(chunk, exclude
 
 def test_sampled_ranks_count_ties_against_the_target():
     scores = torch.tensor([[1.0, 0.5, 1.0, 2.0], [3.0, 1.0, 2.0, 0.0], [float("nan"), 0.0, 1.0, 2.0]])
-    ranks, target_scores = sampled_ranks(scores)
+    # One-dimensional vectors and queries of 1: each candidate's score is its vector (column 0: the target).
+    ranks, target_scores = sampled_ranks(torch.ones(3, 1), scores.unsqueeze(-1))
     assert ranks.tolist() == [2, 0, 3]  # a tie and a better one; none; a NaN target ranks last
     assert target_scores[:2].tolist() == [1.0, 3.0]
 

@@ -6,8 +6,9 @@ candidates: ``HR@K = [r < K]``, ``NDCG@K = [r < K] / log2(r + 2)``, ``MRR = 1 / 
 The rank is pessimistic, so a broken model never scores well:
 
 - Ties count against the target: a candidate scoring exactly the target's score ranks above it, so
-  a constant model gets the worst rank (the number of valid candidates). This needs the target and
-  its competitors scored by the same computation (``ranking.full_ranks`` takes care of it).
+  a constant model gets the worst rank (the number of valid candidates). Scores closer than fp32
+  products can tell apart are compared on the vectors themselves (:mod:`~sasrec_lightning.ranking`),
+  so a tie is a tie on every CPU.
 - A NaN candidate score counts against the target (as a tie would).
 - A non-finite target score (NaN, +inf or -inf) ranks the target last among the valid candidates: a
   diverged model gets HR = NDCG = 0 and MRR = 1 / (candidates + 1), never a perfect score.

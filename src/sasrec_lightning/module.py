@@ -22,7 +22,7 @@ from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
 from .options import check_item_updates, check_model_options
-from .ranking import full_ranks, sampled_ranks
+from .ranking import full_ranks, max_vector_norm, sampled_ranks
 from .serving import ServingMixin
 from .sharding import (
     check_sharding_options,
@@ -181,6 +181,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
+        self._eval_table: dict | None = None  # the ranking table of the evaluation pass running (_ranking_table)
 
     # ----------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -331,8 +332,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
     def target_ranks(self, batch: dict[str, Tensor], return_target_scores: bool = False):
         """0-based rank of each held-out item under the configured protocol: ``(B,)`` (and its ``(B,)`` score).
 
-        Ties and NaN scores count against the target and a non-finite target ranks last
-        (:mod:`~sasrec_lightning.ranking`), so a constant or diverged model gets the worst rank.
+        Ties and NaN scores count against the target and a non-finite target ranks last; a tie is
+        decided on the vectors, not by how a product rounds (:mod:`~sasrec_lightning.ranking`), so a
+        constant or diverged model gets the worst rank on every CPU.
         """
         if batch["input_ids"].size(0) == 0:  # a DDP rank without users (UserBatchSampler): nothing to score
             ranks, scores = batch["targets"].clone(), torch.zeros(0, device=batch["targets"].device)
@@ -341,16 +343,42 @@ class SASRecModule(ServingMixin, L.LightningModule):
             # Scores in fp32 even under mixed precision: bf16 rounding creates ties, which count against the target.
             with torch.autocast(device_type=hidden.device.type, enabled=False):
                 if self.hparams.eval_protocol == "sampled":
-                    ranks, scores = sampled_ranks(self.model.score_items(hidden, batch["candidates"]))  # (B, 1 + n)
+                    vectors = self.model.item_vectors(batch["candidates"]).float()  # (B, 1 + n, d)
+                    ranks, scores = sampled_ranks(hidden, vectors)
                 else:
-                    ranks, scores = full_ranks(hidden, self.model.output_weight.float(), batch["targets"],
-                                               batch["seen_rows"], batch["seen_items"], self.hparams.eval_chunk_size,
-                                               self.hparams.exclude_seen)
+                    weight, norm = self._ranking_table()
+                    ranks, scores = full_ranks(hidden, weight, batch["targets"], batch["seen_rows"],
+                                               batch["seen_items"], self.hparams.eval_chunk_size,
+                                               self.hparams.exclude_seen, table_norm=norm)
         return (ranks, scores) if return_target_scores else ranks
+
+    def _ranking_table(self) -> tuple[Tensor, Tensor]:
+        """The fp32 item table and its largest row norm (the tie band's scale), once per evaluation pass.
+
+        Kept from the first batch of a validation or test pass to its end (the weights do not change
+        meanwhile); outside a pass (a direct ``target_ranks`` call) computed for each call.
+        """
+        if self._eval_table:  # kept from this pass's first batch
+            return self._eval_table["weight"], self._eval_table["norm"]
+        weight = self.model.output_weight.float()  # (I + 1, d)
+        norm = max_vector_norm(weight)
+        if self._eval_table is not None:  # inside a pass: keep it
+            self._eval_table.update(weight=weight, norm=norm)
+        return weight, norm
+
+    def _start_evaluation_pass(self) -> None:
+        self._eval_table = {}
+
+    def _end_evaluation_pass(self) -> None:
+        self._eval_table = None
+
+    on_test_start = _start_evaluation_pass
+    on_validation_end = on_test_end = _end_evaluation_pass
 
     def on_validation_start(self) -> None:
         self._flush_item_updates()  # item_updates: deferred (see on_train_epoch_end)
         self.loss_fn.release_memory()  # evaluation inside fit does not need the training step's block
+        self._start_evaluation_pass()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self.target_ranks(batch, return_target_scores=True)

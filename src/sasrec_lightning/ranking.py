@@ -21,24 +21,104 @@ import math
 import torch
 from torch import Tensor
 
-from .metrics import rank_of_target
-
-__all__ = ["sampled_ranks", "full_ranks", "full_top_k", "chunk_items"]
+__all__ = ["sampled_ranks", "full_ranks", "full_top_k", "chunk_items", "tie_margin", "max_vector_norm"]
 
 
-def sampled_ranks(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Ranks among sampled candidates whose column 0 is the target.
-
-    The target and its negatives must come from one computation (e.g. one elementwise product and
-    sum), so equal item vectors give bit-equal scores and a tie counts against the target.
+def sampled_ranks(hidden: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
+    """Ranks of the target among sampled candidates, ties settled exactly (:func:`tie_margin`).
 
     Args:
-        scores: ``(B, 1 + n)`` scores of the target (column 0) and ``n`` negatives.
+        hidden: ``(B, d)`` fp32 query vectors.
+        vectors: ``(B, 1 + n, d)`` fp32 vectors of the target (column 0) and its ``n`` negatives.
 
     Returns:
         ``(B,)`` int64 ranks and the ``(B,)`` target scores.
     """
-    return rank_of_target(scores[:, 1:], scores[:, 0]), scores[:, 0]
+    scores = (vectors * hidden.unsqueeze(1)).sum(dim=-1)  # (B, 1 + n)
+    targets, others = scores[:, 0], scores[:, 1:]  # (B,), (B, n)
+    margin = tie_margin(hidden, max_vector_norm(vectors.reshape(-1, vectors.size(-1))))  # (B,)
+    low, high = _band(targets, margin)  # (B, 1) x 2
+    below = torch.lt(others, low)  # (B, n) certainly below the target
+    band = torch.le(others, high) & ~below  # (B, n) too close to tell from the fp32 scores
+    if band.any():
+        rows, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
+        at_least = _scores_at_least(hidden[rows], vectors[rows, columns + 1], vectors[rows, 0])  # (m,)
+        below[rows[~at_least], columns[~at_least]] = True
+    return (others.size(1) - below.sum(dim=-1)).to(torch.int64), targets
+
+
+def max_vector_norm(table: Tensor) -> Tensor:
+    """The largest Euclidean norm of a finite row of ``table`` ``(N, d)``: a 0-dim fp32 tensor (0 if none).
+
+    Rows holding NaN or infinity are left out: their scores are NaN or infinite, and comparisons
+    with those are exact (see :func:`tie_margin`).
+    """
+    norms = torch.linalg.vector_norm(table.float(), dim=-1)  # (N,)
+    norms = torch.where(torch.isfinite(norms), norms, 0.0)
+    return norms.max() if norms.numel() else norms.new_zeros(())
+
+
+def _unit_roundoff() -> float:
+    """The unit roundoff of fp32 matrix products: 2^-24, coarser when lower-precision kernels are allowed."""
+    return {"highest": 2.0**-24, "high": 2.0**-11}.get(torch.get_float32_matmul_precision(), 2.0**-8)
+
+
+def tie_margin(hidden: Tensor, table_norm: Tensor | float) -> Tensor:
+    """``(B,)`` half-width of the band around each target's score inside which fp32 scores cannot order items.
+
+    A dot product of length ``d`` computed in fp32, in any order and with or without fused
+    multiply-adds, is within ``g_d * sum_j |h_j v_j| <= g_d * |h| * |v|`` of its exact value, with
+    ``g_d = d u / (1 - d u)`` and ``u`` the unit roundoff (Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 2002, Eq. 3.5). A candidate's score and the target's both carry such an error, so
+    when they differ by more than ``2 g_d |h| R`` (``R`` the largest item-vector norm) the exact
+    scores are ordered the same way, on every CPU and GPU. Candidates closer than that are settled
+    exactly (:func:`_scores_at_least`). The margin is doubled once more to cover the rounding of the
+    norms and of ``score +- margin``.
+
+    Args:
+        hidden: ``(B, d)`` query vectors.
+        table_norm: ``R``, the largest norm of an item vector that can be scored.
+
+    Returns:
+        ``(B,)`` fp32 margins (not finite when the query is not).
+    """
+    length, unit = hidden.size(-1), _unit_roundoff()
+    gamma = length * unit / (1.0 - length * unit)
+    return 4.0 * gamma * torch.linalg.vector_norm(hidden.float(), dim=-1) * table_norm  # (B,)
+
+
+def _band(target_scores: Tensor, margin: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, 1)`` lower and upper ends of each target's tie band; NaN for a non-finite target or margin.
+
+    Every comparison with NaN is false, so a non-finite target has no candidate below it and ranks
+    last (the rule of :func:`~sasrec_lightning.metrics.beats_target`).
+    """
+    finite = torch.isfinite(target_scores) & torch.isfinite(margin)  # (B,)
+    low = torch.where(finite, target_scores - margin, torch.nan)  # (B,)
+    high = torch.where(finite, target_scores + margin, torch.nan)  # (B,)
+    return low.unsqueeze(-1), high.unsqueeze(-1)
+
+
+def _scores_at_least(hidden: Tensor, candidates: Tensor, targets: Tensor) -> Tensor:
+    """Whether each candidate scores at least its target, decided on the vectors: ``(m,)`` bool.
+
+    ``(v_c - v_t) . h`` in float64: the difference of two fp32 vectors and each product with an fp32
+    query are exact there, so identical vectors give exactly 0 (a tie, counted against the target)
+    and vectors differing in one coordinate give the exact sign; only the float64 sum of ``d`` terms
+    rounds. Computed a bounded number of pairs at a time.
+
+    Args:
+        hidden: ``(m, d)`` queries.
+        candidates: ``(m, d)`` candidate vectors.
+        targets: ``(m, d)`` target vectors.
+    """
+    out = torch.empty(hidden.size(0), dtype=torch.bool, device=hidden.device)
+    step = max(1, 2**22 // max(hidden.size(-1), 1))  # pairs per slice: ~32 MB of float64 differences
+    for first in range(0, hidden.size(0), step):
+        part = slice(first, first + step)
+        difference = candidates[part].double() - targets[part].double()  # (s, d)
+        out[part] = (difference * hidden[part].double()).sum(dim=-1) >= 0  # (s,)
+    return out
 
 
 # A float32 row sum of 0/1 values is exact while every partial sum is an integer below 2**24.
@@ -108,42 +188,26 @@ class _PairsByItem:
         return self.flat[first:last] - start
 
 
-def _target_scores(queries: Tensor, weight: Tensor, targets: Tensor, block: Tensor) -> Tensor:
-    """``(B,)`` scores of the targets from products of the chunks' own shape, into the same block.
-
-    The targets' vectors are stacked into zero-filled ``(C, d)`` tables, so a target's score is a
-    column of a ``(max(B, 2), d) x (d, C)`` product like its competitors' and rounds the same way.
-    """
-    size, chunk = targets.size(0), block.size(1)
-    scores = queries.new_empty(size)  # (B,)
-    table = weight.new_zeros(chunk, weight.size(1))  # (C, d)
-    for first in range(0, size, chunk):
-        last = min(first + chunk, size)
-        table[: last - first] = weight[targets[first:last]]
-        torch.mm(queries, table.T, out=block)  # (max(B, 2), C)
-        picked = torch.arange(first, last, device=block.device)
-        scores[first:last] = block[picked, picked - first]  # (chunk_rows,)
-    return scores
-
-
 def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tensor, seen_items: Tensor,
-               chunk: int | str = "auto", exclude_seen: bool = True) -> tuple[Tensor, Tensor]:
+               chunk: int | str = "auto", exclude_seen: bool = True,
+               table_norm: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
     """Rank of the target among all items, scored in chunks so memory stays bounded.
 
-    The target's score comes from the same kind of matrix product as its competitors': every
-    product has the shape ``(max(B, 2), d) x (d, chunk)`` (the last chunk overlaps the one before
-    it instead of being narrower), because a product of another shape, or an elementwise product,
-    can round the same dot product differently and break an exact tie in the target's favour. Two
-    rows at least: a one-row product runs as a matrix-vector product, which rounds columns
-    differently (measured on CPU).
+    Ties are decided by construction, not by how a matrix product rounds: a CPU's BLAS can round
+    the same dot product differently in two columns of one product, so equal item vectors need not
+    get equal fp32 scores. An item whose fp32 score lies outside the target's tie band
+    (:func:`tie_margin`: wider than any rounding of either score) is ordered by its score; an item
+    inside the band is settled on the vectors themselves (:func:`_scores_at_least`: an exact tie
+    counts against the target, one ulp apart in one coordinate is ordered exactly).
 
-    Each chunk is one product into a reused ``(B, C)`` block, then two passes over it:
-    ``block.lt_(target)`` (in place: 1.0 where an item scores strictly below the
-    target; a NaN item or a non-finite target, mapped to NaN, compares false and so counts against
-    the target, the rule of :func:`~sasrec_lightning.metrics.beats_target`) and a row sum. Items
-    that are no competitors (the target itself, seen items, the padding id, ids an earlier chunk
-    counted) are not masked out of the block: their few positions are set to 1.0 ("below") and the
-    leading columns are left out of the sum.
+    Each chunk is one ``(B, d) x (d, C)`` product into a reused ``(B, C)`` block, then two
+    comparisons with the row sums of their results: ``score < target - margin`` (certainly below)
+    and ``score <= target + margin`` (below or in the band). A NaN item, and every item of a
+    non-finite target (its band is NaN), compares false in both and so counts against the target,
+    the rule of :func:`~sasrec_lightning.metrics.beats_target`. Items that are no competitors (the
+    target itself, seen items, the padding id, ids an earlier chunk counted) are not masked out of
+    the block: their few positions are set to 1.0 ("below") and the leading columns are left out of
+    the sums. A row whose two sums differ has items in its band, which are then settled exactly.
 
     Args:
         hidden: ``(B, d)`` fp32 query vectors.
@@ -154,6 +218,8 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         chunk: items scored at once (at most ``2**24``, where a float32 count stays exact), or ``"auto"``
             (:func:`chunk_items`).
         exclude_seen: ignore the user's history items (except the target itself).
+        table_norm: the largest norm of a row of ``weight`` (:func:`max_vector_norm`), when the caller
+            knows it already (e.g. once per evaluation pass); computed here otherwise.
 
     Returns:
         ``(B,)`` int64 ranks and the ``(B,)`` target scores.
@@ -162,9 +228,13 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     rows_total = weight.size(0)
     chunk = min(chunk_items(chunk, size, rows_total), MAX_CHUNK)
     starts = _chunk_starts(rows_total, chunk)
-    queries = hidden if size > 1 else hidden.expand(2, -1)  # (max(B, 2), d)
-    block = hidden.new_empty(queries.size(0), chunk)  # (max(B, 2), C), reused by every product
-    scores = block[:size]  # (B, C) the users' rows
+    target_vectors = weight[targets]  # (B, d)
+    target_scores = (hidden * target_vectors).sum(dim=-1)  # (B,) any rounding: the band covers it
+    if table_norm is None:
+        table_norm = max_vector_norm(weight)
+    low, high = _band(target_scores, tie_margin(hidden, table_norm))  # (B, 1) x 2
+    block = hidden.new_empty(size, chunk)  # (B, C) the products, reused by every chunk
+    mask = hidden.new_empty(size, chunk)  # (B, C) the first comparison
 
     # Never competitors: each target (it does not outrank itself) and, optionally, the history.
     # Excluding a history item that is the target is excluding the target: harmless.
@@ -173,28 +243,48 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         else (user_rows, targets)
     excluded = _PairsByItem(rows, items, starts, chunk)
 
-    target_scores = _target_scores(queries, weight, targets, block) if len(starts) > 1 else None
     # Each chunk's count of competitors below the target, written in place (exact: integers below 2**24).
-    below = block.new_empty(len(starts), size)  # (chunks, B)
+    below = block.new_zeros(len(starts) + 1, size)  # (chunks + 1, B); the last row: settled in the band
+    near = block.new_empty(size)  # (B,) below or in the band, this chunk
     competitors = 0  # columns counted so far (the same for every user)
     done = 0  # item ids below this were counted by an earlier chunk
     for index, start in enumerate(starts):
-        torch.mm(queries, weight[start : start + chunk].T, out=block)  # (max(B, 2), C)
-        if target_scores is None:  # a single chunk: the targets' scores are in it
-            target_scores = scores.gather(1, targets.unsqueeze(-1)).squeeze(-1)  # (B,)
-        if index == 0:
-            threshold = torch.where(torch.isfinite(target_scores), target_scores, torch.nan)  # (B,) NaN: last
-            threshold = threshold.unsqueeze(-1)  # (B, 1)
-        scores.lt_(threshold)  # (B, C) 1.0: below the target; 0.0: at or above it, or NaN
+        torch.mm(hidden, weight[start : start + chunk].T, out=block)  # (B, C)
         pairs = excluded.of_chunk(index, start)
-        if pairs is not None:
-            scores.view(-1).index_fill_(0, pairs, 1.0)
-        skip = max(done, 1) - start  # padding (id 0) and ids already counted: left out of the sum
-        torch.sum(scores[:, skip:] if skip > 0 else scores, dim=-1, out=below[index])  # (B,)
+        skip = max(done, 1) - start  # padding (id 0) and ids already counted: left out of the sums
+        torch.lt(block, low, out=mask)  # (B, C) 1.0: certainly below the target
+        block.le_(high)  # (B, C) 1.0: below it or in its band
+        for result, sums in ((mask, below[index]), (block, near)):
+            if pairs is not None:
+                result.view(-1).index_fill_(0, pairs, 1.0)
+            torch.sum(result[:, skip:] if skip > 0 else result, dim=-1, out=sums)  # (B,)
+        if not torch.equal(near, below[index]):  # some row has items in its band
+            _settle_band(hidden, weight, target_vectors, block, mask, start, max(skip, 0), below[-1])
         competitors += chunk - skip
         done = start + chunk
     ranks = (competitors - below.sum(dim=0, dtype=torch.float64)).to(torch.int64)  # (B,) at or above the target
     return ranks, target_scores
+
+
+def _settle_band(hidden: Tensor, weight: Tensor, target_vectors: Tensor, near: Tensor, below: Tensor, start: int,
+                 skip: int, settled: Tensor) -> None:
+    """Count into ``settled`` the items of one chunk's tie bands that score exactly below their target.
+
+    Args:
+        hidden: ``(B, d)`` queries.
+        weight: ``(I + 1, d)`` item table.
+        target_vectors: ``(B, d)`` each row's target vector.
+        near: ``(B, C)`` 1.0 where an item is below the target or in its band (or no competitor).
+        below: ``(B, C)`` 1.0 where it is certainly below (or no competitor).
+        start: the chunk's first item id.
+        skip: leading columns that are not counted.
+        settled: ``(B,)`` float counts, added to in place.
+    """
+    band = (near[:, skip:] - below[:, skip:]) > 0  # (B, C - skip) in the band
+    rows, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
+    items = start + skip + columns  # (m,)
+    at_least = _scores_at_least(hidden[rows], weight[items], target_vectors[rows])  # (m,)
+    settled.index_add_(0, rows, (~at_least).to(settled.dtype))
 
 
 def _beats(scores: Tensor, threshold: Tensor) -> Tensor:
