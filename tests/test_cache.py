@@ -299,3 +299,83 @@ def test_build_lock_stays_exclusive_when_its_file_is_removed(tmp_path, monkeypat
     b.join(10)
     c.join(10)
     assert events == ["B in", "B out", "C in", "C out"]
+
+
+# ------------------------------------------------------------------ edits that keep the size and the mtime
+def _edit_in_place(path, offset, byte):
+    """Overwrite one byte (same file, same inode, same size) and put the modification time back."""
+    before = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(byte)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_edit_keeping_size_and_mtime_rebuilds(tmp_path, counted):
+    """``touch -r`` after an edit, or a restored backup: the cache must not serve the old sequences."""
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    assert _module(path, tmp_path).sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    _edit_in_place(path, LOG.index("u2,c,3") + 3, b"d")  # u2's item c becomes d
+    data = _module(path, tmp_path).sequences
+    assert len(counted) == 2 and data.info["cache"]["hit"] is False
+    assert data.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+
+
+def test_symlink_swapped_to_a_file_of_the_same_size_and_mtime_rebuilds(tmp_path, counted):
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    old.write_text(LOG)
+    new.write_text(LOG.replace("u2,c,3", "u2,d,3"))
+    for file in (old, new):
+        os.utime(file, ns=(1_000_000_000, 1_000_000_000))
+    link = tmp_path / "log.csv"
+    link.symlink_to(old)
+    assert _module(link, tmp_path).sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    swapped = tmp_path / "swap.csv"
+    swapped.symlink_to(new)
+    os.replace(swapped, link)  # the link now names the other file: same size, same modification time
+    data = _module(link, tmp_path).sequences
+    assert len(counted) == 2 and data.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+
+
+def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
+    """Large files are fingerprinted by 10 blocks of 64 KiB; an edit in one changes the key, hash_source sees all."""
+    from sasrec_lightning.sources import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
+
+    path = tmp_path / "big.txt"
+    size = 24 * SAMPLE_BLOCK  # 1.5 MiB: 10 of its 24 blocks are read
+    path.write_bytes(b"1 2\n" * (size // 4))
+    step = (size - SAMPLE_BLOCK) // (SAMPLED_BLOCKS + 1)  # the documented offsets: i * step, i = 0..9
+    first = source_identity(str(path), "sasrec")
+    _edit_in_place(path, 4 * step + SAMPLE_BLOCK // 2, b"7")  # the middle of the 4th sampled block
+    assert source_identity(str(path), "sasrec") != first
+    # What the default key can miss (docs/datasets.md): an edit between the sampled blocks, with the size,
+    # the modification time and the inode restored. --data.hash_source reads every byte and sees it.
+    edited = source_identity(str(path), "sasrec")
+    hashed = source_identity(str(path), "sasrec", hash_content=True)
+    gap = step + SAMPLE_BLOCK + (step - SAMPLE_BLOCK) // 2  # between blocks 1 and 2
+    _edit_in_place(path, gap - gap % 4, b"9")
+    assert source_identity(str(path), "sasrec") == edited
+    assert source_identity(str(path), "sasrec", hash_content=True) != hashed
+
+
+def test_local_folder_read_as_hub_is_keyed_on_its_files(tmp_path, counted):
+    """A folder of data files with --data.format hub: an edit (size and mtime kept) is read, also without the cache.
+
+    Its files used to be keyed by the folder name only, and ``datasets`` kept its own Arrow copy
+    keyed by path and modification time, so even --data.use_cache false read the old rows.
+    """
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    part = folder / "part-0.csv"
+    part.write_text(LOG)
+    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.num_items == 3
+    _edit_in_place(part, LOG.index("u2,c,3") + 3, b"d")
+    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.item_ids[1:].tolist() == [
+        "a", "b", "c", "d"]
+    assert len(counted) == 4
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sequences"]  # no datasets Arrow copy kept

@@ -32,7 +32,8 @@ __all__ = ["CACHE_VERSION", "STALE_TEMPORARY_SECONDS", "SequenceCache", "cache_k
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the stored layout or the preprocessing semantics change (2: CSV ids read as text)
+CACHE_VERSION = 3  # bump when the key, the stored layout or the preprocessing semantics change
+# (2: CSV ids read as text; 3: the source's inode and sampled-content digest in the key)
 STALE_TEMPORARY_SECONDS = 30 * 60  # a save takes seconds; a temporary folder this old was left by a killed save
 
 

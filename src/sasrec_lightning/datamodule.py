@@ -75,10 +75,12 @@ class SASRecDataModule(L.LightningDataModule):
         test_cutoff: temporal split: test starts at this time. Empty: the ``temporal_quantiles[1]`` quantile.
         temporal_quantiles: default cut-off quantiles of the temporal split.
         num_proc: processes for parsing Python-literal lines; empty: all CPU cores for large files.
-        use_cache: cache the processed sequences on disk (keyed by the file's path, size and
-            modification time and every preprocessing option) and reuse them on the next run.
+        use_cache: cache the processed sequences on disk (keyed by the file's path, size, modification
+            time, inode and a digest of 10 sampled 64 KiB blocks, and every preprocessing option) and
+            reuse them on the next run.
         rebuild_cache: ignore a cached entry and preprocess again (the entry is replaced).
-        hash_source: key the cache on a SHA-256 of the file content instead of its modification time.
+        hash_source: key the cache on a SHA-256 of every byte of the file instead of its modification
+            time, inode and sampled blocks (slower on large files; sees any edit).
         print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
         max_len: maximum sequence length ``n`` (the most recent ``n`` actions are kept).
         batch_size: training sequences per batch (paper: 128).

@@ -94,34 +94,69 @@ def detect_format(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ identity / download
+SAMPLE_BLOCK = 64 << 10  # bytes per sampled block of the default fingerprint
+SAMPLED_BLOCKS = 8  # blocks between the head and the tail, at fixed offsets spread over the file
+
+
+def _sampled_sha256(path: str, size: int) -> str:
+    """SHA-256 of the head, the tail and :data:`SAMPLED_BLOCKS` blocks between them (the whole file when small).
+
+    The offsets depend only on the size, so the same bytes give the same digest; reading ten 64 KiB
+    blocks takes milliseconds however large the file is.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if size <= (SAMPLED_BLOCKS + 2) * SAMPLE_BLOCK:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            for index in range(SAMPLED_BLOCKS + 2):  # 0 (the head) .. size - SAMPLE_BLOCK (the tail)
+                handle.seek(index * (size - SAMPLE_BLOCK) // (SAMPLED_BLOCKS + 1))
+                digest.update(handle.read(SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
+def _file_identity(file: str, name: str, hash_content: bool) -> dict:
+    """The cache-key entry of one file: a symlink stands for its target (``os.stat`` and ``open`` follow it)."""
+    status = os.stat(file)
+    entry = {"path": name, "target": os.path.realpath(file), "size": status.st_size}
+    if hash_content:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        entry["sha256"] = digest.hexdigest()
+    else:
+        entry.update(mtime_ns=status.st_mtime_ns, inode=status.st_ino,
+                     sampled_sha256=_sampled_sha256(file, status.st_size))
+    return entry
+
+
 def source_identity(path: str, format: str, name: str | None = None, split: str = "train",
                     hash_content: bool = False) -> dict:
     """What identifies the source's content, for the processed-data cache key.
 
-    Local files: absolute path, size and modification time (or a SHA-256 of the bytes with
-    ``hash_content``); folders: the same for every file inside. Hub ids: id, configuration, split.
+    Local files, and every file of a folder: absolute path, the target of a symlink, size, and by
+    default the modification time, the inode and a SHA-256 of the head, the tail and 8 blocks at
+    fixed offsets (:func:`_sampled_sha256`), so an edit that keeps the size and the modification
+    time (``touch -r``, a restored backup, a symlink swapped to another file) still changes the key
+    unless it falls outside the sampled blocks and the inode is the same too; ``hash_content``
+    (``--data.hash_source``): a SHA-256 of every byte instead, which nothing misses. Hub ids: id,
+    configuration, split.
     """
-    if format == "hub":
+    local_folder = format == "hub" and os.path.isdir(path)  # a folder of data files read as a hub dataset
+    if format == "hub" and not local_folder:
         return {"hub": path, "name": name, "split": split}
-    _check_local(path, format)  # a FIFO would block the hash or the stat of its content
+    if not local_folder:
+        _check_local(path, format)  # a FIFO would block the hash or the stat of its content
     root = os.path.abspath(path)
     files = [root] if os.path.isfile(root) else sorted(
         os.path.join(base, file) for base, _, names in os.walk(root) for file in names
     )
-    entries = []
-    for file in files:
-        stat = os.stat(file)
-        entry = {"path": os.path.relpath(file, root) if file != root else root, "size": stat.st_size}
-        if hash_content:
-            digest = hashlib.sha256()
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            entry["sha256"] = digest.hexdigest()
-        else:
-            entry["mtime_ns"] = stat.st_mtime_ns
-        entries.append(entry)
-    return {"path": root, "split": split if format == "disk" else None, "files": entries}
+    entries = [_file_identity(file, os.path.relpath(file, root) if file != root else root, hash_content)
+               for file in files]
+    return {"path": root, "split": split if format in ("disk", "hub") else None,
+            "name": name if local_folder else None, "files": entries}
 
 
 def download(url: str, cache_dir: str | None = None) -> str:
@@ -762,7 +797,7 @@ class _Request:
     path: str
     format: str
     keys: list[str]
-    scratch: str | None  # the scratch ``datasets`` cache of a local file (None for disk/hub)
+    scratch: str | None  # the scratch ``datasets`` cache of a local file or folder (None: disk, hub ids)
     name: str | None
     split: str
     cache_dir: str | None
@@ -847,7 +882,8 @@ def _read_disk(request: _Request) -> pa.Table:
 def _read_hub(request: _Request) -> pa.Table:
     path, name, split = request.path, request.name, request.split
     try:
-        return datasets.load_dataset(path, name=name, split=split, cache_dir=request.cache_dir).data.table
+        cache_dir = request.scratch or request.cache_dir  # a local folder: the scratch cache
+        return datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
     except datasets.exceptions.DatasetGenerationError as error:  # the hub files themselves are bad
         cause = error.__cause__ or error
         raise DataError(
@@ -909,8 +945,8 @@ def load_interactions(
         name: hub dataset configuration name.
         split: hub dataset split (and the split of a ``save_to_disk`` ``DatasetDict``).
         cache_dir: the ``datasets`` cache of hub ids (their prepared Arrow files are kept there).
-            Local files are read through a temporary cache that is removed afterwards, so loading
-            a local file, successfully or not, writes nothing to ``cache_dir``.
+            Local files (and local folders read as ``hub``) are read through a temporary cache that
+            is removed afterwards, so loading them, successfully or not, writes nothing to ``cache_dir``.
         rating_column: rating column name, or ``None`` (``movielens`` always reads its ratings).
         num_proc: worker processes for parsing Python-literal lines.
 
@@ -932,8 +968,10 @@ def load_interactions(
         user_column, item_column, timestamp_column, rating_column = reader.columns
     keys = list(dict.fromkeys(key for key in (user_column, item_column, timestamp_column, rating_column) if key))
     with contextlib.ExitStack() as stack:
-        # Local files: the datasets cache is a scratch folder (nothing lands in cache_dir); hub ids
-        # keep using cache_dir, where datasets prepares into "*.incomplete" and renames when done.
-        scratch = None if format in ("disk", "hub") else stack.enter_context(_scratch_cache())
+        # Local files and folders: the datasets cache is a scratch folder (nothing lands in cache_dir,
+        # and datasets' own cache, keyed by path and modification time, can never serve an edited
+        # file); hub ids keep using cache_dir, where datasets prepares into "*.incomplete" and renames.
+        local = format != "disk" and (format != "hub" or os.path.isdir(path))
+        scratch = stack.enter_context(_scratch_cache()) if local else None
         table = reader.read(_Request(path, format, keys, scratch, name, split, cache_dir, num_proc))
         return _canonical(table, path, format, user_column, item_column, timestamp_column, rating_column)
