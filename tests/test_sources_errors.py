@@ -108,6 +108,8 @@ CASES = {
     "latin-1 text": ("log.csv", "user,item\n1,caf\u00e9\n".encode("latin-1"), {},
                      ["log.csv", "line 2", "byte 0xe9", "not valid UTF-8", "Latin-1"]),
     "binary .txt": ("log.txt", b"\x00\x01\n\xff\xfe" * 64, {}, ["log.txt", "line 2", "binary file"]),
+    "UTF-16 csv": ("log.csv", "user,item\n1,2\n".encode("utf-16"), {},
+                   ["log.csv", "UTF-16 (little-endian) byte-order mark", "not UTF-8", "iconv -f UTF-16 -t UTF-8"]),
     "malformed json line": ("log.jsonl", '{"user": 1, "item": 2}\n\n{"user": 1, "item": \n', {},
                             ["log.jsonl", "line 3", "not valid JSON", "one JSON object per line"]),
     "json ids of mixed types": ("log.jsonl", '{"user": 1, "item": 2}\n{"user": "a", "item": 2}\n', {},

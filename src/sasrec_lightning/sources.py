@@ -7,7 +7,8 @@ file, column and line are known; preprocessing receives clean, typed columns. CS
 as text and typed here (ids keep their spelling unless all are plain integers). When ``datasets``
 cannot read a file, the file is read again on that error path to name the line and what was wrong
 (non-UTF-8 bytes, a line with extra fields, a malformed JSON line), so every failure is one
-``DataError`` paragraph rather than a reader traceback.
+``DataError`` paragraph rather than a reader traceback. A UTF-8 byte-order mark at the start of a text
+file is dropped, and a UTF-16/UTF-32 one is named in the error (:mod:`.textfiles`).
 
 Supported (``format``): ``sasrec`` (``user item`` text), ``csv``, ``tsv``, ``parquet``, ``json``
 (JSON lines; one Python-literal dict per line is detected and parsed safely: the raw Steam and older
@@ -56,6 +57,7 @@ from .formats import (
     parse_sasrec_lines,
     quote_line,
 )
+from .textfiles import TEXT_ENCODING, other_unicode_error
 
 __all__ = [
     "DataError",
@@ -190,8 +192,9 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _open_text(path: str, errors: str = "replace", encoding: str = "utf-8") -> io.TextIOBase:
-    return io.TextIOWrapper(_open_binary(path), encoding=encoding, errors=errors, newline="")
+def _open_text(path: str, errors: str = "replace") -> io.TextIOBase:
+    """The file's text, decompressed, without a leading UTF-8 byte-order mark (see :mod:`.textfiles`)."""
+    return io.TextIOWrapper(_open_binary(path), encoding=TEXT_ENCODING, errors=errors, newline="")
 
 
 def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator[tuple[int, list[str]]]:
@@ -200,7 +203,7 @@ def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator
     Lines are counted as an editor counts them (1-based, blank lines and the lines of quoted
     multi-line fields included); blank lines are skipped, as the CSV reader skips them.
     """
-    with _open_text(path, errors, encoding="utf-8-sig") as text:  # a byte-order mark is not part of the header
+    with _open_text(path, errors) as text:  # a byte-order mark is not part of the header
         reader = csv.reader(text, delimiter=separator)
         previous = 0
         for fields in reader:
@@ -264,18 +267,24 @@ def _first_undecodable(path: str) -> tuple[int, int, bool] | None:
 
 def _not_utf8(path: str, format: str) -> DataError | None:
     try:
+        with _open_binary(path) as handle:
+            head = handle.read(4)
         found = _first_undecodable(path)
     except (OSError, EOFError, zlib.error, lzma.LZMAError):
         return None
     if found is None:
         return None
+    compressed = path.lower().endswith(_COMPRESSION)
+    other = other_unicode_error(path, head, f"UTF-8 text in the {format} format", compressed)
+    if other is not None:  # UTF-16/UTF-32 text, not a binary or an 8-bit file
+        return other
     line, byte, binary = found
     if binary:
         return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 text and the file holds NUL bytes: "
                          f"it looks like a binary file, not {format} text. Expected a UTF-8 text file in the "
                          f"{format} format; check --data.path and --data.format")
     name = os.path.basename(path)
-    example = "" if name.lower().endswith(_COMPRESSION) else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
+    example = "" if compressed else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
     return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not valid UTF-8 (the file is probably Latin-1, "
                      f"Windows-1252 or another 8-bit encoding); expected UTF-8 text. Convert the file to "
                      f"UTF-8{example}")
