@@ -19,6 +19,7 @@ import pytest
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli import main
 from sasrec_lightning.errors import DataError
+from sasrec_lightning.sources import load_interactions
 
 datasets.disable_progress_bars()
 
@@ -238,7 +239,45 @@ REMOTE_CASES = {
     "hub id while offline": ({"path": "nobody/no-such-dataset", "format": "hub"},
                              ["hub dataset 'nobody/no-such-dataset'", "offline mode"]),
     "download while offline": ({"url": URL}, ["cannot download", URL, "--data.path"]),
+    "https URL as --data.path": ({"path": URL}, [f"--data.path {URL!r} is a URL", "a local file, a folder or a hub",
+                                                 f"--data.url {URL}"]),
+    "http URL as --data.path": ({"path": "http://example.org/ratings.csv"},
+                                ["'http://example.org/ratings.csv' is a URL", "--data.url http://example.org/ratings.csv"]),
+    "file URL on another host": ({"path": "file://fileserver/data/log.csv"},
+                                 ["file:// URL on the host 'fileserver'", "expected a local file"]),
 }
+
+
+@pytest.mark.parametrize("url", [URL, "http://example.org/ratings.csv", "HTTPS://EXAMPLE.ORG/A.TXT",
+                                 "s3://bucket/log.parquet"])
+def test_remote_url_as_path_points_at_data_url(tmp_path, url):
+    """It used to say the file "does not exist", with no hint about --data.url."""
+    module = SASRecDataModule(path=url, cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    assert str(error.value).startswith(f"--data.path {url!r} is a URL, but --data.path takes a local file")
+    assert f"--data.url {url}" in str(error.value) and "does not exist" not in str(error.value)
+    with pytest.raises(DataError, match="is a URL, but --data.path takes a local file"):
+        load_interactions(url)  # the library call too
+
+
+def test_file_url_is_read_as_the_local_path(tmp_path):
+    """``file:///abs/path`` names a local file unambiguously: it is read (percent-escapes decoded), and cached."""
+    import pathlib
+
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    path = _write(folder, "log.csv", "user,item,ts\n1,2,1\n1,3,2\n2,2,1\n2,3,2\n")
+    url = pathlib.Path(path).as_uri()
+    assert url.startswith("file:///") and "my%20data" in url
+    options = {"timestamp_column": "ts", "min_user_interactions": 0, "min_item_interactions": 0,
+               "cache_dir": str(tmp_path / "cache"), "print_statistics": False}
+    from_url = SASRecDataModule(path=url, **options).sequences
+    from_path = SASRecDataModule(path=str(path), **options).sequences
+    assert load_interactions(url, timestamp_column="ts").to_pydict() == load_interactions(
+        str(path), timestamp_column="ts").to_pydict()
+    assert from_url.info["cache"]["hit"] is False and from_path.info["cache"]["hit"] is True  # the same source
+    assert from_url.user_ids.tolist() == [1, 2] and from_url.items.tolist() == from_path.items.tolist()
 
 
 @pytest.mark.parametrize("case", [*CASES, *REMOTE_CASES])

@@ -28,7 +28,14 @@ from .preprocessing import (
 )
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
-from .sources import default_min_interactions, detect_format, download, load_interactions, source_identity
+from .sources import (
+    default_min_interactions,
+    detect_format,
+    download,
+    load_interactions,
+    local_path,
+    source_identity,
+)
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
 from .vocabulary import read_user_list
@@ -177,8 +184,8 @@ class SASRecDataModule(L.LightningDataModule):
     def _load_sequences(self) -> SequenceData:
         """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
         hp = self.hparams
-        path = hp.path or download(hp.url, hp.cache_dir)
-        format = hp.format or detect_format(hp.path or hp.url)  # downloads are stored under a hashed name
+        path = local_path(hp.path) if hp.path else download(hp.url, hp.cache_dir)
+        format = hp.format or detect_format(path if hp.path else hp.url)  # downloads are stored under a hashed name
         options = self.preprocess_options(format)
         num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() or 1)
         if num_proc > 1 and os.path.isfile(path) and os.path.getsize(path) < (64 << 20):

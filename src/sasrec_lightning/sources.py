@@ -29,11 +29,14 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
 import threading
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -68,11 +71,40 @@ __all__ = [
     "detect_format",
     "download",
     "load_interactions",
+    "local_path",
     "source_identity",
     "timestamps_to_int64",
 ]
 
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # a scheme of 2+ letters: not a Windows drive
+
+
+def local_path(path: str) -> str:
+    """``--data.path`` as a local path: a ``file://`` URL is read as the path it names; other URLs are refused.
+
+    A ``file://`` URL names a local file unambiguously (``file:///data/my%20log.csv`` is
+    ``/data/my log.csv``), so it is read rather than refused. ``http(s)://`` and other remote URLs
+    are not read from ``--data.path`` (it would say "does not exist"): ``--data.url`` downloads a
+    file once into the cache. ``hf://`` paths are passed on to ``datasets`` (a hub dataset).
+
+    Raises:
+        DataError: a remote URL, or a ``file://`` URL naming another host.
+    """
+    match = _URL.match(path)
+    if match is None or match[1].lower() == "hf":
+        return path
+    if match[1].lower() == "file":
+        parsed = urllib.parse.urlsplit(path)
+        if parsed.netloc not in ("", "localhost"):
+            raise DataError(f"--data.path {path!r} is a file:// URL on the host {parsed.netloc!r}; expected a local "
+                            "file (file:///absolute/path, or the path itself)")
+        return urllib.request.url2pathname(parsed.path)
+    raise DataError(f"--data.path {path!r} is a URL, but --data.path takes a local file, a folder or a hub dataset id; "
+                    f"to download the file, pass it with --data.url {path} (downloaded once into --data.cache_dir), or "
+                    "download it yourself and pass the local file with --data.path")
 
 
 def detect_format(path: str) -> str:
@@ -965,6 +997,7 @@ def load_interactions(
     Raises:
         DataError: missing/empty/corrupt file, bad line or value, missing column, unreachable hub id.
     """
+    path = local_path(path)
     format = format or detect_format(path)
     if format not in READERS:
         raise DataError(f"unknown format {format!r} for {path!r}; expected one of {list(READERS)}")
