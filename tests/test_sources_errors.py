@@ -43,6 +43,21 @@ def _fifo(path):
     os.mkfifo(path)
 
 
+SCRIPT = "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('the script ran')\n"
+
+
+def _script_folder(path):
+    """A hub-style folder whose loading script is ``<folder>/<folder>.py`` (the datasets convention), next to data."""
+    path.mkdir()
+    (path / f"{path.name}.py").write_text(SCRIPT)
+    (path / "data.csv").write_text("user,item\n1,2\n")
+
+
+def _python_only_folder(path):
+    path.mkdir()
+    (path / "loader.py").write_text(SCRIPT)
+
+
 INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
 
 # name -> (file name, file content (text, bytes) or writer, extra data args, fragments the message must contain)
@@ -130,6 +145,11 @@ CASES = {
     "named pipe (FIFO)": ("log.csv", _fifo, {}, ["log.csv", "named pipe (FIFO)", "not a regular file"]),
     "folder with a file format": ("folder", lambda path: path.mkdir(), {"format": "csv"},
                                   ["folder", "is a folder", "--data.format disk"]),
+    "hub folder with a loading script": ("myds", _script_folder, {"format": "hub"},
+                                        ["myds' holds a loading script, myds.py", "dataset scripts are never run",
+                                         "Parquet, CSV or JSON lines"]),
+    "hub folder with only a Python file": ("scripts", _python_only_folder, {"format": "hub"},
+                                           ["scripts' has no data files", "['loader.py']", "never run"]),
     "NA user id": ("log.csv", "user,item\n1,2\nNA,3\n", {},
                    ["log.csv", "line 3", "'user'", "'NA', a missing-value marker", "missing"]),
     "None item id": ("log.tsv", "user\titem\n1\t2\n\n1\tNone\n", {},
@@ -198,6 +218,46 @@ def test_hub_dataset_whose_files_disagree_is_a_data_error(tmp_path, offline):
     with pytest.raises(DataError, match=r"hub dataset .*my-dataset.* could not be built: .*consistent table") as error:
         module.sequences  # noqa: B018
     assert "\n" not in str(error.value)  # one paragraph
+
+
+@pytest.mark.parametrize("datasets_version", ["installed", "one that runs scripts"])
+def test_dataset_scripts_are_never_run(tmp_path, offline, monkeypatch, datasets_version):
+    """A loading script given as a hub folder or as the file itself is refused before datasets sees it.
+
+    Also under a ``datasets`` that would run it (before 4.0, scripts ran; simulated by a stand-in).
+    """
+    import runpy
+
+    folder = tmp_path / "myds"
+    _script_folder(folder)
+    if datasets_version != "installed":
+        def runs_scripts(path, **kwargs):
+            script = path if path.endswith(".py") else os.path.join(path, f"{os.path.basename(path)}.py")
+            runpy.run_path(script)
+            raise AssertionError("the script was run")
+
+        monkeypatch.setattr(datasets, "load_dataset", runs_scripts)
+    for path in (folder, folder / "myds.py"):
+        module = SASRecDataModule(path=str(path), format="hub", cache_dir=str(tmp_path / "cache"),
+                                  print_statistics=False)
+        with pytest.raises(DataError, match=r"holds a loading script, myds\.py: dataset scripts are never run"):
+            module.sequences  # noqa: B018
+    assert not (folder / "RAN").exists()
+    _assert_cache_empty(tmp_path / "cache")
+
+
+def test_hub_repository_that_is_a_script(tmp_path, monkeypatch):
+    """A hub repository that is a script: datasets (4 and later) refuses it with a RuntimeError; one line."""
+    def script_repository(path, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found squad_v3.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", script_repository)
+    module = SASRecDataModule(path="someone/squad_v3", format="hub", cache_dir=str(tmp_path / "cache"),
+                              print_statistics=False)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    assert str(error.value).startswith("hub dataset 'someone/squad_v3' holds a loading script, squad_v3.py: dataset "
+                                       "scripts are never run")
 
 
 def test_url_download_while_offline_names_url_and_option(tmp_path, offline):

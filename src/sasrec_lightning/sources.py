@@ -920,8 +920,23 @@ def _read_disk(request: _Request) -> pa.Table:
     return dataset.data.table
 
 
+_NEVER_RUN = ("dataset scripts are never run (a script is code, not data). Expected data files: convert the data to "
+              "Parquet, CSV or JSON lines and pass the file (or a folder of them) with --data.path")
+
+
+def _loading_script(path: str) -> str | None:
+    """The loading script ``datasets`` would take a local hub path for: ``x.py`` itself, or ``folder/folder.py``."""
+    if path.lower().endswith(".py") and os.path.isfile(path):
+        return os.path.basename(path)
+    script = f"{os.path.basename(os.path.normpath(path))}.py"
+    return script if os.path.isfile(os.path.join(path, script)) else None
+
+
 def _read_hub(request: _Request) -> pa.Table:
     path, name, split = request.path, request.name, request.split
+    script = _loading_script(path)
+    if script is not None:  # refused here, whatever the installed datasets would do with it
+        raise DataError(f"hub dataset {path!r} holds a loading script, {script}: {_NEVER_RUN}")
     try:
         cache_dir = request.scratch or request.cache_dir  # a local folder: the scratch cache
         return datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
@@ -932,7 +947,18 @@ def _read_hub(request: _Request) -> pa.Table:
             f"{_one_paragraph(cause)}. Expected files of one consistent table with "
             "user/item(/timestamp) columns"
         ) from error
+    except RuntimeError as error:  # datasets >= 4 on a hub repository that is a script
+        if "scripts are no longer supported" not in str(error):
+            raise
+        found = str(error).rsplit("found ", 1)[-1]
+        raise DataError(f"hub dataset {path!r} holds a loading script, {found}: {_NEVER_RUN}") from None
     except (ConnectionError, FileNotFoundError) as error:
+        if os.path.isdir(path):  # a local folder: nothing to do with the hub or offline mode
+            scripts = sorted(file for file in os.listdir(path) if file.lower().endswith(".py"))
+            held = f"; it holds Python files {scripts}, and {_NEVER_RUN}" if scripts else (
+                ". Expected Parquet, CSV or JSON-lines files in the folder")
+            raise DataError(f"hub dataset folder {path!r} has no data files datasets can read "
+                            f"({_one_paragraph(error)}){held}") from None
         offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
         raise DataError(
             f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
