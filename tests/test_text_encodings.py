@@ -96,3 +96,10 @@ def test_predict_users_in_latin1_is_a_data_error_naming_the_line(tmp_path):
         read_user_list(str(path), np.array([5]))
     assert str(error.value).startswith(f"--data.predict_users {str(path)!r}, line 3: byte 0xe9 is not valid UTF-8")
     assert "iconv -f latin1 -t utf-8 users.txt" in str(error.value)
+
+
+def test_error_after_a_byte_order_mark_names_the_right_line(tmp_path):
+    """The error path re-reads the file: a byte-order mark used to be reported as a bad JSON line 1."""
+    path = _write(tmp_path / "log.jsonl", codecs.BOM_UTF8 + b'{"user": 1, "item": 2}\n{"user": 1, "item": \n')
+    with pytest.raises(DataError, match=r"log\.jsonl, line 2: not valid JSON \(Expecting value"):
+        load_interactions(path)
