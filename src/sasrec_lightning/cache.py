@@ -109,15 +109,17 @@ def _build_lock(root: Path, key: str) -> Iterator[None]:
     except ImportError:  # Windows: no lock, concurrent builders each write an identical entry
         yield
         return
-    problems, path, descriptor = [], None, None
-    for candidate, shared in _lock_paths(root, key):
+    problems, path, shared, descriptor = [], "", False, None
+    for candidate, in_tmpdir in _lock_paths(root, key):
         try:
-            if not shared:
+            if not in_tmpdir:
                 os.makedirs(root, exist_ok=True)
-            descriptor, path = _open_lock_file(candidate, shared), candidate
-            break
+            descriptor = _open_lock_file(candidate, in_tmpdir)
         except OSError as error:
             problems.append(f"{candidate}: {_reason(error)}")
+            continue
+        path, shared = candidate, in_tmpdir  # the lock file of this run, opened again below if it is replaced
+        break
     while descriptor is not None:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
