@@ -299,3 +299,259 @@ def test_build_lock_stays_exclusive_when_its_file_is_removed(tmp_path, monkeypat
     b.join(10)
     c.join(10)
     assert events == ["B in", "B out", "C in", "C out"]
+
+
+# ------------------------------------------------------------------ edits that keep the size and the mtime
+def _edit_in_place(path, offset, byte):
+    """Overwrite one byte (same file, same inode, same size) and put the modification time back."""
+    before = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(byte)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_edit_keeping_size_and_mtime_rebuilds(tmp_path, counted):
+    """``touch -r`` after an edit, or a restored backup: the cache must not serve the old sequences."""
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    assert _module(path, tmp_path).sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    _edit_in_place(path, LOG.index("u2,c,3") + 3, b"d")  # u2's item c becomes d
+    data = _module(path, tmp_path).sequences
+    assert len(counted) == 2 and data.info["cache"]["hit"] is False
+    assert data.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+
+
+def test_symlink_swapped_to_a_file_of_the_same_size_and_mtime_rebuilds(tmp_path, counted):
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    old.write_text(LOG)
+    new.write_text(LOG.replace("u2,c,3", "u2,d,3"))
+    for file in (old, new):
+        os.utime(file, ns=(1_000_000_000, 1_000_000_000))
+    link = tmp_path / "log.csv"
+    link.symlink_to(old)
+    assert _module(link, tmp_path).sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    swapped = tmp_path / "swap.csv"
+    swapped.symlink_to(new)
+    os.replace(swapped, link)  # the link now names the other file: same size, same modification time
+    data = _module(link, tmp_path).sequences
+    assert len(counted) == 2 and data.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+
+
+def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
+    """Large files are fingerprinted by 10 blocks of 64 KiB; an edit in one changes the key, hash_source sees all."""
+    from sasrec_lightning.sources import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
+
+    path = tmp_path / "big.txt"
+    size = 24 * SAMPLE_BLOCK  # 1.5 MiB: 10 of its 24 blocks are read
+    path.write_bytes(b"1 2\n" * (size // 4))
+    step = (size - SAMPLE_BLOCK) // (SAMPLED_BLOCKS + 1)  # the documented offsets: i * step, i = 0..9
+    first = source_identity(str(path), "sasrec")
+    _edit_in_place(path, 4 * step + SAMPLE_BLOCK // 2, b"7")  # the middle of the 4th sampled block
+    assert source_identity(str(path), "sasrec") != first
+    # What the default key can miss (docs/datasets.md): an edit between the sampled blocks, with the size,
+    # the modification time and the inode restored. --data.hash_source reads every byte and sees it.
+    edited = source_identity(str(path), "sasrec")
+    hashed = source_identity(str(path), "sasrec", hash_content=True)
+    gap = step + SAMPLE_BLOCK + (step - SAMPLE_BLOCK) // 2  # between blocks 1 and 2
+    _edit_in_place(path, gap - gap % 4, b"9")
+    assert source_identity(str(path), "sasrec") == edited
+    assert source_identity(str(path), "sasrec", hash_content=True) != hashed
+
+
+def test_local_folder_read_as_hub_is_keyed_on_its_files(tmp_path, counted):
+    """A folder of data files with --data.format hub: an edit (size and mtime kept) is read, also without the cache.
+
+    Its files used to be keyed by the folder name only, and ``datasets`` kept its own Arrow copy
+    keyed by path and modification time, so even --data.use_cache false read the old rows.
+    """
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    part = folder / "part-0.csv"
+    part.write_text(LOG)
+    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.num_items == 3
+    _edit_in_place(part, LOG.index("u2,c,3") + 3, b"d")
+    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.item_ids[1:].tolist() == [
+        "a", "b", "c", "d"]
+    assert len(counted) == 4
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sequences"]  # no datasets Arrow copy kept
+
+
+# ------------------------------------------------------------------ a cache that cannot be written is skipped
+def _refuse_writes_under(monkeypatch, root, code):
+    """``os.mkdir`` and creating ``os.open`` fail under ``root`` with ``code``, as on a read-only folder.
+
+    (Tests run as root, whom ``chmod`` does not stop; these are the calls a read-only folder refuses.)
+    """
+    real_mkdir, real_open = os.mkdir, os.open
+    prefix = os.path.join(str(root), "")
+
+    def mkdir(path, *args, **kwargs):
+        if os.fspath(path).startswith(prefix):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if os.fspath(path).startswith(prefix) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EROFS"])
+def test_read_only_cache_folder_is_skipped_with_one_warning(tmp_path, monkeypatch, caplog, counted, code):
+    import errno
+    import tempfile
+
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    root = tmp_path / "cache" / "sequences"
+    root.mkdir(parents=True)  # the folder exists (e.g. shared, or a read-only mount), without this entry
+    _refuse_writes_under(monkeypatch, root, getattr(errno, code))
+    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+        data = _module(path, tmp_path).sequences
+    assert data.user_ids.tolist() == ["u1", "u2"] and "cache" not in data.info  # the data, as built
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1, warnings  # the lock fell back to $TMPDIR silently
+    assert warnings[0].startswith(f"cannot write the processed-data cache in {root} ({code}: ")
+    assert "continuing without the cache" in warnings[0]
+    assert list(root.iterdir()) == [] and list(scratch.iterdir()) == []  # nothing half-written, no lock left
+    _module(path, tmp_path).sequences  # noqa: B018
+    assert len(counted) == 2
+
+
+def test_disk_full_while_writing_an_entry_leaves_nothing(tmp_path, monkeypatch, caplog, counted):
+    import errno
+
+    import sasrec_lightning.cache as cache_module
+
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+
+    def full(table, where, *args, **kwargs):  # the disk fills up halfway through the first id table
+        with open(where, "wb") as handle:
+            handle.write(b"PAR1 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.pq, "write_table", full)
+    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+        data = _module(path, tmp_path).sequences
+    assert data.num_users == 2 and "cache" not in data.info
+    assert "(ENOSPC: No space left on device); continuing without the cache" in caplog.text
+    assert list((tmp_path / "cache" / "sequences").iterdir()) == []
+
+
+FILE_SIZE_LIMIT = """
+import os, resource, sys
+from sasrec_lightning.cache import SequenceCache
+from sasrec_lightning.preprocessing import PreprocessOptions, preprocess
+from sasrec_lightning.sources import load_interactions
+
+data = preprocess(load_interactions(sys.argv[1], timestamp_column="ts"), PreprocessOptions(0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # ulimit -f: larger writes fail with EFBIG
+got = SequenceCache(sys.argv[2]).get_or_build("k", lambda: data)
+print(got.user_ids.tolist(), "cache" in got.info, sorted(os.listdir(sys.argv[2])))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="POSIX file-size limits")
+def test_file_size_limit_while_writing_an_entry_is_skipped(tmp_path):
+    """A real ``RLIMIT_FSIZE`` in a subprocess (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "log.csv"
+    path.write_text(LOG)
+    result = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(path), str(tmp_path / "cache")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['u1', 'u2'] False []"  # the data as built; no entry, temporary or lock left
+    assert "(EFBIG: File too large); continuing without the cache" in result.stderr
+
+
+# ------------------------------------------------------------------ the build lock does not follow symlinks
+@pytest.mark.skipif(os.name != "posix", reason="the build lock uses fcntl and O_NOFOLLOW")
+def test_build_lock_never_follows_a_planted_symlink(tmp_path, monkeypatch, caplog):
+    """Symlinks planted at the lock's predictable names: neither target is created, opened or removed."""
+    import hashlib
+    import tempfile
+    import threading
+
+    from sasrec_lightning.cache import _build_lock
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    root = tmp_path / "cache"
+    root.mkdir()
+    absent, precious = tmp_path / "victim" / "authorized_keys", tmp_path / "precious.txt"
+    absent.parent.mkdir()
+    precious.write_text("precious\n")
+    os.utime(precious, ns=(1, 1))
+    name = hashlib.sha256(f"{os.path.abspath(root)}/k".encode()).hexdigest()[:24]
+    (scratch / f"sasrec_lightning-{name}.lock").symlink_to(absent)  # in a shared /tmp: anyone can do this
+    (root / ".lock-k").symlink_to(precious)
+    def take():
+        with _build_lock(root, "k"):
+            done.append(True)
+
+    done = []
+    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+        worker = threading.Thread(target=take, daemon=True)  # a lock that chases the link must fail, not hang
+        worker.start()
+        worker.join(30)
+    assert done == [True]
+    assert not absent.exists()  # not created through the link
+    assert precious.read_text() == "precious\n" and precious.stat().st_mtime_ns == 1
+    assert os.path.islink(root / ".lock-k") and os.path.islink(scratch / f"sasrec_lightning-{name}.lock")
+    assert "cannot take the build lock of cache entry k" in caplog.text
+    assert "a symbolic link is at the lock file's name (not followed)" in caplog.text
+    assert "continuing without it" in caplog.text
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the build lock uses fcntl")
+def test_build_lock_lives_in_the_cache_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from sasrec_lightning.cache import _build_lock
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with _build_lock(tmp_path / "cache", "k"):
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == [".lock-k"]
+        assert list(scratch.iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="chown to another user needs root")
+def test_build_lock_refuses_a_tmpdir_lock_file_of_another_user(tmp_path, monkeypatch, caplog):
+    """Another user's file at the predictable $TMPDIR name could be held locked by them forever: not used."""
+    import hashlib
+    import tempfile
+
+    from sasrec_lightning.cache import _build_lock
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / ".lock-k").symlink_to(tmp_path / "elsewhere")  # the cache folder's lock cannot be used
+    name = hashlib.sha256(f"{os.path.abspath(root)}/k".encode()).hexdigest()[:24]
+    theirs = scratch / f"sasrec_lightning-{name}.lock"
+    theirs.write_text("")
+    os.chown(theirs, 65534, 65534)  # nobody's
+    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"), _build_lock(root, "k"):
+        pass
+    assert theirs.exists() and theirs.stat().st_uid == 65534  # neither used nor removed
+    assert "the lock file belongs to another user" in caplog.text

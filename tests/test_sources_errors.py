@@ -19,6 +19,7 @@ import pytest
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli import main
 from sasrec_lightning.errors import DataError
+from sasrec_lightning.sources import load_interactions
 
 datasets.disable_progress_bars()
 
@@ -40,6 +41,21 @@ def _parquet(table):
 
 def _fifo(path):
     os.mkfifo(path)
+
+
+SCRIPT = "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('the script ran')\n"
+
+
+def _script_folder(path):
+    """A hub-style folder whose loading script is ``<folder>/<folder>.py`` (the datasets convention), next to data."""
+    path.mkdir()
+    (path / f"{path.name}.py").write_text(SCRIPT)
+    (path / "data.csv").write_text("user,item\n1,2\n")
+
+
+def _python_only_folder(path):
+    path.mkdir()
+    (path / "loader.py").write_text(SCRIPT)
 
 
 INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
@@ -108,6 +124,8 @@ CASES = {
     "latin-1 text": ("log.csv", "user,item\n1,caf\u00e9\n".encode("latin-1"), {},
                      ["log.csv", "line 2", "byte 0xe9", "not valid UTF-8", "Latin-1"]),
     "binary .txt": ("log.txt", b"\x00\x01\n\xff\xfe" * 64, {}, ["log.txt", "line 2", "binary file"]),
+    "UTF-16 csv": ("log.csv", "user,item\n1,2\n".encode("utf-16"), {},
+                   ["log.csv", "UTF-16 (little-endian) byte-order mark", "not UTF-8", "iconv -f UTF-16 -t UTF-8"]),
     "malformed json line": ("log.jsonl", '{"user": 1, "item": 2}\n\n{"user": 1, "item": \n', {},
                             ["log.jsonl", "line 3", "not valid JSON", "one JSON object per line"]),
     "json ids of mixed types": ("log.jsonl", '{"user": 1, "item": 2}\n{"user": "a", "item": 2}\n', {},
@@ -127,6 +145,11 @@ CASES = {
     "named pipe (FIFO)": ("log.csv", _fifo, {}, ["log.csv", "named pipe (FIFO)", "not a regular file"]),
     "folder with a file format": ("folder", lambda path: path.mkdir(), {"format": "csv"},
                                   ["folder", "is a folder", "--data.format disk"]),
+    "hub folder with a loading script": ("myds", _script_folder, {"format": "hub"},
+                                        ["myds' holds a loading script, myds.py", "dataset scripts are never run",
+                                         "Parquet, CSV or JSON lines"]),
+    "hub folder with only a Python file": ("scripts", _python_only_folder, {"format": "hub"},
+                                           ["scripts' has no data files", "['loader.py']", "never run"]),
     "NA user id": ("log.csv", "user,item\n1,2\nNA,3\n", {},
                    ["log.csv", "line 3", "'user'", "'NA', a missing-value marker", "missing"]),
     "None item id": ("log.tsv", "user\titem\n1\t2\n\n1\tNone\n", {},
@@ -197,6 +220,46 @@ def test_hub_dataset_whose_files_disagree_is_a_data_error(tmp_path, offline):
     assert "\n" not in str(error.value)  # one paragraph
 
 
+@pytest.mark.parametrize("datasets_version", ["installed", "one that runs scripts"])
+def test_dataset_scripts_are_never_run(tmp_path, offline, monkeypatch, datasets_version):
+    """A loading script given as a hub folder or as the file itself is refused before datasets sees it.
+
+    Also under a ``datasets`` that would run it (before 4.0, scripts ran; simulated by a stand-in).
+    """
+    import runpy
+
+    folder = tmp_path / "myds"
+    _script_folder(folder)
+    if datasets_version != "installed":
+        def runs_scripts(path, **kwargs):
+            script = path if path.endswith(".py") else os.path.join(path, f"{os.path.basename(path)}.py")
+            runpy.run_path(script)
+            raise AssertionError("the script was run")
+
+        monkeypatch.setattr(datasets, "load_dataset", runs_scripts)
+    for path in (folder, folder / "myds.py"):
+        module = SASRecDataModule(path=str(path), format="hub", cache_dir=str(tmp_path / "cache"),
+                                  print_statistics=False)
+        with pytest.raises(DataError, match=r"holds a loading script, myds\.py: dataset scripts are never run"):
+            module.sequences  # noqa: B018
+    assert not (folder / "RAN").exists()
+    _assert_cache_empty(tmp_path / "cache")
+
+
+def test_hub_repository_that_is_a_script(tmp_path, monkeypatch):
+    """A hub repository that is a script: datasets (4 and later) refuses it with a RuntimeError; one line."""
+    def script_repository(path, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found squad_v3.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", script_repository)
+    module = SASRecDataModule(path="someone/squad_v3", format="hub", cache_dir=str(tmp_path / "cache"),
+                              print_statistics=False)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    assert str(error.value).startswith("hub dataset 'someone/squad_v3' holds a loading script, squad_v3.py: dataset "
+                                       "scripts are never run")
+
+
 def test_url_download_while_offline_names_url_and_option(tmp_path, offline):
     url = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
     module = SASRecDataModule(url=url, user_column="username", item_column="product_id", timestamp_column="date",
@@ -236,7 +299,45 @@ REMOTE_CASES = {
     "hub id while offline": ({"path": "nobody/no-such-dataset", "format": "hub"},
                              ["hub dataset 'nobody/no-such-dataset'", "offline mode"]),
     "download while offline": ({"url": URL}, ["cannot download", URL, "--data.path"]),
+    "https URL as --data.path": ({"path": URL}, [f"--data.path {URL!r} is a URL", "a local file, a folder or a hub",
+                                                 f"--data.url {URL}"]),
+    "http URL as --data.path": ({"path": "http://example.org/ratings.csv"},
+                                ["'http://example.org/ratings.csv' is a URL", "--data.url http://example.org/ratings.csv"]),
+    "file URL on another host": ({"path": "file://fileserver/data/log.csv"},
+                                 ["file:// URL on the host 'fileserver'", "expected a local file"]),
 }
+
+
+@pytest.mark.parametrize("url", [URL, "http://example.org/ratings.csv", "HTTPS://EXAMPLE.ORG/A.TXT",
+                                 "s3://bucket/log.parquet"])
+def test_remote_url_as_path_points_at_data_url(tmp_path, url):
+    """It used to say the file "does not exist", with no hint about --data.url."""
+    module = SASRecDataModule(path=url, cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    with pytest.raises(DataError) as error:
+        module.sequences  # noqa: B018
+    assert str(error.value).startswith(f"--data.path {url!r} is a URL, but --data.path takes a local file")
+    assert f"--data.url {url}" in str(error.value) and "does not exist" not in str(error.value)
+    with pytest.raises(DataError, match="is a URL, but --data.path takes a local file"):
+        load_interactions(url)  # the library call too
+
+
+def test_file_url_is_read_as_the_local_path(tmp_path):
+    """``file:///abs/path`` names a local file unambiguously: it is read (percent-escapes decoded), and cached."""
+    import pathlib
+
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    path = _write(folder, "log.csv", "user,item,ts\n1,2,1\n1,3,2\n2,2,1\n2,3,2\n")
+    url = pathlib.Path(path).as_uri()
+    assert url.startswith("file:///") and "my%20data" in url
+    options = {"timestamp_column": "ts", "min_user_interactions": 0, "min_item_interactions": 0,
+               "cache_dir": str(tmp_path / "cache"), "print_statistics": False}
+    from_url = SASRecDataModule(path=url, **options).sequences
+    from_path = SASRecDataModule(path=str(path), **options).sequences
+    assert load_interactions(url, timestamp_column="ts").to_pydict() == load_interactions(
+        str(path), timestamp_column="ts").to_pydict()
+    assert from_url.info["cache"]["hit"] is False and from_path.info["cache"]["hit"] is True  # the same source
+    assert from_url.user_ids.tolist() == [1, 2] and from_url.items.tolist() == from_path.items.tolist()
 
 
 @pytest.mark.parametrize("case", [*CASES, *REMOTE_CASES])

@@ -7,11 +7,15 @@ Entries are written to a temporary folder, flushed to disk (``fsync``) and renam
 :func:`os.replace`, so a run killed mid-write (or a power cut) leaves no entry a later run could read
 half of. A temporary folder left by a killed save is removed by a later save or load once it is
 older than :data:`STALE_TEMPORARY_SECONDS`; an entry that cannot be read is removed and rebuilt.
+
+The cache is optional: a folder that cannot be written (read-only, full, a file-size limit) is
+skipped with one warning and the run goes on with the sequences as built.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -32,7 +36,8 @@ __all__ = ["CACHE_VERSION", "STALE_TEMPORARY_SECONDS", "SequenceCache", "cache_k
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the stored layout or the preprocessing semantics change (2: CSV ids read as text)
+CACHE_VERSION = 3  # bump when the key, the stored layout or the preprocessing semantics change
+# (2: CSV ids read as text; 3: the source's inode and sampled-content digest in the key)
 STALE_TEMPORARY_SECONDS = 30 * 60  # a save takes seconds; a temporary folder this old was left by a killed save
 
 
@@ -44,39 +49,103 @@ def default_cache_root() -> str:
     return os.path.join(base, "sasrec_lightning")
 
 
+def _reason(error: OSError) -> str:
+    """``ENOSPC: No space left on device``: an ``OSError`` in a few words, for a warning."""
+    if error.errno in errno.errorcode and error.strerror:
+        return f"{errno.errorcode[error.errno]}: {error.strerror}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _lock_paths(root: Path, key: str) -> list[tuple[str, bool]]:
+    """Where the lock of ``key`` may live, preferred first: ``(path, in the shared temporary directory)``.
+
+    The cache folder first: nobody else can plant a file there. ``$TMPDIR`` (a hashed, predictable
+    name, so every process of this cache finds the same file) when the cache folder is read-only.
+    """
+    name = hashlib.sha256(f"{os.path.abspath(root)}/{key}".encode()).hexdigest()[:24]
+    return [(os.path.join(root, f".lock-{key}"), False),
+            (os.path.join(tempfile.gettempdir(), f"sasrec_lightning-{name}.lock"), True)]
+
+
+def _open_lock_file(path: str, shared: bool) -> int:
+    """Open (create) a lock file without following a symlink planted at its name; the descriptor.
+
+    ``O_NOFOLLOW``: a symlink at ``path`` (e.g. planted in a shared ``/tmp`` at the predictable
+    name, pointing at a file of yours) is refused, never opened, created or written through. In the
+    shared temporary directory a file owned by another user is refused too (they could hold it
+    locked forever). The file is opened read-only: nothing is ever written to it.
+
+    Raises:
+        OSError: the file cannot be created or opened, is a symlink, or belongs to another user.
+    """
+    flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP or os.path.islink(path):
+            raise OSError(errno.ELOOP, "a symbolic link is at the lock file's name (not followed)", path) from None
+        raise
+    if shared and os.fstat(descriptor).st_uid != os.geteuid():
+        os.close(descriptor)
+        raise OSError(errno.EPERM, "the lock file belongs to another user", path)
+    return descriptor
+
+
 @contextlib.contextmanager
 def _build_lock(root: Path, key: str) -> Iterator[None]:
     """An exclusive inter-process lock per cache entry (a no-op where ``fcntl`` is unavailable).
 
-    The lock file lives in the temporary directory, not in the cache, so a failed build leaves the
-    cache untouched, and it is removed when the lock is released, so lock files do not pile up
-    there (one per entry ever built). Removing a lock file others may wait on is safe with the
-    usual check: after ``flock`` succeeds, the holder verifies that the path still names the file
-    it locked; a waiter that locked a file removed meanwhile opens the new one and tries again.
+    The lock file is ``<root>/.lock-<key>`` (the cache folder is created for it), or, when the cache
+    folder is not writable, ``$TMPDIR/sasrec_lightning-<hash>.lock``; neither is followed if it is a
+    symlink (:func:`_open_lock_file`). When no lock file can be opened the build goes on without the
+    lock, with a warning: the cache is optional, and the only cost is that processes building the
+    same entry at once each build it. The lock file is removed when the lock is released, so lock
+    files do not pile up (one per entry ever built). Removing a lock file others may wait on is safe
+    with the usual check: after ``flock`` succeeds, the holder verifies that the path still names the
+    file it locked; a waiter that locked a file removed meanwhile opens the new one and tries again.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no lock, concurrent builders each write an identical entry
         yield
         return
-    name = hashlib.sha256(f"{os.path.abspath(root)}/{key}".encode()).hexdigest()[:24]
-    path = os.path.join(tempfile.gettempdir(), f"sasrec_lightning-{name}.lock")
-    while True:
-        handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock is released)
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    problems, path, shared, descriptor = [], "", False, None
+    for candidate, in_tmpdir in _lock_paths(root, key):
         try:
-            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            if not in_tmpdir:
+                os.makedirs(root, exist_ok=True)
+            descriptor = _open_lock_file(candidate, in_tmpdir)
+        except OSError as error:
+            problems.append(f"{candidate}: {_reason(error)}")
+            continue
+        path, shared = candidate, in_tmpdir  # the lock file of this run, opened again below if it is replaced
+        break
+    while descriptor is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            locked, named = os.fstat(descriptor), os.lstat(path)
+            current = (locked.st_ino, locked.st_dev) == (named.st_ino, named.st_dev)
         except FileNotFoundError:
             current = False
         if current:
             break
-        handle.close()  # the previous holder removed this file: lock the path's new file
+        os.close(descriptor)  # the previous holder removed this file: lock the path's new file
+        descriptor = None
+        try:
+            descriptor = _open_lock_file(path, shared)
+        except OSError as error:
+            problems.append(f"{path}: {_reason(error)}")
+    if descriptor is None:
+        log.warning("cannot take the build lock of cache entry %s (%s); continuing without it (processes that "
+                    "build this entry at the same time each build it)", key, "; ".join(problems))
+        yield
+        return
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)  # while still holding the lock: waiters on this file will see it is gone
-        handle.close()
+        os.close(descriptor)
 
 
 def _fsync(path: Path) -> None:
@@ -198,7 +267,9 @@ class SequenceCache:
         """The cached entry for ``key``; otherwise ``build()`` it and store it (only if it succeeds).
 
         Processes building the same key (e.g. DDP ranks started together) take turns: the first
-        builds, the others wait and then read its entry instead of preprocessing again.
+        builds, the others wait and then read its entry instead of preprocessing again. When the
+        entry cannot be written (``OSError``: a read-only or full disk, a file-size limit) the built
+        data is returned with a warning and nothing is left in the cache folder.
         """
         with _build_lock(self.root, key):
             if not rebuild:
@@ -207,7 +278,14 @@ class SequenceCache:
                     log.info("loaded processed sequences from cache %s", self.path(key))
                     return data
             data = build()
-            folder = self.save(key, data, meta)
+            try:
+                folder = self.save(key, data, meta)
+            except OSError as error:  # read-only, full, a file-size limit: the cache is optional
+                log.warning("cannot write the processed-data cache in %s (%s); continuing without the cache: the "
+                            "sequences are used as built from the source and the next run builds them again (free "
+                            "space, make the folder writable, or choose another with --data.cache_dir; "
+                            "--data.use_cache false skips the cache)", self.root, _reason(error))
+                return data
         data.info["cache"] = {"key": key, "path": str(folder), "hit": False}
         log.info("cached processed sequences in %s", folder)
         return data

@@ -28,7 +28,14 @@ from .preprocessing import (
 )
 from .preprocessing import preprocess as preprocess_table
 from .sampling import InteractionIndex
-from .sources import default_min_interactions, detect_format, download, load_interactions, source_identity
+from .sources import (
+    default_min_interactions,
+    detect_format,
+    download,
+    load_interactions,
+    local_path,
+    source_identity,
+)
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
 from .vocabulary import read_user_list
@@ -75,10 +82,12 @@ class SASRecDataModule(L.LightningDataModule):
         test_cutoff: temporal split: test starts at this time. Empty: the ``temporal_quantiles[1]`` quantile.
         temporal_quantiles: default cut-off quantiles of the temporal split.
         num_proc: processes for parsing Python-literal lines; empty: all CPU cores for large files.
-        use_cache: cache the processed sequences on disk (keyed by the file's path, size and
-            modification time and every preprocessing option) and reuse them on the next run.
+        use_cache: cache the processed sequences on disk (keyed by the file's path, size, modification
+            time, inode and a digest of 10 sampled 64 KiB blocks, and every preprocessing option) and
+            reuse them on the next run.
         rebuild_cache: ignore a cached entry and preprocess again (the entry is replaced).
-        hash_source: key the cache on a SHA-256 of the file content instead of its modification time.
+        hash_source: key the cache on a SHA-256 of every byte of the file instead of its modification
+            time, inode and sampled blocks (slower on large files; sees any edit).
         print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
         max_len: maximum sequence length ``n`` (the most recent ``n`` actions are kept).
         batch_size: training sequences per batch (paper: 128).
@@ -175,8 +184,8 @@ class SASRecDataModule(L.LightningDataModule):
     def _load_sequences(self) -> SequenceData:
         """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
         hp = self.hparams
-        path = hp.path or download(hp.url, hp.cache_dir)
-        format = hp.format or detect_format(hp.path or hp.url)  # downloads are stored under a hashed name
+        path = local_path(hp.path) if hp.path else download(hp.url, hp.cache_dir)
+        format = hp.format or detect_format(path if hp.path else hp.url)  # downloads are stored under a hashed name
         options = self.preprocess_options(format)
         num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() or 1)
         if num_proc > 1 and os.path.isfile(path) and os.path.getsize(path) < (64 << 20):

@@ -10,7 +10,8 @@
 
 Each parser returns an Arrow table with string or integer columns and a ``line`` column (the
 1-based line number in the file) so later errors can point at the offending line. Empty lines are
-skipped.
+skipped, and a UTF-8 byte-order mark before the first line is dropped (the ``text`` builder keeps it
+in compressed files, whatever its ``encoding``; see :mod:`.textfiles`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError
+from .textfiles import BYTE_ORDER_MARK
 
 __all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts",
            "integer_or_text_ids", "quote_line", "first_false"]
@@ -49,9 +51,18 @@ def integer_or_text_ids(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray |
         return values
 
 
+def _without_byte_order_mark(lines: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The lines of a file with a UTF-8 byte-order mark removed from the first one (only there: it marks the file)."""
+    first = lines[0].as_py() if len(lines) else None
+    if not first or not first.startswith(BYTE_ORDER_MARK):
+        return lines
+    rest = lines.slice(1)  # zero-copy: a large file stays memory-mapped
+    return pa.chunked_array([pa.array([first[len(BYTE_ORDER_MARK):]], lines.type), *rest.chunks], lines.type)
+
+
 def _lines(dataset: datasets.Dataset) -> tuple[pa.ChunkedArray, np.ndarray]:
     """Non-empty lines (whitespace-trimmed) and their 1-based line numbers."""
-    text = pc.utf8_trim_whitespace(dataset.data.table.column("text"))
+    text = pc.utf8_trim_whitespace(_without_byte_order_mark(dataset.data.table.column("text")))
     keep = pc.not_equal(text, "")
     numbers = np.flatnonzero(keep.to_numpy(zero_copy_only=False)) + 1  # (n,)
     return text.filter(keep), numbers
@@ -214,7 +225,7 @@ def _literal_batch(batch: dict, indices: list[int], keys: tuple[str, ...]) -> di
     out: dict[str, list] = {key: [] for key in keys}
     out["line"], out["error"] = [], []
     for text, index in zip(batch["text"], indices, strict=True):
-        text = text.strip()
+        text = (text.removeprefix(BYTE_ORDER_MARK) if index == 0 else text).strip()  # see _without_byte_order_mark
         if not text:
             continue
         error = None

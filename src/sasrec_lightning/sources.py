@@ -7,7 +7,8 @@ file, column and line are known; preprocessing receives clean, typed columns. CS
 as text and typed here (ids keep their spelling unless all are plain integers). When ``datasets``
 cannot read a file, the file is read again on that error path to name the line and what was wrong
 (non-UTF-8 bytes, a line with extra fields, a malformed JSON line), so every failure is one
-``DataError`` paragraph rather than a reader traceback.
+``DataError`` paragraph rather than a reader traceback. A UTF-8 byte-order mark at the start of a text
+file is dropped, and a UTF-16/UTF-32 one is named in the error (:mod:`.textfiles`).
 
 Supported (``format``): ``sasrec`` (``user item`` text), ``csv``, ``tsv``, ``parquet``, ``json``
 (JSON lines; one Python-literal dict per line is detected and parsed safely: the raw Steam and older
@@ -28,11 +29,14 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
 import threading
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -56,6 +60,7 @@ from .formats import (
     parse_sasrec_lines,
     quote_line,
 )
+from .textfiles import TEXT_ENCODING, other_unicode_error
 
 __all__ = [
     "DataError",
@@ -66,11 +71,40 @@ __all__ = [
     "detect_format",
     "download",
     "load_interactions",
+    "local_path",
     "source_identity",
     "timestamps_to_int64",
 ]
 
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # a scheme of 2+ letters: not a Windows drive
+
+
+def local_path(path: str) -> str:
+    """``--data.path`` as a local path: a ``file://`` URL is read as the path it names; other URLs are refused.
+
+    A ``file://`` URL names a local file unambiguously (``file:///data/my%20log.csv`` is
+    ``/data/my log.csv``), so it is read rather than refused. ``http(s)://`` and other remote URLs
+    are not read from ``--data.path`` (it would say "does not exist"): ``--data.url`` downloads a
+    file once into the cache. ``hf://`` paths are passed on to ``datasets`` (a hub dataset).
+
+    Raises:
+        DataError: a remote URL, or a ``file://`` URL naming another host.
+    """
+    match = _URL.match(path)
+    if match is None or match[1].lower() == "hf":
+        return path
+    if match[1].lower() == "file":
+        parsed = urllib.parse.urlsplit(path)
+        if parsed.netloc not in ("", "localhost"):
+            raise DataError(f"--data.path {path!r} is a file:// URL on the host {parsed.netloc!r}; expected a local "
+                            "file (file:///absolute/path, or the path itself)")
+        return urllib.request.url2pathname(parsed.path)
+    raise DataError(f"--data.path {path!r} is a URL, but --data.path takes a local file, a folder or a hub dataset id; "
+                    f"to download the file, pass it with --data.url {path} (downloaded once into --data.cache_dir), or "
+                    "download it yourself and pass the local file with --data.path")
 
 
 def detect_format(path: str) -> str:
@@ -94,34 +128,69 @@ def detect_format(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ identity / download
+SAMPLE_BLOCK = 64 << 10  # bytes per sampled block of the default fingerprint
+SAMPLED_BLOCKS = 8  # blocks between the head and the tail, at fixed offsets spread over the file
+
+
+def _sampled_sha256(path: str, size: int) -> str:
+    """SHA-256 of the head, the tail and :data:`SAMPLED_BLOCKS` blocks between them (the whole file when small).
+
+    The offsets depend only on the size, so the same bytes give the same digest; reading ten 64 KiB
+    blocks takes milliseconds however large the file is.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if size <= (SAMPLED_BLOCKS + 2) * SAMPLE_BLOCK:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            for index in range(SAMPLED_BLOCKS + 2):  # 0 (the head) .. size - SAMPLE_BLOCK (the tail)
+                handle.seek(index * (size - SAMPLE_BLOCK) // (SAMPLED_BLOCKS + 1))
+                digest.update(handle.read(SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
+def _file_identity(file: str, name: str, hash_content: bool) -> dict:
+    """The cache-key entry of one file: a symlink stands for its target (``os.stat`` and ``open`` follow it)."""
+    status = os.stat(file)
+    entry = {"path": name, "target": os.path.realpath(file), "size": status.st_size}
+    if hash_content:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        entry["sha256"] = digest.hexdigest()
+    else:
+        entry.update(mtime_ns=status.st_mtime_ns, inode=status.st_ino,
+                     sampled_sha256=_sampled_sha256(file, status.st_size))
+    return entry
+
+
 def source_identity(path: str, format: str, name: str | None = None, split: str = "train",
                     hash_content: bool = False) -> dict:
     """What identifies the source's content, for the processed-data cache key.
 
-    Local files: absolute path, size and modification time (or a SHA-256 of the bytes with
-    ``hash_content``); folders: the same for every file inside. Hub ids: id, configuration, split.
+    Local files, and every file of a folder: absolute path, the target of a symlink, size, and by
+    default the modification time, the inode and a SHA-256 of the head, the tail and 8 blocks at
+    fixed offsets (:func:`_sampled_sha256`), so an edit that keeps the size and the modification
+    time (``touch -r``, a restored backup, a symlink swapped to another file) still changes the key
+    unless it falls outside the sampled blocks and the inode is the same too; ``hash_content``
+    (``--data.hash_source``): a SHA-256 of every byte instead, which nothing misses. Hub ids: id,
+    configuration, split.
     """
-    if format == "hub":
+    local_folder = format == "hub" and os.path.isdir(path)  # a folder of data files read as a hub dataset
+    if format == "hub" and not local_folder:
         return {"hub": path, "name": name, "split": split}
-    _check_local(path, format)  # a FIFO would block the hash or the stat of its content
+    if not local_folder:
+        _check_local(path, format)  # a FIFO would block the hash or the stat of its content
     root = os.path.abspath(path)
     files = [root] if os.path.isfile(root) else sorted(
         os.path.join(base, file) for base, _, names in os.walk(root) for file in names
     )
-    entries = []
-    for file in files:
-        stat = os.stat(file)
-        entry = {"path": os.path.relpath(file, root) if file != root else root, "size": stat.st_size}
-        if hash_content:
-            digest = hashlib.sha256()
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            entry["sha256"] = digest.hexdigest()
-        else:
-            entry["mtime_ns"] = stat.st_mtime_ns
-        entries.append(entry)
-    return {"path": root, "split": split if format == "disk" else None, "files": entries}
+    entries = [_file_identity(file, os.path.relpath(file, root) if file != root else root, hash_content)
+               for file in files]
+    return {"path": root, "split": split if format in ("disk", "hub") else None,
+            "name": name if local_folder else None, "files": entries}
 
 
 def download(url: str, cache_dir: str | None = None) -> str:
@@ -155,8 +224,9 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _open_text(path: str, errors: str = "replace", encoding: str = "utf-8") -> io.TextIOBase:
-    return io.TextIOWrapper(_open_binary(path), encoding=encoding, errors=errors, newline="")
+def _open_text(path: str, errors: str = "replace") -> io.TextIOBase:
+    """The file's text, decompressed, without a leading UTF-8 byte-order mark (see :mod:`.textfiles`)."""
+    return io.TextIOWrapper(_open_binary(path), encoding=TEXT_ENCODING, errors=errors, newline="")
 
 
 def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator[tuple[int, list[str]]]:
@@ -165,7 +235,7 @@ def _csv_records(path: str, separator: str, errors: str = "replace") -> Iterator
     Lines are counted as an editor counts them (1-based, blank lines and the lines of quoted
     multi-line fields included); blank lines are skipped, as the CSV reader skips them.
     """
-    with _open_text(path, errors, encoding="utf-8-sig") as text:  # a byte-order mark is not part of the header
+    with _open_text(path, errors) as text:  # a byte-order mark is not part of the header
         reader = csv.reader(text, delimiter=separator)
         previous = 0
         for fields in reader:
@@ -229,18 +299,24 @@ def _first_undecodable(path: str) -> tuple[int, int, bool] | None:
 
 def _not_utf8(path: str, format: str) -> DataError | None:
     try:
+        with _open_binary(path) as handle:
+            head = handle.read(4)
         found = _first_undecodable(path)
     except (OSError, EOFError, zlib.error, lzma.LZMAError):
         return None
     if found is None:
         return None
+    compressed = path.lower().endswith(_COMPRESSION)
+    other = other_unicode_error(path, head, f"UTF-8 text in the {format} format", compressed)
+    if other is not None:  # UTF-16/UTF-32 text, not a binary or an 8-bit file
+        return other
     line, byte, binary = found
     if binary:
         return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 text and the file holds NUL bytes: "
                          f"it looks like a binary file, not {format} text. Expected a UTF-8 text file in the "
                          f"{format} format; check --data.path and --data.format")
     name = os.path.basename(path)
-    example = "" if name.lower().endswith(_COMPRESSION) else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
+    example = "" if compressed else f", e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
     return DataError(f"{path}, line {line}: byte 0x{byte:02x} is not valid UTF-8 (the file is probably Latin-1, "
                      f"Windows-1252 or another 8-bit encoding); expected UTF-8 text. Convert the file to "
                      f"UTF-8{example}")
@@ -762,7 +838,7 @@ class _Request:
     path: str
     format: str
     keys: list[str]
-    scratch: str | None  # the scratch ``datasets`` cache of a local file (None for disk/hub)
+    scratch: str | None  # the scratch ``datasets`` cache of a local file or folder (None: disk, hub ids)
     name: str | None
     split: str
     cache_dir: str | None
@@ -844,10 +920,26 @@ def _read_disk(request: _Request) -> pa.Table:
     return dataset.data.table
 
 
+_NEVER_RUN = ("dataset scripts are never run (a script is code, not data). Expected data files: convert the data to "
+              "Parquet, CSV or JSON lines and pass the file (or a folder of them) with --data.path")
+
+
+def _loading_script(path: str) -> str | None:
+    """The loading script ``datasets`` would take a local hub path for: ``x.py`` itself, or ``folder/folder.py``."""
+    if path.lower().endswith(".py") and os.path.isfile(path):
+        return os.path.basename(path)
+    script = f"{os.path.basename(os.path.normpath(path))}.py"
+    return script if os.path.isfile(os.path.join(path, script)) else None
+
+
 def _read_hub(request: _Request) -> pa.Table:
     path, name, split = request.path, request.name, request.split
+    script = _loading_script(path)
+    if script is not None:  # refused here, whatever the installed datasets would do with it
+        raise DataError(f"hub dataset {path!r} holds a loading script, {script}: {_NEVER_RUN}")
     try:
-        return datasets.load_dataset(path, name=name, split=split, cache_dir=request.cache_dir).data.table
+        cache_dir = request.scratch or request.cache_dir  # a local folder: the scratch cache
+        return datasets.load_dataset(path, name=name, split=split, cache_dir=cache_dir).data.table
     except datasets.exceptions.DatasetGenerationError as error:  # the hub files themselves are bad
         cause = error.__cause__ or error
         raise DataError(
@@ -855,7 +947,18 @@ def _read_hub(request: _Request) -> pa.Table:
             f"{_one_paragraph(cause)}. Expected files of one consistent table with "
             "user/item(/timestamp) columns"
         ) from error
+    except RuntimeError as error:  # datasets >= 4 on a hub repository that is a script
+        if "scripts are no longer supported" not in str(error):
+            raise
+        found = str(error).rsplit("found ", 1)[-1]
+        raise DataError(f"hub dataset {path!r} holds a loading script, {found}: {_NEVER_RUN}") from None
     except (ConnectionError, FileNotFoundError) as error:
+        if os.path.isdir(path):  # a local folder: nothing to do with the hub or offline mode
+            scripts = sorted(file for file in os.listdir(path) if file.lower().endswith(".py"))
+            held = f"; it holds Python files {scripts}, and {_NEVER_RUN}" if scripts else (
+                ". Expected Parquet, CSV or JSON-lines files in the folder")
+            raise DataError(f"hub dataset folder {path!r} has no data files datasets can read "
+                            f"({_one_paragraph(error)}){held}") from None
         offline = " (offline mode: HF_HUB_OFFLINE=1)" if datasets.config.HF_HUB_OFFLINE else ""
         raise DataError(
             f"hub dataset {path!r} (name={name!r}, split={split!r}) could not be loaded{offline}: "
@@ -909,8 +1012,8 @@ def load_interactions(
         name: hub dataset configuration name.
         split: hub dataset split (and the split of a ``save_to_disk`` ``DatasetDict``).
         cache_dir: the ``datasets`` cache of hub ids (their prepared Arrow files are kept there).
-            Local files are read through a temporary cache that is removed afterwards, so loading
-            a local file, successfully or not, writes nothing to ``cache_dir``.
+            Local files (and local folders read as ``hub``) are read through a temporary cache that
+            is removed afterwards, so loading them, successfully or not, writes nothing to ``cache_dir``.
         rating_column: rating column name, or ``None`` (``movielens`` always reads its ratings).
         num_proc: worker processes for parsing Python-literal lines.
 
@@ -920,6 +1023,7 @@ def load_interactions(
     Raises:
         DataError: missing/empty/corrupt file, bad line or value, missing column, unreachable hub id.
     """
+    path = local_path(path)
     format = format or detect_format(path)
     if format not in READERS:
         raise DataError(f"unknown format {format!r} for {path!r}; expected one of {list(READERS)}")
@@ -932,8 +1036,10 @@ def load_interactions(
         user_column, item_column, timestamp_column, rating_column = reader.columns
     keys = list(dict.fromkeys(key for key in (user_column, item_column, timestamp_column, rating_column) if key))
     with contextlib.ExitStack() as stack:
-        # Local files: the datasets cache is a scratch folder (nothing lands in cache_dir); hub ids
-        # keep using cache_dir, where datasets prepares into "*.incomplete" and renames when done.
-        scratch = None if format in ("disk", "hub") else stack.enter_context(_scratch_cache())
+        # Local files and folders: the datasets cache is a scratch folder (nothing lands in cache_dir,
+        # and datasets' own cache, keyed by path and modification time, can never serve an edited
+        # file); hub ids keep using cache_dir, where datasets prepares into "*.incomplete" and renames.
+        local = format != "disk" and (format != "hub" or os.path.isdir(path))
+        scratch = stack.enter_context(_scratch_cache()) if local else None
         table = reader.read(_Request(path, format, keys, scratch, name, split, cache_dir, num_proc))
         return _canonical(table, path, format, user_column, item_column, timestamp_column, rating_column)

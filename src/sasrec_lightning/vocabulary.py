@@ -13,6 +13,7 @@ Lookups are vectorized (``np.searchsorted`` over the sorted ids), no per-item di
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import pyarrow.json
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .textfiles import TEXT_ENCODING, other_unicode_error
 
 __all__ = ["IdMap", "ItemVocabulary", "read_user_list"]
 
@@ -120,6 +122,22 @@ class ItemVocabulary(IdMap):
         return np.where(found, internal, 0).astype(np.int64)
 
 
+def _not_utf8(path: str, error: UnicodeDecodeError) -> DataError:
+    """The error for a user list that is not UTF-8 text: the line and the byte (only on this error path)."""
+    with open(path, "rb") as handle:
+        data = handle.read().removeprefix(codecs.BOM_UTF8)  # as the reader decoded it (utf-8-sig)
+    try:
+        data.decode("utf-8")
+        line, byte = None, error.object[error.start]
+    except UnicodeDecodeError as found:
+        line, byte = data[: found.start].count(b"\n") + 1, data[found.start]
+    name = os.path.basename(path)
+    where = "" if line is None else f", line {line}"
+    return DataError(f"--data.predict_users {path!r}{where}: byte 0x{byte:02x} is not valid UTF-8 (the file is "
+                     "probably Latin-1, Windows-1252 or another 8-bit encoding); expected UTF-8 text, one user id "
+                     f"per line. Convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`")
+
+
 def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, list] | None = None) -> np.ndarray:
     """User rows of the original user ids listed in a file, in sorted row order, each once.
 
@@ -138,6 +156,13 @@ def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, li
         raise DataError(f"--data.predict_users {path!r} does not exist; expected a file with one user id "
                                 "per line (or Parquet / JSON lines with a 'user' column)")
     suffix = Path(path).suffix.lower()
+    if suffix not in (".parquet", ".pq"):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        other = other_unicode_error(path, head, "UTF-8 text: one user id per line (or JSON lines with a 'user' key)",
+                                    label=f"--data.predict_users {path!r}")
+        if other is not None:
+            raise other
     if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
         kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
         try:
@@ -149,8 +174,11 @@ def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, li
             raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
         wanted = table.column("user").to_numpy(zero_copy_only=False)
     else:
-        with open(path, encoding="utf-8") as handle:
-            wanted = np.array([line.strip() for line in handle if line.strip()])
+        try:  # a UTF-8 byte-order mark (Windows Notepad) is not part of the first id
+            with open(path, encoding=TEXT_ENCODING) as handle:
+                wanted = np.array([line.strip() for line in handle if line.strip()])
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error) from None
     wanted = np.asarray(wanted)
     given = wanted.astype(str)  # (N,) as written, for the warning
     known = np.ones(len(wanted), dtype=bool)  # (N,)
