@@ -1,0 +1,134 @@
+"""A diverged model stops with one clear error instead of answering: fit, checkpoints, predict, recommend, export.
+
+Divergence is made deterministic by a callback that multiplies every weight by NaN (diverged) or by 1e30
+(finite, but every score overflows float32 by twenty orders of magnitude, whatever the kernel's rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.cli import main
+from sasrec_lightning.errors import ModelError
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+TINY = ["--data.synthetic_users", "60", "--data.synthetic_items", "120", "--data.max_len", "8",
+        "--data.use_cache", "false", "--data.print_statistics", "false",
+        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+OVERFLOW = 1e30  # times every weight: finite weights, scores beyond float32's 3.4e38
+
+
+def scaled(module: torch.nn.Module, factor: float) -> None:
+    """Multiply every weight of ``module`` by ``factor`` in place (NaN: a diverged model)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(factor)
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(tensor).all() for tensor in state.values() if tensor.is_floating_point())
+
+
+class Diverge(L.Callback):
+    """Scale every weight by ``factor`` once ``after`` optimizer steps are done.
+
+    Before the next step's batch, or with ``at_batch_end`` right after that step, before a checkpoint
+    callback sees it (Lightning runs checkpoint callbacks last).
+    """
+
+    def __init__(self, after: int, factor: float, at_batch_end: bool = False) -> None:
+        self.after, self.factor, self.at_batch_end = after, factor, at_batch_end
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if not self.at_batch_end and trainer.global_step == self.after:
+            scaled(module, self.factor)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.at_batch_end and trainer.global_step == self.after:
+            scaled(module, self.factor)
+
+
+def fit_until_it_fails(tmp_path, callback: L.Callback, checkpoint: ModelCheckpoint) -> str:
+    """Fit a tiny model (4 batches an epoch) for 3 epochs; return the ModelError's message."""
+    L.seed_everything(0, verbose=False)
+    data = SASRecDataModule(synthetic_users=60, synthetic_items=40, max_len=8, batch_size=16, print_statistics=False,
+                            use_cache=False)
+    module = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, max_epochs=3,
+                        num_sanity_val_steps=0, callbacks=[callback, checkpoint])
+    with pytest.raises(ModelError) as error:
+        trainer.fit(module, datamodule=data)
+    assert trainer.num_training_batches == 4
+    return str(error.value)
+
+
+def saved(folder: Path) -> dict[str, dict]:
+    """Every checkpoint in ``folder``, by file name, as its state dict (loaded weights_only)."""
+    return {path.name: torch.load(path, weights_only=True)["state_dict"] for path in sorted(folder.glob("*.ckpt"))}
+
+
+# ----------------------------------------------------------------------------------------------- fit
+def test_fit_stops_when_the_training_loss_is_not_finite_and_keeps_the_last_finite_checkpoint(tmp_path):
+    """NaN weights from epoch 1's second batch: the loss logged at the epoch's end stops fit, before its checkpoint."""
+    folder = tmp_path / "checkpoints"
+    message = fit_until_it_fails(tmp_path, Diverge(after=5, factor=math.nan),
+                                 ModelCheckpoint(dirpath=folder, save_last=True))
+    assert message.startswith("fit: the training loss is nan (its mean over epoch 1's batches 0-3, checked whenever "
+                              "it is logged: every --trainer.log_every_n_steps 50 steps"), message
+    assert "lower the learning rate (now 0.001: --model.lr)" in message
+    checkpoints = saved(folder)
+    assert sorted(checkpoints) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # epoch 1 never saved
+    assert all(all_finite(state) for state in checkpoints.values())
+
+
+def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
+    """Weights turned NaN right after step 6, between loss checks: the step-6 checkpoint is refused, unwritten."""
+    folder = tmp_path / "checkpoints"
+    message = fit_until_it_fails(tmp_path, Diverge(after=6, factor=math.nan, at_batch_end=True),
+                                 ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_top_k=-1,
+                                                 save_last=True))
+    assert message.startswith(
+        "not saving the checkpoint at epoch 1, step 6: the model's weights are not finite (NaN or infinite values in "
+        "model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and 13 "
+        "more: 16 of 16 weight tensors): the model diverged"), message
+    checkpoints = saved(folder)
+    assert sorted(checkpoints) == [f"epoch={step // 5}-step={step}.ckpt" for step in range(1, 6)] + ["last.ckpt"]
+    assert all(all_finite(state) for state in checkpoints.values())
+
+
+def test_fit_stops_when_validation_scores_overflow_although_the_weights_are_finite(tmp_path):
+    """Finite but huge weights after epoch 1, whose logged loss was finite: validation stops fit.
+
+    It stops before the epoch's checkpoint would replace epoch 0's (``save_top_k=1``).
+    """
+    folder = tmp_path / "checkpoints"
+    diverge = Diverge(after=8, factor=OVERFLOW, at_batch_end=True)
+    message = fit_until_it_fails(tmp_path, diverge, ModelCheckpoint(dirpath=folder, save_last=True))
+    assert message.startswith("fit: 60 of 60 validation users got a NaN or infinite score for their held-out item at "
+                              "epoch 1 (step 8): the model diverged"), message
+    checkpoints = saved(folder)
+    assert sorted(checkpoints) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    assert all(all_finite(state) for state in checkpoints.values())
+
+
+def test_fit_with_a_huge_learning_rate_exits_with_one_error_line(tmp_path, capsys):
+    """The issue's command: ``fit --model.lr 1e10`` used to finish with exit status 0 and NaN checkpoints."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", QUICKSTART, *TINY, "--model.init_args.lr", "1e10", "--trainer.max_epochs", "3",
+              "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path),
+              "--test_after_fit", "false"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: fit: ") and "now 1e+10" in lines[0], err
+    assert "Traceback" not in err
+    assert all(all_finite(state) for state in saved(tmp_path / "checkpoints").values())
