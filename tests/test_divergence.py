@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import main
+from sasrec_lightning.cli import cli_main, main
 from sasrec_lightning.errors import ModelError
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
@@ -132,3 +132,74 @@ def test_fit_with_a_huge_learning_rate_exits_with_one_error_line(tmp_path, capsy
     assert len(lines) == 1 and lines[0].startswith("error: fit: ") and "now 1e+10" in lines[0], err
     assert "Traceback" not in err
     assert all(all_finite(state) for state in saved(tmp_path / "checkpoints").values())
+
+
+# ------------------------------------------------------------------------------------------- predict
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny quickstart model trained for one epoch."""
+    root = tmp_path_factory.mktemp("fit")
+    cli_main(["fit", "-c", QUICKSTART, *TINY, "--trainer.max_epochs", "1", "--test_after_fit", "false",
+              "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(root)])
+    (path,) = root.rglob("*.ckpt")
+    return path
+
+
+def scaled_checkpoint(checkpoint: Path, folder: Path, factor: float) -> Path:
+    """A copy of ``checkpoint`` with every weight multiplied by ``factor`` (written by hand: fit would refuse)."""
+    state = torch.load(checkpoint, weights_only=True)
+    for name, tensor in state["state_dict"].items():
+        if tensor.is_floating_point():
+            state["state_dict"][name] = tensor * factor
+    path = folder / f"scaled-{factor}.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def run_failing(command, args, capsys) -> str:
+    """Run a console entry point that must exit with status 2; return its one ``error:`` line."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_predict_refuses_non_finite_weights_and_keeps_the_old_output(checkpoint, tmp_path, capsys):
+    """The issue's case: a NaN checkpoint used to write empty items/scores for every user, with exit status 0."""
+    broken = scaled_checkpoint(checkpoint, tmp_path, math.nan)
+    output = tmp_path / "recs.jsonl"
+    output.write_text("the old predictions\n")
+    line = run_failing(main, ["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", str(broken),
+                              "--prediction.output", str(output)], capsys)
+    assert line == (
+        f"error: predict --ckpt_path {broken}: the model's weights are not finite (NaN or infinite values in "
+        "model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and "
+        "13 more: 16 of 16 weight tensors): every score would be NaN, so nothing was written (an older output file "
+        "stays). Predict from a checkpoint saved before the training diverged, or train again with a lower "
+        "learning rate")
+    assert output.read_text() == "the old predictions\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([broken.name, "recs.jsonl"])  # no stray file
+
+
+def test_predict_refuses_scores_that_overflow_with_finite_weights(checkpoint, tmp_path, capsys):
+    broken = scaled_checkpoint(checkpoint, tmp_path, OVERFLOW)
+    output = tmp_path / "recs.parquet"
+    output.write_bytes(b"old")
+    line = run_failing(main, ["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", str(broken),
+                              "--prediction.output", str(output)], capsys)
+    assert line.startswith(f"error: predict --ckpt_path {broken}: 60 of 60 users got a NaN or infinite score among "
+                           "their top items although the weights are finite"), line
+    assert output.read_bytes() == b"old"
+
+
+def test_predict_of_a_healthy_model_still_writes_every_user(checkpoint, tmp_path):
+    """Control: the checks pass a trained model (and ``-inf`` slots of users with few items left are no error)."""
+    output = tmp_path / "recs.jsonl"
+    cli_main(["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", str(checkpoint), "--prediction.output", str(output),
+              "--prediction.k", "120"])  # more than any user has left: trailing empty slots
+    lines = output.read_text().splitlines()
+    assert len(lines) == 60 and all('"items":[]' not in line for line in lines)
