@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli import cli_main, main
+from sasrec_lightning.divergence import untrusted_rows
 from sasrec_lightning.errors import ModelError
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
@@ -203,3 +204,55 @@ def test_predict_of_a_healthy_model_still_writes_every_user(checkpoint, tmp_path
               "--prediction.k", "120"])  # more than any user has left: trailing empty slots
     lines = output.read_text().splitlines()
     assert len(lines) == 60 and all('"items":[]' not in line for line in lines)
+
+
+# ----------------------------------------------------------------------------------------- recommend
+def tiny_module() -> SASRecModule:
+    torch.manual_seed(0)
+    return SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1)
+
+
+def test_recommend_raises_for_non_finite_weights_instead_of_answering_nan():
+    module = tiny_module()
+    scaled(module, math.nan)
+    with pytest.raises(ValueError) as error:
+        module.recommend([[1, 2], [3]], k=2)
+    assert isinstance(error.value, ModelError)
+    assert str(error.value) == (
+        "recommend: 2 of 2 sequences got a NaN or infinite score among their top items: the model's weights are not "
+        "finite (NaN or infinite values in item_embedding.weight, position_embedding.weight, "
+        "blocks.0.attention_norm.weight and 13 more: 16 of 16 weight tensors); the model diverged in training. Load "
+        "a checkpoint saved before it diverged, or train again with a lower learning rate")
+    fallback = module.recommend([[]], k=2)  # no known item: most-popular items, the model is not asked
+    assert fallback.fallback == [True]
+
+
+def test_recommend_raises_for_scores_that_overflow_with_finite_weights():
+    module = tiny_module()
+    scaled(module, OVERFLOW)
+    with pytest.raises(ModelError, match=r"^recommend: 1 of 1 sequences got a NaN or infinite score among their top "
+                                         r"items: the weights are finite but large enough to overflow float32"):
+        module.recommend([[1, 2]], k=2, exclude_seen=False)
+
+
+def test_recommend_raises_when_every_score_overflows_to_minus_inf():
+    """Finite weights whose every score is -inf looked like "no item left": recommend answered empty lists."""
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1, share_item_embedding=False)
+    with torch.no_grad():
+        module.model.final_norm.weight.zero_()
+        module.model.final_norm.bias.fill_(1e20)  # every hidden state (1e20, ..., 1e20)
+        module.model.output_embedding.weight.fill_(-1e20)  # every score -8e40: -inf in float32
+    assert all(torch.isfinite(parameter).all() for parameter in module.parameters())
+    with pytest.raises(ModelError, match=r"^recommend: 1 of 1 sequences .* the weights are finite but large enough"):
+        module.recommend([[1, 2]], k=2)
+
+
+def test_untrusted_rows_tells_empty_slots_from_lost_items():
+    """``-inf`` is an empty slot only when the row had fewer than k items left; NaN and +inf never pass."""
+    inf, nan = float("inf"), float("nan")
+    scores = torch.tensor([[2.0, 1.0, -inf], [2.0, -inf, -inf], [nan, 1.0, 0.0], [inf, 1.0, 0.0], [3.0, 2.0, 1.0]])
+    excluded = torch.tensor([2, 2, 0, 0, 0])  # 4 items: rows 0-1 keep at least 2 items, so at most 1 empty slot
+    assert untrusted_rows(scores, 4, excluded).tolist() == [False, True, True, True, False]
+    assert untrusted_rows(scores, 4).tolist() == [True, True, True, True, False]  # nothing excluded: no empty slot
+    assert untrusted_rows(scores, 2, excluded).tolist() == [False, False, True, True, False]  # 2 items: all may go
