@@ -18,6 +18,8 @@ from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli import cli_main, main
 from sasrec_lightning.divergence import untrusted_rows
 from sasrec_lightning.errors import ModelError
+from sasrec_lightning.export import ServingModel
+from sasrec_lightning.export import main as export_main
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 TINY = ["--data.synthetic_users", "60", "--data.synthetic_items", "120", "--data.max_len", "8",
@@ -256,3 +258,22 @@ def test_untrusted_rows_tells_empty_slots_from_lost_items():
     assert untrusted_rows(scores, 4, excluded).tolist() == [False, True, True, True, False]
     assert untrusted_rows(scores, 4).tolist() == [True, True, True, True, False]  # nothing excluded: no empty slot
     assert untrusted_rows(scores, 2, excluded).tolist() == [False, False, True, True, False]  # 2 items: all may go
+
+
+# -------------------------------------------------------------------------------------------- export
+def test_export_refuses_non_finite_weights_and_writes_nothing(checkpoint, tmp_path, capsys):
+    broken = scaled_checkpoint(checkpoint, tmp_path, math.nan)
+    output = tmp_path / "model.pt"
+    line = run_failing(export_main, ["--ckpt_path", str(broken), "--output", str(output)], capsys)
+    assert line.startswith(f"error: export --ckpt_path {str(broken)!r}: the model's weights are not finite (NaN or "
+                           "infinite values in item_embedding.weight, "), line
+    assert "every score of the exported model would be NaN, so nothing was exported" in line
+    assert not output.exists() and not output.with_name("model.pt.items.json").exists()
+
+
+def test_serving_model_refuses_a_non_finite_encoder():
+    module = tiny_module()
+    module.model.final_norm.bias.data[0] = float("inf")
+    with pytest.raises(ModelError, match=r"^export: the model's weights are not finite \(NaN or infinite values in "
+                                         r"final_norm\.bias: 1 of 16 weight tensors\)"):
+        ServingModel(module.model)

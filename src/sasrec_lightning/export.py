@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .divergence import nonfinite_parameters, weights_error
 from .encoder import SASRec
 
-__all__ = ["ServingModel", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
+__all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
 
 INPUT_NAMES = ["input_ids"]
 OUTPUT_NAMES = ["scores", "user_vectors"]
@@ -34,10 +35,15 @@ class ServingModel(nn.Module):
 
     Args:
         encoder: a trained :class:`SASRec` (copied, so the original keeps training).
+
+    Raises:
+        ModelError: the encoder's weights are not finite (a diverged model would answer NaN), so nothing is
+            exported.
     """
 
     def __init__(self, encoder: SASRec) -> None:
         super().__init__()
+        check_exportable(encoder)
         self.encoder = copy.deepcopy(encoder).eval()
         self.register_buffer("padding_column", torch.arange(encoder.num_items + 1) == 0, persistent=False)
         self.eval()
@@ -56,6 +62,15 @@ class ServingModel(nn.Module):
         hidden = self.encoder(input_ids)[:, -1]  # (B, d)
         scores = hidden @ self.encoder.output_weight.T  # (B, I + 1)
         return scores.masked_fill(self.padding_column, float("-inf")), hidden  # (B, I + 1), (B, d)
+
+
+def check_exportable(encoder: SASRec, where: str = "export") -> None:
+    """Raise :class:`ModelError` when ``encoder``'s weights are not finite (``where`` begins the message)."""
+    names = nonfinite_parameters(encoder)
+    if names:
+        raise weights_error(where, names, encoder, "every score of the exported model would be NaN, so nothing "
+                            "was exported", "Export a checkpoint saved before the training diverged, or train "
+                            "again with a lower learning rate")
 
 
 def example_input(encoder: SASRec, batch: int = 2) -> Tensor:
@@ -123,6 +138,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | N
     # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
     check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
     module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
+    check_exportable(module.model, f"export --ckpt_path {str(ckpt_path)!r}")
     written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
     if module.item_vocabulary is not None:
         items = output.with_name(output.name + ".items.json")
