@@ -400,15 +400,15 @@ class SASRecModule(ServingMixin, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this hook before it writes the file: a diverged model writes none, so the
         # checkpoints saved before (last.ckpt, the best one) keep the last finite weights.
-        names = nonfinite_parameters(self, self.trainer.strategy if self._trainer is not None else None)
+        trainer = self._trainer
+        names = nonfinite_parameters(self, None if trainer is None else trainer.strategy)
         if names:
-            where = "checkpoint" if self._trainer is None else (
-                f"checkpoint at epoch {self.current_epoch}, step {self.global_step}")
-            remedy = "Train again: " + training_advice(self.trainer) if self._trainer is not None else (
-                "Train again with a lower learning rate")
-            raise weights_error(f"not saving the {where}", names, self,
-                                "the model diverged, and the checkpoints saved before keep its last finite weights",
-                                remedy)
+            where, remedy = "not saving the checkpoint", "Train again with a lower learning rate"
+            if trainer is not None:
+                where += f" at epoch {self.current_epoch}, step {self.global_step}"
+                remedy = f"Train again: {training_advice(trainer)}"
+            raise weights_error(where, names, self, "the model diverged, and the checkpoints saved before keep its "
+                                "last finite weights", remedy)
         self._save_item_ids(checkpoint)
         save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 

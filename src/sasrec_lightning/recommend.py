@@ -247,11 +247,11 @@ def recommend(
                 rows = slice(begin, begin + batch_size)
                 top_scores, top_items = _top_k_batch(encoder, items, starts[rows], ends[rows], k,
                                                      exclude_seen, chunk_size)  # (B, k), (B, k)
+                fallback = torch.from_numpy(empty[rows])  # (B,)
                 excluded = torch.from_numpy(ends[rows] - starts[rows]) if exclude_seen else None  # (B,)
-                untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded)
-                                  & ~torch.from_numpy(empty[rows])).sum())
-                top_items[torch.from_numpy(empty[rows])] = popular_items
-                top_scores[torch.from_numpy(empty[rows])] = popular_scores.to(top_scores.dtype)
+                untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded) & ~fallback).sum())
+                top_items[fallback] = popular_items
+                top_scores[fallback] = popular_scores.to(top_scores.dtype)
                 ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
                 batch_items, batch_scores = _as_lists(ids, top_scores)
                 out_items += batch_items
