@@ -18,6 +18,8 @@ Validation and test do not stop: they rank a non-finite target last and warn
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -73,11 +75,12 @@ def untrusted_rows(top_scores: Tensor, num_items: int, excluded: Tensor | None =
         num_items: items of the catalogue (ids ``1..num_items``).
         excluded: ``(B,)`` excluded (row, item) pairs of each row (the user's own items), or ``None``.
     """
-    size, k = top_scores.shape
-    empty = (top_scores == float("-inf")).sum(dim=-1)  # (B,)
-    left = num_items - (excluded if excluded is not None else torch.zeros_like(empty))  # (B,) items at least left
-    allowed = (k - left).clamp(min=0)  # (B,) empty slots a row may have
-    return torch.isnan(top_scores).any(dim=-1) | torch.isposinf(top_scores).any(dim=-1) | (empty > allowed)
+    k = top_scores.size(1)
+    empty = (top_scores == -math.inf).sum(dim=-1)  # (B,)
+    # Empty slots a row may have: k - (items at least left), at least 0.
+    allowed = max(k - num_items, 0) if excluded is None else (excluded + (k - num_items)).clamp(min=0)  # (B,)
+    not_real = ~(top_scores < math.inf).all(dim=-1)  # (B,) a NaN (never < inf) or a +inf
+    return not_real | (empty > allowed)
 
 
 def training_advice(trainer) -> str:
