@@ -100,8 +100,8 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
                                  ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_top_k=-1,
                                                  save_last=True))
     assert message.startswith(
-        "not saving the checkpoint at epoch 1, step 6: the model's weights are not finite (NaN or infinite values in "
-        "model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and 13 "
+        "fit: not saving the checkpoint at epoch 1, step 6: the model's weights are not finite (NaN or infinite values "
+        "in model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and 13 "
         "more: 16 of 16 weight tensors): the model diverged"), message
     checkpoints = saved(folder)
     assert sorted(checkpoints) == [f"epoch={step // 5}-step={step}.ckpt" for step in range(1, 6)] + ["last.ckpt"]

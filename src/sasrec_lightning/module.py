@@ -405,7 +405,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         if names:
             where, remedy = "not saving the checkpoint", "Train again with a lower learning rate"
             if trainer is not None:
-                where += f" at epoch {self.current_epoch}, step {self.global_step}"
+                where = f"{trainer.state.fn.value}: {where} at epoch {self.current_epoch}, step {self.global_step}"
                 remedy = f"Train again: {training_advice(trainer)}"
             raise weights_error(where, names, self, "the model diverged, and the checkpoints saved before keep its "
                                 "last finite weights", remedy)
