@@ -179,7 +179,7 @@ def test_predict_refuses_non_finite_weights_and_keeps_the_old_output(checkpoint,
     line = run_failing(main, ["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", str(broken),
                               "--prediction.output", str(output)], capsys)
     assert line == (
-        f"error: predict --ckpt_path {broken}: the model's weights are not finite (NaN or infinite values in "
+        f"error: predict --ckpt_path {str(broken)!r}: the model's weights are not finite (NaN or infinite values in "
         "model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and "
         "13 more: 16 of 16 weight tensors): every score would be NaN, so nothing was written (an older output file "
         "stays). Predict from a checkpoint saved before the training diverged, or train again with a lower "
@@ -194,8 +194,8 @@ def test_predict_refuses_scores_that_overflow_with_finite_weights(checkpoint, tm
     output.write_bytes(b"old")
     line = run_failing(main, ["predict", "-c", QUICKSTART, *TINY, "--ckpt_path", str(broken),
                               "--prediction.output", str(output)], capsys)
-    assert line.startswith(f"error: predict --ckpt_path {broken}: 60 of 60 users got a NaN or infinite score among "
-                           "their top items although the weights are finite"), line
+    assert line.startswith(f"error: predict --ckpt_path {str(broken)!r}: 60 of 60 users got a NaN or infinite "
+                           "score among their top items although the weights are finite"), line
     assert output.read_bytes() == b"old"
 
 
@@ -280,6 +280,16 @@ def test_export_refuses_non_finite_weights_and_writes_nothing(checkpoint, tmp_pa
     assert line.startswith(f"error: export --ckpt_path {str(broken)!r}: the model's weights are not finite (NaN or "
                            "infinite values in item_embedding.weight, "), line
     assert "every score of the exported model would be NaN, so nothing was exported" in line
+    assert not output.exists() and not output.with_name("model.pt.items.json").exists()
+
+
+def test_export_refuses_finite_weights_whose_scores_overflow(checkpoint, tmp_path, capsys):
+    broken = scaled_checkpoint(checkpoint, tmp_path, OVERFLOW)
+    output = tmp_path / "model.pt"
+    line = run_failing(export_main, ["--ckpt_path", str(broken), "--output", str(output)], capsys)
+    assert line == (f"error: export --ckpt_path {str(broken)!r}: the model's weights are finite, but its scores of an "
+                    "example sequence are not (they overflow float32, a diverged model), so nothing was exported. "
+                    "Export a checkpoint saved before the training diverged, or train again with a lower learning rate")
     assert not output.exists() and not output.with_name("model.pt.items.json").exists()
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .divergence import nonfinite_parameters, weights_error
 from .encoder import SASRec
+from .errors import ModelError
 
 __all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
 
@@ -37,8 +38,8 @@ class ServingModel(nn.Module):
         encoder: a trained :class:`SASRec` (copied, so the original keeps training).
 
     Raises:
-        ModelError: the encoder's weights are not finite (a diverged model would answer NaN), so nothing is
-            exported.
+        ModelError: the encoder's weights or its scores are not finite (a diverged model would answer NaN),
+            so nothing is exported (:func:`check_exportable`).
     """
 
     def __init__(self, encoder: SASRec) -> None:
@@ -65,12 +66,26 @@ class ServingModel(nn.Module):
 
 
 def check_exportable(encoder: SASRec, where: str = "export") -> None:
-    """Raise :class:`ModelError` when ``encoder``'s weights are not finite (``where`` begins the message)."""
+    """Raise :class:`ModelError` when ``encoder``'s weights, or its scores of :func:`example_input`, are not finite.
+
+    The scores catch finite weights so large that every score overflows float32 (one Adam step at ``lr``
+    1e10 moves each weight by about 1e10). ``where`` begins the message.
+    """
+    remedy = "Export a checkpoint saved before the training diverged, or train again with a lower learning rate"
     names = nonfinite_parameters(encoder)
     if names:
         raise weights_error(where, names, encoder, "every score of the exported model would be NaN, so nothing "
-                            "was exported", "Export a checkpoint saved before the training diverged, or train "
-                            "again with a lower learning rate")
+                            "was exported", remedy)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            scores = encoder.score_all(encoder.last_hidden(example_input(encoder)))[:, 1:]  # (2, I) without padding
+    finally:
+        encoder.train(was_training)
+    if not bool(torch.isfinite(scores).all()):
+        raise ModelError(f"{where}: the model's weights are finite, but its scores of an example sequence are not "
+                         "(they overflow float32, a diverged model), so nothing was exported. " + remedy)
 
 
 def example_input(encoder: SASRec, batch: int = 2) -> Tensor:

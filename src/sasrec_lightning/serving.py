@@ -89,9 +89,9 @@ class ServingMixin:
             )
 
     def _predict_run(self) -> str:
-        """``predict --ckpt_path <path>`` (or ``predict``), to begin a message."""
+        """``predict --ckpt_path '<path>'`` (or ``predict``), to begin a message."""
         path = self.trainer.ckpt_path
-        return "predict" if path is None else f"predict --ckpt_path {path}"
+        return "predict" if path is None else f"predict --ckpt_path {str(path)!r}"
 
     def set_item_vocabulary(self, item_ids, popularity=None) -> None:
         """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
