@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -16,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli import cli_main, main
-from sasrec_lightning.divergence import nonfinite_parameters, untrusted_rows
+from sasrec_lightning.divergence import nonfinite_parameters, training_advice, untrusted_rows
 from sasrec_lightning.errors import ModelError
 from sasrec_lightning.export import ServingModel
 from sasrec_lightning.export import main as export_main
@@ -135,6 +136,20 @@ def test_fit_with_a_huge_learning_rate_exits_with_one_error_line(tmp_path, capsy
     assert len(lines) == 1 and lines[0].startswith("error: fit: ") and "now 1e+10" in lines[0], err
     assert "Traceback" not in err
     assert all(all_finite(state) for state in saved(tmp_path / "checkpoints").values())
+
+
+@pytest.mark.parametrize(("precision", "clip", "expected"), [
+    ("32-true", None, "lower the learning rate (now 0.5: --model.lr) or clip gradients "
+                      "(--trainer.gradient_clip_val 1.0)"),
+    ("32-true", 1.0, "lower the learning rate (now 0.5: --model.lr)"),
+    # Lightning refuses to clip the fused Adam's gradients under mixed precision: never advised there.
+    ("bf16-mixed", None, "lower the learning rate (now 0.5: --model.lr) or train in full precision "
+                         "(--trainer.precision 32-true instead of bf16-mixed)"),
+])
+def test_the_advice_follows_the_trainer_settings(precision, clip, expected):
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    trainer = SimpleNamespace(optimizers=[optimizer], precision=precision, gradient_clip_val=clip)
+    assert training_advice(trainer) == expected
 
 
 # ------------------------------------------------------------------------------------------- predict

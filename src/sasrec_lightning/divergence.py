@@ -91,9 +91,11 @@ def training_advice(trainer) -> str:
         advice.append(f"lower the learning rate (now {float(groups[0]['lr']):g}: --model.lr)")
     else:
         advice.append("lower the learning rate (--model.lr)")
-    if not trainer.gradient_clip_val:
+    full_precision = str(trainer.precision) in ("32-true", "32", "64-true", "64")
+    # Under mixed precision Lightning refuses to clip the gradients of the default fused Adam: no advice to.
+    if not trainer.gradient_clip_val and full_precision:
         advice.append("clip gradients (--trainer.gradient_clip_val 1.0)")
-    if str(trainer.precision) not in ("32-true", "32", "64-true", "64"):
+    if not full_precision:
         advice.append(f"train in full precision (--trainer.precision 32-true instead of {trainer.precision})")
     return ", ".join(advice[:-1]) + (" or " if len(advice) > 1 else "") + advice[-1]
 
