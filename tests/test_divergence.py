@@ -60,7 +60,7 @@ class Diverge(L.Callback):
             scaled(module, self.factor)
 
 
-def fit_until_it_fails(tmp_path, callback: L.Callback, checkpoint: ModelCheckpoint) -> str:
+def fit_until_it_fails(tmp_path, callback: L.Callback, checkpoint: ModelCheckpoint, **trainer_options) -> str:
     """Fit a tiny model (4 batches an epoch) for 3 epochs; return the ModelError's message."""
     L.seed_everything(0, verbose=False)
     data = SASRecDataModule(synthetic_users=60, synthetic_items=40, max_len=8, batch_size=16, print_statistics=False,
@@ -68,7 +68,7 @@ def fit_until_it_fails(tmp_path, callback: L.Callback, checkpoint: ModelCheckpoi
     module = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, max_epochs=3,
-                        num_sanity_val_steps=0, callbacks=[callback, checkpoint])
+                        num_sanity_val_steps=0, callbacks=[callback, checkpoint], **trainer_options)
     with pytest.raises(ModelError) as error:
         trainer.fit(module, datamodule=data)
     assert trainer.num_training_batches == 4
@@ -92,6 +92,18 @@ def test_fit_stops_when_the_training_loss_is_not_finite_and_keeps_the_last_finit
     checkpoints = saved(folder)
     assert sorted(checkpoints) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # epoch 1 never saved
     assert all(all_finite(state) for state in checkpoints.values())
+
+
+@pytest.mark.parametrize(("every", "batches", "checked"), [
+    (3, "batches 0-1", "every --trainer.log_every_n_steps 3 steps and at the end of each epoch"),  # global step 5
+    (0, "batches 0-3", "at the end of each epoch"),  # barebones: no logging step within an epoch
+])
+def test_the_loss_is_checked_on_every_logging_step(tmp_path, every, batches, checked):
+    """NaN from the first step of epoch 1 (global step 4): found at the first logging step after it."""
+    message = fit_until_it_fails(tmp_path, Diverge(after=4, factor=math.nan), ModelCheckpoint(dirpath=tmp_path),
+                                 log_every_n_steps=every)
+    assert message.startswith(f"fit: the training loss is nan (its mean over epoch 1's {batches}, checked whenever "
+                              f"it is logged: {checked}): the model diverged"), message
 
 
 def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):

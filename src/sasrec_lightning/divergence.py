@@ -106,11 +106,12 @@ def training_loss_error(mean: Tensor, epoch: int, first_batch: int, last_batch: 
     if bool(torch.isfinite(mean)):
         value = f"finite here ({value}) but not on another process"
     batches = f"batch {last_batch}" if first_batch == last_batch else f"batches {first_batch}-{last_batch}"
+    every = trainer.log_every_n_steps  # 0: never within an epoch
+    checked = (f"every --trainer.log_every_n_steps {every} steps and " if every else "") + "at the end of each epoch"
     return ModelError(
         f"fit: the training loss is {value} (its mean over epoch {epoch}'s {batches}, checked whenever it is logged: "
-        f"every --trainer.log_every_n_steps {trainer.log_every_n_steps} steps and at the end of each epoch): the model "
-        f"diverged, so training stops here and no checkpoint is written with these weights (a checkpoint saved "
-        f"before keeps its finite ones). To train: {training_advice(trainer)}"
+        f"{checked}): the model diverged, so training stops here and no checkpoint is written with these weights (a "
+        f"checkpoint saved before keeps its finite ones). To train: {training_advice(trainer)}"
     )
 
 
