@@ -6,13 +6,15 @@ user, ``recommend`` would answer NaN, a checkpoint would hold the broken weights
 
 * ``fit`` checks the training loss whenever it is logged (``SASRecModule._log_train_loss``: the sum of
   the steps since the last log, kept on the device, so no step waits for the host) and stops with the
-  loss, the epoch and batches and what to try; a checkpoint is never written with non-finite weights
-  (``SASRecModule.on_save_checkpoint``), so the ones saved before keep the last finite weights;
+  loss, the epoch and batches and what to try; its validation stops it too when a score is not finite
+  (finite weights can be large enough to overflow every score); a checkpoint is never written with
+  non-finite weights (``SASRecModule.on_save_checkpoint``), so the ones saved before keep the last
+  finite weights;
 * ``predict`` checks the weights once when it starts and every top-K it computes
   (:func:`untrusted_rows`), and writes nothing when one is not finite; ``recommend`` checks the top-K
-  of each call; export checks the weights.
+  of each call; export checks the weights and the scores of an example input.
 
-Validation and test do not stop: they rank a non-finite target last and warn
+``validate`` and ``test`` do not stop: they rank a non-finite target last and warn
 (:class:`~sasrec_lightning.metrics.RankingMetrics`), which is the honest score of such a model.
 """
 
