@@ -63,6 +63,40 @@ def test_a_bad_option_is_one_error_line(capsys, tmp_path, flags, option, allowed
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped before training
 
 
+# Non-finite numbers: YAML's .inf / .nan (and negative or 0 where a positive number is expected).
+NONFINITE_OPTIONS = [
+    (["--model.init_args.lr", ".inf"], "--model.lr inf: expected a finite number > 0"),
+    (["--model.init_args.lr", ".nan"], "--model.lr nan: expected a finite number > 0"),
+    (["--model.init_args.lr=-1"], "--model.lr -1.0: expected a finite number > 0"),
+    (["--model.init_args.weight_decay", ".inf"], "--model.weight_decay inf: expected a finite number >= 0"),
+    (["--model.init_args.l2_emb", ".inf"], "--model.l2_emb inf: expected a finite number >= 0"),
+    (["--model.init_args.init_std", ".inf"], "--model.init_std inf: expected a finite number > 0"),
+    (["--model.init_args.gbce_t", ".nan"], "--model.gbce_t nan: expected a number in [0.0, 1.0]"),
+    (["--model.init_args.dropout", ".nan"], "--model.dropout nan: expected a number in [0.0, 1.0)"),
+]
+
+
+@pytest.mark.parametrize(("flags", "expected"), NONFINITE_OPTIONS, ids=lambda value: str(value))
+def test_a_non_finite_number_is_one_error_line(capsys, tmp_path, flags, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", QUICKSTART, *TINY, "--trainer.default_root_dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {expected}"], err
+    assert "Traceback" not in err and not list(tmp_path.rglob("*.ckpt")), err
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=str)
+@pytest.mark.parametrize("name", ["lr", "init_std", "weight_decay", "l2_emb", "gbce_t", "dropout",
+                                  "in_batch_fraction", "betas"])
+def test_every_float_option_refuses_a_non_finite_value(name, value):
+    """Every float option of the model, from Python too: ``inf`` no longer passes where ``nan`` was refused."""
+    options = {name: (value, 0.98) if name == "betas" else value}
+    with pytest.raises(OptionError, match=rf"--model\.{name} \(?{value}"):
+        SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=0, **options)
+
+
 def test_the_terminal_shows_one_line(tmp_path):
     """As a user runs it: ``python -m sasrec_lightning.cli``, stderr is the one line (plus Lightning's seed note)."""
     # The package under test, whatever the working directory (a relative PYTHONPATH would not follow cwd).

@@ -29,7 +29,7 @@ from .checkpoints import (
     unsafe_checkpoint_error,
 )
 from .datamodule import SASRecDataModule
-from .errors import CheckpointError, DataError, OptionError
+from .errors import CheckpointError, DataError, ModelError, OptionError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
@@ -457,7 +457,7 @@ def _reported_error(error: BaseException) -> BaseException | None:
     """
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (DataError, OptionError, CheckpointError)):
+        if isinstance(error, (DataError, OptionError, CheckpointError, ModelError)):
             return error
         if is_unsafe_refusal(error):  # Lightning's own load of --ckpt_path last/best
             return unsafe_checkpoint_error(error)

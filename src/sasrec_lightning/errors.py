@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "CheckpointError"]
+__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError"]
 
 
 class DataError(ValueError):
@@ -15,3 +15,7 @@ class OptionError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used here (unsafe, unreadable or trained on other data); says what to do."""
+
+
+class ModelError(ValueError):
+    """A model whose training loss, weights or scores are not finite (it diverged); says which and what to try."""

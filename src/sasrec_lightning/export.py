@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .divergence import nonfinite_parameters, weights_error
 from .encoder import SASRec
+from .errors import ModelError
 
-__all__ = ["ServingModel", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
+__all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
 
 INPUT_NAMES = ["input_ids"]
 OUTPUT_NAMES = ["scores", "user_vectors"]
@@ -34,10 +36,15 @@ class ServingModel(nn.Module):
 
     Args:
         encoder: a trained :class:`SASRec` (copied, so the original keeps training).
+
+    Raises:
+        ModelError: the encoder's weights or its scores are not finite (a diverged model would answer NaN),
+            so nothing is exported (:func:`check_exportable`).
     """
 
     def __init__(self, encoder: SASRec) -> None:
         super().__init__()
+        check_exportable(encoder)
         self.encoder = copy.deepcopy(encoder).eval()
         self.register_buffer("padding_column", torch.arange(encoder.num_items + 1) == 0, persistent=False)
         self.eval()
@@ -56,6 +63,29 @@ class ServingModel(nn.Module):
         hidden = self.encoder(input_ids)[:, -1]  # (B, d)
         scores = hidden @ self.encoder.output_weight.T  # (B, I + 1)
         return scores.masked_fill(self.padding_column, float("-inf")), hidden  # (B, I + 1), (B, d)
+
+
+def check_exportable(encoder: SASRec, where: str = "export") -> None:
+    """Raise :class:`ModelError` when ``encoder``'s weights, or its scores of :func:`example_input`, are not finite.
+
+    The scores catch finite weights so large that every score overflows float32 (one Adam step at ``lr``
+    1e10 moves each weight by about 1e10). ``where`` begins the message.
+    """
+    remedy = "Export a checkpoint saved before the training diverged, or train again with a lower learning rate"
+    names = nonfinite_parameters(encoder)
+    if names:
+        raise weights_error(where, names, encoder, "every score of the exported model would be NaN, so nothing "
+                            "was exported", remedy)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            scores = encoder.score_all(encoder.last_hidden(example_input(encoder)))[:, 1:]  # (2, I) without padding
+    finally:
+        encoder.train(was_training)
+    if not bool(torch.isfinite(scores).all()):
+        raise ModelError(f"{where}: the model's weights are finite, but its scores of an example sequence are not "
+                         "(they overflow float32, a diverged model), so nothing was exported. " + remedy)
 
 
 def example_input(encoder: SASRec, batch: int = 2) -> Tensor:
@@ -123,6 +153,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | N
     # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
     check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
     module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
+    check_exportable(module.model, f"export --ckpt_path {str(ckpt_path)!r}")
     written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
     if module.item_vocabulary is not None:
         items = output.with_name(output.name + ".items.json")

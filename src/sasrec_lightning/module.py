@@ -16,8 +16,9 @@ from torch import Tensor
 from .batches import TrainingStatistics
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
+from .divergence import nonfinite_parameters, training_advice, training_loss_error, weights_error
 from .encoder import SASRec
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelError
 from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
 from .losses import LossName, build_loss
 from .metrics import RankingMetrics
@@ -215,7 +216,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
 
         ``self.log`` costs ~1-2 ms of Python a call (~8 % of a CPU step on Amazon, docs/performance.md), so
         the loss is summed on the device and logged only every ``trainer.log_every_n_steps`` steps
-        and at the epoch's last batch.
+        and at the epoch's last batch. A non-finite step makes the sum non-finite: when it is logged,
+        training stops with a :class:`~sasrec_lightning.errors.ModelError` (``divergence.py``), before
+        this step's update and before the epoch's validation and checkpoint.
         """
         if batch_idx == 0:  # a new epoch starts a new mean
             self._train_loss_sum, self._train_loss_steps = None, 0
@@ -228,6 +231,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
         logging_step = every > 0 and (self.global_step + 1) % every == 0
         if last or logging_step:
             mean = self._train_loss_sum / self._train_loss_steps
+            # The only host sync of the check, on the steps whose loss is logged anyway; every process agrees.
+            if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(mean)), all=True):
+                raise training_loss_error(mean, self.current_epoch, batch_idx + 1 - self._train_loss_steps,
+                                          batch_idx, self.trainer)
             self.log("train/loss", mean, prog_bar=True, batch_size=1)
             if last and not logging_step:
                 # Lightning hands step values to the loggers only every log_every_n_steps: the epoch's
@@ -385,8 +392,30 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.val_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self._check_validation_scores()
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
+
+    def _check_validation_scores(self) -> None:
+        """Stop ``fit`` when a validation target score was not finite, before this epoch's checkpoint is saved.
+
+        A step can leave the weights finite but so large that scores overflow (one Adam step at ``lr`` 1e10
+        moves every weight by about 1e10) while the loss it logged was finite. ``validate`` and ``test`` rank
+        such targets last and warn instead (``metrics.RankingMetrics``).
+        """
+        metrics = self.val_metrics
+        counts = torch.stack([metrics.nonfinite, metrics.count])  # (2,) this process's users
+        nonfinite, evaluated = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        if nonfinite:
+            when = "in the sanity check before training" if self.trainer.sanity_checking else (
+                f"at epoch {self.current_epoch} (step {self.global_step})")
+            raise ModelError(
+                f"fit: {int(nonfinite)} of {int(evaluated)} validation users got a NaN or infinite score for their "
+                f"held-out item {when}: the model diverged (its weights overflow float32 scores even where the "
+                "training loss still looked finite), so training stops here, before this epoch's checkpoint (a "
+                f"checkpoint saved before keeps its usable weights). To train: {training_advice(self.trainer)}"
+            )
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
@@ -397,6 +426,17 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.test_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this hook before it writes the file: a diverged model writes none, so the
+        # checkpoints saved before (last.ckpt, the best one) keep the last finite weights.
+        trainer = self._trainer
+        names = nonfinite_parameters(self, None if trainer is None else trainer.strategy)
+        if names:
+            where, remedy = "not saving the checkpoint", "Train again with a lower learning rate"
+            if trainer is not None:
+                where = f"{trainer.state.fn.value}: {where} at epoch {self.current_epoch}, step {self.global_step}"
+                remedy = f"Train again: {training_advice(trainer)}"
+            raise weights_error(where, names, self, "the model diverged, and the checkpoints saved before keep its "
+                                "last finite weights", remedy)
         self._save_item_ids(checkpoint)
         save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 

@@ -9,11 +9,12 @@ which the CLI prints as one ``error:`` line.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from .errors import OptionError
 
-__all__ = ["at_least", "in_range", "check_model_options", "check_item_updates", "check_data_options"]
+__all__ = ["at_least", "in_range", "positive", "check_model_options", "check_item_updates", "check_data_options"]
 
 
 def at_least(section: str, name: str, value, minimum: int, optional: bool = False, auto: bool = False) -> None:
@@ -33,6 +34,13 @@ def in_range(section: str, name: str, value, low: float, high: float, high_open:
         raise OptionError(f"--{section}.{name} {value!r}: expected a number in {interval}")
 
 
+def positive(section: str, name: str, value, allow_zero: bool = False) -> None:
+    """A finite number ``> 0`` (``>= 0`` when ``allow_zero``): ``.inf`` and ``.nan`` are refused like ``-1``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (value == 0 and not allow_zero):
+        raise OptionError(f"--{section}.{name} {value!r}: expected a finite number {'>=' if allow_zero else '>'} 0")
+
+
 def check_model_options(
     num_items: int, max_len: int, hidden_size: int, num_blocks: int, num_heads: int, dropout: float,
     init_std: float, gbce_t: float, sampled_negatives: int, in_batch_fraction: float, ce_chunk_size: int,
@@ -50,21 +58,19 @@ def check_model_options(
         raise OptionError(f"--{section}.hidden_size {hidden_size} is not divisible by --{section}.num_heads "
                           f"{num_heads}: each head gets hidden_size / num_heads dimensions")
     in_range(section, "dropout", dropout, 0.0, 1.0, high_open=True)
-    if not isinstance(init_std, (int, float)) or not init_std > 0:
-        raise OptionError(f"--{section}.init_std {init_std!r}: expected a number > 0")
+    positive(section, "init_std", init_std)
     in_range(section, "gbce_t", gbce_t, 0.0, 1.0)
     at_least(section, "sampled_negatives", sampled_negatives, 1)
     at_least(section, "gbce_shared_negatives", gbce_shared_negatives, 0)
     in_range(section, "in_batch_fraction", in_batch_fraction, 0.0, 1.0)
     at_least(section, "ce_chunk_size", ce_chunk_size, 1)
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise OptionError(f"--{section}.lr {lr!r}: expected a number > 0")
+    positive(section, "lr", lr)
     if len(betas) != 2:
         raise OptionError(f"--{section}.betas {list(betas)!r}: expected two numbers in [0, 1)")
     for beta in betas:
         in_range(section, "betas", beta, 0.0, 1.0, high_open=True)
-    in_range(section, "weight_decay", weight_decay, 0.0, float("inf"))
-    in_range(section, "l2_emb", l2_emb, 0.0, float("inf"))
+    positive(section, "weight_decay", weight_decay, allow_zero=True)
+    positive(section, "l2_emb", l2_emb, allow_zero=True)
     if isinstance(top_k, (str, bytes)) or not len(top_k) or any(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in top_k):
         raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from .csr import csr_gather, left_padded
+from .divergence import described_parameters, nonfinite_parameters, untrusted_rows
 from .encoder import SASRec
+from .errors import ModelError
 from .ranking import full_top_k
 from .vocabulary import ItemVocabulary
 
@@ -226,6 +228,8 @@ def recommend(
 
     Raises:
         KeyError: ``strict`` and a sequence holds an unknown id.
+        ModelError: a sequence answered by the model got a NaN or infinite score among its top ``k`` (a
+            diverged model; a ``ValueError``).
     """
     _check_arguments(sequences, k)
     items, offsets = _internal_sequences(sequences, vocabulary, encoder.num_items, strict)
@@ -234,6 +238,7 @@ def recommend(
     popular_scores, popular_items = _most_popular(popularity, encoder.num_items, k)  # (k,), (k,)
     out_items: list[list] = []
     out_scores: list[list[float]] = []
+    untrusted = 0  # sequences answered by the model whose top-k is not finite
     was_training = encoder.training
     encoder.eval()
     try:
@@ -242,14 +247,19 @@ def recommend(
                 rows = slice(begin, begin + batch_size)
                 top_scores, top_items = _top_k_batch(encoder, items, starts[rows], ends[rows], k,
                                                      exclude_seen, chunk_size)  # (B, k), (B, k)
-                top_items[torch.from_numpy(empty[rows])] = popular_items
-                top_scores[torch.from_numpy(empty[rows])] = popular_scores.to(top_scores.dtype)
+                fallback = torch.from_numpy(empty[rows])  # (B,)
+                excluded = torch.from_numpy(ends[rows] - starts[rows]) if exclude_seen else None  # (B,)
+                untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded) & ~fallback).sum())
+                top_items[fallback] = popular_items
+                top_scores[fallback] = popular_scores.to(top_scores.dtype)
                 ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
                 batch_items, batch_scores = _as_lists(ids, top_scores)
                 out_items += batch_items
                 out_scores += batch_scores
     finally:
         encoder.train(was_training)
+    if untrusted:
+        raise _untrusted_error(encoder, untrusted, int((~empty).sum()))
     if empty.any():
         warnings.warn(
             f"recommend: {int(empty.sum())} sequence(s) had no known item; answered with the "
@@ -257,3 +267,13 @@ def recommend(
             stacklevel=3,
         )
     return Recommendations(out_items, out_scores, empty.tolist())
+
+
+def _untrusted_error(encoder: SASRec, untrusted: int, answered: int) -> ModelError:
+    """Why ``untrusted`` of the ``answered`` sequences got a non-finite top-k: the weights, named, or an overflow."""
+    names = nonfinite_parameters(encoder)  # only now: the per-call check is the top-k's
+    cause = (f"the model's weights are not finite (NaN or infinite values in {described_parameters(names, encoder)})"
+             if names else "the weights are finite but large enough to overflow float32 scores")
+    return ModelError(f"recommend: {untrusted} of {answered} sequences got a NaN or infinite score among their top "
+                      f"items: {cause}; the model diverged in training. Load a checkpoint saved before it diverged, "
+                      "or train again with a lower learning rate")

@@ -8,7 +8,9 @@ requests rather than trains. It keeps
   module's public ``item_ids()`` at setup;
 * ``item_popularity``: a buffer (saved with the weights) of training interactions per item, the
   data module's ``item_popularity()``, for the answer to a sequence with no known item;
-* the top-K of ``predict_step``, set by the prediction writer through :meth:`set_prediction`.
+* the top-K of ``predict_step``, set by the prediction writer through :meth:`set_prediction`;
+* the count of predicted users whose top-K is not finite: ``predict`` checks the weights when it
+  starts and these counts when its last batch is done, before the writer writes (``divergence.py``).
 
 The computations live in :mod:`~sasrec_lightning.recommend`; this class only holds their state.
 """
@@ -21,6 +23,8 @@ import torch
 from torch import Tensor
 
 from .checkpoints import check_checkpoint_data
+from .divergence import nonfinite_parameters, untrusted_rows, weights_error
+from .errors import ModelError
 from .recommend import Recommendations, predict_top_k, recommend, served_items
 from .vocabulary import ItemVocabulary
 
@@ -34,6 +38,8 @@ class ServingMixin:
         self.register_buffer("item_popularity", torch.zeros(num_items + 1, dtype=torch.int64))
         self.item_vocabulary: ItemVocabulary | None = None
         self.predict_k, self.predict_exclude_seen = 10, True  # see set_prediction
+        self._untrusted_users: Tensor | None = None  # predicted users with a non-finite top-K, on the device
+        self._predicted_users = 0
 
     def set_prediction(self, k: int = 10, exclude_seen: bool = True) -> None:
         """What ``predict_step`` returns: the top ``k`` items per user, the user's own items excluded or not.
@@ -44,9 +50,48 @@ class ServingMixin:
         self.predict_k, self.predict_exclude_seen = k, exclude_seen
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left); see ``set_prediction``."""
-        return predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen,
-                             self.hparams.eval_chunk_size)
+        """Top ``predict_k`` items per user in internal ids (``-inf`` score = no item left); see ``set_prediction``.
+
+        Users whose top-K is not finite are counted on the device (no host sync); ``predict`` stops at its
+        end when there are any (:meth:`on_predict_epoch_end`).
+        """
+        prediction = predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen,
+                                   self.hparams.eval_chunk_size)
+        scores = prediction["scores"]  # (B, k)
+        excluded = batch["seen_rows"].bincount(minlength=scores.size(0)) if self.predict_exclude_seen else None  # (B,)
+        untrusted = untrusted_rows(scores, self.model.num_items, excluded).sum()
+        self._untrusted_users = untrusted if self._untrusted_users is None else self._untrusted_users + untrusted
+        self._predicted_users += scores.size(0)
+        return prediction
+
+    def on_predict_start(self) -> None:
+        """Refuse to predict with non-finite weights (a diverged checkpoint), once, before any user is scored."""
+        self._untrusted_users, self._predicted_users = None, 0
+        names = nonfinite_parameters(self, self.trainer.strategy)
+        if names:
+            raise weights_error(self._predict_run(), names, self,
+                                "every score would be NaN, so nothing was written (an older output file stays)",
+                                "Predict from a checkpoint saved before the training diverged, or train again "
+                                "with a lower learning rate")
+
+    def on_predict_epoch_end(self) -> None:
+        """Stop before the prediction writer writes (its ``on_predict_end`` comes next) when a top-K was not finite."""
+        counts = torch.tensor([0, self._predicted_users], device=self.device)  # (2,) untrusted, predicted
+        if self._untrusted_users is not None:
+            counts[0] = self._untrusted_users
+        untrusted, predicted = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # over processes
+        if untrusted:
+            raise ModelError(
+                f"{self._predict_run()}: {untrusted} of {predicted} users got a NaN or "
+                "infinite score among their top items although the weights are finite, so the weights are large "
+                "enough to overflow float32 scores (the model diverged); nothing was written (an older output file "
+                "stays). Predict from an earlier checkpoint, or train again with a lower learning rate"
+            )
+
+    def _predict_run(self) -> str:
+        """``predict --ckpt_path '<path>'`` (or ``predict``), to begin a message."""
+        path = self.trainer.ckpt_path
+        return "predict" if path is None else f"predict --ckpt_path {str(path)!r}"
 
     def set_item_vocabulary(self, item_ids, popularity=None) -> None:
         """Attach the original item ids (internal id -> original, index 0 unused) and item counts.
