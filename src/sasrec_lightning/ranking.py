@@ -21,7 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["sampled_ranks", "full_ranks", "full_top_k", "chunk_items", "tie_margin", "max_vector_norm"]
+__all__ = ["sampled_ranks", "full_ranks", "full_top_k", "chunk_items", "tie_margin", "max_vector_norm",
+           "exact_scores"]
 
 
 def sampled_ranks(hidden: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,28 +35,33 @@ def sampled_ranks(hidden: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(B,)`` int64 ranks and the ``(B,)`` target scores.
     """
-    scores = (vectors * hidden.unsqueeze(1)).sum(dim=-1)  # (B, 1 + n)
-    targets, others = scores[:, 0], scores[:, 1:]  # (B,), (B, n)
+    scores = (vectors[:, 1:] * hidden.unsqueeze(1)).sum(dim=-1)  # (B, n)
+    exact = exact_scores(hidden, vectors[:, 0])  # (B,) float64
     margin = tie_margin(hidden, max_vector_norm(vectors.reshape(-1, vectors.size(-1))))  # (B,)
-    low, high = _band(targets, margin)  # (B, 1) x 2
-    below = torch.lt(others, low)  # (B, n) certainly below the target
-    band = torch.le(others, high) & ~below  # (B, n) too close to tell from the fp32 scores
+    low, high = _band(exact, margin)  # (B, 1) x 2
+    below = torch.lt(scores, low)  # (B, n) certainly below the target
+    band = torch.le(scores, high) & ~below  # (B, n) too close to tell from the fp32 scores
     if band.any():
         rows, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
         at_least = _scores_at_least(hidden[rows], vectors[rows, columns + 1], vectors[rows, 0])  # (m,)
         below[rows[~at_least], columns[~at_least]] = True
-    return (others.size(1) - below.sum(dim=-1)).to(torch.int64), targets
+    return (scores.size(1) - below.sum(dim=-1)).to(torch.int64), exact.to(scores.dtype)
 
 
 def max_vector_norm(table: Tensor) -> Tensor:
-    """The largest Euclidean norm of a finite row of ``table`` ``(N, d)``: a 0-dim fp32 tensor (0 if none).
+    """The largest Euclidean norm of a finite row of ``table`` ``(N, d)``, in float64 (0 if there is none).
 
     Rows holding NaN or infinity are left out: their scores are NaN or infinite, and comparisons
     with those are exact (see :func:`tie_margin`).
     """
-    norms = torch.linalg.vector_norm(table.float(), dim=-1)  # (N,)
+    norms = torch.linalg.vector_norm(table.double(), dim=-1)  # (N,)
     norms = torch.where(torch.isfinite(norms), norms, 0.0)
     return norms.max() if norms.numel() else norms.new_zeros(())
+
+
+def exact_scores(hidden: Tensor, vectors: Tensor) -> Tensor:
+    """``(B,)`` dot products of ``(B, d)`` fp32 rows in float64: exact up to one float64 rounding per term."""
+    return (hidden.double() * vectors.double()).sum(dim=-1)
 
 
 def _unit_roundoff() -> float:
@@ -64,38 +70,41 @@ def _unit_roundoff() -> float:
 
 
 def tie_margin(hidden: Tensor, table_norm: Tensor | float) -> Tensor:
-    """``(B,)`` half-width of the band around each target's score inside which fp32 scores cannot order items.
+    """``(B,)`` float64 half-width of the band around each target's score where fp32 scores cannot order items.
 
     A dot product of length ``d`` computed in fp32, in any order and with or without fused
     multiply-adds, is within ``g_d * sum_j |h_j v_j| <= g_d * |h| * |v|`` of its exact value, with
     ``g_d = d u / (1 - d u)`` and ``u`` the unit roundoff (Higham, *Accuracy and Stability of Numerical
-    Algorithms*, 2002, Eq. 3.5). A candidate's score and the target's both carry such an error, so
-    when they differ by more than ``2 g_d |h| R`` (``R`` the largest item-vector norm) the exact
-    scores are ordered the same way, on every CPU and GPU. Candidates closer than that are settled
-    exactly (:func:`_scores_at_least`). The margin is doubled once more to cover the rounding of the
-    norms and of ``score +- margin``.
+    Algorithms*, 2002, Eq. 3.5). The target's own score is taken in float64 (:func:`exact_scores`), so
+    a candidate whose fp32 score lies further than ``g_d |h| R`` from it (``R`` the largest
+    item-vector norm) has its exact score on the same side, on every CPU and GPU. Candidates inside
+    the band are settled exactly (:func:`_scores_at_least`). The bound is widened by one part in
+    10^6 for the rounding of the float64 terms and of the norms.
 
     Args:
         hidden: ``(B, d)`` query vectors.
         table_norm: ``R``, the largest norm of an item vector that can be scored.
 
     Returns:
-        ``(B,)`` fp32 margins (not finite when the query is not).
+        ``(B,)`` float64 margins (not finite when the query is not).
     """
     length, unit = hidden.size(-1), _unit_roundoff()
-    gamma = length * unit / (1.0 - length * unit)
-    return 4.0 * gamma * torch.linalg.vector_norm(hidden.float(), dim=-1) * table_norm  # (B,)
+    gamma = length * unit / (1.0 - length * unit) * (1.0 + 1e-6)
+    return gamma * torch.linalg.vector_norm(hidden.double(), dim=-1) * table_norm  # (B,)
 
 
 def _band(target_scores: Tensor, margin: Tensor) -> tuple[Tensor, Tensor]:
-    """``(B, 1)`` lower and upper ends of each target's tie band; NaN for a non-finite target or margin.
+    """``(B, 1)`` fp32 ends of each target's tie band, rounded outwards; NaN for a non-finite target or margin.
 
-    Every comparison with NaN is false, so a non-finite target has no candidate below it and ranks
-    last (the rule of :func:`~sasrec_lightning.metrics.beats_target`).
+    ``target_scores`` and ``margin`` are float64; each end is rounded away from the target, so the fp32
+    band holds the exact one. Every comparison with NaN is false, so a non-finite target has no
+    candidate below it and ranks last (the rule of :func:`~sasrec_lightning.metrics.beats_target`).
     """
     finite = torch.isfinite(target_scores) & torch.isfinite(margin)  # (B,)
-    low = torch.where(finite, target_scores - margin, torch.nan)  # (B,)
-    high = torch.where(finite, target_scores + margin, torch.nan)  # (B,)
+    low, high = (target_scores - margin).float(), (target_scores + margin).float()  # (B,) round to nearest
+    low = torch.nextafter(low, torch.full_like(low, -math.inf))  # one float below: covers the rounding
+    high = torch.nextafter(high, torch.full_like(high, math.inf))
+    low, high = torch.where(finite, low, torch.nan), torch.where(finite, high, torch.nan)
     return low.unsqueeze(-1), high.unsqueeze(-1)
 
 
@@ -195,19 +204,21 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
 
     Ties are decided by construction, not by how a matrix product rounds: a CPU's BLAS can round
     the same dot product differently in two columns of one product, so equal item vectors need not
-    get equal fp32 scores. An item whose fp32 score lies outside the target's tie band
-    (:func:`tie_margin`: wider than any rounding of either score) is ordered by its score; an item
-    inside the band is settled on the vectors themselves (:func:`_scores_at_least`: an exact tie
-    counts against the target, one ulp apart in one coordinate is ordered exactly).
+    get equal fp32 scores. The target's score is taken in float64; an item whose fp32 score lies
+    outside the target's tie band (:func:`tie_margin`: wider than any rounding of the product) is
+    ordered by its score, and an item inside the band is settled on the vectors themselves
+    (:func:`_scores_at_least`: an exact tie counts against the target, one ulp apart in one
+    coordinate is ordered exactly).
 
     Each chunk is one ``(B, d) x (d, C)`` product into a reused ``(B, C)`` block, then two
-    comparisons with the row sums of their results: ``score < target - margin`` (certainly below)
-    and ``score <= target + margin`` (below or in the band). A NaN item, and every item of a
+    comparisons, ``score < band's low end`` (certainly below, into a second reused block) and
+    ``score <= band's high end`` (below or in the band, in place), each counted per row by a
+    product with a column of ones (exact: integers below ``2**24``). A NaN item, and every item of a
     non-finite target (its band is NaN), compares false in both and so counts against the target,
     the rule of :func:`~sasrec_lightning.metrics.beats_target`. Items that are no competitors (the
-    target itself, seen items, the padding id, ids an earlier chunk counted) are not masked out of
-    the block: their few positions are set to 1.0 ("below") and the leading columns are left out of
-    the sums. A row whose two sums differ has items in its band, which are then settled exactly.
+    target itself, seen items, the padding id, ids an earlier chunk counted) are set to 1.0
+    ("below") in both. A row whose two counts differ has items in its band; only those rows are
+    looked at again, to settle them.
 
     Args:
         hidden: ``(B, d)`` fp32 query vectors.
@@ -229,12 +240,13 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     chunk = min(chunk_items(chunk, size, rows_total), MAX_CHUNK)
     starts = _chunk_starts(rows_total, chunk)
     target_vectors = weight[targets]  # (B, d)
-    target_scores = (hidden * target_vectors).sum(dim=-1)  # (B,) any rounding: the band covers it
+    target_scores = exact_scores(hidden, target_vectors)  # (B,) float64
     if table_norm is None:
         table_norm = max_vector_norm(weight)
-    low, high = _band(target_scores, tie_margin(hidden, table_norm))  # (B, 1) x 2
-    block = hidden.new_empty(size, chunk)  # (B, C) the products, reused by every chunk
-    mask = hidden.new_empty(size, chunk)  # (B, C) the first comparison
+    low, high = _band(target_scores, tie_margin(hidden, table_norm))  # (B, 1) x 2, fp32
+    block = hidden.new_empty(size, chunk)  # (B, C) the products, then "below or in the band"
+    mask = hidden.new_empty(size, chunk)  # (B, C) "certainly below"
+    ones = hidden.new_ones(chunk, 1)  # (C, 1) counts as products: fast on any block
 
     # Never competitors: each target (it does not outrank itself) and, optionally, the history.
     # Excluding a history item that is the target is excluding the target: harmless.
@@ -243,31 +255,32 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
         else (user_rows, targets)
     excluded = _PairsByItem(rows, items, starts, chunk)
 
-    # Each chunk's count of competitors below the target, written in place (exact: integers below 2**24).
-    below = block.new_zeros(len(starts) + 1, size)  # (chunks + 1, B); the last row: settled in the band
-    near = block.new_empty(size)  # (B,) below or in the band, this chunk
-    competitors = 0  # columns counted so far (the same for every user)
+    below = block.new_zeros(size, len(starts) + 1)  # (B, chunks + 1): each chunk's count; last: settled in bands
+    near = block.new_empty(size, 1)  # (B, 1) below or in the band, this chunk
     done = 0  # item ids below this were counted by an earlier chunk
     for index, start in enumerate(starts):
         torch.mm(hidden, weight[start : start + chunk].T, out=block)  # (B, C)
-        pairs = excluded.of_chunk(index, start)
-        skip = max(done, 1) - start  # padding (id 0) and ids already counted: left out of the sums
         torch.lt(block, low, out=mask)  # (B, C) 1.0: certainly below the target
         block.le_(high)  # (B, C) 1.0: below it or in its band
-        for result, sums in ((mask, below[index]), (block, near)):
+        pairs = excluded.of_chunk(index, start)
+        skip = max(done, 1) - start  # padding (id 0) and ids already counted: "below", not competitors
+        for result in (mask, block):
             if pairs is not None:
                 result.view(-1).index_fill_(0, pairs, 1.0)
-            torch.sum(result[:, skip:] if skip > 0 else result, dim=-1, out=sums)  # (B,)
-        if not torch.equal(near, below[index]):  # some row has items in its band
-            _settle_band(hidden, weight, target_vectors, block, mask, start, max(skip, 0), below[-1])
-        competitors += chunk - skip
+            if skip > 0:
+                result[:, :skip] = 1.0
+        torch.mm(mask, ones, out=below[:, index : index + 1])  # (B, 1)
+        torch.mm(block, ones, out=near)  # (B, 1)
+        in_band = torch.nonzero(near.squeeze(1) != below[:, index]).squeeze(1)  # rows with items in their band
+        if in_band.numel():
+            _settle_band(hidden, weight, target_vectors, block, mask, start, in_band, below[:, -1])
         done = start + chunk
-    ranks = (competitors - below.sum(dim=0, dtype=torch.float64)).to(torch.int64)  # (B,) at or above the target
-    return ranks, target_scores
+    ranks = (len(starts) * chunk - below.sum(dim=1, dtype=torch.float64)).to(torch.int64)  # (B,)
+    return ranks, target_scores.to(hidden.dtype)
 
 
 def _settle_band(hidden: Tensor, weight: Tensor, target_vectors: Tensor, near: Tensor, below: Tensor, start: int,
-                 skip: int, settled: Tensor) -> None:
+                 rows: Tensor, settled: Tensor) -> None:
     """Count into ``settled`` the items of one chunk's tie bands that score exactly below their target.
 
     Args:
@@ -277,14 +290,14 @@ def _settle_band(hidden: Tensor, weight: Tensor, target_vectors: Tensor, near: T
         near: ``(B, C)`` 1.0 where an item is below the target or in its band (or no competitor).
         below: ``(B, C)`` 1.0 where it is certainly below (or no competitor).
         start: the chunk's first item id.
-        skip: leading columns that are not counted.
+        rows: ``(R,)`` the rows that have items in their band.
         settled: ``(B,)`` float counts, added to in place.
     """
-    band = (near[:, skip:] - below[:, skip:]) > 0  # (B, C - skip) in the band
-    rows, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
-    items = start + skip + columns  # (m,)
-    at_least = _scores_at_least(hidden[rows], weight[items], target_vectors[rows])  # (m,)
-    settled.index_add_(0, rows, (~at_least).to(settled.dtype))
+    band = near.index_select(0, rows) > below.index_select(0, rows)  # (R, C)
+    picked, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
+    users = rows[picked]  # (m,)
+    at_least = _scores_at_least(hidden[users], weight[start + columns], target_vectors[users])  # (m,)
+    settled.index_add_(0, users, (~at_least).to(settled.dtype))
 
 
 def _beats(scores: Tensor, threshold: Tensor) -> Tensor:
