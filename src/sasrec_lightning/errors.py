@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "CheckpointError"]
+__all__ = ["DataError", "OptionError", "CheckpointError", "OutputError"]
 
 
 class DataError(ValueError):
@@ -15,3 +15,11 @@ class OptionError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used here (unsafe, unreadable or trained on other data); says what to do."""
+
+
+class OutputError(OSError):
+    """A file the package writes could not be written (disk full, a file-size limit, a read-only folder).
+
+    The message names the file and the reason; the previous file, if any, is left as it was and no
+    half-written file remains. An ``OSError``, so code catching write errors still catches it.
+    """
