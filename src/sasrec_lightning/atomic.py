@@ -150,7 +150,7 @@ def output_error(target: str | os.PathLike, what: str, error: OSError, where: st
         advice = "Free some space, or write it elsewhere"
     else:
         advice = "Write it to a writable folder"
-    advice += f" ({where})" if where else ""
+    advice += f" ({where})" if where else ""  # the option that chooses the place
     return OutputError(f"cannot write {what} {str(target)!r}: {error.strerror or error} ({code}: "
                        f"{_WRITE_FAILURES.get(error.errno, 'the write failed')}); {kept}, and no partial file "
                        f"remains. {advice}")

@@ -99,7 +99,7 @@ def _pyplot_free_figure():
 
 def _save_png(figure, path: Path) -> None:
     """``figure`` as a PNG at ``path``, written whole or not at all (``atomic.py``)."""
-    with atomic_write(path, "the attention heatmap", "choose another --attention.output_dir") as handle:
+    with atomic_write(path, "the attention heatmap", "--attention.output_dir") as handle:
         figure.savefig(handle, format="png", dpi=110)
 
 
@@ -197,7 +197,7 @@ class AttentionHeatmaps(Callback):
             output_dir = str(Path(root) / "attention")
         self.written = plot_attention(maps, output_dir, self.positions)
         with atomic_write(Path(output_dir) / "attention.pt", "the attention maps",
-                          "choose another --attention.output_dir") as handle:
+                          "--attention.output_dir") as handle:
             torch.save({"attention": maps, "queries": counts}, handle)
         for logger in getattr(trainer, "loggers", None) or []:
             if type(logger).__name__ == "WandbLogger":

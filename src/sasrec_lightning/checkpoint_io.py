@@ -52,7 +52,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)  # (Lightning's error for storage_options)
             return
         remove_stale_temporaries(path, suffix=".ckpt")  # (a killed save of epoch=3-step=40.ckpt too)
-        with atomic_write(path, "checkpoint", "--trainer.default_root_dir, or the checkpoint callback's dirpath"
+        with atomic_write(path, "checkpoint", "--trainer.default_root_dir or the checkpoint callback's dirpath"
                           ) as handle:
             torch.save(checkpoint, handle)
 

@@ -369,7 +369,7 @@ class SASRecCLI(LightningCLI):
         return config.get(key)
 
 
-RUN_FOLDER_OPTION = "set --trainer.default_root_dir to a writable folder"
+RUN_FOLDER_OPTION = "--trainer.default_root_dir"
 
 
 def check_run_folders(trainer: L.Trainer) -> None:
@@ -393,7 +393,7 @@ def check_run_folders(trainer: L.Trainer) -> None:
             folders[callback.dirpath] = "the checkpoint folder"
     for folder, what in folders.items():
         if folder and "://" not in str(folder):
-            check_writable_folder(folder, what, RUN_FOLDER_OPTION + (" (or the checkpoint callback's dirpath)"
+            check_writable_folder(folder, what, RUN_FOLDER_OPTION + (" or the checkpoint callback's dirpath"
                                                                      if what == "the checkpoint folder" else ""))
 
 

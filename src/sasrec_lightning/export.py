@@ -78,7 +78,7 @@ def export_torchscript(encoder: SASRec, path: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation + "converting a tensor to a Python integer" notes
         traced = torch.jit.trace(model, example_input(encoder))
-    with atomic_write(path, "the TorchScript export", "choose another --output") as handle:
+    with atomic_write(path, "the TorchScript export", "--output") as handle:
         torch.jit.save(traced, handle)
     return Path(path)
 
@@ -104,7 +104,7 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
             model, (example_input(encoder),), dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
             dynamic_shapes=({0: batch, 1: length},), opset_version=opset_version, verbose=False,
         )
-    with atomic_path(path, "the ONNX export", "choose another --output") as temporary:
+    with atomic_path(path, "the ONNX export", "--output") as temporary:
         program.save(str(temporary))
     return Path(path)
 
@@ -126,7 +126,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | N
     written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
     if module.item_vocabulary is not None:
         items = output.with_name(output.name + ".items.json")
-        write_text(items, json.dumps(module.item_vocabulary.to_list()), "the item ids", "choose another --output")
+        write_text(items, json.dumps(module.item_vocabulary.to_list()), "the item ids", "--output")
         written.append(items)
     return written
 

@@ -123,7 +123,7 @@ def write_table(table: pa.Table, path: str) -> None:
         OutputError: the disk is full, the file-size limit is reached or the folder is read-only.
     """
     file_format = output_format(path)
-    with atomic_write(path, "--prediction.output", "choose another path with --prediction.output") as handle:
+    with atomic_write(path, "--prediction.output", "--prediction.output") as handle:
         if file_format == "parquet":
             pq.write_table(table, handle)
         else:
