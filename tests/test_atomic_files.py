@@ -196,18 +196,17 @@ def test_a_killed_save_of_a_step_checkpoint_is_removed_by_the_next_checkpoint_sa
 
 def test_a_checkpoint_beyond_the_file_size_limit_is_one_line_and_keeps_the_old_one(run):
     """The kernel's file-size limit (RLIMIT_FSIZE) in a subprocess: writes beyond it fail with EFBIG."""
-    resource = pytest.importorskip("resource")
+    pytest.importorskip("resource")
     last = run / "checkpoints" / "last.ckpt"
     old = last.read_bytes()
-
-    def limit() -> None:  # (a regular file's limit: the pipes to pytest are not affected)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) // 2, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
+    # The limit set in the child before the CLI runs (it applies to regular files: not to the pipes to pytest).
+    limited = ("import resource, runpy, sys; hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]; "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(old) // 2}, hard)); sys.argv[0] = 'sasrec-lightning'; "
+               "runpy.run_module('sasrec_lightning.cli', run_name='__main__')")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", "fit", "-c", QUICKSTART, *TINY, *SAVE_LAST,
+    result = subprocess.run([sys.executable, "-c", limited, "fit", "-c", QUICKSTART, *TINY, *SAVE_LAST,
                              "--trainer.max_epochs", "2", "--test_after_fit", "false", "--trainer.default_root_dir",
-                             str(run), "--ckpt_path", "last"], env=env, capture_output=True, text=True, timeout=300,
-                            preexec_fn=limit)
+                             str(run), "--ckpt_path", "last"], env=env, capture_output=True, text=True, timeout=300)
     line = error_line(result.returncode, result.stderr)
     assert f"cannot write checkpoint {str(last)!r}: File too large (EFBIG" in line
     assert "the previous last.ckpt is left as it was" in line
