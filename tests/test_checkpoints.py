@@ -9,15 +9,28 @@ path (``--ckpt_path FILE``, ``last``, and with ``--weights_only false``).
 
 from __future__ import annotations
 
+import os
 import pathlib
+import pickle
+import re
+import shutil
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import CONFIGS, write_sasrec_txt
-from sasrec_lightning.checkpoints import check_item_ids, imported_class
+from sasrec_lightning.checkpoint_io import SafeCheckpointIO
+from sasrec_lightning.checkpoints import (
+    check_item_ids,
+    check_state_dtypes,
+    imported_class,
+    is_unsafe_refusal,
+    read_checkpoint,
+    unsafe_checkpoint_error,
+)
 from sasrec_lightning.cli import main
 from sasrec_lightning.errors import CheckpointError
 
@@ -216,3 +229,154 @@ def test_weights_of_another_shape_are_refused_before_loading_them():
     with pytest.raises(CheckpointError, match=r"position_embedding.weight \(8, 8\) in the checkpoint, \(5, 8\) here"):
         SASRecModule(num_items=40, max_len=5, hidden_size=8, num_blocks=1).on_load_checkpoint(
             {"state_dict": dict(trained_on_40)})
+
+
+# Issue 23: what a killed save leaves, pickled globals torch names in capitals, integer tables, compression bombs.
+
+@pytest.fixture
+def run_with_last(trained, tmp_path) -> pathlib.Path:
+    """A run folder whose checkpoints/ holds the trained checkpoint and a last.ckpt (a copy of it) to break."""
+    _, checkpoint = trained
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(checkpoint, folder / checkpoint.name)
+    shutil.copy(checkpoint, folder / "last.ckpt")
+    return tmp_path / "run"
+
+
+def resume_last(data: pathlib.Path, root: pathlib.Path) -> list[str]:
+    return ["fit", "-c", QUICKSTART, "--data.path", str(data), *TINY, "--trainer.max_epochs", "2",
+            "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]
+
+
+@pytest.mark.parametrize(("cut", "expected"), [("empty", "empty (0 bytes)"), ("half", "truncated or damaged"),
+                                               ("two bytes", "truncated (2 bytes)")])
+def test_a_last_ckpt_left_empty_or_cut_by_a_killed_save_is_one_line(trained, run_with_last, capsys, cut, expected):
+    data, checkpoint = trained
+    last = run_with_last / "checkpoints" / "last.ckpt"
+    whole = checkpoint.read_bytes()
+    last.write_bytes({"empty": b"", "half": whole[: len(whole) // 2], "two bytes": whole[:2]}[cut])
+    line = run_error(capsys, resume_last(data, run_with_last))  # Lightning resolves and loads `last` itself
+    assert "last.ckpt" in line and expected in line and "killed while saving" in line
+    assert repr(checkpoint.name) in line  # the checkpoint that can be used instead
+    with pytest.raises(CheckpointError, match="last.ckpt. cannot be read: the file is " + re.escape(expected)):
+        read_checkpoint(last)
+
+
+class RunsAShellCommand:
+    """Unpickling this runs a shell command: ``os.system``, which torch names ``GLOBAL posix.system``."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def system_last(trained, run_with_last, tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(run folder whose last.ckpt pickles os.system, the marker the command would create)."""
+    _, checkpoint = trained
+    marker = tmp_path / "shell.marker"
+    state = torch.load(checkpoint, weights_only=True)
+    state["payload"] = RunsAShellCommand(marker)
+    torch.save(state, run_with_last / "checkpoints" / "last.ckpt")
+    return run_with_last, marker
+
+
+def assert_refused_without_torchs_advice(line: str) -> None:
+    assert "was refused" in line and "system" in line and "weights_only=True" in line, line
+    assert "False" not in line and "Re-running" not in line, line  # torch's advice would run the command
+
+
+def test_a_pickled_os_system_is_refused_through_read_checkpoint(system_last):
+    root, marker = system_last
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(root / "checkpoints" / "last.ckpt")
+    assert not marker.exists()
+    assert_refused_without_torchs_advice(str(refused.value))
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained torch advice
+
+
+@pytest.mark.parametrize("ckpt_path", ["last", "file"])
+def test_a_pickled_os_system_is_refused_through_the_cli(trained, system_last, capsys, ckpt_path):
+    data, _ = trained
+    root, marker = system_last
+    args = resume_last(data, root)
+    if ckpt_path == "file":
+        args[-1] = str(root / "checkpoints" / "last.ckpt")
+    try:
+        line = run_error(capsys, args)
+    finally:
+        assert not marker.exists(), "loading the checkpoint ran the command"
+    assert_refused_without_torchs_advice(line)
+
+
+@pytest.mark.parametrize("message", [
+    "Weights only load failed. In PyTorch 2.6, we changed ... Re-running `torch.load` with `weights_only` set to "
+    "`False` will likely succeed ...\n\n\nTrying to load unsupported GLOBAL posix.system whose module posix is "
+    "blocked.\n\nCheck the documentation of torch.load ...",
+    "Weights only load failed. ...\n\tWeightsUnpickler error: Unsupported global: GLOBAL pathlib.Path was not an "
+    "allowed global by default. Please use `torch.serialization.add_safe_globals([pathlib.Path])` ...",
+    "weights only load failed: unsupported global: global builtins.eval",
+])
+def test_a_refusal_is_told_from_a_damaged_file_whatever_the_case(message):
+    assert is_unsafe_refusal(pickle.UnpicklingError(message))
+    line = str(unsafe_checkpoint_error(pickle.UnpicklingError(message), "x.ckpt"))
+    assert "refused" in line and "False" not in line
+    assert ("it names posix.system)" in line) == ("posix.system" in message)
+    assert ("it names pathlib.Path)" in line) == ("pathlib.Path" in message)  # not "by" of "global by default"
+    damaged = "Weights only load failed. ... WeightsUnpickler error: Unsupported operand 101"
+    assert not is_unsafe_refusal(pickle.UnpicklingError(damaged))
+
+
+def test_an_integer_item_table_is_refused_before_its_values_are_cast(trained, tmp_path, capsys):
+    data, checkpoint = trained
+    state = torch.load(checkpoint, weights_only=True)
+    table = state["state_dict"]["model.item_embedding.weight"]
+    state["state_dict"]["model.item_embedding.weight"] = table.round().to(torch.int64)  # scores 0.0 once cast
+    torch.save(state, tmp_path / "integer-table.ckpt")
+    line = run_error(capsys, ["test", "-c", QUICKSTART, "--data.path", str(data), *TINY,
+                              "--ckpt_path", str(tmp_path / "integer-table.ckpt")])
+    assert "model.item_embedding.weight is torch.int64 of shape (41, 8)" in line
+    assert "floating-point tensor (torch.float32, shape (41, 8))" in line
+
+
+def test_tensor_kinds_are_checked_and_precision_may_differ():
+    own = {"table": torch.zeros(3, 2), "popularity": torch.zeros(3, dtype=torch.int64)}
+    # float64 weights into float32, int32 counts into int64: cast safely
+    check_state_dtypes({"table": torch.zeros(3, 2, dtype=torch.float64),
+                        "popularity": torch.zeros(3, dtype=torch.int32)}, own)
+    with pytest.raises(CheckpointError, match=r"popularity is torch.float32 .* expects an integer tensor"):
+        check_state_dtypes({"popularity": torch.zeros(3)}, own)
+    with pytest.raises(CheckpointError, match=r"table is a list, not a tensor"):
+        check_state_dtypes({"table": [[0.0, 0.0]] * 3}, own)
+    with pytest.raises(CheckpointError, match=r"table is torch.bool"):
+        check_state_dtypes({"table": torch.zeros(3, 2, dtype=torch.bool)}, own)
+
+
+def write_bomb(checkpoint: pathlib.Path, path: pathlib.Path, mib: int = 96) -> pathlib.Path:
+    """``checkpoint`` plus an entry of ``mib`` MiB of zeros, deflated to ~100 KB (written in 1 MiB pieces)."""
+    with zipfile.ZipFile(checkpoint) as source, zipfile.ZipFile(path, "w") as bomb:
+        for info in source.infolist():
+            bomb.writestr(info, source.read(info.filename))
+        entry = zipfile.ZipInfo(f"{source.namelist()[0].split('/')[0]}/data/999")
+        entry.compress_type = zipfile.ZIP_DEFLATED
+        with bomb.open(entry, "w", force_zip64=True) as handle:
+            for _ in range(mib):
+                handle.write(bytes(2**20))
+    return path
+
+
+def test_a_compression_bomb_is_refused_before_torch_reads_it(trained, tmp_path, monkeypatch):
+    _, checkpoint = trained
+    bomb = write_bomb(checkpoint, tmp_path / "bomb.ckpt")
+    assert bomb.stat().st_size < 2**20
+    read = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: read.append(args) or {})
+    with pytest.raises(CheckpointError, match=r"refused unread: its entries declare 96.0 MiB uncompressed in a "
+                                              r"[0-9.]+ KiB file .*data/999"):
+        read_checkpoint(bomb)
+    with pytest.raises(CheckpointError, match="refused unread"):  # Lightning's load of --ckpt_path last/best
+        SafeCheckpointIO().load_checkpoint(bomb)
+    assert read == [], "torch.load read the archive"

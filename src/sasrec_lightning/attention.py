@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from .atomic import atomic_write
 from .encoder import SASRec
 
 __all__ = ["average_attention", "plot_attention", "AttentionHeatmaps", "main"]
@@ -96,6 +97,12 @@ def _pyplot_free_figure():
     return Figure
 
 
+def _save_png(figure, path: Path) -> None:
+    """``figure`` as a PNG at ``path``, written whole or not at all (``atomic.py``)."""
+    with atomic_write(path, "the attention heatmap", "--attention.output_dir") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+
+
 def plot_attention(maps: Tensor, output_dir: str | Path, positions: int = 15, title: str = "") -> list[Path]:
     """Save one heatmap PNG per (block, head) and an overview grid of all of them.
 
@@ -138,14 +145,14 @@ def plot_attention(maps: Tensor, output_dir: str | Path, positions: int = 15, ti
     grid.suptitle(f"{prefix}mean attention of position i on j\n(last {p} of {n} positions; {n} = most recent)",
                   fontsize=9)
     written = [output_dir / "attention.png"]
-    grid.savefig(written[0], dpi=110)
+    _save_png(grid, written[0])
     for b in range(blocks):
         for h in range(heads):
             figure = Figure(figsize=(4.2, 3.6), layout="constrained")
             axes = figure.subplots()
             figure.colorbar(draw(axes, window[b, h], f"{prefix}block {b + 1}, head {h + 1}"), ax=axes)
             path = output_dir / f"attention_block{b + 1}_head{h + 1}.png"
-            figure.savefig(path, dpi=110)
+            _save_png(figure, path)
             written.append(path)
     return written
 
@@ -189,7 +196,9 @@ class AttentionHeatmaps(Callback):
             root = (trainer.log_dir if trainer is not None else None) or getattr(trainer, "default_root_dir", ".")
             output_dir = str(Path(root) / "attention")
         self.written = plot_attention(maps, output_dir, self.positions)
-        torch.save({"attention": maps, "queries": counts}, Path(output_dir) / "attention.pt")
+        with atomic_write(Path(output_dir) / "attention.pt", "the attention maps",
+                          "--attention.output_dir") as handle:
+            torch.save({"attention": maps, "queries": counts}, handle)
         for logger in getattr(trainer, "loggers", None) or []:
             if type(logger).__name__ == "WandbLogger":
                 # Two keys: W&B wants equally sized images under one key (the overview is larger).

@@ -9,23 +9,32 @@
   or in the config, which the argument parser imported already).
 * A checkpoint carries its item ids (``SASRecModule.on_save_checkpoint``); used on data whose item
   ids differ, its scores would belong to other items, so that stops with a :class:`CheckpointError`.
+* Before ``torch.load`` the file is checked as an archive (:func:`check_archive`): an empty or cut
+  file (a run killed while saving) is named as such, and an archive whose entries declare far more
+  bytes than the file holds (a compression bomb) is refused before anything is inflated.
+* Before the weights are loaded, every tensor must have the model's shape and kind of dtype
+  (:func:`check_state_shapes`): ``load_state_dict`` would cast an integer table to floats silently.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from os import PathLike
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "imported_class", "check_checkpoint_classes", "check_state_shapes",
-           "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal", "unsafe_checkpoint_error",
-           "save_rng_states", "restore_rng_states",
+__all__ = ["read_checkpoint", "check_archive", "imported_class", "check_checkpoint_classes", "check_state_shapes",
+           "check_state_dtypes", "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal",
+           "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
            "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS", "data_setting_differences", "plain"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
@@ -73,26 +82,60 @@ def _what_differs(differences: str) -> str:
     return f"Use it with the data it was trained on (the same --data options: {DATA_OPTIONS})"
 
 
+# torch.load's own wrapper around a refusal of the weights-only unpickler, and the refusal itself: a
+# pickled global (class or function) that is not allowed, named after the pickle opcode (``GLOBAL
+# posix.system``), or an object of a class that is not allowlisted. torch's wording and case vary
+# between releases ("Unsupported global: GLOBAL x", "unsupported GLOBAL x whose module y is blocked").
+_WEIGHTS_ONLY_FAILED = re.compile(r"\s*weights only load failed", re.IGNORECASE)
+_REFUSED_OBJECT = re.compile(r"\bGLOBAL\s+[A-Za-z_][\w.]*|\ballowlisted\s+via\b", re.IGNORECASE)
+# The refused names, after the opcode as torch spells it (in lower case, "global by default" is prose).
+_GLOBAL_NAME = re.compile(r"\bGLOBAL\s+([A-Za-z_][\w.]*)")
+
+
 def is_unsafe_refusal(error: BaseException) -> bool:
     """Whether ``error`` is ``torch.load(weights_only=True)`` refusing a pickled object (not a damaged file).
 
-    torch raises the same error type for both; a refused object is reported as an unsupported "global".
+    torch raises ``pickle.UnpicklingError`` for both; a refusal is torch.load's "Weights only load
+    failed" wrapper around the unpickler naming a global (``GLOBAL module.name``) or a class that is
+    not allowlisted. A damaged pickle is reported as an unsupported operand or an early end instead.
     """
     text = str(error)
-    return isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text and "global" in text
+    return (isinstance(error, pickle.UnpicklingError) and _WEIGHTS_ONLY_FAILED.match(text) is not None
+            and _REFUSED_OBJECT.search(text) is not None)
 
 
 def _weights_only_reason(error: BaseException) -> str:
-    """The reason line of a ``weights_only`` error (torch's own message is several paragraphs)."""
-    reason = str(error)
-    if "WeightsUnpickler error:" in reason:
-        reason = reason.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0].strip()
+    """The unpickler's own reason in a ``weights_only`` error, without torch's several paragraphs of advice.
+
+    torch's advice (re-running with ``weights_only=False``) is never repeated: it would run the code.
+    """
+    text = str(error)
+    unsafe_advice = getattr(torch.serialization, "UNSAFE_MESSAGE", "")
+    if unsafe_advice:
+        text = text.replace(unsafe_advice, "")
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = _WEIGHTS_ONLY_FAILED.sub("", text, count=1).lstrip(". ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("Check the documentation", "Please file an issue"))]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not reason or re.search(r"weights_only", reason, re.IGNORECASE):
+        return type(error).__name__
     return reason
 
 
-def unsafe_checkpoint_error(error: pickle.UnpicklingError, path: str | PathLike | None = None) -> CheckpointError:
-    """The one-paragraph error for a checkpoint that ``weights_only`` loading refused."""
-    reason = _weights_only_reason(error)
+def unsafe_checkpoint_error(error: pickle.UnpicklingError, path: str | PathLike | None = None,
+                            names: list[str] | None = None) -> CheckpointError:
+    """The one-paragraph error for a checkpoint that ``weights_only`` loading refused.
+
+    Args:
+        error: torch's error.
+        path: the checkpoint, when known.
+        names: the refused globals (``torch.serialization.get_unsafe_globals_in_checkpoint``), when known;
+            else they are read from the error.
+    """
+    names = names or list(dict.fromkeys(_GLOBAL_NAME.findall(str(error))))
+    reason = f"it names {', '.join(names)}" if names else _weights_only_reason(error)
     where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
     return CheckpointError(
         f"{where} was refused: it holds objects other than tensors and plain Python values ({reason}), and "
@@ -101,24 +144,124 @@ def unsafe_checkpoint_error(error: pickle.UnpicklingError, path: str | PathLike 
     )
 
 
-def read_checkpoint(path: str | PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one-paragraph errors.
+# torch.save writes a zip archive whose entries are stored uncompressed, so their declared sizes add
+# up to about the file's size. An archive may declare at most MAX_INFLATION times its file's size, and
+# at least INFLATION_FLOOR bytes, in all: generous for a checkpoint someone re-zipped (float weights
+# deflate to ~0.9 of their size), while a compression bomb (zeros deflate ~1000:1) is refused unread.
+MAX_INFLATION = 4
+INFLATION_FLOOR = 64 * 2**20
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _size(count: float) -> str:
+    """``count`` bytes for a message: ``512 bytes``, ``280.5 KiB``, ``1.0 GiB``."""
+    units = ("bytes", "KiB", "MiB", "GiB")
+    power = 0
+    while count >= 1024 and power < len(units) - 1:
+        count, power = count / 1024, power + 1
+    return f"{count:.0f} bytes" if power == 0 else f"{count:.1f} {units[power]}"
+
+
+def _other_checkpoints(path: str | PathLike) -> list[str]:
+    """The names of the other ``.ckpt`` files in ``path``'s folder, newest first."""
+    target = Path(path)
+    try:
+        others = [other for other in target.parent.glob("*.ckpt") if other.name != target.name and other.is_file()]
+        others.sort(key=lambda other: other.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    return [other.name for other in others]
+
+
+def _cut_short(path: str | PathLike, what: str) -> CheckpointError:
+    """The error for a checkpoint that a killed save (or a copy) left incomplete, pointing to the others."""
+    others = _other_checkpoints(path)
+    if others:
+        listed = ", ".join(repr(name) for name in others[:3]) + (", ..." if len(others) > 3 else "")
+        advice = f"The other checkpoints in its folder, newest first: {listed}; pass one with --ckpt_path"
+    else:
+        advice = "No other checkpoint is in its folder; train again"
+    return CheckpointError(f"checkpoint {str(path)!r} cannot be read: {what}. Was the run killed while saving it, "
+                           f"or the file copied in part? {advice}")
+
+
+def check_archive(path: str | PathLike) -> None:
+    """Refuse, before ``torch.load`` reads anything, a file that is no complete checkpoint archive.
+
+    ``torch.load`` allocates and inflates every entry at the size the archive's central directory
+    declares (and never more: a record must be exactly the size its tensor needs), so checking the
+    declared sizes here bounds what loading can take.
 
     Raises:
-        CheckpointError: the file holds arbitrary Python objects, or is not a checkpoint at all.
+        CheckpointError: the file is empty, cut short, not a zip archive, not a PyTorch archive, damaged,
+            or declares more than ``MAX_INFLATION`` times its size (at least ``INFLATION_FLOOR``).
     """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise _cut_short(path, "the file is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    expected = "expected a .ckpt file written by `sasrec-lightning fit`"
+    if head != ZIP_MAGIC:
+        if ZIP_MAGIC.startswith(head):
+            raise _cut_short(path, f"the file is truncated ({size} bytes)")
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it is not a zip archive (it starts with "
+                              f"{head!r}), and every checkpoint torch.save writes is one; {expected}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
+        raise _cut_short(path, f"the file is truncated or damaged, its zip archive has no intact end ({size} "
+                               f"bytes; {type(error).__name__}: {error})") from None
+    if not any(entry.filename.rsplit("/", 1)[-1] == "data.pkl" for entry in entries):
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: the zip archive holds no data.pkl, so it "
+                              f"is not a PyTorch file; {expected}")
+    for entry in entries:
+        if entry.compress_type == zipfile.ZIP_STORED and entry.file_size != entry.compress_size:
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: the entry {entry.filename!r} "
+                                  f"declares {entry.file_size} bytes but stores {entry.compress_size}: the file is "
+                                  f"damaged; {expected}")
+    declared = sum(entry.file_size for entry in entries)
+    bound = max(MAX_INFLATION * size, INFLATION_FLOOR)
+    if declared > bound:
+        largest = max(entries, key=lambda entry: entry.file_size)
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused unread: its entries declare {_size(declared)} uncompressed in a "
+            f"{_size(size)} file (the largest, {largest.filename!r}: {_size(largest.file_size)} compressed to "
+            f"{_size(largest.compress_size)}), more than {MAX_INFLATION} times the file's size (or "
+            f"{_size(INFLATION_FLOOR)}); inflating it could exhaust the memory. torch.save writes checkpoints "
+            f"uncompressed; {expected}"
+        )
+
+
+def read_checkpoint(path: str | PathLike, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` after :func:`check_archive`, with one-paragraph errors.
+
+    Args:
+        path: a local checkpoint file.
+        map_location: as in ``torch.load`` (default: the CPU).
+
+    Raises:
+        CheckpointError: the file is empty or cut short (a killed save), holds arbitrary Python objects,
+            declares more than it could need (a compression bomb), or is not a checkpoint at all.
+    """
+    check_archive(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if is_unsafe_refusal(error):
-            raise unsafe_checkpoint_error(error, path) from error
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # the names are a courtesy; the refusal stands without them
+                names = None
+            raise unsafe_checkpoint_error(error, path, names) from None
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({_weights_only_reason(error)}): it is "
                               "damaged or not a PyTorch file; expected a .ckpt file written by `sasrec-lightning fit`"
-                              ) from error
-    except Exception as error:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, EOFError, ...)
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); expected a .ckpt file written "
-                              "by `sasrec-lightning fit`") from error
+                              ) from None
+    except Exception as error:  # a damaged file fails anywhere in the reader (RuntimeError, KeyError, EOFError, ...)
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}: {reason}): it is "
+                              "damaged; expected a .ckpt file written by `sasrec-lightning fit`") from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint "
                               "dictionary; expected a .ckpt file written by `sasrec-lightning fit`")
@@ -167,8 +310,45 @@ def check_checkpoint_classes(hyper_parameters: Mapping, base: type, path: str | 
                               f"{list(TRUSTED_INSTANTIATORS)} is accepted (it would be imported and run)")
 
 
+def _kind(tensor: torch.Tensor) -> str:
+    """The kind of dtype ``load_state_dict`` may cast within (precision may differ, the kind may not)."""
+    if tensor.is_floating_point():
+        return "a floating-point"
+    return "a complex" if tensor.is_complex() else "a boolean" if tensor.dtype == torch.bool else "an integer"
+
+
+def check_state_dtypes(state_dict: Mapping, own: Mapping) -> None:
+    """Refuse a state dict holding a non-tensor, or a tensor of another kind of dtype than the model's.
+
+    ``load_state_dict`` copies values into the model's tensors, casting silently: an integer item table
+    would load as whole numbers (an int64 table of rounded weights scores every item 0.0). Floating-point
+    weights may differ in precision (a bf16 checkpoint into a float32 model); integer buffers (the
+    item popularity) stay integers.
+
+    Raises:
+        CheckpointError: naming the first such tensor, its dtype and shape, and what the model expects.
+    """
+    for key, value in state_dict.items():
+        if key not in own:
+            continue
+        expected = own[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"the checkpoint's {key} is a {type(value).__name__}, not a tensor; this model expects a "
+                f"{expected.dtype} tensor of shape {tuple(expected.shape)}. Use a checkpoint written by "
+                "`sasrec-lightning fit`."
+            )
+        if _kind(value) != _kind(expected):
+            raise CheckpointError(
+                f"the checkpoint's tensor {key} is {value.dtype} of shape {tuple(value.shape)}; this model expects "
+                f"{_kind(expected)} tensor ({expected.dtype}, shape {tuple(expected.shape)}): loading it would "
+                "cast its values silently. The checkpoint was altered or not written by `sasrec-lightning fit`; "
+                "use the training run's checkpoint."
+            )
+
+
 def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int, differences: str = "") -> None:
-    """Refuse a state dict whose tensors differ in shape from the model's, naming what differs.
+    """Refuse a state dict whose tensors differ in shape (or kind of dtype) from the model's, naming what differs.
 
     Args:
         state_dict: the checkpoint's ``state_dict``.
@@ -177,8 +357,10 @@ def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int, differ
         differences: the data settings that differ from the training run's (:func:`data_setting_differences`).
 
     Raises:
-        CheckpointError: a different item count (the item table rows) or other hyper-parameters.
+        CheckpointError: a different item count (the item table rows), other hyper-parameters, or a
+            tensor of another dtype kind (:func:`check_state_dtypes`).
     """
+    check_state_dtypes(state_dict, own)
     table = "model.item_embedding.weight"
     if table in state_dict and table in own and state_dict[table].shape[0] != own[table].shape[0]:
         raise CheckpointError(

@@ -18,7 +18,9 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from .atomic import check_writable_folder, write_text
 from .baselines import most_popular_metrics
+from .checkpoint_io import use_safe_checkpoint_io
 from .checkpoints import (
     DATA_RUNTIME_OPTIONS,
     check_checkpoint_classes,
@@ -29,7 +31,7 @@ from .checkpoints import (
     unsafe_checkpoint_error,
 )
 from .datamodule import SASRecDataModule
-from .errors import CheckpointError, DataError, ModelError, OptionError
+from .errors import CheckpointError, DataError, ModelError, OptionError, OutputError
 from .module import SASRecModule
 from .prediction import PredictionWriter
 
@@ -289,6 +291,15 @@ class SASRecCLI(LightningCLI):
         print("[sasrec-lightning] data options of the checkpoint's training run: "
               + ", ".join(f"{key}={value!r}" for key, value in taken.items()))
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """LightningCLI's Trainer, saving and loading checkpoints through :class:`SafeCheckpointIO`.
+
+        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin.
+        """
+        trainer = super().instantiate_trainer(**kwargs)
+        use_safe_checkpoint_io(trainer)
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         """Keep outputs tidy: name the run after its data; predict/test a checkpoint without a new run folder."""
         subcommand = self.subcommand
@@ -313,6 +324,7 @@ class SASRecCLI(LightningCLI):
             logger["init_args"]["name"] = Path(str(source).rstrip("/")).name.split(".")[0] or "data"
 
     def before_fit(self) -> None:
+        check_run_folders(self.trainer)
         if not self.trainer.loggers:
             return
         # With any logger (W&B, CSV, TensorBoard), track the learning rate without every config
@@ -355,6 +367,34 @@ class SASRecCLI(LightningCLI):
         """A top-level value of the running subcommand's config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         return config.get(key)
+
+
+RUN_FOLDER_OPTION = "--trainer.default_root_dir"
+
+
+def check_run_folders(trainer: L.Trainer) -> None:
+    """Fail before training, with one line, when the folders ``fit`` writes to cannot be written.
+
+    The logger's folder (where the config and, by default, the checkpoints go), else the run's
+    folder when checkpoints are saved, and every checkpoint callback's own ``dirpath``. A read-only
+    mount would otherwise stop the run with a traceback when the logger first writes, or after the
+    first epoch when the first checkpoint is saved.
+
+    Raises:
+        OutputError: naming the folder and the reason.
+    """
+    folders = {}
+    if trainer.loggers:
+        folders[trainer.log_dir] = "the run's log folder"
+    elif trainer.checkpoint_callback is not None:
+        folders[trainer.default_root_dir] = "the run's folder"
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None):
+            folders[callback.dirpath] = "the checkpoint folder"
+    for folder, what in folders.items():
+        if folder and "://" not in str(folder):
+            check_writable_folder(folder, what, RUN_FOLDER_OPTION + (" or the checkpoint callback's dirpath"
+                                                                     if what == "the checkpoint folder" else ""))
 
 
 def packaged_configs() -> Path | None:
@@ -404,17 +444,26 @@ def resolve_config_args(args: list[str]) -> list[str]:
 
 
 class RunConfigCallback(SaveConfigCallback):
-    """Save the run's ``config.yaml`` in the run's folder, never in the working directory.
+    """Save the run's ``config.yaml`` in the run's folder, never in the working directory, atomically.
 
     With a logger that is the logger's ``log_dir`` (as in LightningCLI); without one, the folder of
     the checkpoints; without either, nothing is saved (no run folder exists). Only ``fit`` starts a
     run: ``validate``/``test``/``predict`` save nothing.
+
+    The file is written whole or not at all (``atomic.py``).
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved or stage != "fit" or trainer.logger is None:
             return  # (without a logger: saved in on_fit_start, after ModelCheckpoint checked its folder is new)
-        super().setup(trainer, pl_module, stage)
+        log_dir = trainer.log_dir  # (broadcast from rank 0)
+        config_path = os.path.join(log_dir, self.config_filename)
+        if not self.overwrite and trainer.strategy.broadcast(trainer.is_global_zero and os.path.isfile(config_path)):
+            self._refuse_overwrite(config_path)  # (on every rank)
+        if trainer.is_global_zero:
+            self._save(config_path, skip_unset=False)  # (as LightningCLI saves it: every option, null ones too)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.already_saved or trainer.logger is not None:
@@ -422,10 +471,22 @@ class RunConfigCallback(SaveConfigCallback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and trainer.is_global_zero:
             folder = checkpoint.dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
-            os.makedirs(folder, exist_ok=True)
-            self.parser.save(self.config, os.path.join(folder, self.config_filename), overwrite=self.overwrite,
-                             multifile=self.multifile)
+            self._save(os.path.join(folder, self.config_filename))
         self.already_saved = True
+
+    def _refuse_overwrite(self, path: str) -> None:
+        raise RuntimeError(f"{type(self).__name__} expected {path} to NOT exist. Aborting to avoid overwriting "
+                           "results of a previous run.")
+
+    def _save(self, path: str, skip_unset: bool = True) -> None:
+        """Write the config to ``path`` atomically (a remote or multi-file config: jsonargparse's own save)."""
+        if not self.overwrite and os.path.isfile(path):
+            self._refuse_overwrite(path)
+        if "://" in path or self.multifile:
+            self.parser.save(self.config, path, skip_unset=skip_unset, overwrite=self.overwrite,
+                             multifile=self.multifile)
+            return
+        write_text(path, self.parser.dump(self.config, skip_unset=skip_unset), "the run's config", RUN_FOLDER_OPTION)
 
 
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
@@ -457,7 +518,7 @@ def _reported_error(error: BaseException) -> BaseException | None:
     """
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (DataError, OptionError, CheckpointError, ModelError)):
+        if isinstance(error, (DataError, OptionError, CheckpointError, ModelError, OutputError)):
             return error
         if is_unsafe_refusal(error):  # Lightning's own load of --ckpt_path last/best
             return unsafe_checkpoint_error(error)

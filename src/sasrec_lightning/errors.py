@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError"]
+__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError", "OutputError"]
 
 
 class DataError(ValueError):
@@ -19,3 +19,11 @@ class CheckpointError(ValueError):
 
 class ModelError(ValueError):
     """A model whose training loss, weights or scores are not finite (it diverged); says which and what to try."""
+
+
+class OutputError(OSError):
+    """A file the package writes could not be written (disk full, a file-size limit, a read-only folder).
+
+    The message names the file and the reason; the previous file, if any, is left as it was and no
+    half-written file remains. An ``OSError``, so code catching write errors still catches it.
+    """

@@ -5,6 +5,7 @@ score for every item and the user vector out. Batch size and sequence length are
 (``1 <= L <= max_len``; right-aligned positions make a short batch exact, see ``encoder.py``).
 Ids are internal (``1..num_items``, 0 = padding); the command writes the original item ids next
 to the model (``<output>.items.json``, index = internal id) so a service can translate both ways.
+Every file is written whole or not at all (``atomic.py``).
 
 ``sasrec-lightning-export --ckpt_path model.ckpt --output model.onnx`` (or ``model.pt`` for
 TorchScript). ONNX needs the optional extra: ``pip install "sasrec-lightning[onnx]"``.
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path, atomic_write, write_text
 from .divergence import nonfinite_parameters, weights_error
 from .encoder import SASRec
 from .errors import ModelError
@@ -106,10 +108,9 @@ def export_torchscript(encoder: SASRec, path: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation + "converting a tensor to a Python integer" notes
         traced = torch.jit.trace(model, example_input(encoder))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
-    return path
+    with atomic_write(path, "the TorchScript export", "--output") as handle:
+        torch.jit.save(traced, handle)
+    return Path(path)
 
 
 def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = None) -> Path:
@@ -128,15 +129,14 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
 
     model = ServingModel(encoder)
     batch, length = Dim("batch", min=1), Dim("length", min=1, max=encoder.max_len)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
             model, (example_input(encoder),), dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
             dynamic_shapes=({0: batch, 1: length},), opset_version=opset_version, verbose=False,
         )
-    program.save(str(path))
-    return path
+    with atomic_path(path, "the ONNX export", "--output") as temporary:
+        program.save(str(temporary))
+    return Path(path)
 
 
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
@@ -157,7 +157,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | N
     written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
     if module.item_vocabulary is not None:
         items = output.with_name(output.name + ".items.json")
-        items.write_text(json.dumps(module.item_vocabulary.to_list()))
+        write_text(items, json.dumps(module.item_vocabulary.to_list()), "the item ids", "--output")
         written.append(items)
     return written
 

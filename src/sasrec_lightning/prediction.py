@@ -9,8 +9,9 @@ and at the end of ``predict``
   barrier, and rank 0 merges the parts into the one output file (sorted by user, each user once)
   and deletes them. The output folder must be shared by all nodes (it is on a single machine).
 
-Files are written atomically (a temporary file in the output's folder, then renamed over it), so a
-killed run never leaves a truncated output; a run that predicts no user (every ``predict_users`` id
+Files are written atomically (a temporary file in the output's folder, then renamed over it, see
+``atomic.py``), so a killed run never leaves a truncated output and the next run removes the
+temporary a killed one left; a run that predicts no user (every ``predict_users`` id
 unknown) writes an empty file rather than leaving an older one in place. The output path is
 checked at set-up, before any user is predicted.
 
@@ -21,7 +22,6 @@ has seen almost every item.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import uuid
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from .atomic import atomic_write
 from .errors import OptionError
 from .vocabulary import read_user_list  # noqa: F401  (re-exported: it was defined here)
 
@@ -116,27 +117,20 @@ def write_table(table: pa.Table, path: str) -> None:
     """Write Parquet or JSON lines, chosen by the extension of ``path``, atomically.
 
     The file is written under a temporary name in the same folder, flushed to disk and renamed
-    over ``path`` (``os.replace``), so ``path`` holds either the old file or the complete new one.
+    over ``path`` (``atomic.py``), so ``path`` holds either the old file or the complete new one.
+
+    Raises:
+        OutputError: the disk is full, the file-size limit is reached or the folder is read-only.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "xb") as handle:
-            if output_format(path) == "parquet":
-                pq.write_table(table, handle)
-            else:
-                for batch in table.to_batches(max_chunksize=65536):
-                    # pandas' C JSON writer (pandas comes with `datasets`): ~5x faster than json.dumps per row.
-                    text = batch.to_pandas().to_json(orient="records", lines=True, double_precision=10)
-                    handle.write((text if text.endswith("\n") or not text else text + "\n").encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    file_format = output_format(path)
+    with atomic_write(path, "--prediction.output", "--prediction.output") as handle:
+        if file_format == "parquet":
+            pq.write_table(table, handle)
+        else:
+            for batch in table.to_batches(max_chunksize=65536):
+                # pandas' C JSON writer (pandas comes with `datasets`): ~5x faster than json.dumps per row.
+                text = batch.to_pandas().to_json(orient="records", lines=True, double_precision=10)
+                handle.write((text if text.endswith("\n") or not text else text + "\n").encode("utf-8"))
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -234,8 +228,7 @@ class PredictionWriter(BasePredictionWriter):
             "items": pa.FixedSizeListArray.from_arrays(pa.array(items.reshape(-1), pa.int64()), k),
             "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), k),
         })
-        Path(self.output).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, self.part_path(rank, world_size))
+        write_table(part, self.part_path(rank, world_size))
         trainer.strategy.barrier("prediction_writer_parts")
         if rank == 0:
             self._merge(world_size, user_ids, item_ids)
