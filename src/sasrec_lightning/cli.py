@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from .baselines import most_popular_metrics
+from .bounded_yaml import PARSER_MODE, ConfigTooLarge, check_config_file, command_line
 from .checkpoints import (
     DATA_RUNTIME_OPTIONS,
     check_checkpoint_classes,
@@ -130,7 +131,14 @@ def _class_path(cls: type) -> str:
 
 
 class SASRecArgumentParser(LightningArgumentParser):
-    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
+    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option.
+
+    YAML (configs and flag values) is read by ``bounded_yaml.load``: a config above its size bounds is refused.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", PARSER_MODE)
+        super().__init__(*args, **kwargs)
 
     def dump(self, cfg, *args, **kwargs) -> str:
         # The optimizer is a model option (--model.optimizer). LightningCLI's top-level --optimizer /
@@ -149,12 +157,14 @@ class SASRecArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
-        condensed = condensed_parse_error(message)
+        too_large = _cause(ex, ConfigTooLarge)
+        condensed = str(too_large) if too_large is not None else condensed_parse_error(message)
         folder = packaged_configs()
         if condensed.startswith("--config:") and "does not exist" in condensed and folder is not None:
             names = sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
             condensed += f"; the packaged configs are: {', '.join(names)}"
-        hint = "" if ".help " in condensed else " (see --help)"  # a typo's message points to its section's help
+        # A typo's message points to its section's help; a config too large needs no help.
+        hint = "" if ".help " in condensed or too_large is not None else " (see --help)"
         sys.stderr.write(f"error: {condensed}{hint}\n")
         self.exit(2)
 
@@ -205,10 +215,12 @@ class SASRecCLI(LightningCLI):
         parser.epilog = pointer
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        given = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
+        with command_line(given or []):  # a value over the YAML bounds is named by the flag it follows
+            super().parse_arguments(parser, args)
         # Kept to tell the options the user gave (config files and flags) from defaults: those win
         # over the data settings a checkpoint carries (see ``_apply_checkpoint_data``).
-        self._given_args = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
+        self._given_args = given
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -357,6 +369,17 @@ class SASRecCLI(LightningCLI):
         return config.get(key)
 
 
+def _cause(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` in ``error``'s cause chain, else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def packaged_configs() -> Path | None:
     """The folder of the configs that ship with the package, or ``None`` when there is none.
 
@@ -392,14 +415,20 @@ def resolve_config(name: str) -> str:
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
-    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`."""
+    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`.
+
+    Raises:
+        ConfigTooLarge: for a config file above ``bounded_yaml.MAX_CONFIG_BYTES`` (checked before it is read).
+    """
     resolved = list(args)
     for index, arg in enumerate(resolved):
         if arg in ("-c", "--config") and index + 1 < len(resolved):
             resolved[index + 1] = resolve_config(resolved[index + 1])
+            check_config_file(resolved[index + 1])
         elif arg.startswith(("--config=", "-c=")):
             flag, value = arg.split("=", 1)
             resolved[index] = f"{flag}={resolve_config(value)}"
+            check_config_file(resolve_config(value))
     return resolved
 
 
