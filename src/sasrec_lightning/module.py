@@ -165,7 +165,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
         super().__init__()
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
-                            top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives)
+                            top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives,
+                            eval_protocol=eval_protocol)
         check_item_updates(item_updates, l2_emb, optimizer, betas)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # The encoder and the loss each take their own options from the fields above, by name.
