@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,12 +15,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .baselines import most_popular_metrics
 from .bounded_yaml import PARSER_MODE, ConfigTooLarge, check_config_file, command_line
+from .callbacks import StopOnSigterm
 from .checkpoints import (
     DATA_RUNTIME_OPTIONS,
     check_checkpoint_classes,
@@ -324,6 +328,11 @@ class SASRecCLI(LightningCLI):
             source = data.get("path") or data.get("url") or "synthetic"
             logger["init_args"]["name"] = Path(str(source).rstrip("/")).name.split(".")[0] or "data"
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StopOnSigterm())  # a clean end on SIGTERM, also under DDP (callbacks.py)
+        return trainer
+
     def before_fit(self) -> None:
         if not self.trainer.loggers:
             return
@@ -495,11 +504,72 @@ def _reported_error(error: BaseException) -> BaseException | None:
     return None
 
 
+# gloo's report of a collective whose peer process is gone (killed, crashed, or stopped by SIGTERM): the
+# connection to it was closed or reset. Only these; any other error keeps its traceback.
+_PEER_ENDED = re.compile(r"gloo/transport/[^\]]*\] ((?:Connection closed by peer|Connection reset by peer|Broken pipe)"
+                         r"(?: \[[^\]]*\]:\d+)?)")
+
+
+def _peer_ended(error: BaseException | None) -> str | None:
+    """Gloo's words when ``error`` (or its cause) is a DDP collective that lost a peer process, else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        match = _PEER_ENDED.search(str(error)) if isinstance(error, RuntimeError) else None
+        if match:
+            return match.group(1)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _distributed() -> bool:
+    """Whether this process belongs to a process group (a DDP run), which Lightning destroys only at exit."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _this_process() -> str:
+    """``this process`` and, in a DDP run, its rank."""
+    return f"this process (rank {torch.distributed.get_rank()})" if _distributed() else "this process"
+
+
+def _one_write(line: str) -> None:
+    """``line`` on stderr in one write, so that the lines of a DDP run's processes do not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _exit_without_the_lost_group(status: int) -> NoReturn:
+    """Exit with ``status``; a DDP process whose peer is gone leaves at once (``os._exit``, output flushed).
+
+    Destroying a gloo process group that lost a peer (Lightning does it at exit) can end in C++'s
+    "terminate called without an active exception" and status 134 (SIGABRT); nothing else is left to do.
+    """
+    if _distributed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
 def exit_on_reported_errors(function: Callable[..., Any], *args: Any) -> Any:
-    """Call ``function``; the package's own errors exit with status 2 and one ``error:`` line, others propagate."""
+    """Call ``function``; the package's own errors exit with status 2 and one ``error:`` line, others propagate.
+
+    A run stopped by SIGTERM (``SIGTERMException``, from ``callbacks.StopOnSigterm`` or Lightning) ends with
+    one line and status 143 (128 + SIGTERM, what a shell reports for a process a signal ended); a DDP process
+    whose peer ended (gloo's closed connection, and only that) with one line and status 1.
+    """
     try:
         return function(*args)
+    except SIGTERMException:
+        others = "; the other processes of this DDP run stop too" if _distributed() else ""
+        _one_write(f"error: {_this_process()} received SIGTERM and stopped before the run finished{others}")
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as error:
+        peer = _peer_ended(error)
+        if peer is not None:
+            _one_write(f"error: another process of this DDP run ended (gloo: {peer}), so {_this_process()} stops "
+                       "too; that process's output says why")
+            _exit_without_the_lost_group(1)
         reported = _reported_error(error)
         if reported is None:
             raise
