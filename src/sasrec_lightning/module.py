@@ -286,7 +286,7 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self._check_training_memory()
 
     def _check_training_memory(self) -> None:
-        """Refuse a run whose first training batch cannot fit in memory (``memory.py``), on every process alike.
+        """Refuse a run whose largest batch cannot fit in memory (``memory.py``), on every process alike.
 
         Rank 0 decides and tells the others, so that no process is left waiting for one that stopped.
         """
