@@ -111,11 +111,12 @@ class StopOnSigterm(L.Callback):
     Replaces Lightning's own SIGTERM handler while the loops run. That one also broadcasts from inside
     the signal handler (Lightning 2.6), a collective that the other DDP processes are not running at that
     moment: when the signal lands mid-step the processes wait for each other for good (Lightning issue
-    #20806; here one run in seven). This handler only takes note and forwards the signal to the processes
-    this one started (rank 0 of a ``ddp`` run launches the others); each process then stops at its next
-    batch end, and a process whose peer stopped first gets gloo's closed connection in its next
-    collective. ``cli.exit_on_reported_errors`` turns both into one ``error:`` line. Not installed under
-    SLURM with auto-requeue, where Lightning's handling of the signal is what requeues the job.
+    #20806; here 4 of 15 runs, with either process signalled). This handler only takes note and forwards
+    the signal to the processes this one started (rank 0 of a ``ddp`` run launches the others); each
+    process then stops at its next batch end, and a process whose peer stopped first gets gloo's closed
+    connection in its next collective. ``cli.exit_on_reported_errors`` turns both into one ``error:``
+    line. Not installed under SLURM with auto-requeue, where Lightning's handling of the signal is what
+    requeues the job.
     """
 
     def __init__(self) -> None:
