@@ -15,12 +15,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import sasrec_lightning
 from conftest import CONFIGS
+from sasrec_lightning.callbacks import StopOnSigterm
 from sasrec_lightning.cli import exit_on_reported_errors
 
 GLOO_LOST_PEER = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
@@ -71,6 +73,23 @@ def test_a_lost_ddp_peer_and_sigterm_are_one_line_and_other_errors_keep_their_tr
     for other in (RuntimeError("boom"), RuntimeError("Connection reset by peer"), ValueError(GLOO_LOST_PEER)):
         with pytest.raises(type(other)):
             exit_on_reported_errors(fail, other)
+
+
+def test_stop_on_sigterm_forwards_the_signal_once_and_stops_at_the_next_batch_end():
+    forwarded = []
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(kill=forwarded.append)))
+    callback = StopOnSigterm()
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        callback.on_train_start(trainer, None)  # replaces the handler (Lightning's, in a real run)
+        callback.on_train_batch_end(trainer, None, None, None, 0)  # no signal yet: training goes on
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert forwarded == [signal.SIGTERM]  # to the processes this one launched, once
+    with pytest.raises(SIGTERMException):
+        callback.on_train_batch_end(trainer, None, None, None, 1)
 
 
 def _launch(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -131,3 +150,22 @@ def test_sigterm_to_one_cpu_ddp_process_ends_every_process_with_one_line(tmp_pat
     assert re.fullmatch(r"error: another process of this DDP run ended \(gloo: (Connection closed by peer|Connection "
                         r"reset by peer|Broken pipe)[^)]*\), so this process \(rank 0\) stops too; that process's "
                         r"output says why", peer), peer
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launching_ddp_process_reaches_the_other_one(tmp_path):
+    """``kill -TERM`` the command a user started (rank 0): it forwards the signal to rank 1 and both stop."""
+    process, folder = _launch(tmp_path, ["-c", str(CONFIGS / "trainer" / "cpu-ddp.yaml")])
+    _wait_for(process, [folder / "ready_rank0", folder / "ready_rank1"])
+    process.send_signal(signal.SIGTERM)
+    stderr = _finish(process)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "Received SIGTERM" not in stderr, stderr
+    lines = _errors(stderr)
+    rank0 = ("error: this process (rank 0) received SIGTERM and stopped before the run finished; the other processes "
+             "of this DDP run stop too")
+    assert len(lines) == 2 and rank0 in lines, stderr
+    # Rank 1 got the signal too; if it was inside a collective when rank 0 left, that collective tells it first.
+    (rank1,) = (line for line in lines if line != rank0)
+    assert rank1.startswith(("error: this process (rank 1) received SIGTERM", "error: another process of this DDP run "
+                             "ended (gloo: ")) and "rank 1" in rank1, stderr
