@@ -47,6 +47,10 @@ BAD_OPTIONS = [
     (["--model.init_args.eval_chunk_size", "0"], "model.eval_chunk_size", ">= 1"),
     (["--data.eval_batch_size", "0"], "data.eval_batch_size", ">= 1"),
     (["--prediction.k", "0"], "prediction.k", ">= 1"),
+    (["--model.init_args.top_k", "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"], "model.top_k", "at most 10"),
+    # Full ranking over TINY's 40 items: every user is a hit at K = 100.
+    (["--model.init_args.eval_protocol", "full", "--model.init_args.top_k", "[10, 100]"], "model.top_k",
+     "cut-off 100 is above the catalogue's 40 items"),
 ]
 
 
@@ -121,6 +125,19 @@ def test_the_constructors_raise_value_errors_naming_the_option():
         SASRecDataModule(num_eval_negatives=0)
     SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=0, dropout=0.0, top_k=[1, 5])  # edges allowed
     SASRecDataModule(min_user_interactions=0, temporal_quantiles=(0.5, 0.5), num_proc=None)
+
+
+def test_top_k_is_bounded_and_checked_against_a_real_catalogue_only():
+    with pytest.raises(OptionError, match=r"--model\.top_k has 11 cut-offs; expected at most 10"):
+        SASRecModule(num_items=50, top_k=list(range(1, 12)))
+    with pytest.raises(OptionError, match=r"--model\.top_k \[1, 5, 10\]: cut-off 10 is above the catalogue's 5 items, "
+                       r"so under --model\.eval_protocol full every user would count as a hit at it"):
+        SASRecModule(num_items=5, eval_protocol="full", top_k=[1, 5, 10])
+    SASRecModule(num_items=5, eval_protocol="full", top_k=[1, 5])  # K = num_items is allowed
+    # The placeholder catalogue of SASRecModule() (num_items=1, the CLI links the data's): not checked.
+    SASRecModule(eval_protocol="full")
+    # Under the sampled protocol a target is ranked among its 1 + num_eval_negatives candidates, not the catalogue.
+    SASRecModule(num_items=5, top_k=[10])
 
 
 # Values of the wrong type are rejected while parsing (jsonargparse), before any constructor runs.

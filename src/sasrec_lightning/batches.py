@@ -53,10 +53,17 @@ class TrainingStatistics:
             from the same one so both non-uniform samplers share one ``q``.
         positions_per_batch: real (non-padded) positions per training batch, averaged over an epoch
             of every process (what ``loss_normalization: epoch`` divides by).
+        batch_shape: ``(B, L)`` sequences and padded width of the largest training batch: what the
+            model estimates its memory from before the first step (``memory.py``); ``None`` when
+            unknown (then nothing is estimated).
+        eval_batch_shape: ``(B, L)`` users and padded width of the largest evaluation batch, at most
+            (the same use).
     """
 
     item_counts: np.ndarray
     positions_per_batch: float
+    batch_shape: tuple[int, int] | None = None
+    eval_batch_shape: tuple[int, int] | None = None
 
 
 class TrainBatches(Dataset):

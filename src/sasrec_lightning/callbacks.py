@@ -1,21 +1,26 @@
 """Callbacks that own a lifecycle around the module.
 
 ``RowGradients`` switches the item tables' row-wise gradients on and off while training;
-``GatheredEvaluation`` keeps a sharded model gathered while it is evaluated or predicts.
+``GatheredEvaluation`` keeps a sharded model gathered while it is evaluated or predicts;
+``StopOnSigterm`` ends a run cleanly on SIGTERM, also under DDP.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Literal
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .errors import OptionError
 from .row_grad import ItemEmbedding
 from .sharding import gather, is_sharded, reshard
 
-__all__ = ["RowGradients", "GatheredEvaluation", "shards_parameters"]
+__all__ = ["RowGradients", "GatheredEvaluation", "StopOnSigterm", "shards_parameters"]
 
 
 def shards_parameters(strategy: Strategy) -> bool:
@@ -98,3 +103,42 @@ class GatheredEvaluation(L.Callback):
 
     on_validation_start = on_test_start = on_predict_start = _gather
     on_validation_end = on_test_end = on_predict_end = _reshard
+
+
+class StopOnSigterm(L.Callback):
+    """On SIGTERM, stop at the end of the current batch with Lightning's ``SIGTERMException``, in every process.
+
+    Replaces Lightning's own SIGTERM handler while the loops run. That one also broadcasts from inside
+    the signal handler (Lightning 2.6), a collective that the other DDP processes are not running at that
+    moment: when the signal lands mid-step the processes wait for each other for good (Lightning issue
+    #20806; here 4 of 15 runs, with either process signalled). This handler only takes note and forwards
+    the signal to the processes this one started (rank 0 of a ``ddp`` run launches the others); each
+    process then stops at its next batch end, and a process whose peer stopped first gets gloo's closed
+    connection in its next collective. ``cli.exit_on_reported_errors`` turns both into one ``error:``
+    line. Not installed under SLURM with auto-requeue, where Lightning's handling of the signal is what
+    requeues the job.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def _install(self, trainer: L.Trainer, *_) -> None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            return
+        if threading.current_thread() is threading.main_thread():  # (signals can only be set there)
+            # After Lightning registered its handlers (at the start of each run); it restores the earlier
+            # ones when the run ends, and this one with them.
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._on_sigterm(trainer, signum))
+
+    def _on_sigterm(self, trainer: L.Trainer, signum: int) -> None:
+        if not self.received and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)  # the processes this one started (none elsewhere)
+        self.received = True
+
+    def _stop_if_asked(self, *_) -> None:
+        if self.received:
+            raise SIGTERMException()
+
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _install
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _stop_if_asked

@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import check_writable_folder, write_text
 from .baselines import most_popular_metrics
+from .bounded_yaml import PARSER_MODE, ConfigTooLarge, check_config_file, command_line
+from .callbacks import StopOnSigterm
 from .checkpoint_io import use_safe_checkpoint_io
 from .checkpoints import (
     DATA_RUNTIME_OPTIONS,
@@ -132,7 +137,14 @@ def _class_path(cls: type) -> str:
 
 
 class SASRecArgumentParser(LightningArgumentParser):
-    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option."""
+    """Parse errors as one ``error:`` line, without jsonargparse's usage text of every option.
+
+    YAML (configs and flag values) is read by ``bounded_yaml.load``: a config above its size bounds is refused.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", PARSER_MODE)
+        super().__init__(*args, **kwargs)
 
     def dump(self, cfg, *args, **kwargs) -> str:
         # The optimizer is a model option (--model.optimizer). LightningCLI's top-level --optimizer /
@@ -151,12 +163,14 @@ class SASRecArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raise instead of exiting (a caller asked for the exception)
-        condensed = condensed_parse_error(message)
+        too_large = _cause(ex, ConfigTooLarge)
+        condensed = str(too_large) if too_large is not None else condensed_parse_error(message)
         folder = packaged_configs()
         if condensed.startswith("--config:") and "does not exist" in condensed and folder is not None:
             names = sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
             condensed += f"; the packaged configs are: {', '.join(names)}"
-        hint = "" if ".help " in condensed else " (see --help)"  # a typo's message points to its section's help
+        # A typo's message points to its section's help; a config too large needs no help.
+        hint = "" if ".help " in condensed or too_large is not None else " (see --help)"
         sys.stderr.write(f"error: {condensed}{hint}\n")
         self.exit(2)
 
@@ -207,10 +221,12 @@ class SASRecCLI(LightningCLI):
         parser.epilog = pointer
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        given = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
+        with command_line(given or []):  # a value over the YAML bounds is named by the flag it follows
+            super().parse_arguments(parser, args)
         # Kept to tell the options the user gave (config files and flags) from defaults: those win
         # over the data settings a checkpoint carries (see ``_apply_checkpoint_data``).
-        self._given_args = None if isinstance(args, (dict, Namespace)) else list(sys.argv[1:] if args is None else args)
+        self._given_args = given
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -294,10 +310,12 @@ class SASRecCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """LightningCLI's Trainer, saving and loading checkpoints through :class:`SafeCheckpointIO`.
 
-        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin.
+        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, and a
+        clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``).
         """
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
+        trainer.callbacks.append(StopOnSigterm())
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -397,6 +415,17 @@ def check_run_folders(trainer: L.Trainer) -> None:
                                                                      if what == "the checkpoint folder" else ""))
 
 
+def _cause(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` in ``error``'s cause chain, else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def packaged_configs() -> Path | None:
     """The folder of the configs that ship with the package, or ``None`` when there is none.
 
@@ -432,14 +461,20 @@ def resolve_config(name: str) -> str:
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
-    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`."""
+    """``args`` with each ``-c``/``--config`` value that is not an existing path resolved by :func:`resolve_config`.
+
+    Raises:
+        ConfigTooLarge: for a config file above ``bounded_yaml.MAX_CONFIG_BYTES`` (checked before it is read).
+    """
     resolved = list(args)
     for index, arg in enumerate(resolved):
         if arg in ("-c", "--config") and index + 1 < len(resolved):
             resolved[index + 1] = resolve_config(resolved[index + 1])
+            check_config_file(resolved[index + 1])
         elif arg.startswith(("--config=", "-c=")):
             flag, value = arg.split("=", 1)
             resolved[index] = f"{flag}={resolve_config(value)}"
+            check_config_file(resolve_config(value))
     return resolved
 
 
@@ -527,11 +562,72 @@ def _reported_error(error: BaseException) -> BaseException | None:
     return None
 
 
+# gloo's report of a collective whose peer process is gone (killed, crashed, or stopped by SIGTERM): the
+# connection to it was closed or reset. Only these; any other error keeps its traceback.
+_PEER_ENDED = re.compile(r"gloo/transport/[^\]]*\] ((?:Connection closed by peer|Connection reset by peer|Broken pipe)"
+                         r"(?: \[[^\]]*\]:\d+)?)")
+
+
+def _peer_ended(error: BaseException | None) -> str | None:
+    """Gloo's words when ``error`` (or its cause) is a DDP collective that lost a peer process, else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        match = _PEER_ENDED.search(str(error)) if isinstance(error, RuntimeError) else None
+        if match:
+            return match.group(1)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _distributed() -> bool:
+    """Whether this process belongs to a process group (a DDP run), which Lightning destroys only at exit."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _this_process() -> str:
+    """``this process`` and, in a DDP run, its rank."""
+    return f"this process (rank {torch.distributed.get_rank()})" if _distributed() else "this process"
+
+
+def _one_write(line: str) -> None:
+    """``line`` on stderr in one write, so that the lines of a DDP run's processes do not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _exit_without_the_lost_group(status: int) -> NoReturn:
+    """Exit with ``status``; a DDP process whose peer is gone leaves at once (``os._exit``, output flushed).
+
+    Destroying a gloo process group that lost a peer (Lightning does it at exit) can end in C++'s
+    "terminate called without an active exception" and status 134 (SIGABRT); nothing else is left to do.
+    """
+    if _distributed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
 def exit_on_reported_errors(function: Callable[..., Any], *args: Any) -> Any:
-    """Call ``function``; the package's own errors exit with status 2 and one ``error:`` line, others propagate."""
+    """Call ``function``; the package's own errors exit with status 2 and one ``error:`` line, others propagate.
+
+    A run stopped by SIGTERM (``SIGTERMException``, from ``callbacks.StopOnSigterm`` or Lightning) ends with
+    one line and status 143 (128 + SIGTERM, what a shell reports for a process a signal ended); a DDP process
+    whose peer ended (gloo's closed connection, and only that) with one line and status 1.
+    """
     try:
         return function(*args)
+    except SIGTERMException:
+        others = "; the other processes of this DDP run stop too" if _distributed() else ""
+        _one_write(f"error: {_this_process()} received SIGTERM and stopped before the run finished{others}")
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as error:
+        peer = _peer_ended(error)
+        if peer is not None:
+            _one_write(f"error: another process of this DDP run ended (gloo: {peer}), so {_this_process()} stops "
+                       "too; that process's output says why")
+            _exit_without_the_lost_group(1)
         reported = _reported_error(error)
         if reported is None:
             raise

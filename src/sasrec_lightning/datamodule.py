@@ -435,7 +435,13 @@ class SASRecDataModule(L.LightningDataModule):
         world_size, rank = self._world(train=True)
         batches = len(UserBatchSampler(lengths, hp.batch_size, shuffle=True, num_replicas=world_size, rank=rank,
                                        even=True))  # per process, as the training loader has them
-        return TrainingStatistics(self._item_counts, float(np.sum(lengths)) / max(batches * world_size, 1))
+        # The widest batches: training batches are padded to their longest sequence (or to max_len without
+        # length bucketing), evaluation batches to their longest history, at most the whole sequence.
+        width = hp.max_len if not hp.length_bucketing else int(lengths.max(initial=1))
+        eval_width = int(min(hp.max_len, (split.ends - split.starts).max(initial=1)))
+        return TrainingStatistics(self._item_counts, float(np.sum(lengths)) / max(batches * world_size, 1),
+                                  batch_shape=(min(hp.batch_size, max(len(lengths), 1)), width),
+                                  eval_batch_shape=(min(hp.eval_batch_size, max(split.data.num_users, 1)), eval_width))
 
     def _negatives_needed(self) -> bool:
         """Whether the model being trained needs sampled negatives (its ``needs_negatives``; else yes)."""

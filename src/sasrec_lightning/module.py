@@ -18,9 +18,10 @@ from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
 from .divergence import nonfinite_parameters, training_advice, training_loss_error, weights_error
 from .encoder import SASRec
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ModelError, OptionError
 from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
 from .losses import LossName, build_loss
+from .memory import check_parameter_memory, check_training_memory
 from .metrics import RankingMetrics
 from .options import check_item_updates, check_model_options
 from .ranking import full_ranks, max_vector_norm, sampled_ranks
@@ -166,12 +167,15 @@ class SASRecModule(ServingMixin, L.LightningModule):
         super().__init__()
         check_model_options(num_items, max_len, hidden_size, num_blocks, num_heads, dropout, init_std, gbce_t,
                             sampled_negatives, in_batch_fraction, ce_chunk_size, lr, betas, weight_decay, l2_emb,
-                            top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives)
+                            top_k, eval_chunk_size, gbce_shared_negatives=gbce_shared_negatives,
+                            eval_protocol=eval_protocol)
         check_item_updates(item_updates, l2_emb, optimizer, betas)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # The encoder and the loss each take their own options from the fields above, by name.
-        encoder_options = inspect.signature(SASRec).parameters
-        self.model = SASRec(**{name: value for name, value in self.hparams.items() if name in encoder_options})
+        encoder_options = {name: value for name, value in self.hparams.items()
+                           if name in inspect.signature(SASRec).parameters}
+        check_parameter_memory(encoder_options)  # before allocating them (memory.py)
+        self.model = SASRec(**encoder_options)
         self.loss_fn = build_loss(loss, **self.hparams)
         self.needs_negatives = self.loss_fn.needs_negatives  # read by the data module: draw negatives or not
         self.optimizer_factory = optimizer
@@ -287,6 +291,24 @@ class SASRecModule(ServingMixin, L.LightningModule):
                            "(SASRecDataModule); without one each batch's loss is the mean over its positions "
                            "(loss_normalization='batch').")
         self.loss_fn.setup(self.statistics)
+        self._check_training_memory()
+
+    def _check_training_memory(self) -> None:
+        """Refuse a run whose largest batch cannot fit in memory (``memory.py``), on every process alike.
+
+        Rank 0 decides and tells the others, so that no process is left waiting for one that stopped.
+        """
+        shapes = self.statistics
+        if shapes is None or shapes.batch_shape is None:
+            return  # a data module without the shapes of its batches: nothing to estimate from
+        refusal = None
+        if self.trainer.is_global_zero:
+            processes = self.trainer.num_devices if self.device.type == "cpu" else 1  # sharing this machine's memory
+            refusal = check_training_memory(self.hparams, sum(p.numel() for p in self.parameters()), shapes.batch_shape,
+                                            shapes.eval_batch_shape, self.device, processes)
+        refusal = self.trainer.strategy.broadcast(refusal)
+        if refusal:
+            raise OptionError(refusal)
 
     def on_train_start(self) -> None:
         if self._trainer is not None and _tensor_parallel(self.trainer.strategy):

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from .errors import OptionError
 
-__all__ = ["at_least", "in_range", "positive", "check_model_options", "check_item_updates", "check_data_options"]
+__all__ = ["MAX_CUTOFFS", "at_least", "in_range", "positive", "check_model_options", "check_top_k",
+           "check_item_updates", "check_data_options"]
 
 
 def at_least(section: str, name: str, value, minimum: int, optional: bool = False, auto: bool = False) -> None:
@@ -45,7 +46,7 @@ def check_model_options(
     num_items: int, max_len: int, hidden_size: int, num_blocks: int, num_heads: int, dropout: float,
     init_std: float, gbce_t: float, sampled_negatives: int, in_batch_fraction: float, ce_chunk_size: int,
     lr: float, betas: Sequence[float], weight_decay: float, l2_emb: float, top_k: Sequence[int],
-    eval_chunk_size: int | str, gbce_shared_negatives: int = 0,
+    eval_chunk_size: int | str, gbce_shared_negatives: int = 0, eval_protocol: str = "sampled",
 ) -> None:
     """Raise :class:`OptionError` for the first :class:`~sasrec_lightning.SASRecModule` option out of range."""
     section = "model"
@@ -71,11 +72,39 @@ def check_model_options(
         in_range(section, "betas", beta, 0.0, 1.0, high_open=True)
     positive(section, "weight_decay", weight_decay, allow_zero=True)
     positive(section, "l2_emb", l2_emb, allow_zero=True)
+    check_top_k(top_k, num_items, eval_protocol)
+    at_least(section, "eval_chunk_size", eval_chunk_size, 1, auto=True)
+
+
+# Each cut-off adds two metrics to every evaluation and to the logs (hr@K, ndcg@K); the papers report
+# 1 to 4 of them (SASRec: 10; gSASRec and SASRec+: 1, 5, 10, 20), so 10 leaves room to spare.
+MAX_CUTOFFS = 10
+
+
+def check_top_k(top_k: Sequence[int], num_items: int, eval_protocol: str = "sampled") -> None:
+    """Raise :class:`OptionError` unless ``top_k`` is 1 to ``MAX_CUTOFFS`` cut-offs, each at least 1.
+
+    Under ``eval_protocol: full`` every cut-off must also be at most ``num_items``: the target is ranked
+    among the catalogue, so at ``K > num_items`` every user is a hit (HR@K = 1 for any model). The check
+    needs a real catalogue: ``num_items`` 1 is the constructor's placeholder default (the CLI and
+    ``load_from_checkpoint`` always give the data's), and a catalogue of one item has nothing to rank
+    anyway. Under the sampled protocol the target is ranked among its ``1 + num_eval_negatives``
+    candidates (a data option), not the catalogue.
+    """
+    section = "model"
+    shown = top_k if isinstance(top_k, str) else list(top_k)
     if isinstance(top_k, (str, bytes)) or not len(top_k) or any(
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in top_k):
-        raise OptionError(f"--{section}.top_k {list(top_k) if not isinstance(top_k, str) else top_k!r}: expected a "
-                          "non-empty list of cut-offs, each an integer >= 1 (e.g. [1, 5, 10])")
-    at_least(section, "eval_chunk_size", eval_chunk_size, 1, auto=True)
+        raise OptionError(f"--{section}.top_k {shown!r}: expected a non-empty list of cut-offs, each an integer >= 1 "
+                          "(e.g. [1, 5, 10])")
+    if len(top_k) > MAX_CUTOFFS:
+        raise OptionError(f"--{section}.top_k has {len(top_k):,} cut-offs; expected at most {MAX_CUTOFFS} (e.g. [1, 5, "
+                          "10, 20]): each one adds hr@K and ndcg@K to every evaluation and log")
+    above = [k for k in top_k if k > num_items]
+    if eval_protocol == "full" and num_items > 1 and above:
+        raise OptionError(f"--{section}.top_k {shown!r}: cut-off {above[0]} is above the catalogue's {num_items} "
+                          f"items, so under --{section}.eval_protocol full every user would count as a hit at it; "
+                          f"expected cut-offs <= {num_items}")
 
 
 def check_item_updates(item_updates: str, l2_emb: float, optimizer, betas: Sequence[float]) -> None:
