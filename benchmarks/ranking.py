@@ -91,8 +91,15 @@ def cases(args, batch: int):
                 torch.mm(hidden, weight[start : start + width].T, out=block)
         return run
 
+    # Evaluation computes the table's largest norm (the tie band's scale) once per pass: so here.
+    norm = {}
+    if "table_norm" in inspect.signature(full_ranks).parameters:
+        from sasrec_lightning.ranking import max_vector_norm
+
+        norm["table_norm"] = max_vector_norm(weight)
+
     def ranks():
-        full_ranks(hidden, weight, targets, seen_rows, seen_items, chunk, True)
+        full_ranks(hidden, weight, targets, seen_rows, seen_items, chunk, True, **norm)
 
     encoder = FrozenEncoder(hidden, weight)
     predict_batch = {"input_ids": torch.ones(batch, 1, dtype=torch.int64), "users": torch.arange(batch),

@@ -49,14 +49,16 @@ def sampled_ranks(hidden: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def max_vector_norm(table: Tensor) -> Tensor:
-    """The largest Euclidean norm of a finite row of ``table`` ``(N, d)``, in float64 (0 if there is none).
+    """An upper bound of the Euclidean norm of every finite row of ``table`` ``(N, d)``: a float64 0-dim tensor.
 
-    Rows holding NaN or infinity are left out: their scores are NaN or infinite, and comparisons
-    with those are exact (see :func:`tie_margin`).
+    The norms are taken in the table's precision and the largest is raised by ``2 d u`` of itself (the
+    worst rounding of a norm of ``d`` terms). Rows holding NaN or infinity are left out: their scores
+    are NaN or infinite, and comparisons with those are exact (see :func:`tie_margin`).
     """
-    norms = torch.linalg.vector_norm(table.double(), dim=-1)  # (N,)
+    norms = torch.linalg.vector_norm(table, dim=-1)  # (N,)
     norms = torch.where(torch.isfinite(norms), norms, 0.0)
-    return norms.max() if norms.numel() else norms.new_zeros(())
+    largest = norms.max().double() if norms.numel() else norms.new_zeros((), dtype=torch.float64)
+    return largest * (1.0 + 2.0 * table.size(-1) * torch.finfo(table.dtype).eps)
 
 
 def exact_scores(hidden: Tensor, vectors: Tensor) -> Tensor:
@@ -208,17 +210,15 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     outside the target's tie band (:func:`tie_margin`: wider than any rounding of the product) is
     ordered by its score, and an item inside the band is settled on the vectors themselves
     (:func:`_scores_at_least`: an exact tie counts against the target, one ulp apart in one
-    coordinate is ordered exactly).
+    coordinate is ordered exactly). The rank counts the items not below the target: above it, tied
+    with it, or NaN (a NaN score counts against the target, the rule of
+    :func:`~sasrec_lightning.metrics.beats_target`); a non-finite target ranks after every competitor.
 
-    Each chunk is one ``(B, d) x (d, C)`` product into a reused ``(B, C)`` block, then two
-    comparisons, ``score < band's low end`` (certainly below, into a second reused block) and
-    ``score <= band's high end`` (below or in the band, in place), each counted per row by a
-    product with a column of ones (exact: integers below ``2**24``). A NaN item, and every item of a
-    non-finite target (its band is NaN), compares false in both and so counts against the target,
-    the rule of :func:`~sasrec_lightning.metrics.beats_target`. Items that are no competitors (the
-    target itself, seen items, the padding id, ids an earlier chunk counted) are set to 1.0
-    ("below") in both. A row whose two counts differ has items in its band; only those rows are
-    looked at again, to settle them.
+    Each chunk is one ``(B, d) x (d, C)`` product into a reused ``(B, C)`` block, where the items that
+    are no competitors (the target itself, seen items, the padding id, ids an earlier chunk counted)
+    are set to ``-inf``; then two comparisons and two row counts (:class:`_BandCounter`). This costs
+    one comparison and one count more per chunk than ordering by the fp32 scores alone
+    (docs/performance.md).
 
     Args:
         hidden: ``(B, d)`` fp32 query vectors.
@@ -243,10 +243,10 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     target_scores = exact_scores(hidden, target_vectors)  # (B,) float64
     if table_norm is None:
         table_norm = max_vector_norm(weight)
-    low, high = _band(target_scores, tie_margin(hidden, table_norm))  # (B, 1) x 2, fp32
-    block = hidden.new_empty(size, chunk)  # (B, C) the products, then "below or in the band"
-    mask = hidden.new_empty(size, chunk)  # (B, C) "certainly below"
-    ones = hidden.new_ones(chunk, 1)  # (C, 1) counts as products: fast on any block
+    low, high = _band(target_scores, tie_margin(hidden, table_norm))  # (B, 1) x 2, fp32 (NaN: target not finite)
+    ranked = torch.isfinite(low.squeeze(1))  # (B,) rows whose items are counted
+    low, high = torch.where(ranked.unsqueeze(1), low, math.inf), torch.where(ranked.unsqueeze(1), high, math.inf)
+    counter = _BandCounter(hidden, weight, target_vectors, low, high, chunk)
 
     # Never competitors: each target (it does not outrank itself) and, optionally, the history.
     # Excluding a history item that is the target is excluding the target: harmless.
@@ -254,50 +254,73 @@ def full_ranks(hidden: Tensor, weight: Tensor, targets: Tensor, seen_rows: Tenso
     rows, items = (torch.cat([user_rows, seen_rows]), torch.cat([targets, seen_items])) if exclude_seen \
         else (user_rows, targets)
     excluded = _PairsByItem(rows, items, starts, chunk)
-
-    below = block.new_zeros(size, len(starts) + 1)  # (B, chunks + 1): each chunk's count; last: settled in bands
-    near = block.new_empty(size, 1)  # (B, 1) below or in the band, this chunk
     done = 0  # item ids below this were counted by an earlier chunk
     for index, start in enumerate(starts):
-        torch.mm(hidden, weight[start : start + chunk].T, out=block)  # (B, C)
-        torch.lt(block, low, out=mask)  # (B, C) 1.0: certainly below the target
-        block.le_(high)  # (B, C) 1.0: below it or in its band
+        block = counter.product(start)  # (B, C)
         pairs = excluded.of_chunk(index, start)
-        skip = max(done, 1) - start  # padding (id 0) and ids already counted: "below", not competitors
-        for result in (mask, block):
-            if pairs is not None:
-                result.view(-1).index_fill_(0, pairs, 1.0)
-            if skip > 0:
-                result[:, :skip] = 1.0
-        torch.mm(mask, ones, out=below[:, index : index + 1])  # (B, 1)
-        torch.mm(block, ones, out=near)  # (B, 1)
-        in_band = torch.nonzero(near.squeeze(1) != below[:, index]).squeeze(1)  # rows with items in their band
-        if in_band.numel():
-            _settle_band(hidden, weight, target_vectors, block, mask, start, in_band, below[:, -1])
+        if pairs is not None:
+            block.view(-1).index_fill_(0, pairs, -math.inf)
+        skip = max(done, 1) - start  # padding (id 0) and ids already counted: no competitors
+        if skip > 0:
+            block[:, :skip] = -math.inf
+        counter.count(start)
         done = start + chunk
-    ranks = (len(starts) * chunk - below.sum(dim=1, dtype=torch.float64)).to(torch.int64)  # (B,)
+    # A non-finite target ranks after every competitor: the items 1..I but its excluded ones.
+    keys = torch.unique(rows * rows_total + items)  # (S',) distinct (row, item) pairs
+    competitors = (rows_total - 1) - torch.bincount(keys // rows_total, minlength=size)  # (B,)
+    ranks = torch.where(ranked, counter.ranks(), competitors)
     return ranks, target_scores.to(hidden.dtype)
 
 
-def _settle_band(hidden: Tensor, weight: Tensor, target_vectors: Tensor, near: Tensor, below: Tensor, start: int,
-                 rows: Tensor, settled: Tensor) -> None:
-    """Count into ``settled`` the items of one chunk's tie bands that score exactly below their target.
+class _BandCounter:
+    """Counts, chunk by chunk, the items of each row that score at least its target (see :func:`full_ranks`).
+
+    Each chunk's block is compared with both ends of every row's band, the certainly-below result
+    into a second reused block and the below-or-in-the-band one in place, and each is counted per row
+    by a product with a column of ones (exact: integers below ``2**24``). Only the items inside a
+    band (the rows whose two counts differ) are then decided on the vectors
+    (:func:`_scores_at_least`). Non-competitors are ``-inf``, below any band; a NaN score compares
+    false with either end, so it counts against the target.
 
     Args:
         hidden: ``(B, d)`` queries.
         weight: ``(I + 1, d)`` item table.
         target_vectors: ``(B, d)`` each row's target vector.
-        near: ``(B, C)`` 1.0 where an item is below the target or in its band (or no competitor).
-        below: ``(B, C)`` 1.0 where it is certainly below (or no competitor).
-        start: the chunk's first item id.
-        rows: ``(R,)`` the rows that have items in their band.
-        settled: ``(B,)`` float counts, added to in place.
+        low: ``(B, 1)`` lower end of each row's tie band (``+inf``: nothing of the row is counted).
+        high: ``(B, 1)`` its upper end.
+        chunk: items per chunk ``C``.
     """
-    band = near.index_select(0, rows) > below.index_select(0, rows)  # (R, C)
-    picked, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
-    users = rows[picked]  # (m,)
-    at_least = _scores_at_least(hidden[users], weight[start + columns], target_vectors[users])  # (m,)
-    settled.index_add_(0, users, (~at_least).to(settled.dtype))
+
+    def __init__(self, hidden: Tensor, weight: Tensor, target_vectors: Tensor, low: Tensor, high: Tensor,
+                 chunk: int) -> None:
+        self.hidden, self.weight, self.target_vectors, self.low, self.high = hidden, weight, target_vectors, low, high
+        self.block = hidden.new_empty(hidden.size(0), chunk)  # (B, C) the products, then "below or in the band"
+        self.mask = torch.empty_like(self.block)  # (B, C) "certainly below"
+        self.ones = hidden.new_ones(chunk, 1)  # (C, 1): a row count as a product, fast on any block
+        self.at_least = hidden.new_zeros(hidden.size(0), dtype=torch.float64)  # (B,) counted so far
+
+    def product(self, start: int) -> Tensor:
+        """The chunk's ``(B, C)`` scores, in the reused block (for the caller to mark non-competitors)."""
+        return torch.mm(self.hidden, self.weight[start : start + self.block.size(1)].T, out=self.block)
+
+    def ranks(self) -> Tensor:
+        """``(B,)`` int64 counts so far."""
+        return self.at_least.round().to(torch.int64)
+
+    def count(self, start: int) -> None:
+        """Add the chunk starting at item ``start`` (its block filled by :meth:`product`) to the counts."""
+        block, mask = self.block, self.mask
+        torch.lt(block, self.low, out=mask)  # (B, C) 1.0: certainly below
+        block.le_(self.high)  # (B, C) 1.0: below or in the band
+        below, near = torch.mm(mask, self.ones).squeeze(1), torch.mm(block, self.ones).squeeze(1)  # (B,) x 2
+        self.at_least += block.size(1) - below.double()  # not below: above, in the band, or NaN
+        if not torch.equal(near, below):  # some rows have items in their band: settle those items
+            rows = torch.nonzero(near != below).squeeze(1)  # (R,)
+            band = block.index_select(0, rows) > mask.index_select(0, rows)  # (R, C)
+            picked, columns = torch.nonzero(band, as_tuple=True)  # (m,), (m,)
+            rows, items = rows[picked], start + columns  # (m,), (m,)
+            at_least = _scores_at_least(self.hidden[rows], self.weight[items], self.target_vectors[rows])  # (m,)
+            self.at_least.index_add_(0, rows, (~at_least).double(), alpha=-1.0)
 
 
 def _beats(scores: Tensor, threshold: Tensor) -> Tensor:
