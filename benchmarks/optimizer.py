@@ -49,9 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sasrec_lightning.encoder import SASRec
-from sasrec_lightning.lazy_adam import LazyAdam, touched_rows
-from sasrec_lightning.row_grad import RowGradient
+from sasrec_lightning.fast.lazy_adam import LazyAdam, touched_rows
+from sasrec_lightning.fast.row_grad import RowGradient
+from sasrec_lightning.model.encoder import SASRec
 
 CASES = ("dense", "sparse_adam", "lazy_lists", "lazy_nonzero", "deferred")
 LR, BETAS = 0.001, (0.9, 0.98)

@@ -55,7 +55,7 @@ def write_log(path: str, interactions: int, users: int, items: int, format: str,
 def run_once(path: str, format: str, cache_dir: str) -> dict:
     """One data-module load in this process (called in a fresh child process)."""
     from sasrec_lightning import SASRecDataModule
-    from sasrec_lightning.batches import TrainBatches
+    from sasrec_lightning.data.batches import TrainBatches
 
     columns = {"user_column": "user_id", "item_column": "item_id", "timestamp_column": "timestamp"}
     if format == "literal":

@@ -63,8 +63,8 @@ def cases(args, batch: int):
     """``{name: (function, flops)}`` for one batch size."""
     import torch
 
-    from sasrec_lightning.ranking import full_ranks
-    from sasrec_lightning.recommend import predict_top_k
+    from sasrec_lightning.model.ranking import full_ranks
+    from sasrec_lightning.serving.recommend import predict_top_k
 
     generator = torch.Generator().manual_seed(args.seed)
     rows_total, dim = args.items + 1, args.dim
@@ -74,7 +74,7 @@ def cases(args, batch: int):
     seen_rows = torch.arange(batch).repeat_interleave(args.seen)  # (S,)
     seen_items = torch.randint(1, rows_total, (batch * args.seen,), generator=generator)  # (S,)
     try:
-        from sasrec_lightning.ranking import chunk_items
+        from sasrec_lightning.model.ranking import chunk_items
     except ImportError:  # a version before eval_chunk_size: auto
         def chunk_items(chunk, rows, items):
             return min(4096 if chunk == "auto" else int(chunk), items)
@@ -94,7 +94,7 @@ def cases(args, batch: int):
     # Evaluation computes the table's largest norm (the tie band's scale) once per pass: so here.
     norm = {}
     if "table_norm" in inspect.signature(full_ranks).parameters:
-        from sasrec_lightning.ranking import max_vector_norm
+        from sasrec_lightning.model.ranking import max_vector_norm
 
         norm["table_norm"] = max_vector_norm(weight)
 

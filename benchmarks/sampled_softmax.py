@@ -32,7 +32,7 @@ def bench_loss(args) -> dict:
     import torch
 
     from sasrec_lightning import SASRec
-    from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss
+    from sasrec_lightning.model.losses import GBCELoss, SampledSoftmaxLoss
 
     torch.manual_seed(args.seed)
     model = SASRec(num_items=args.items, max_len=50, hidden_size=args.hidden, num_blocks=0)
@@ -105,7 +105,7 @@ def synthetic_data(args):
     import pyarrow as pa
 
     from sasrec_lightning import SASRecDataModule
-    from sasrec_lightning.preprocessing import build_sequences
+    from sasrec_lightning.data.preprocessing import build_sequences
 
     rng = np.random.default_rng(args.seed)
     users = np.repeat(np.arange(args.users), args.actions)

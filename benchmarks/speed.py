@@ -170,7 +170,7 @@ def bench_large(args) -> dict:
     import pyarrow as pa
 
     from sasrec_lightning import SASRecDataModule, SASRecModule
-    from sasrec_lightning.preprocessing import build_sequences
+    from sasrec_lightning.data.preprocessing import build_sequences
 
     L.seed_everything(args.seed, verbose=False)
     num_items, num_users = args.large_items, args.large_users

@@ -67,7 +67,7 @@ def tiny_txt(tmp_path) -> Path:
 @pytest.fixture
 def synthetic_txt(tmp_path) -> Path:
     """A small synthetic log written as a SASRec text file: 80 users, 40 items, 5-12 actions each."""
-    from sasrec_lightning.synthetic import synthetic_interactions
+    from sasrec_lightning.data.synthetic import synthetic_interactions
 
     table = synthetic_interactions(num_users=80, num_items=40, num_clusters=4, min_length=5, max_length=12, seed=3)
     users = table.column("user").to_numpy()

@@ -29,11 +29,11 @@ import torch
 from conftest import CONFIGS
 from sasrec_lightning import SASRec, SASRecModule
 from sasrec_lightning.atomic import remove_stale_temporaries, write_text
-from sasrec_lightning.checkpoint_io import SafeCheckpointIO
-from sasrec_lightning.checkpoints import read_checkpoint
-from sasrec_lightning.cli import SASRecArgumentParser, cli_main, main
+from sasrec_lightning.cli.app import SASRecArgumentParser, cli_main, main
 from sasrec_lightning.errors import OutputError
-from sasrec_lightning.prediction import recommendations_table, write_table
+from sasrec_lightning.serving.prediction import recommendations_table, write_table
+from sasrec_lightning.training.checkpoint_io import SafeCheckpointIO
+from sasrec_lightning.training.checkpoints import read_checkpoint
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.max_len", "8",
@@ -353,7 +353,7 @@ def partial_writer(*args, **kwargs):
 
 
 def test_a_kill_while_exporting_leaves_the_old_model_file(tmp_path, monkeypatch):
-    from sasrec_lightning.export import export_torchscript
+    from sasrec_lightning.serving.export import export_torchscript
 
     output = tmp_path / "model.pt"
     output.write_bytes(b"the old model")
@@ -368,7 +368,7 @@ def test_a_kill_while_drawing_heatmaps_leaves_the_old_png(tmp_path, monkeypatch)
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from sasrec_lightning.attention import plot_attention
+    from sasrec_lightning.serving.attention import plot_attention
 
     (tmp_path / "attention.png").write_bytes(b"the old heatmap")
     monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: partial_writer(None, *args, **kwargs))

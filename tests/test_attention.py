@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec, SASRecDataModule, SASRecModule
-from sasrec_lightning.attention import AttentionHeatmaps, average_attention, main, plot_attention
+from sasrec_lightning.serving.attention import AttentionHeatmaps, average_attention, main, plot_attention
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"

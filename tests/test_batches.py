@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.batches import BatchKey, EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
+from sasrec_lightning.data.batches import BatchKey, EvalBatches, LeaveOneOutSplit, TrainBatches, UserBatchSampler
 
 
 def tiny_split(path) -> LeaveOneOutSplit:

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning import datamodule as datamodule_module
-from sasrec_lightning.cache import SequenceCache, cache_key
-from sasrec_lightning.preprocessing import PreprocessOptions, preprocess
-from sasrec_lightning.sources import load_interactions
+from sasrec_lightning.data import datamodule as datamodule_module
+from sasrec_lightning.data.cache import SequenceCache, cache_key
+from sasrec_lightning.data.preprocessing import PreprocessOptions, preprocess
+from sasrec_lightning.data.sources import load_interactions
 
 LOG = "user,item,ts\nu1,a,1\nu1,b,2\nu2,a,1\nu2,c,3\nu1,c,3\n"
 
@@ -123,7 +123,7 @@ def _write(tmp_path):
 
 
 def test_cold_and_cached_runs_give_identical_splits_and_negatives(tmp_path):
-    from sasrec_lightning.batches import BatchKey
+    from sasrec_lightning.data.batches import BatchKey
 
     path = tmp_path / "log.csv"
     lines = [f"u{u},i{(u * 7 + t * 3) % 11},{t}" for u in range(6) for t in range(5)]
@@ -198,7 +198,7 @@ def test_damaged_entry_is_removed_and_rebuilt(tmp_path, counted, caplog, damage)
     first = _module(path, tmp_path).sequences
     name, corrupt = DAMAGE[damage]
     corrupt(tmp_path / "cache" / "sequences" / _entries(tmp_path)[0] / name)
-    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+    with caplog.at_level("WARNING", logger="sasrec_lightning.data.cache"):
         again = _module(path, tmp_path).sequences  # no exception: read again from the source
     assert len(counted) == 2 and again.info["cache"]["hit"] is False
     assert "unreadable cache entry" in caplog.text
@@ -275,7 +275,7 @@ def test_build_lock_stays_exclusive_when_its_file_is_removed(tmp_path, monkeypat
     import threading
     import time
 
-    from sasrec_lightning.cache import _build_lock
+    from sasrec_lightning.data.cache import _build_lock
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     inside, events = threading.Event(), []
@@ -342,7 +342,7 @@ def test_symlink_swapped_to_a_file_of_the_same_size_and_mtime_rebuilds(tmp_path,
 
 def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
     """Large files are fingerprinted by 10 blocks of 64 KiB; an edit in one changes the key, hash_source sees all."""
-    from sasrec_lightning.sources import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
+    from sasrec_lightning.data.sources import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
 
     path = tmp_path / "big.txt"
     size = 24 * SAMPLE_BLOCK  # 1.5 MiB: 10 of its 24 blocks are read
@@ -417,7 +417,7 @@ def test_read_only_cache_folder_is_skipped_with_one_warning(tmp_path, monkeypatc
     root = tmp_path / "cache" / "sequences"
     root.mkdir(parents=True)  # the folder exists (e.g. shared, or a read-only mount), without this entry
     _refuse_writes_under(monkeypatch, root, getattr(errno, code))
-    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+    with caplog.at_level("WARNING", logger="sasrec_lightning.data.cache"):
         data = _module(path, tmp_path).sequences
     assert data.user_ids.tolist() == ["u1", "u2"] and "cache" not in data.info  # the data, as built
     warnings = [record.getMessage() for record in caplog.records]
@@ -432,7 +432,7 @@ def test_read_only_cache_folder_is_skipped_with_one_warning(tmp_path, monkeypatc
 def test_disk_full_while_writing_an_entry_leaves_nothing(tmp_path, monkeypatch, caplog, counted):
     import errno
 
-    import sasrec_lightning.cache as cache_module
+    import sasrec_lightning.data.cache as cache_module
 
     path = tmp_path / "log.csv"
     path.write_text(LOG)
@@ -443,7 +443,7 @@ def test_disk_full_while_writing_an_entry_leaves_nothing(tmp_path, monkeypatch, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_module.pq, "write_table", full)
-    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+    with caplog.at_level("WARNING", logger="sasrec_lightning.data.cache"):
         data = _module(path, tmp_path).sequences
     assert data.num_users == 2 and "cache" not in data.info
     assert "(ENOSPC: No space left on device); continuing without the cache" in caplog.text
@@ -452,9 +452,9 @@ def test_disk_full_while_writing_an_entry_leaves_nothing(tmp_path, monkeypatch, 
 
 FILE_SIZE_LIMIT = """
 import os, resource, sys
-from sasrec_lightning.cache import SequenceCache
-from sasrec_lightning.preprocessing import PreprocessOptions, preprocess
-from sasrec_lightning.sources import load_interactions
+from sasrec_lightning.data.cache import SequenceCache
+from sasrec_lightning.data.preprocessing import PreprocessOptions, preprocess
+from sasrec_lightning.data.sources import load_interactions
 
 data = preprocess(load_interactions(sys.argv[1], timestamp_column="ts"), PreprocessOptions(0, 0))
 resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # ulimit -f: larger writes fail with EFBIG
@@ -486,7 +486,7 @@ def test_build_lock_never_follows_a_planted_symlink(tmp_path, monkeypatch, caplo
     import tempfile
     import threading
 
-    from sasrec_lightning.cache import _build_lock
+    from sasrec_lightning.data.cache import _build_lock
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -505,7 +505,7 @@ def test_build_lock_never_follows_a_planted_symlink(tmp_path, monkeypatch, caplo
             done.append(True)
 
     done = []
-    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"):
+    with caplog.at_level("WARNING", logger="sasrec_lightning.data.cache"):
         worker = threading.Thread(target=take, daemon=True)  # a lock that chases the link must fail, not hang
         worker.start()
         worker.join(30)
@@ -522,7 +522,7 @@ def test_build_lock_never_follows_a_planted_symlink(tmp_path, monkeypatch, caplo
 def test_build_lock_lives_in_the_cache_folder(tmp_path, monkeypatch):
     import tempfile
 
-    from sasrec_lightning.cache import _build_lock
+    from sasrec_lightning.data.cache import _build_lock
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -539,7 +539,7 @@ def test_build_lock_refuses_a_tmpdir_lock_file_of_another_user(tmp_path, monkeyp
     import hashlib
     import tempfile
 
-    from sasrec_lightning.cache import _build_lock
+    from sasrec_lightning.data.cache import _build_lock
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -551,7 +551,7 @@ def test_build_lock_refuses_a_tmpdir_lock_file_of_another_user(tmp_path, monkeyp
     theirs = scratch / f"sasrec_lightning-{name}.lock"
     theirs.write_text("")
     os.chown(theirs, 65534, 65534)  # nobody's
-    with caplog.at_level("WARNING", logger="sasrec_lightning.cache"), _build_lock(root, "k"):
+    with caplog.at_level("WARNING", logger="sasrec_lightning.data.cache"), _build_lock(root, "k"):
         pass
     assert theirs.exists() and theirs.stat().st_uid == 65534  # neither used nor removed
     assert "the lock file belongs to another user" in caplog.text

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from conftest import CONFIGS
-from sasrec_lightning.attention import main as attention_main
-from sasrec_lightning.cli import cli_main, main
+from sasrec_lightning.cli.app import cli_main, main
+from sasrec_lightning.serving.attention import main as attention_main
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 TINY = ["--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1", "--trainer.enable_progress_bar",

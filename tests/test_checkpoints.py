@@ -22,8 +22,10 @@ import pytest
 import torch
 
 from conftest import CONFIGS, write_sasrec_txt
-from sasrec_lightning.checkpoint_io import SafeCheckpointIO
-from sasrec_lightning.checkpoints import (
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.errors import CheckpointError
+from sasrec_lightning.training.checkpoint_io import SafeCheckpointIO
+from sasrec_lightning.training.checkpoints import (
     check_item_ids,
     check_state_dtypes,
     imported_class,
@@ -31,8 +33,6 @@ from sasrec_lightning.checkpoints import (
     read_checkpoint,
     unsafe_checkpoint_error,
 )
-from sasrec_lightning.cli import main
-from sasrec_lightning.errors import CheckpointError
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 TINY = ["--data.max_len", "8", "--data.use_cache", "false", "--data.print_statistics", "false",
@@ -117,7 +117,7 @@ def test_imported_class_never_imports(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert imported_class("never_imported_module.Model") is None
     assert imported_class("sasrec_lightning.SASRecModule").__name__ == "SASRecModule"
-    assert imported_class("sasrec_lightning.module.SASRecModule.recommend") is None  # a function, not a class
+    assert imported_class("sasrec_lightning.training.module.SASRecModule.recommend") is None  # a function, not a class
 
 
 def test_a_checkpoint_naming_an_unknown_class_is_refused_before_importing_it(trained, tmp_path, monkeypatch, capsys):
@@ -193,7 +193,7 @@ def test_a_missing_checkpoint_file_is_one_line(trained, tmp_path, capsys):
 
 
 def test_export_refuses_a_checkpoint_naming_an_unknown_class(trained, tmp_path, monkeypatch, capsys):
-    from sasrec_lightning.export import main as export_main
+    from sasrec_lightning.serving.export import main as export_main
 
     _, checkpoint = trained
     marker = tmp_path / "imported.marker"

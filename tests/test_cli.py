@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, TINY_MODEL, TINY_TRAINER, run_cli
-from sasrec_lightning.cli import cli_main
+from sasrec_lightning.cli.app import cli_main
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import CONFIGS
-from sasrec_lightning.bounded_yaml import MAX_CONFIG_NODES, MAX_LIST_ENTRIES, ConfigTooLarge, config_size
-from sasrec_lightning.cli import main
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.cli.bounded_yaml import MAX_CONFIG_NODES, MAX_LIST_ENTRIES, ConfigTooLarge, config_size
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 

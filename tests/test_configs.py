@@ -7,7 +7,7 @@ import yaml
 
 from conftest import CONFIGS, TINY_LINES, TINY_MODEL, TINY_TRAINER, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.cli import cli_main
+from sasrec_lightning.cli.app import cli_main
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("paper/*.yaml"))
 PAPER = {"steam.yaml": (50, 0.5), "beauty.yaml": (50, 0.5), "games.yaml": (50, 0.5), "ml-1m.yaml": (200, 0.2)}

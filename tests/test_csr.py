@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sasrec_lightning.csr import csr_gather, item_counts, left_padded, segment_positions
+from sasrec_lightning.data.csr import csr_gather, item_counts, left_padded, segment_positions
 
 ITEMS = np.array([5, 1, 2, 3, 9, 4, 4, 7, 8, 6])
 

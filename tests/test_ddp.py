@@ -171,7 +171,7 @@ def test_cli_fit_and_test_with_two_devices(synthetic_txt, tmp_path):
 
 
 def test_eval_sampler_shards_are_uneven_and_disjoint():
-    from sasrec_lightning.batches import UserBatchSampler
+    from sasrec_lightning.data.batches import UserBatchSampler
 
     lengths = np.arange(1, 51)  # 50 users, batch 8 -> 7 batches: 4 + 3
     shards = [list(UserBatchSampler(lengths, 8, shuffle=False, num_replicas=2, rank=r)) for r in range(2)]
@@ -253,7 +253,7 @@ def test_config_fragments_compose_with_a_main_config(fragment, capsys):
     """Every trainer/logger fragment parses on top of a main config (GPU ones are not instantiated here)."""
     import yaml
 
-    from sasrec_lightning.cli import cli_main
+    from sasrec_lightning.cli.app import cli_main
 
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(fragment), "--print_config"])

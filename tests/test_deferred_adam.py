@@ -15,7 +15,7 @@ from torch import nn
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.errors import OptionError
-from sasrec_lightning.lazy_adam import LazyAdam, SkippedSteps, skipped_steps_factor
+from sasrec_lightning.fast.lazy_adam import LazyAdam, SkippedSteps, skipped_steps_factor
 
 LR, BETAS, EPS = 0.01, (0.9, 0.98), 1e-8
 

@@ -16,11 +16,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import cli_main, main
-from sasrec_lightning.divergence import nonfinite_parameters, training_advice, untrusted_rows
+from sasrec_lightning.cli.app import cli_main, main
 from sasrec_lightning.errors import ModelError
-from sasrec_lightning.export import ServingModel
-from sasrec_lightning.export import main as export_main
+from sasrec_lightning.model.divergence import nonfinite_parameters, training_advice, untrusted_rows
+from sasrec_lightning.serving.export import ServingModel
+from sasrec_lightning.serving.export import main as export_main
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 TINY = ["--data.synthetic_users", "60", "--data.synthetic_items", "120", "--data.max_len", "8",

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from sasrec_lightning.dropout import MaskPool, PooledDropout, add_dropout, dropout_mask, pooled
+from sasrec_lightning.fast.dropout import MaskPool, PooledDropout, add_dropout, dropout_mask, pooled
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])

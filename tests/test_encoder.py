@@ -159,7 +159,7 @@ def test_initialization_schemes(init):
 )
 def test_training_forward_takes_every_dropout_mask_from_one_pool_draw(options, monkeypatch):
     """Every dropout of a training forward pass is served by the pool; once the shape is known, in one draw."""
-    from sasrec_lightning import dropout as dropout_module
+    from sasrec_lightning.fast import dropout as dropout_module
 
     encoder = make_encoder(pooled_dropout=True, **options).train()
     draws = []
@@ -199,7 +199,7 @@ def test_pooled_masks_are_one_random_stream_however_it_is_drawn(monkeypatch):
     The masks handed out are the next elements of one stream: equal to one ``dropout_mask`` of the
     pass's total size, with the generator left where that one draw leaves it.
     """
-    from sasrec_lightning import dropout as dropout_module
+    from sasrec_lightning.fast import dropout as dropout_module
 
     encoder = make_encoder(pooled_dropout=True).train()
     taken = []

@@ -13,13 +13,13 @@ import torch
 import yaml
 
 from conftest import write_sasrec_txt
-from sasrec_lightning.batches import BatchKey, EvalBatches, LeaveOneOutSplit, UserBatchSampler
-from sasrec_lightning.datamodule import SASRecDataModule
+from sasrec_lightning.data.batches import BatchKey, EvalBatches, LeaveOneOutSplit, UserBatchSampler
+from sasrec_lightning.data.datamodule import SASRecDataModule
+from sasrec_lightning.data.preprocessing import SequenceData
+from sasrec_lightning.data.sampling import InteractionIndex, item_counts, sample_negatives
 from sasrec_lightning.errors import DataError
-from sasrec_lightning.metrics import RankingMetrics, rank_of_target, ranking_metrics
-from sasrec_lightning.module import SASRecModule
-from sasrec_lightning.preprocessing import SequenceData
-from sasrec_lightning.sampling import InteractionIndex, item_counts, sample_negatives
+from sasrec_lightning.model.metrics import RankingMetrics, rank_of_target, ranking_metrics
+from sasrec_lightning.training.module import SASRecModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec, SASRecModule
-from sasrec_lightning.export import ServingModel, export_checkpoint, export_onnx, export_torchscript, main
+from sasrec_lightning.serving.export import ServingModel, export_checkpoint, export_onnx, export_torchscript, main
 
 NUM_ITEMS, MAX_LEN = 40, 6
 

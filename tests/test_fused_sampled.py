@@ -7,16 +7,23 @@ import math
 import pytest
 import torch
 
-from sasrec_lightning import SASRec, fused_sampled
-from sasrec_lightning.chunked_ce import Workspace
-from sasrec_lightning.fused_sampled import (
+from sasrec_lightning import SASRec
+from sasrec_lightning.fast import fused_sampled
+from sasrec_lightning.fast.fused_sampled import (
     SharedNegatives,
     accidental_hits,
     distinct_ids,
     fused_gbce,
     fused_sampled_softmax,
 )
-from sasrec_lightning.losses import GBCELoss, SampledSoftmaxLoss, gbce_beta, gbce_shared_loss, sampled_softmax_loss
+from sasrec_lightning.model.chunked_ce import Workspace
+from sasrec_lightning.model.losses import (
+    GBCELoss,
+    SampledSoftmaxLoss,
+    gbce_beta,
+    gbce_shared_loss,
+    sampled_softmax_loss,
+)
 
 NUM_ITEMS = 12  # few items: many accidental hits
 
@@ -329,7 +336,7 @@ def test_a_negative_far_above_its_positive_takes_the_row_maximum_path(per_sequen
 
 
 def test_softplus_row_sums_through_slices_equal_the_whole_block():
-    from sasrec_lightning.fused_sampled import _softplus_row_sums
+    from sasrec_lightning.fast.fused_sampled import _softplus_row_sums
 
     block = torch.randn(600, 7, dtype=torch.float64) * 30  # 3 slices of 256 rows, the last one short
     block[5, 2] = float("-inf")  # an accidental hit contributes softplus(-inf) = 0

@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow as pa
 
-from sasrec_lightning.formats import first_false
-from sasrec_lightning.vocabulary import IdMap, ItemVocabulary
+from sasrec_lightning.data.formats import first_false
+from sasrec_lightning.data.vocabulary import IdMap, ItemVocabulary
 
 
 def test_user_rows_from_zero():

@@ -21,10 +21,10 @@ from torch import nn
 
 from conftest import CONFIGS, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import main
+from sasrec_lightning.cli.app import main
 from sasrec_lightning.errors import OptionError
-from sasrec_lightning.lazy_adam import LazyAdam, item_table_lazy_adam, touched_rows
-from sasrec_lightning.row_grad import ItemEmbedding
+from sasrec_lightning.fast.lazy_adam import LazyAdam, item_table_lazy_adam, touched_rows
+from sasrec_lightning.fast.row_grad import ItemEmbedding
 from test_resume import Crash
 
 LR, BETAS, EPS = 0.01, (0.9, 0.98), 1e-8
@@ -398,7 +398,7 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path, item_u
     gradient (rows other processes touched too), the same on both ranks. ``deferred`` (no weight decay,
     flushed at the end of fit): dense Adam on the averaged gradients, every row every step.
     """
-    from sasrec_lightning.synthetic import synthetic_interactions
+    from sasrec_lightning.data.synthetic import synthetic_interactions
 
     log = synthetic_interactions(num_users=60, num_items=300, num_clusters=4, min_length=4, max_length=7, seed=3)
     data_path = write_sasrec_txt(tmp_path / "log.txt", list(zip(log.column("user").to_pylist(),

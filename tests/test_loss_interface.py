@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.encoder import SASRec
-from sasrec_lightning.losses import LOSSES, BCELoss, BPRLoss, Loss, build_loss, register_loss
+from sasrec_lightning.model.encoder import SASRec
+from sasrec_lightning.model.losses import LOSSES, BCELoss, BPRLoss, Loss, build_loss, register_loss
 
 
 def test_bpr_matches_the_written_out_formula_values_and_gradients():
@@ -44,7 +44,7 @@ def test_registry_builds_by_name_and_refuses_unknown_or_taken_names(monkeypatch)
         build_loss("hinge", 10)
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         SASRecModule(num_items=10, max_len=4, loss="hinge")
-    monkeypatch.setattr("sasrec_lightning.losses.LOSSES", dict(LOSSES))
+    monkeypatch.setattr("sasrec_lightning.model.losses.LOSSES", dict(LOSSES))
     with pytest.raises(ValueError, match="a loss named 'bce' is already registered"):
         register_loss("bce")(BPRLoss)
     assert register_loss("bce")(BCELoss) is BCELoss  # registering the same class again is harmless
@@ -71,7 +71,7 @@ class _RecordingWithNegatives(_Recording):
 @pytest.mark.parametrize("loss_class, k", [(_Recording, 0), (_RecordingWithNegatives, 3)])
 def test_a_registered_loss_trains_with_data_module_statistics_and_negatives_on_demand(
         monkeypatch, tiny_txt, loss_class, k):
-    monkeypatch.setattr("sasrec_lightning.losses.LOSSES", {**LOSSES, "recording": loss_class})
+    monkeypatch.setattr("sasrec_lightning.model.losses.LOSSES", {**LOSSES, "recording": loss_class})
     loss_class.seen = {}
     L.seed_everything(0, verbose=False)
     data = SASRecDataModule(path=str(tiny_txt), max_len=4, batch_size=2, num_negatives=3, print_statistics=False)

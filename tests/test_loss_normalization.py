@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.batches import TrainingStatistics
+from sasrec_lightning.data.batches import TrainingStatistics
 
 
 def _batch(num_items: int, lengths: list[int], width: int, seed: int) -> dict[str, torch.Tensor]:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sasrec_lightning.chunked_ce import ChunkedCrossEntropy, Workspace, chunked_cross_entropy, naive_cross_entropy
-from sasrec_lightning.encoder import SASRec
-from sasrec_lightning.losses import (
+from sasrec_lightning.model.chunked_ce import ChunkedCrossEntropy, Workspace, chunked_cross_entropy, naive_cross_entropy
+from sasrec_lightning.model.encoder import SASRec
+from sasrec_lightning.model.losses import (
     LOSSES,
     SampledSoftmaxLoss,
     bce_loss,
@@ -325,7 +325,7 @@ def test_every_loss_is_fp32_under_autocast_and_reaches_the_item_table(encoder, b
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_learns_a_tiny_next_item_task(name):
     """A few Adam steps on "item i is followed by item i + 1" lower the loss and rank the targets better."""
-    from sasrec_lightning.module import SASRecModule  # the module's training step, not the loss interface
+    from sasrec_lightning.training.module import SASRecModule  # the module's training step, not the loss interface
 
     torch.manual_seed(0)
     module = SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=16, num_blocks=1, dropout=0.0, loss=name,

@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from conftest import CONFIGS, write_sasrec_txt
-from sasrec_lightning import SASRec, SASRecModule, memory
-from sasrec_lightning.cli import main
+from sasrec_lightning import SASRec, SASRecModule
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.training import memory
 
 GiB = 1 << 30
 QUICKSTART = str(CONFIGS / "quickstart.yaml")

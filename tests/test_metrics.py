@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sasrec_lightning.metrics import RankingMetrics, rank_of_target, ranking_metrics
+from sasrec_lightning.model.metrics import RankingMetrics, rank_of_target, ranking_metrics
 
 KS = (1, 3, 5, 10, 20)
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.baselines import most_popular_metrics
-from sasrec_lightning.batches import BatchKey, TrainBatches
-from sasrec_lightning.losses import LOSSES
-from sasrec_lightning.metrics import ranking_metrics
+from sasrec_lightning.data.batches import BatchKey, TrainBatches
+from sasrec_lightning.model.losses import LOSSES
+from sasrec_lightning.model.metrics import ranking_metrics
+from sasrec_lightning.training.baselines import most_popular_metrics
 
 
 def tiny_trainer(tmp_path, **kwargs) -> L.Trainer:

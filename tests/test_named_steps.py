@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from sasrec_lightning.preprocessing import PreprocessOptions, _first_occurrences, _rating_filter, _renumbered
-from sasrec_lightning.recommend import _as_lists, _most_popular
+from sasrec_lightning.data.preprocessing import PreprocessOptions, _first_occurrences, _rating_filter, _renumbered
+from sasrec_lightning.serving.recommend import _as_lists, _most_popular
 
 
 def test_first_occurrences_keeps_the_earliest_row_of_each_pair():

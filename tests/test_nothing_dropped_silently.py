@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.prediction import read_user_list
-from sasrec_lightning.preprocessing import PreprocessOptions, format_filters, preprocess
+from sasrec_lightning.data.preprocessing import PreprocessOptions, format_filters, preprocess
+from sasrec_lightning.serving.prediction import read_user_list
 
 # (user, item, rating), in time order. With min_rating=3, deduplicate, min_user=3, min_item=2 (one pass):
 #   min_rating=3 drops u5's only row (1 user, 1 interaction);

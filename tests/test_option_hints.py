@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import CONFIGS
-from sasrec_lightning.cli import cli_main
+from sasrec_lightning.cli.app import cli_main
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 

@@ -1,6 +1,6 @@
 """Options out of range stop the CLI with one ``error:`` line naming the option (no traceback, no usage text).
 
-Each case goes through the real entry point (``sasrec_lightning.cli.main``, the console script),
+Each case goes through the real entry point (``sasrec_lightning.cli.app``, the console script),
 in process; one case also runs as a subprocess to see exactly what a user's terminal shows.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import sasrec_lightning
 from conftest import CONFIGS
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import main
+from sasrec_lightning.cli.app import main
 from sasrec_lightning.errors import OptionError
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, REPO
-from sasrec_lightning.cli import cli_main, resolve_config
+from sasrec_lightning.cli.app import cli_main, resolve_config
 
 
 @pytest.mark.parametrize("name", ["quickstart", "quickstart.yaml", "configs/quickstart.yaml"])
@@ -74,8 +74,9 @@ def test_a_non_editable_install_runs_the_packaged_quickstart_from_an_empty_direc
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "NDCG@10" in run.stdout and "| synthetic | 60 |" in run.stdout, run.stdout
-    where = subprocess.run([str(python), "-c", "import sasrec_lightning.cli as c; print(c.__file__); "
+    where = subprocess.run([str(python), "-c", "import sasrec_lightning.cli.app as c; print(c.__file__); "
                             "print(c.packaged_configs())"], cwd=empty, capture_output=True, text=True, env=env)
+    assert where.returncode == 0, where.stderr
     module_file, configs = where.stdout.split()
     assert module_file.startswith(purelib), where.stdout  # the installed copy, not the repository's
     assert Path(configs) == Path(purelib) / "sasrec_lightning" / "configs"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import cli_main
-from sasrec_lightning.prediction import PredictionWriter, read_user_list, recommendations_table, write_table
+from sasrec_lightning.cli.app import cli_main
+from sasrec_lightning.serving.prediction import PredictionWriter, read_user_list, recommendations_table, write_table
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 TINY = [

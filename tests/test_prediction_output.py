@@ -12,8 +12,8 @@ import pytest
 
 from conftest import CONFIGS
 from sasrec_lightning import SASRecModule
-from sasrec_lightning.cli import main
-from sasrec_lightning.prediction import read_user_list, recommendations_table, write_table
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.serving.prediction import read_user_list, recommendations_table, write_table
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.max_len", "8",

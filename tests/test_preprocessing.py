@@ -9,16 +9,16 @@ import pyarrow as pa
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.batches import EvalBatches, LeaveOneOutSplit, TrainBatches
-from sasrec_lightning.errors import DataError
-from sasrec_lightning.preprocessing import (
+from sasrec_lightning.data.batches import EvalBatches, LeaveOneOutSplit, TrainBatches
+from sasrec_lightning.data.preprocessing import (
     PreprocessOptions,
     build_sequences,
     dataset_statistics,
     format_statistics,
     preprocess,
 )
-from sasrec_lightning.splits import TemporalSplit, temporal_cutoffs
+from sasrec_lightning.data.splits import TemporalSplit, temporal_cutoffs
+from sasrec_lightning.errors import DataError
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty.txt"
 

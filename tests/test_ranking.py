@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sasrec_lightning import metrics
-from sasrec_lightning.ranking import AUTO_CHUNK_SCORES, chunk_items, full_ranks, full_top_k, sampled_ranks
+from sasrec_lightning.model import metrics
+from sasrec_lightning.model.ranking import AUTO_CHUNK_SCORES, chunk_items, full_ranks, full_top_k, sampled_ranks
 
 
 def reference_ranks(hidden: np.ndarray, weight: np.ndarray, targets, seen: dict[int, set], exclude_seen: bool):

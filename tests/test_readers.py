@@ -3,9 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from sasrec_lightning import sources
+from sasrec_lightning.data import sources
+from sasrec_lightning.data.sources import READERS, Reader, default_min_interactions, detect_format, load_interactions
 from sasrec_lightning.errors import DataError
-from sasrec_lightning.sources import READERS, Reader, default_min_interactions, detect_format, load_interactions
 
 
 def test_filter_defaults_per_format():

@@ -7,7 +7,7 @@ import runpy
 import shlex
 
 from conftest import REPO, TINY_TRAINER
-from sasrec_lightning.cli import cli_main
+from sasrec_lightning.cli.app import cli_main
 
 README = (REPO / "README.md").read_text()
 

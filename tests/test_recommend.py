@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecModule
-from sasrec_lightning.vocabulary import ItemVocabulary
+from sasrec_lightning.data.vocabulary import ItemVocabulary
 
 ITEM_IDS = [None, "apple", "banana", "cherry", "date", "elder", "fig"]  # internal 1..6
 POPULARITY = [0, 5, 1, 9, 2, 7, 3]

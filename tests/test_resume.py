@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.loaders import ResumableLoader, batches_done_this_epoch
+from sasrec_lightning.data.loaders import ResumableLoader, batches_done_this_epoch
 
 MAX_STEPS = 14  # 80 users / batch 8 -> 10 batches per epoch: the crash and the end fall mid-epoch
 

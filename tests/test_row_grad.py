@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.callbacks import RowGradients
-from sasrec_lightning.row_grad import ItemEmbedding, RowGradient
+from sasrec_lightning.fast.row_grad import ItemEmbedding, RowGradient
+from sasrec_lightning.training.callbacks import RowGradients
 
 
 def DenseGradients(**options) -> SASRecModule:  # noqa: N802  (used like the module class)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec
-from sasrec_lightning import dropout as dropout_module
+from sasrec_lightning.fast import dropout as dropout_module
 
 ROWS = torch.tensor([[0, 0, 0, 3, 7, 1], [0, 5, 5, 8, 2, 9], [0, 0, 0, 0, 0, 11], [1, 2, 3, 4, 5, 6]])  # (4, 6)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.checkpoints import check_checkpoint_data
 from sasrec_lightning.errors import CheckpointError
-from sasrec_lightning.recommend import served_items
+from sasrec_lightning.serving.recommend import served_items
+from sasrec_lightning.training.checkpoints import check_checkpoint_data
 
 
 def test_served_items_checks_the_counts_against_the_model():

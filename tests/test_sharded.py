@@ -24,9 +24,9 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from conftest import REPO, run_cli
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.callbacks import RowGradients
 from sasrec_lightning.errors import CheckpointError, OptionError
-from sasrec_lightning.sharding import check_sharding_options, regroup_optimizer_state
+from sasrec_lightning.training.callbacks import RowGradients
+from sasrec_lightning.training.sharding import check_sharding_options, regroup_optimizer_state
 
 SCRIPT = textwrap.dedent(
     """

@@ -22,8 +22,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import sasrec_lightning
 from conftest import CONFIGS
-from sasrec_lightning.callbacks import StopOnSigterm
-from sasrec_lightning.cli import exit_on_reported_errors
+from sasrec_lightning.cli.app import exit_on_reported_errors
+from sasrec_lightning.training.callbacks import StopOnSigterm
 
 GLOO_LOST_PEER = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                   "[127.0.0.1]:30089. This is typically caused by a remote worker crashing. Check the logs of the "

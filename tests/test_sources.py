@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.sources import detect_format, load_interactions
+from sasrec_lightning.data.sources import detect_format, load_interactions
 
 datasets.disable_progress_bars()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -181,7 +181,7 @@ def test_steam_config_loads_a_local_file(tmp_path):
     """configs/steam.yaml's data section, pointed at a tiny local file with --data.path."""
     import yaml
 
-    from sasrec_lightning.cli import cli_main
+    from sasrec_lightning.cli.app import cli_main
 
     path = tmp_path / "steam_reviews.json.gz"
     with gzip.open(path, "wt") as handle:
@@ -210,7 +210,7 @@ TRICKY_LINES = [
 def test_literal_fast_path_equals_literal_eval(line):
     import ast
 
-    from sasrec_lightning.formats import literal_eval_line
+    from sasrec_lightning.data.formats import literal_eval_line
 
     expected = ast.literal_eval(line)
     assert repr(literal_eval_line(line)) == repr(expected)
@@ -218,7 +218,7 @@ def test_literal_fast_path_equals_literal_eval(line):
 
 @pytest.mark.parametrize("line", ["{'a': true}", "{'a': NaN}", "{'a': __import__('os')}", "{'a': x}"])
 def test_literal_parser_rejects_what_literal_eval_rejects(line):
-    from sasrec_lightning.formats import literal_eval_line
+    from sasrec_lightning.data.formats import literal_eval_line
 
     with pytest.raises((ValueError, SyntaxError)):
         literal_eval_line(line)
@@ -229,7 +229,7 @@ def test_literal_fast_path_fuzz_against_literal_eval():
     import ast
     import random
 
-    from sasrec_lightning.formats import literal_eval_line
+    from sasrec_lightning.data.formats import literal_eval_line
 
     rng = random.Random(0)
     alphabet = ["a", " ", "'", '"', "\\", "\n", "\t", "é", "中", "\x00", "😀", "True", "None", ":", ",", "{", "]", "#"]

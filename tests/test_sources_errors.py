@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.cli import main
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.data.sources import load_interactions
 from sasrec_lightning.errors import DataError
-from sasrec_lightning.sources import load_interactions
 
 datasets.disable_progress_bars()
 
@@ -370,7 +370,7 @@ def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, c
 SLOW_READ = textwrap.dedent("""
     import sys, time
     import datasets
-    from sasrec_lightning.sources import load_interactions
+    from sasrec_lightning.data.sources import load_interactions
 
     def slow_load(*args, **kwargs):  # the read is under way: its scratch folder exists
         print("reading", flush=True)

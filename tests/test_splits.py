@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sasrec_lightning.baselines import most_popular_metrics
-from sasrec_lightning.batches import EvalBatches
-from sasrec_lightning.datamodule import SASRecDataModule
-from sasrec_lightning.module import SASRecModule
-from sasrec_lightning.preprocessing import SequenceData
-from sasrec_lightning.splits import LeaveOneOutSplit, Split, TemporalSplit
+from sasrec_lightning.data.batches import EvalBatches
+from sasrec_lightning.data.datamodule import SASRecDataModule
+from sasrec_lightning.data.preprocessing import SequenceData
+from sasrec_lightning.data.splits import LeaveOneOutSplit, Split, TemporalSplit
+from sasrec_lightning.training.baselines import most_popular_metrics
+from sasrec_lightning.training.module import SASRecModule
 
 # tiny.txt (conftest): training parts under leave-one-out (the last two items of users with >= 3
 # are held out): user 1: 1 2 3 | user 2: 2 | user 3: 5 1 | user 4: 6 | user 5: 1 6 | user 6: 3.

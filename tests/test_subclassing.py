@@ -6,9 +6,9 @@ import torch
 
 from conftest import CONFIGS, TINY_TRAINER
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.cli import cli_main
-from sasrec_lightning.preprocessing import build_sequences
-from sasrec_lightning.synthetic import synthetic_interactions
+from sasrec_lightning.cli.app import cli_main
+from sasrec_lightning.data.preprocessing import build_sequences
+from sasrec_lightning.data.synthetic import synthetic_interactions
 
 
 class MySASRec(SASRecModule):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sasrec_lightning.synthetic import synthetic_interactions
+from sasrec_lightning.data.synthetic import synthetic_interactions
 
 
 def test_same_seed_same_log_other_seed_other_log():

@@ -9,9 +9,9 @@ import logging
 import numpy as np
 import pytest
 
+from sasrec_lightning.data.sources import load_interactions
+from sasrec_lightning.data.vocabulary import read_user_list
 from sasrec_lightning.errors import DataError
-from sasrec_lightning.sources import load_interactions
-from sasrec_lightning.vocabulary import read_user_list
 
 # file name -> (content, load_interactions options): every text format, and compressed files (whose
 # lines datasets decodes without looking at an encoding option)

@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 from conftest import CONFIGS, write_sasrec_txt
-from sasrec_lightning.cli import main, quiet_known_warnings
+from sasrec_lightning.cli.app import main, quiet_known_warnings
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
 TINY = ["--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1", "--data.max_len", "8",

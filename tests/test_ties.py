@@ -20,7 +20,7 @@ from functools import cache
 import pytest
 import torch
 
-from sasrec_lightning.ranking import full_ranks, sampled_ranks
+from sasrec_lightning.model.ranking import full_ranks, sampled_ranks
 
 HIDDEN = 8
 BATCHES = (1, 2, 3, 7, 64, 257, 1000, 5000)

@@ -98,7 +98,7 @@ def test_no_wandb_and_no_network_without_a_wandb_logger(synthetic_txt, tmp_path)
                 if host not in ("localhost", "127.0.0.1", "::1", None) and not str(host).startswith("/"):
                     contacted.append((event, str(target)))
         sys.addaudithook(audit)
-        from sasrec_lightning.cli import cli_main
+        from sasrec_lightning.cli.app import cli_main
         cli_main(sys.argv[1:])
         assert "wandb" not in sys.modules, "wandb was imported"
         assert not contacted, contacted

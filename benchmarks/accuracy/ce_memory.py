@@ -34,7 +34,7 @@ def _reset_peak() -> None:
 def run_one(method: str, items: int, positions: int, dim: int, chunk: int) -> dict:
     import torch
 
-    from sasrec_lightning.chunked_ce import chunked_cross_entropy, naive_cross_entropy
+    from sasrec_lightning.model.chunked_ce import chunked_cross_entropy, naive_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(positions, dim, requires_grad=True)

@@ -16,8 +16,8 @@ import json
 import lightning as L
 import torch
 
-from sasrec_lightning.datamodule import SASRecDataModule
-from sasrec_lightning.module import SASRecModule
+from sasrec_lightning.data.datamodule import SASRecDataModule
+from sasrec_lightning.training.module import SASRecModule
 
 PROTOCOLS = {
     "full": ("full", "uniform"),

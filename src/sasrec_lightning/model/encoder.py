@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from .dropout import MaskPool, PooledDropout, add_dropout, pooled
-from .row_grad import ItemEmbedding
+from ..fast.dropout import MaskPool, PooledDropout, add_dropout, pooled
+from ..fast.row_grad import ItemEmbedding
 
 __all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward", "attention_bias"]
 

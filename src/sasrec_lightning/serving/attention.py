@@ -28,8 +28,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from .atomic import atomic_write
-from .encoder import SASRec
+from ..atomic import atomic_write
+from ..model.encoder import SASRec
 
 __all__ = ["average_attention", "plot_attention", "AttentionHeatmaps", "main"]
 
@@ -222,17 +222,22 @@ def main(args: list[str] | None = None) -> None:
     Reads the same config as ``sasrec-lightning`` (the data and, with a W&B logger, the logger),
     loads the checkpoint and renders the heatmaps once.
     """
-    from .cli import exit_on_reported_errors, quiet_known_warnings
+    from ..cli.app import exit_on_reported_errors, quiet_known_warnings
 
     quiet_known_warnings()
     exit_on_reported_errors(_render_checkpoint, args)
 
 
 def _render_checkpoint(args: list[str] | None) -> None:
-    from .checkpoints import check_checkpoint_classes, check_item_ids, data_setting_differences, read_checkpoint
-    from .cli import SASRecArgumentParser, SASRecCLI, resolve_config_args
-    from .datamodule import SASRecDataModule
-    from .module import SASRecModule
+    from ..cli.app import SASRecArgumentParser, SASRecCLI, resolve_config_args
+    from ..data.datamodule import SASRecDataModule
+    from ..training.checkpoints import (
+        check_checkpoint_classes,
+        check_item_ids,
+        data_setting_differences,
+        read_checkpoint,
+    )
+    from ..training.module import SASRecModule
 
     class AttentionCLI(SASRecCLI):
         def add_arguments_to_parser(self, parser) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import os
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["BYTE_ORDER_MARK", "TEXT_ENCODING", "other_unicode_error", "unicode_encoding_of"]
 

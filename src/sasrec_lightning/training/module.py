@@ -13,19 +13,19 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from .batches import TrainingStatistics
+from ..data.batches import TrainingStatistics
+from ..errors import CheckpointError, ModelError, OptionError
+from ..fast.lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
+from ..model.divergence import nonfinite_parameters, training_advice, training_loss_error, weights_error
+from ..model.encoder import SASRec
+from ..model.losses import LossName, build_loss
+from ..model.metrics import RankingMetrics
+from ..model.ranking import full_ranks, max_vector_norm, sampled_ranks
+from ..options import check_item_updates, check_model_options
+from ..serving.serving import ServingMixin
 from .callbacks import GatheredEvaluation, RowGradients, shards_parameters
 from .checkpoints import restore_rng_states, save_rng_states
-from .divergence import nonfinite_parameters, training_advice, training_loss_error, weights_error
-from .encoder import SASRec
-from .errors import CheckpointError, ModelError, OptionError
-from .lazy_adam import LazyAdam, fused_adam_supported, item_table_lazy_adam
-from .losses import LossName, build_loss
 from .memory import check_parameter_memory, check_training_memory
-from .metrics import RankingMetrics
-from .options import check_item_updates, check_model_options
-from .ranking import full_ranks, max_vector_norm, sampled_ranks
-from .serving import ServingMixin
 from .sharding import (
     check_sharding_options,
     is_sharded,

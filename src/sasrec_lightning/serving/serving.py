@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .checkpoints import check_checkpoint_data
-from .divergence import nonfinite_parameters, untrusted_rows, weights_error
-from .errors import ModelError
+from ..data.vocabulary import ItemVocabulary
+from ..errors import ModelError
+from ..model.divergence import nonfinite_parameters, untrusted_rows, weights_error
+from ..training.checkpoints import check_checkpoint_data
 from .recommend import Recommendations, predict_top_k, recommend, served_items
-from .vocabulary import ItemVocabulary
 
 __all__ = ["ServingMixin"]
 

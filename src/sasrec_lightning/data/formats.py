@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import DataError
+from ..errors import DataError
 from .textfiles import BYTE_ORDER_MARK
 
 __all__ = ["parse_sasrec_lines", "parse_movielens_lines", "parse_literal_dicts", "looks_like_literal_dicts",

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["SequenceData", "PreprocessOptions", "preprocess", "build_sequences", "dataset_statistics",
            "format_statistics", "format_filters"]

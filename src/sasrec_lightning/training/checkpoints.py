@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["read_checkpoint", "check_archive", "imported_class", "check_checkpoint_classes", "check_state_shapes",
            "check_state_dtypes", "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal",

@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 from .formats import (
     first_false,
     integer_or_text_ids,

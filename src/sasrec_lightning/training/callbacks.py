@@ -16,8 +16,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .errors import OptionError
-from .row_grad import ItemEmbedding
+from ..errors import OptionError
+from ..fast.row_grad import ItemEmbedding
 from .sharding import gather, is_sharded, reshard
 
 __all__ = ["RowGradients", "GatheredEvaluation", "StopOnSigterm", "shards_parameters"]

@@ -42,9 +42,9 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
+from ..errors import CheckpointError, OptionError
+from ..model.encoder import SASRec
 from .checkpoints import restore_rng_states, save_rng_states
-from .encoder import SASRec
-from .errors import CheckpointError, OptionError
 
 __all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "shard_tables", "synchronize_replicas",
            "share_random_state", "parameter_groups", "regroup_optimizer_state", "gather", "reshard"]

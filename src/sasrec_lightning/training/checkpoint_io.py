@@ -26,9 +26,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .atomic import atomic_write, remove_stale_temporaries
+from ..atomic import atomic_write, remove_stale_temporaries
+from ..errors import CheckpointError
 from .checkpoints import read_checkpoint
-from .errors import CheckpointError
 
 __all__ = ["SafeCheckpointIO", "use_safe_checkpoint_io"]
 

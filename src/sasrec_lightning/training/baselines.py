@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .batches import EvalBatches
-from .csr import csr_gather
-from .metrics import RankingMetrics
+from ..data.batches import EvalBatches
+from ..data.csr import csr_gather
+from ..model.metrics import RankingMetrics
 
 __all__ = ["most_popular_metrics"]
 

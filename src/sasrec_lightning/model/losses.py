@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fast.fused_sampled import at_least_fp32, fused_gbce, fused_sampled_softmax
 from .chunked_ce import Workspace, chunked_cross_entropy
 from .encoder import SASRec
-from .fused_sampled import at_least_fp32, fused_gbce, fused_sampled_softmax
 
 if TYPE_CHECKING:
-    from .batches import TrainingStatistics
+    from ..data.batches import TrainingStatistics
 
 __all__ = [
     "Loss",

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .csr import csr_gather, left_padded
-from .divergence import described_parameters, nonfinite_parameters, untrusted_rows
-from .encoder import SASRec
-from .errors import ModelError
-from .ranking import full_top_k
-from .vocabulary import ItemVocabulary
+from ..data.csr import csr_gather, left_padded
+from ..data.vocabulary import ItemVocabulary
+from ..errors import ModelError
+from ..model.divergence import described_parameters, nonfinite_parameters, untrusted_rows
+from ..model.encoder import SASRec
+from ..model.ranking import full_top_k
 
 __all__ = ["Recommendations", "recommend", "top_k_scores", "predict_top_k", "served_items"]
 

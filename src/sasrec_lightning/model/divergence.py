@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["nonfinite_parameters", "described_parameters", "untrusted_rows", "training_advice",
            "training_loss_error", "weights_error"]

@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from .atomic import atomic_write
-from .errors import OptionError
-from .vocabulary import read_user_list  # noqa: F401  (re-exported: it was defined here)
+from ..atomic import atomic_write
+from ..data.vocabulary import read_user_list  # noqa: F401  (re-exported: it was defined here)
+from ..errors import OptionError
 
 __all__ = ["PredictionWriter", "read_user_list", "output_format", "recommendations_table"]
 

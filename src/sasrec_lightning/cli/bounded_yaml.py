@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import yaml
 from jsonargparse import get_loader, set_loader
 
-from .errors import OptionError
+from ..errors import OptionError
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_CONFIG_NODES", "MAX_LIST_ENTRIES", "PARSER_MODE", "ConfigSize", "ConfigTooLarge",
            "check_config_file", "command_line", "config_size", "load"]

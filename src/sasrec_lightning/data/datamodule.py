@@ -13,11 +13,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from ..errors import DataError
+from ..options import check_data_options
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
-from .errors import DataError
 from .loaders import ResumableLoader, batches_done_this_epoch
-from .options import check_data_options
 from .preprocessing import (
     PreprocessOptions,
     SequenceData,

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .chunked_ce import Workspace, _give_back
+from ..model.chunked_ce import Workspace, _give_back
 
 __all__ = ["SharedNegatives", "accidental_hits", "at_least_fp32", "fused_sampled_softmax", "fused_gbce"]
 

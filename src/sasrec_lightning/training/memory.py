@@ -27,9 +27,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .encoder import SASRec
-from .errors import OptionError
-from .ranking import chunk_items
+from ..errors import OptionError
+from ..model.encoder import SASRec
+from ..model.ranking import chunk_items
 
 __all__ = ["available_memory", "parameter_memory", "check_parameter_memory", "training_memory", "peak",
            "check_training_memory", "readable_size"]

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import DataError
 from .csr import item_counts
-from .errors import DataError
 from .preprocessing import SequenceData
 
 __all__ = ["Split", "LeaveOneOutSplit", "TemporalSplit", "temporal_cutoffs", "training_popularity"]

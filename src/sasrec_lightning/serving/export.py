@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_path, atomic_write, write_text
-from .divergence import nonfinite_parameters, weights_error
-from .encoder import SASRec
-from .errors import ModelError
+from ..atomic import atomic_path, atomic_write, write_text
+from ..errors import ModelError
+from ..model.divergence import nonfinite_parameters, weights_error
+from ..model.encoder import SASRec
 
 __all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
 
@@ -141,9 +141,9 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
 
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
     """Load a ``SASRecModule`` checkpoint (``weights_only``) and export it; returns the written files."""
-    from .checkpoints import check_checkpoint_classes, read_checkpoint
-    from .errors import OptionError
-    from .module import SASRecModule
+    from ..errors import OptionError
+    from ..training.checkpoints import check_checkpoint_classes, read_checkpoint
+    from ..training.module import SASRecModule
 
     output = Path(output)
     format = format or {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(output.suffix.lower())
@@ -170,7 +170,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["onnx", "torchscript"], default=None,
                         help="override the format chosen from the extension")
     options = parser.parse_args(args)
-    from .cli import exit_on_reported_errors, quiet_known_warnings
+    from ..cli.app import exit_on_reported_errors, quiet_known_warnings
 
     quiet_known_warnings()
 

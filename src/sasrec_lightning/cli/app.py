@@ -21,12 +21,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .atomic import check_writable_folder, write_text
-from .baselines import most_popular_metrics
-from .bounded_yaml import PARSER_MODE, ConfigTooLarge, check_config_file, command_line
-from .callbacks import StopOnSigterm
-from .checkpoint_io import use_safe_checkpoint_io
-from .checkpoints import (
+from ..atomic import check_writable_folder, write_text
+from ..data.datamodule import SASRecDataModule
+from ..errors import CheckpointError, DataError, ModelError, OptionError, OutputError
+from ..serving.prediction import PredictionWriter
+from ..training.baselines import most_popular_metrics
+from ..training.callbacks import StopOnSigterm
+from ..training.checkpoint_io import use_safe_checkpoint_io
+from ..training.checkpoints import (
     DATA_RUNTIME_OPTIONS,
     check_checkpoint_classes,
     imported_class,
@@ -35,10 +37,8 @@ from .checkpoints import (
     read_checkpoint,
     unsafe_checkpoint_error,
 )
-from .datamodule import SASRecDataModule
-from .errors import CheckpointError, DataError, ModelError, OptionError, OutputError
-from .module import SASRecModule
-from .prediction import PredictionWriter
+from ..training.module import SASRecModule
+from .bounded_yaml import PARSER_MODE, ConfigTooLarge, check_config_file, command_line
 
 __all__ = ["SASRecCLI", "cli_main", "main", "exit_on_reported_errors", "packaged_configs", "resolve_config",
            "quiet_known_warnings"]
@@ -433,8 +433,8 @@ def packaged_configs() -> Path | None:
     (``PYTHONPATH=src``, or an editable install, which maps the folder instead of copying it) has it
     beside ``src/``.
     """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parents[1] / "configs"):
+    package = Path(__file__).resolve().parents[1]  # sasrec_lightning/
+    for candidate in (package / "configs", package.parents[1] / "configs"):
         if (candidate / "quickstart.yaml").is_file():
             return candidate
     return None

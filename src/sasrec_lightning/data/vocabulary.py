@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.json
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 from .textfiles import TEXT_ENCODING, other_unicode_error
 
 __all__ = ["IdMap", "ItemVocabulary", "read_user_list"]

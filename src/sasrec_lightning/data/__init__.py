@@ -1,0 +1,1 @@
+"""Data: sources, preprocessing, splits, batches and the LightningDataModule."""

@@ -1,0 +1,1 @@
+"""The model: the SASRec encoder, its item representation, the losses, ranking and metrics (plain PyTorch)."""

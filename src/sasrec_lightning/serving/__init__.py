@@ -1,0 +1,1 @@
+"""Serving a trained model: recommendations, predictions to a file, export, attention maps."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, checkpoints, sharding and the callbacks that train the model."""
