@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError", "OutputError"]
+__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError", "OutputError", "in_chain"]
 
 
 class DataError(ValueError):
@@ -27,3 +27,14 @@ class OutputError(OSError):
     The message names the file and the reason; the previous file, if any, is left as it was and no
     half-written file remains. An ``OSError``, so code catching write errors still catches it.
     """
+
+
+def in_chain(error: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]):
+    """The first exception of type ``kind`` in ``error``'s cause/context chain (itself included), else ``None``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
-from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -14,10 +13,11 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ..options import check_data_options
+from ..validation import at_least, option_group
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .loaders import ResumableLoader, batches_done_this_epoch
+from .options import CacheOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
 from .preprocessing import (
     PreprocessOptions,
     SequenceData,
@@ -52,119 +52,60 @@ class SASRecDataModule(L.LightningDataModule):
         path: interactions file (SASRec ``.txt``, CSV/TSV, Parquet, JSON lines or one Python-literal
             dict per line as in the raw Steam/Amazon files, MovieLens ``ratings.dat`` or ``ml-*.zip``;
             ``.gz`` is read as is), a folder saved with ``save_to_disk``, or a hub dataset id. Empty:
-            ``url`` when set, otherwise the built-in synthetic dataset.
-        format: force a format (``sasrec``, ``csv``, ``tsv``, ``parquet``, ``json``, ``literal``,
-            ``movielens``, ``disk``, ``hub``) instead of detecting it from the extension.
-        user_column: user column (or dict key) in the source.
-        item_column: item column (or dict key) in the source.
-        timestamp_column: timestamp column used to order each user's actions (integers, numbers or
-            ISO-8601 dates); empty keeps file order (SASRec text files are already chronological).
-        name: hub dataset configuration name.
-        split: hub dataset split (or the split of a ``save_to_disk`` DatasetDict).
-        cache_dir: cache folder: the processed sequences go to ``<cache_dir>/sequences``, ``url``
-            downloads and hub datasets to ``datasets``' cache here (local files are read through a
-            temporary ``datasets`` cache that is removed afterwards). Empty: the ``datasets`` default
-            and ``$SASREC_LIGHTNING_CACHE`` or ``~/.cache/sasrec_lightning``.
-        rating_column: rating column (MovieLens files always have one); needed by ``min_rating``.
-        url: when ``path`` is empty, download this file once into the cache (e.g. the Steam reviews
-            published with the paper); offline this fails with a message naming the URL.
-        min_user_interactions: drop users with fewer interactions. Empty: 5 (the paper) for raw
-            logs, 0 for SASRec ``.txt`` files, which are already preprocessed.
-        min_item_interactions: drop items with fewer interactions; empty: the same defaults.
-        filter_mode: ``one_pass``: count once on the raw log and drop rare users' and items' rows
-            (the paper's script); ``k_core``: repeat until every user and item meets the thresholds.
-        min_rating: keep only interactions rated at least this (e.g. 4 for "positive" MovieLens ratings).
-        deduplicate: keep only the earliest of repeated (user, item) interactions.
-        holdout: ``leave_one_out`` (the paper: last item test, second-to-last validation) or
-            ``temporal`` (global split: interactions after ``val_cutoff``/``test_cutoff`` are held out).
-        val_cutoff: temporal split: validation starts at this time (Unix seconds or an ISO date).
-            Empty: the ``temporal_quantiles[0]`` quantile of all timestamps.
-        test_cutoff: temporal split: test starts at this time. Empty: the ``temporal_quantiles[1]`` quantile.
-        temporal_quantiles: default cut-off quantiles of the temporal split.
-        num_proc: processes for parsing Python-literal lines; empty: all CPU cores for large files.
-        use_cache: cache the processed sequences on disk (keyed by the file's path, size, modification
-            time, inode and a digest of 10 sampled 64 KiB blocks, and every preprocessing option) and
-            reuse them on the next run.
-        rebuild_cache: ignore a cached entry and preprocess again (the entry is replaced).
-        hash_source: key the cache on a SHA-256 of every byte of the file instead of its modification
-            time, inode and sampled blocks (slower on large files; sees any edit).
-        print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
+            ``source.url`` when set, otherwise the built-in synthetic dataset.
         max_len: maximum sequence length ``n`` (the most recent ``n`` actions are kept).
-        batch_size: training sequences per batch (paper: 128).
-        eval_batch_size: users per evaluation batch.
-        num_negatives: sampled negatives per training position (paper: 1).
-        num_eval_negatives: sampled negatives per user for the sampled protocol (paper: 100).
-        eval_negative_sampling: how those negatives are drawn: ``uniform`` (the paper) or
-            ``popularity`` (proportional to item counts).
         seed: seed of the shuffling, the training negatives and the fixed evaluation negatives.
-        num_workers: DataLoader worker processes (batches are built vectorized, 0 is usually fine).
-        length_bucketing: batch sequences of similar length together and pad each batch only to
-            its longest sequence (same outputs as padding to ``max_len``, much less work).
-        synthetic_users: users of the built-in synthetic dataset.
-        synthetic_items: items of the built-in synthetic dataset.
+        source: what ``path`` holds: its format, column names, hub configuration, a URL to download,
+            the synthetic dataset's size.
+        preprocessing: the filters (minimum interactions per user and item, ratings, duplicates).
+        holdout: the split (``leave_one_out``, the paper's, or ``temporal``).
+        loader: batch sizes, negatives per training position and per evaluated user, workers.
+        cache: where the processed sequences are kept, and how sources are read.
         predict_users: ``predict`` only these users: a file with one original user id per line (or
             Parquet / JSON lines with a ``user`` column). Empty: every user.
+        print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
     """
 
     def __init__(
         self,
         path: str | None = None,
-        format: str | None = None,
-        user_column: str = "user",
-        item_column: str = "item",
-        timestamp_column: str | None = None,
-        name: str | None = None,
-        split: str = "train",
-        cache_dir: str | None = None,
-        rating_column: str | None = None,
-        url: str | None = None,
-        min_user_interactions: int | None = None,
-        min_item_interactions: int | None = None,
-        filter_mode: Literal["one_pass", "k_core"] = "one_pass",
-        min_rating: float | None = None,
-        deduplicate: bool = False,
-        holdout: Literal["leave_one_out", "temporal"] = "leave_one_out",
-        val_cutoff: int | str | None = None,
-        test_cutoff: int | str | None = None,
-        temporal_quantiles: tuple[float, float] = (0.8, 0.9),
-        num_proc: int | None = None,
-        use_cache: bool = True,
-        rebuild_cache: bool = False,
-        hash_source: bool = False,
-        print_statistics: bool = True,
         max_len: int = 50,
-        batch_size: int = 128,
-        eval_batch_size: int = 256,
-        num_negatives: int = 1,
-        num_eval_negatives: int = 100,
-        eval_negative_sampling: Literal["uniform", "popularity"] = "uniform",
         seed: int = 42,
-        num_workers: int = 0,
-        length_bucketing: bool = True,
-        synthetic_users: int = 2000,
-        synthetic_items: int = 500,
+        source: SourceOptions = SourceOptions(),
+        preprocessing: PreprocessingOptions = PreprocessingOptions(),
+        holdout: HoldoutOptions = HoldoutOptions(),
+        loader: LoaderOptions = LoaderOptions(),
+        cache: CacheOptions = CacheOptions(),
         predict_users: str | None = None,
+        print_statistics: bool = True,
     ) -> None:
         super().__init__()
-        check_data_options(max_len, batch_size, eval_batch_size, num_negatives, num_eval_negatives,
-                           min_user_interactions, min_item_interactions, temporal_quantiles, num_proc, num_workers,
-                           synthetic_users, synthetic_items)
+        at_least("data", "max_len", max_len, 1)
+        self.source = option_group(SourceOptions, source, "data.source")
+        self.preprocessing = option_group(PreprocessingOptions, preprocessing, "data.preprocessing")
+        self.holdout = option_group(HoldoutOptions, holdout, "data.holdout")
+        self.loader = option_group(LoaderOptions, loader, "data.loader")
+        self.cache = option_group(CacheOptions, cache, "data.cache")
+        self.path, self.max_len, self.seed = path, max_len, seed
+        self.predict_users, self.print_statistics = predict_users, print_statistics
         self.save_hyperparameters()
+        self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
+                            holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache))
         self._sequences: SequenceData | None = None
         self._split: Split | None = None
         self._popularity: np.ndarray | None = None
         self._eval: dict[str, EvalBatches] = {}
+        self._training_negatives = True  # until the model says it draws none (draw_training_negatives)
 
     # ------------------------------------------------------------------------------- the data
     @property
     def sequences(self) -> SequenceData:
         """Per-user sequences, loaded on first use."""
         if self._sequences is None:
-            hp = self.hparams
-            if hp.path or hp.url:
+            if self.path or self.source.url:
                 self._sequences = self._load_sequences()
             else:
-                table = synthetic_interactions(hp.synthetic_users, hp.synthetic_items, seed=hp.seed)
+                table = synthetic_interactions(self.source.synthetic_users, self.source.synthetic_items, seed=self.seed)
                 self._sequences = build_sequences(table, timestamp_column="timestamp")
             self._report_statistics()
         return self._sequences
@@ -175,46 +116,43 @@ class SASRecDataModule(L.LightningDataModule):
 
     def preprocess_options(self, format: str) -> PreprocessOptions:
         """The preprocessing recipe for a source of ``format`` (its reader's filter default, e.g. 0 for SASRec text)."""
-        hp = self.hparams
-        default = default_min_interactions(format)
-        min_user = default if hp.min_user_interactions is None else hp.min_user_interactions
-        min_item = default if hp.min_item_interactions is None else hp.min_item_interactions
-        return PreprocessOptions(min_user, min_item, hp.filter_mode, hp.min_rating, hp.deduplicate)
+        return self.preprocessing.recipe(default_min_interactions(format))
 
     def _load_sequences(self) -> SequenceData:
         """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
-        hp = self.hparams
-        path = local_path(hp.path) if hp.path else download(hp.url, hp.cache_dir)
-        format = hp.format or detect_format(path if hp.path else hp.url)  # downloads are stored under a hashed name
+        source, cache = self.source, self.cache
+        path = local_path(self.path) if self.path else download(source.url, cache.dir)
+        format = source.format or detect_format(path if self.path else source.url)  # downloads: a hashed name
         options = self.preprocess_options(format)
-        num_proc = hp.num_proc if hp.num_proc is not None else (os.cpu_count() or 1)
+        num_proc = cache.num_proc if cache.num_proc is not None else (os.cpu_count() or 1)
         if num_proc > 1 and os.path.isfile(path) and os.path.getsize(path) < (64 << 20):
             num_proc = None  # worker start-up costs more than it saves on small files
-        timestamp_column = hp.timestamp_column or None
+        timestamp_column = source.timestamp_column or None
 
         def build() -> SequenceData:
-            table = load_interactions(path, format, hp.user_column, hp.item_column, timestamp_column, hp.name,
-                                      hp.split, hp.cache_dir, hp.rating_column, num_proc)
+            table = load_interactions(path, format, source.user_column, source.item_column, timestamp_column,
+                                      source.name, source.split, cache.dir, source.rating_column, num_proc)
             return preprocess_table(table, options, source=path)
 
-        if not hp.use_cache:
+        if not cache.use:
             return build()
         if format != "hub" and not os.path.exists(path):
             return build()  # raises the missing-file error before anything touches the cache
-        recipe = {**asdict(options), "format": format, "user_column": hp.user_column, "item_column": hp.item_column,
-                  "timestamp_column": timestamp_column, "rating_column": hp.rating_column}
-        identity = source_identity(path, format, hp.name, hp.split, hp.hash_source)
-        root = os.path.join(hp.cache_dir, "sequences") if hp.cache_dir else default_cache_root()
+        recipe = {**asdict(options), "format": format, "user_column": source.user_column,
+                  "item_column": source.item_column, "timestamp_column": timestamp_column,
+                  "rating_column": source.rating_column}
+        identity = source_identity(path, format, source.name, source.split, cache.hash_source)
+        root = os.path.join(cache.dir, "sequences") if cache.dir else default_cache_root()
         return SequenceCache(root).get_or_build(
-            cache_key(identity, recipe), build, meta={"source": identity, "recipe": recipe}, rebuild=hp.rebuild_cache
+            cache_key(identity, recipe), build, meta={"source": identity, "recipe": recipe}, rebuild=cache.rebuild
         )
 
     @rank_zero_only
     def _report_statistics(self) -> None:
         statistics = self.statistics
         log.info("dataset statistics: %s", statistics)
-        if self.hparams.print_statistics:
-            name = os.path.basename(str(self.hparams.path or self.hparams.url or "synthetic").rstrip("/"))
+        if self.print_statistics:
+            name = os.path.basename(str(self.path or self.source.url or "synthetic").rstrip("/"))
             cache = self._sequences.info.get("cache")
             origin = "" if cache is None else f" ({'from cache' if cache['hit'] else 'cached to'} {cache['path']})"
             print(f"[sasrec-lightning] dataset statistics{origin}:\n{format_statistics(statistics, name)}")
@@ -236,11 +174,11 @@ class SASRecDataModule(L.LightningDataModule):
     def split_data(self) -> Split:
         """The train/validation/test split chosen by ``holdout``."""
         if self._split is None:
-            hp = self.hparams
-            if hp.holdout == "temporal":
+            holdout = self.holdout
+            if holdout.scheme == "temporal":
                 val_cutoff, test_cutoff = temporal_cutoffs(
-                    self.sequences, _time(hp.val_cutoff, "val_cutoff"), _time(hp.test_cutoff, "test_cutoff"),
-                    tuple(hp.temporal_quantiles),
+                    self.sequences, _time(holdout.val_cutoff, "val_cutoff"), _time(holdout.test_cutoff, "test_cutoff"),
+                    tuple(holdout.temporal_quantiles),
                 )
                 self._split = TemporalSplit(self.sequences, val_cutoff, test_cutoff)
             else:
@@ -258,21 +196,20 @@ class SASRecDataModule(L.LightningDataModule):
     def eval_batches(self, stage: str) -> EvalBatches:
         """The (cached) evaluation batches of ``val``, ``test`` or ``predict``."""
         if stage not in self._eval:
-            hp = self.hparams
             users = None  # the split's users of the stage
-            if stage == "predict" and hp.predict_users:
-                users = read_user_list(hp.predict_users, self.sequences.user_ids,
+            if stage == "predict" and self.predict_users:
+                users = read_user_list(self.predict_users, self.sequences.user_ids,
                                        self.sequences.info.get("filtered_users"))
-            self._eval[stage] = EvalBatches(self.split_data, stage, hp.max_len, hp.num_eval_negatives, hp.seed,
-                                            users=users, negative_sampling=hp.eval_negative_sampling,
+            self._eval[stage] = EvalBatches(self.split_data, stage, self.max_len, self.loader.num_eval_negatives,
+                                            self.seed, users=users,
+                                            negative_sampling=self.loader.eval_negative_sampling,
                                             popularity=self.item_popularity())
             self._report_eval_users(self._eval[stage])
         return self._eval[stage]
 
     # ------------------------------------------------------------------ who is trained and evaluated
     def _source_name(self) -> str:
-        hp = self.hparams
-        return str(hp.path or hp.url or "the synthetic dataset")
+        return str(self.path or self.source.url or "the synthetic dataset")
 
     def _check_split(self, stage: str | None) -> None:
         """Stop on data that cannot train or evaluate; warn about users who are never evaluated.
@@ -311,7 +248,7 @@ class SASRecDataModule(L.LightningDataModule):
                     need += (f" and an item they never interacted with ({evaluated.num_without_negatives} "
                              "users had every item)")
                 raise DataError(f"{name}: no user can be evaluated at stage {stage!r}; under --data.holdout "
-                                f"{self.hparams.holdout} a user needs {need}")
+                                f"{self.holdout.scheme} a user needs {need}")
         if stage == "fit" and len(self.eval_batches("val")) == 0:
             rank_zero_warn(f"{name}: no user can be validated, so validation is skipped and val/ metrics are never "
                            "logged (a checkpoint or early stopping that monitors them will fail)")
@@ -338,7 +275,7 @@ class SASRecDataModule(L.LightningDataModule):
                 f"out of {stage} under both protocols"
             )
         if batches.num_short_of_negatives:
-            n = self.hparams.num_eval_negatives
+            n = self.loader.num_eval_negatives
             rank_zero_warn(
                 f"{name}: --data.num_eval_negatives is {n}, but {batches.num_short_of_negatives} of "
                 f"{len(batches)} {stage} users have fewer than {n} items they never interacted with (fewest: "
@@ -367,14 +304,14 @@ class SASRecDataModule(L.LightningDataModule):
     def _loader(self, dataset, lengths: np.ndarray, batch_size: int, train: bool) -> DataLoader:
         world_size, rank = self._world(train)
         sampler = UserBatchSampler(
-            lengths, batch_size, shuffle=train, seed=self.hparams.seed, num_replicas=world_size, rank=rank,
-            bucket=self.hparams.length_bucketing, even=train,
+            lengths, batch_size, shuffle=train, seed=self.seed, num_replicas=world_size, rank=rank,
+            bucket=self.loader.length_bucketing, even=train,
         )
         # Own generator: creating a loader iterator draws a base seed, which must not consume the
         # global torch RNG (dropout), or a resumed run would diverge from an uninterrupted one.
-        options = dict(batch_size=None, sampler=sampler, num_workers=self.hparams.num_workers,
-                       persistent_workers=self.hparams.num_workers > 0,
-                       generator=torch.Generator().manual_seed(self.hparams.seed))
+        options = dict(batch_size=None, sampler=sampler, num_workers=self.loader.num_workers,
+                       persistent_workers=self.loader.num_workers > 0,
+                       generator=torch.Generator().manual_seed(self.seed))
         if train:  # checkpointable: ``fit --ckpt_path last`` resumes mid-epoch at the next batch
             return ResumableLoader(dataset, batches_done=self._train_batches_done, **options)
         return DataLoader(dataset, **options)
@@ -385,23 +322,22 @@ class SASRecDataModule(L.LightningDataModule):
         return 0 if trainer is None else batches_done_this_epoch(trainer)
 
     def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        num_negatives = hp.num_negatives if self._negatives_needed() else 0
-        dataset = TrainBatches(self.split_data, hp.max_len, num_negatives, hp.seed,
-                               pad_to_max_len=not hp.length_bucketing)
-        return self._loader(dataset, dataset.lengths, hp.batch_size, train=True)
+        num_negatives = self.loader.num_negatives if self._training_negatives else 0
+        dataset = TrainBatches(self.split_data, self.max_len, num_negatives, self.seed,
+                               pad_to_max_len=not self.loader.length_bucketing)
+        return self._loader(dataset, dataset.lengths, self.loader.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
         dataset = self.eval_batches("val")
-        return self._loader(dataset, dataset.lengths, self.hparams.eval_batch_size, train=False)
+        return self._loader(dataset, dataset.lengths, self.loader.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         dataset = self.eval_batches("test")
-        return self._loader(dataset, dataset.lengths, self.hparams.eval_batch_size, train=False)
+        return self._loader(dataset, dataset.lengths, self.loader.eval_batch_size, train=False)
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self.eval_batches("predict")
-        return self._loader(dataset, dataset.lengths, self.hparams.eval_batch_size, train=False)
+        return self._loader(dataset, dataset.lengths, self.loader.eval_batch_size, train=False)
 
     # ----------------------------------------------------------------- what training asks for
     def item_popularity(self) -> np.ndarray:
@@ -428,25 +364,29 @@ class SASRecDataModule(L.LightningDataModule):
         Returns:
             :class:`~sasrec_lightning.batches.TrainingStatistics`.
         """
-        hp, split = self.hparams, self.split_data
+        loader, split = self.loader, self.split_data
         if getattr(self, "_item_counts", None) is None:
             self._item_counts = TrainBatches.item_counts(split)
-        lengths = TrainBatches.sequence_lengths(split, hp.max_len)  # (N,)
+        lengths = TrainBatches.sequence_lengths(split, self.max_len)  # (N,)
         world_size, rank = self._world(train=True)
-        batches = len(UserBatchSampler(lengths, hp.batch_size, shuffle=True, num_replicas=world_size, rank=rank,
+        batches = len(UserBatchSampler(lengths, loader.batch_size, shuffle=True, num_replicas=world_size, rank=rank,
                                        even=True))  # per process, as the training loader has them
         # The widest batches: training batches are padded to their longest sequence (or to max_len without
         # length bucketing), evaluation batches to their longest history, at most the whole sequence.
-        width = hp.max_len if not hp.length_bucketing else int(lengths.max(initial=1))
-        eval_width = int(min(hp.max_len, (split.ends - split.starts).max(initial=1)))
+        width = self.max_len if not loader.length_bucketing else int(lengths.max(initial=1))
+        eval_width = int(min(self.max_len, (split.ends - split.starts).max(initial=1)))
         return TrainingStatistics(self._item_counts, float(np.sum(lengths)) / max(batches * world_size, 1),
-                                  batch_shape=(min(hp.batch_size, max(len(lengths), 1)), width),
-                                  eval_batch_shape=(min(hp.eval_batch_size, max(split.data.num_users, 1)), eval_width))
+                                  batch_shape=(min(loader.batch_size, max(len(lengths), 1)), width),
+                                  eval_batch_shape=(min(loader.eval_batch_size, max(split.data.num_users, 1)),
+                                                    eval_width))
 
-    def _negatives_needed(self) -> bool:
-        """Whether the model being trained needs sampled negatives (its ``needs_negatives``; else yes)."""
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        return bool(getattr(model, "needs_negatives", True))
+    def draw_training_negatives(self, needed: bool) -> None:
+        """Whether the training batches carry ``loader.num_negatives`` sampled negatives per position.
+
+        The model's loss decides (``Loss.needs_negatives``) and tells the data module at set-up
+        (``SASRecModule.setup``); until then they are drawn.
+        """
+        self._training_negatives = needed
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # Batches are flat dicts; when every tensor is already on the device (CPU training) skip

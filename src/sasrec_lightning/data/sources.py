@@ -31,10 +31,8 @@ import lzma
 import os
 import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 import urllib.parse
 import urllib.request
 import warnings
@@ -587,45 +585,6 @@ def _corrupt_archive(error: BaseException) -> BaseException | None:
     return None
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while a file was being read (a ``BaseException``: nothing may swallow it)."""
-
-
-@contextlib.contextmanager
-def _removed_on_sigterm(folder: str) -> Iterator[None]:
-    """Remove ``folder`` also when the process is ended with SIGTERM (``kill``, a scheduler's time limit).
-
-    SIGTERM's default action ends the process without running ``finally`` blocks. While this
-    context is active (main thread only, and only where SIGTERM still has its default action) the
-    signal raises instead, the folder is removed, and the signal is then delivered again with its
-    default action, so the process still ends the way its parent expects. Processes forked
-    meanwhile (``datasets.map`` workers) keep the default action.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-    owner = os.getpid()
-
-    def terminate(signum: int, frame: object) -> None:
-        if os.getpid() != owner:  # a forked worker: behave as if no handler were installed
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except _Terminated:
-        shutil.rmtree(folder, ignore_errors=True)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
-        raise  # not reached: the default action ends the process
-    finally:
-        if signal.getsignal(signal.SIGTERM) is terminate:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 @contextlib.contextmanager
 def _scratch_cache() -> Iterator[str]:
     """A throw-away ``datasets`` cache for reading one local file, removed afterwards (also on errors).
@@ -633,14 +592,14 @@ def _scratch_cache() -> Iterator[str]:
     The Arrow files ``load_dataset`` writes for a local file (and ``map`` results, extracted
     archives, lock files) go here instead of ``--data.cache_dir``: a failed load leaves nothing in
     the cache, and a successful one needs no raw copy, since the processed sequences are cached.
-    It lives in the system temporary directory (``$TMPDIR``) and is removed on errors, Ctrl-C and
-    SIGTERM too (see :func:`_removed_on_sigterm`). Tables read from it stay valid after the
-    removal: they are memory-mapped, and an unlinked file's mapping lives on (POSIX).
+    It lives in the system temporary directory (``$TMPDIR``) and is removed on errors and Ctrl-C (and
+    on SIGTERM under the commands, which turn it into an exception: ``cli/signals.py``). Tables read
+    from it stay valid after the removal: they are memory-mapped, and an unlinked file's mapping
+    lives on (POSIX).
     """
     scratch = tempfile.mkdtemp(prefix="sasrec-lightning-read-")
     try:
-        with _removed_on_sigterm(scratch):
-            yield scratch
+        yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -13,31 +13,31 @@ Two tricks cut that:
   preserved. The mask is built with float ops only (bool masks and mixed-dtype multiplies are ~4x
   slower on CPU). The bits come from the torch generator, so ``torch.manual_seed`` and the saved
   RNG state govern them.
-* **one draw per forward pass** (:class:`MaskPool`): the encoder opens a pool once per training
-  forward pass; every :class:`PooledDropout` called inside takes its mask as the next slice of one
-  stream of such bits, so a dropout is a single multiply (or, with :func:`add_dropout`, one
-  ``addcmul`` with its residual).
+* **one draw per forward pass** (:class:`MaskPool`): a pool is open for each training forward pass
+  of the encoder; every pooled dropout called inside takes its mask as the next slice of one
+  stream of such bits, so a dropout is a single multiply (in a residual connection, one
+  ``addcmul``).
 
-The pool is the encoder's one switch (``pooled_dropout``): ``auto`` opens it on CPU only, where it
-pays; elsewhere (and with the switch off) :class:`PooledDropout` *is* ``nn.Dropout`` and attention
-dropout runs inside SDPA.
+The pool is one switch (``speed.pooled_dropout``), applied to a built encoder by
+:func:`use_pooled_dropout`: it swaps the encoder's dropouts, residual connections and attention
+for their pooled versions (the same modules, the same state) and opens the pool around every
+training forward pass with two hooks. With the pool closed (evaluation, or a pass it does not
+serve) each swapped module computes exactly what the plain one does, SDPA's own attention dropout
+included.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["dropout_mask", "MaskPool", "PooledDropout", "add_dropout", "pooled"]
+from ..model.encoder import CausalSelfAttention, Residual, SASRec
 
-# The pool of the forward pass running in this thread (None: no pool open, plain dropout).
-_OPEN_POOL: contextvars.ContextVar[MaskPool | None] = contextvars.ContextVar("sasrec_mask_pool", default=None)
+__all__ = ["dropout_mask", "MaskPool", "PooledDropout", "PooledResidual", "PooledAttention", "use_pooled_dropout"]
 
 
 def _bits(p: float) -> int:
@@ -76,54 +76,51 @@ def dropout_mask(numel: int, p: float, device: torch.device | str | None = None)
 class MaskPool:
     """The dropout masks of one forward pass, handed out as consecutive slices of one random stream.
 
-    The encoder opens a :meth:`session` per training forward pass. The pool remembers how many
-    mask elements a pass over inputs of each shape took, so the next pass of that shape draws them
-    all at once (one draw, one float conversion, then views). The first pass of a shape draws as
-    it goes, keeping the unused lanes of the last word for the next mask; both ways give the same
-    masks, because a mask is always the next elements of the same stream of random words. Nothing
-    has to be counted by hand: any :class:`PooledDropout` called inside the session is served.
+    :func:`use_pooled_dropout` opens the pool before each training forward pass of the encoder and
+    closes it after. The pool remembers how many mask elements a pass over inputs of each shape took,
+    so the next pass of that shape draws them all at once (one draw, one float conversion, then
+    views). The first pass of a shape draws as it goes, keeping the unused lanes of the last word for
+    the next mask; both ways give the same masks, because a mask is always the next elements of the
+    same stream of random words. Nothing has to be counted by hand: any pooled module called while
+    the pool is open is served.
 
     Args:
         p: drop probability of the masks (dropouts with another ``p`` draw their own).
-        enabled: ``True``/``False``, or ``"auto"``: only for inputs on the CPU.
     """
 
-    def __init__(self, p: float, enabled: bool | Literal["auto"] = "auto") -> None:
-        if enabled not in (True, False, "auto"):
-            raise ValueError(f"pooled_dropout must be true, false or 'auto', got {enabled!r}")
+    def __init__(self, p: float) -> None:
         self.p = float(p)
-        self.enabled = enabled
         self._totals: dict[tuple, int] = {}  # input shape -> mask elements one pass took
-        self._buffer: Tensor | None = None  # masks drawn in this session; [_offset:] not yet handed out
+        self._buffer: Tensor | None = None  # masks drawn in this pass; [_offset:] not yet handed out
         self._offset = 0
         self._taken = 0
+        self._key: tuple | None = None  # the shape and device of the pass the pool is open for (None: closed)
         self._device = torch.device("cpu")
 
-    def usable(self, device: torch.device) -> bool:
-        """Whether a session on ``device`` would open (the switch, and a ``p`` the cheap bits can represent)."""
-        on = device.type == "cpu" if self.enabled == "auto" else self.enabled
-        return on and 0.0 < self.p and round(self.p * (1 << _bits(self.p))) < (1 << _bits(self.p))
+    @property
+    def is_open(self) -> bool:
+        return self._key is not None
 
-    @contextlib.contextmanager
-    def session(self, inputs: Tensor, training: bool) -> Iterator[None]:
-        """Serve the dropouts of one forward pass over ``inputs`` (no-op unless training and usable)."""
-        if not training or _OPEN_POOL.get() is self or not self.usable(inputs.device):
-            yield
-            return
+    def open(self, inputs: Tensor) -> None:
+        """Serve the dropouts of one forward pass over ``inputs`` (``(B, L)`` ids)."""
         key = (tuple(inputs.shape), inputs.device)
         total = self._totals.get(key)
         self._buffer = dropout_mask(total, self.p, inputs.device) if total else None
         self._offset = self._taken = 0
-        self._device = inputs.device
-        token = _OPEN_POOL.set(self)
-        try:
-            yield
-            if len(self._totals) > 4096:  # many shapes (e.g. no length bucketing): start over
-                self._totals.clear()
-            self._totals[key] = self._taken
-        finally:
-            _OPEN_POOL.reset(token)
-            self._buffer = None
+        self._device, self._key = inputs.device, key
+
+    def close(self) -> None:
+        """End the pass: remember how many mask elements it took."""
+        if self._key is None:
+            return
+        if len(self._totals) > 4096:  # many shapes (e.g. no length bucketing): start over
+            self._totals.clear()
+        self._totals[self._key] = self._taken
+        self._key, self._buffer = None, None
+
+    def serves(self, module: nn.Module, p: float) -> bool:
+        """Whether a pooled module in ``module``'s training mode with dropout ``p`` takes its mask from the pool now."""
+        return self.is_open and module.training and p == self.p
 
     def take(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         """The next mask of ``shape`` (fp32, ``0`` or ``1 / (1 - p')``)."""
@@ -141,30 +138,98 @@ class MaskPool:
         self._taken += numel
         return mask
 
-    def __getstate__(self) -> dict:  # copies and pickles start with no session and no memory
-        return {"p": self.p, "enabled": self.enabled, "_totals": {}, "_buffer": None, "_offset": 0, "_taken": 0,
-                "_device": torch.device("cpu")}
+    def __getstate__(self) -> dict:  # copies and pickles start closed and with no memory
+        return {**self.__dict__, "_totals": {}, "_buffer": None, "_offset": 0, "_taken": 0, "_key": None}
 
 
 class PooledDropout(nn.Dropout):
-    """``nn.Dropout`` that takes its mask from the open :class:`MaskPool` while training, if there is one."""
+    """``nn.Dropout`` that takes its mask from its pool while the pool serves it."""
+
+    def __init__(self, p: float, pool: MaskPool) -> None:
+        super().__init__(p)
+        self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
         """Any shape -> same shape."""
-        pool = _OPEN_POOL.get()
-        if pool is None or not self.training or self.p != pool.p:
+        if not self.pool.serves(self, self.p):
             return super().forward(x)
-        return x * pool.take(x.shape)
+        return x * self.pool.take(x.shape)
 
 
-def pooled(dropout: nn.Module) -> bool:
-    """Whether ``dropout`` draws from an open mask pool right now (the encoder then skips SDPA)."""
-    pool = _OPEN_POOL.get()
-    return pool is not None and isinstance(dropout, PooledDropout) and dropout.training and dropout.p == pool.p
+class PooledResidual(Residual):
+    """:class:`~sasrec_lightning.model.encoder.Residual` as one ``addcmul`` with the pool's mask."""
+
+    pool: MaskPool
+
+    def forward(self, x: Tensor, update: Tensor) -> Tensor:
+        if not self.pool.serves(self, self.dropout.p):
+            return super().forward(x, update)
+        mask = self.pool.take(update.shape)
+        return torch.addcmul(x, update, mask) if self.enabled else update * mask  # x + update * mask in one op
 
 
-def add_dropout(x: Tensor, update: Tensor, dropout: nn.Module) -> Tensor:
-    """``x + dropout(update)``; one ``addcmul`` when the mask comes from the pool."""
-    if pooled(dropout):
-        return torch.addcmul(x, update, _OPEN_POOL.get().take(update.shape))  # x + update * mask in one op
-    return x + dropout(update)
+class PooledAttention(CausalSelfAttention):
+    """Attention written out while the pool serves it (SDPA's dropout cannot take the pool's masks).
+
+    On CPU, SDPA with dropout is its unfused math path plus a Bernoulli mask: ~3 ms slower per
+    Amazon step than the written-out attention with a pooled mask.
+    """
+
+    pool: MaskPool
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        if not self.pool.serves(self, self.dropout.p):
+            return super().attend(q, k, v, mask)
+        return self.explicit_attention(q, k, v, mask)[0]
+
+
+def _swap_class(module: nn.Module, cls: type[nn.Module], **attributes: Any) -> None:
+    """Make ``module`` an instance of ``cls``, a subclass of its class that adds only behaviour (same state)."""
+    if not isinstance(module, cls):
+        if not issubclass(cls, type(module)):
+            raise TypeError(f"{cls.__name__} does not extend {type(module).__name__}")
+        module.__class__ = cls
+    for name, value in attributes.items():
+        setattr(module, name, value)
+
+
+def use_pooled_dropout(encoder: SASRec) -> MaskPool | None:
+    """Swap the encoder's dropouts for pooled ones and open the pool around its training passes.
+
+    Every ``nn.Dropout`` becomes a :class:`PooledDropout`, every residual connection a
+    :class:`PooledResidual` and every attention a :class:`PooledAttention`, all sharing one
+    :class:`MaskPool` of the encoder's dropout rate (no state changes: the state dict is the same).
+    A second call does nothing.
+
+    Returns:
+        The pool, or ``None`` when the rate gives nothing to draw (``0``) or cannot be drawn with the
+        cheap bits (``p`` within ``2^-16`` of 1).
+    """
+    if getattr(encoder, "dropout_pool", None) is not None:
+        return encoder.dropout_pool
+    p = encoder.options.dropout
+    if not 0.0 < p or round(p * (1 << _bits(p))) >= (1 << _bits(p)):
+        return None
+    pool = MaskPool(p)
+    for parent in list(encoder.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, PooledDropout(child.p, pool))
+    for module in encoder.modules():
+        if isinstance(module, Residual):
+            _swap_class(module, PooledResidual, pool=pool)
+        elif isinstance(module, CausalSelfAttention):
+            _swap_class(module, PooledAttention, pool=pool)
+    encoder.dropout_pool = pool
+    encoder.register_forward_pre_hook(_opener(pool))
+    encoder.register_forward_hook(lambda module, inputs, output: pool.close())
+    return pool
+
+
+def _opener(pool: MaskPool) -> Callable:
+    def open_for_training(module: nn.Module, inputs: tuple) -> None:
+        pool.close()  # a pass that raised left it open
+        if module.training:
+            pool.open(inputs[0])
+
+    return open_for_training

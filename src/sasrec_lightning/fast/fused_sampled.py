@@ -8,7 +8,7 @@ and autograd keeps several of them for the backward pass; at 3,000 x 3,000 the b
 these passes (and their page faults: fresh blocks above glibc's mmap threshold are returned to the
 kernel when freed) took most of the step while the matrix products took ~15 %.
 
-Here the block lives in one reused :class:`~sasrec_lightning.chunked_ce.Workspace` buffer:
+Here the block lives in one reused :class:`~sasrec_lightning.fast.workspace.Workspace` buffer:
 
 * forward: the product is written into it; the logQ correction of the negatives is subtracted
   in place (skipped for uniform sampling, where it is a constant and cancels); accidental hits (a
@@ -32,17 +32,14 @@ values and gradients in float64); ``fused_loss: false`` selects them.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..model.chunked_ce import Workspace, _give_back
+from ..model.losses import at_least_fp32
+from .workspace import Workspace, give_back
 
-__all__ = ["SharedNegatives", "accidental_hits", "at_least_fp32", "fused_sampled_softmax", "fused_gbce"]
-
-
-def at_least_fp32(tensor: Tensor) -> Tensor:
-    """``tensor`` in fp32, or as it is when already fp64 (the losses compute in fp32 under mixed precision)."""
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
+__all__ = ["SharedNegatives", "accidental_hits", "fused_sampled_softmax", "fused_gbce", "FusedSampledSoftmax",
+           "FusedGBCE"]
 
 
 class SharedNegatives:
@@ -262,7 +259,7 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.lookup.numel()])
         negative_part = _negative_gradients(exps, hidden * inverse, negative_vectors, negatives, grad_negative)
         for loan in ctx.loans:
-            _give_back(loan)
+            give_back(loan)
         positive_weight = positive_exp.unsqueeze(-1) * inverse - scale  # (N, 1): (p_pos - 1) / N
         grad_hidden = negative_part.mul_(inverse).addcmul_(positive_weight, positive_vectors)  # (N, d)
         torch.mul(hidden, positive_weight, out=grad_positive)  # (N, d)
@@ -299,7 +296,7 @@ class _FusedGBCE(torch.autograd.Function):
         grad_positive, grad_negative = grad_vectors.split([hidden.size(0), negatives.lookup.numel()])
         negative_part = _negative_gradients(sigmoid, hidden * scale, negative_vectors, negatives, grad_negative)
         for loan in ctx.loans:
-            _give_back(loan)
+            give_back(loan)
         positive_weight = (-ctx.beta * torch.sigmoid(-positive)).unsqueeze(-1) * scale  # (N, 1)
         grad_hidden = negative_part.mul_(scale).addcmul_(positive_weight, positive_vectors)
         torch.mul(hidden, positive_weight, out=grad_positive)
@@ -317,14 +314,14 @@ def _softplus_row_sums(block: Tensor, rows_per_slice: int = 256) -> Tensor:
     return torch.cat([torch.nn.functional.softplus(part).sum(dim=-1) for part in block.split(rows_per_slice)])
 
 
-def _vectors(encoder, targets: Tensor, negatives: SharedNegatives) -> Tensor:
+def _vectors(items, targets: Tensor, negatives: SharedNegatives) -> Tensor:
     """Item vectors ``(N + M', d)`` of the targets, then the negatives, from one lookup (at least fp32).
 
     ``M'`` is ``M`` shared by the batch, or per sequence the ``U`` distinct items of the ``(B, M)``
     draws. One lookup: one gradient accumulation into the item table per step; the fused backward
     hands back one ``(N + M', d)`` gradient, so nothing is concatenated.
     """
-    return at_least_fp32(encoder.item_vectors(torch.cat([targets, negatives.lookup])))
+    return at_least_fp32(items(torch.cat([targets, negatives.lookup])))
 
 
 def _negative_grid(vectors: Tensor, negatives: SharedNegatives,
@@ -348,13 +345,13 @@ def _negative_grid(vectors: Tensor, negatives: SharedNegatives,
     return positive, grid.view(*negatives.ids.shape, -1), loan
 
 
-def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, log_q: Tensor | None = None,
+def fused_sampled_softmax(items, hidden: Tensor, targets: Tensor, shared: Tensor, log_q: Tensor | None = None,
                           rows: Tensor | None = None, workspace: Workspace | None = None,
                           grid_workspace: Workspace | None = None) -> Tensor:
     """Sampled softmax over shared negatives as one fused operation (same value as ``sampled_softmax_loss``).
 
     Args:
-        encoder: the model (``item_vectors``).
+        items: the scored items (:class:`~sasrec_lightning.model.items.ItemRepresentation`).
         hidden: ``(N, d)`` hidden states at real positions, row-major.
         targets: ``(N,)`` next items.
         shared: ``(M,)`` negatives of the batch or ``(B, M)`` of each sequence.
@@ -369,16 +366,16 @@ def fused_sampled_softmax(encoder, hidden: Tensor, targets: Tensor, shared: Tens
     """
     hidden = at_least_fp32(hidden)
     log_q = None if log_q is None else log_q.to(hidden.dtype)
-    return _apply_fused(_FusedSampledSoftmax, encoder, hidden, targets, shared, rows, log_q, workspace,
+    return _apply_fused(_FusedSampledSoftmax, items, hidden, targets, shared, rows, log_q, workspace,
                         grid_workspace)
 
 
-def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float, rows: Tensor | None = None,
+def fused_gbce(items, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float, rows: Tensor | None = None,
                workspace: Workspace | None = None, grid_workspace: Workspace | None = None) -> Tensor:
     """GSASRec's generalized BCE over shared negatives, fused (value of ``gbce_shared_loss``).
 
     Args:
-        encoder: the model.
+        items: the scored items.
         hidden: ``(N, d)`` hidden states at real positions.
         targets: ``(N,)`` next items.
         shared: ``(M,)`` or ``(B, M)`` negatives.
@@ -390,20 +387,57 @@ def fused_gbce(encoder, hidden: Tensor, targets: Tensor, shared: Tensor, beta: f
     Returns:
         Scalar mean loss (fp32).
     """
-    return _apply_fused(_FusedGBCE, encoder, at_least_fp32(hidden), targets, shared, rows, float(beta), workspace,
+    return _apply_fused(_FusedGBCE, items, at_least_fp32(hidden), targets, shared, rows, float(beta), workspace,
                         grid_workspace)
 
 
-def _apply_fused(function: type[torch.autograd.Function], encoder, hidden: Tensor, targets: Tensor, shared: Tensor,
+def _apply_fused(function: type[torch.autograd.Function], items, hidden: Tensor, targets: Tensor, shared: Tensor,
                  rows: Tensor | None, *options) -> Tensor:
     """``function(hidden, vectors, negatives, targets, *options)`` in fp32 (autocast off), after one lookup.
 
     With no position the loss is a zero that still reaches the hidden states and the item table.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        table_rows = getattr(encoder, "num_items", None)
-        negatives = SharedNegatives(shared, rows, None if table_rows is None else table_rows + 1)
-        vectors = _vectors(encoder, targets, negatives)
+        negatives = SharedNegatives(shared, rows, items.num_items + 1)
+        vectors = _vectors(items, targets, negatives)
         if hidden.size(0) == 0:
             return (hidden.sum() + vectors.sum()) * 0.0
         return function.apply(hidden, vectors, negatives, targets, *options)
+
+
+class FusedSampledSoftmax(nn.Module):
+    """The fused sampled softmax, with its reused blocks: swapped for the written-out one by ``fast/speed.py``.
+
+    Called as :class:`~sasrec_lightning.model.losses.SampledSoftmax` is:
+    ``(items, hidden, targets, shared, log_q, rows) -> loss``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workspace = Workspace()  # the logit block, reused from step to step
+        self.grid_workspace = Workspace()  # per sequence: the (B, M, d) negative vectors, reused too
+
+    def forward(self, items, hidden: Tensor, targets: Tensor, shared: Tensor, log_q: Tensor | None,
+                rows: Tensor | None) -> Tensor:
+        return fused_sampled_softmax(items, hidden, targets, shared, log_q, rows, self.workspace, self.grid_workspace)
+
+    def release_memory(self) -> None:
+        self.workspace.clear()
+        self.grid_workspace.clear()
+
+
+class FusedGBCE(nn.Module):
+    """The fused gBCE over shared negatives, with its reused blocks (swapped for ``losses.SharedGBCE``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workspace = Workspace()
+        self.grid_workspace = Workspace()
+
+    def forward(self, items, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
+                rows: Tensor | None) -> Tensor:
+        return fused_gbce(items, hidden, targets, shared, beta, rows, self.workspace, self.grid_workspace)
+
+    def release_memory(self) -> None:
+        self.workspace.clear()
+        self.grid_workspace.clear()

@@ -75,7 +75,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.adam import adam
 
-from .row_grad import ItemEmbedding
+from ..model.items import ItemRepresentation
+from .row_grad import RowGradEmbedding
 
 __all__ = ["LazyAdam", "SkippedSteps", "fused_adam_supported", "item_table_lazy_adam", "skipped_steps_factor",
            "touched_rows"]
@@ -406,9 +407,10 @@ def item_table_lazy_adam(
     module: nn.Module, lr: float, betas: Sequence[float], weight_decay: float, eps: float = 1e-8,
     catch_up: bool = False,
 ) -> LazyAdam:
-    """:class:`LazyAdam` for ``module``: its :class:`ItemEmbedding` tables row-sparse, everything else dense.
+    """:class:`LazyAdam` for ``module``: its item tables row-sparse, everything else dense.
 
-    The rows come from each table's :class:`~sasrec_lightning.row_grad.RowGradient` while its row
+    The item tables are the embeddings of its :class:`~sasrec_lightning.model.items.ItemRepresentation`
+    parts. The rows come from each table's :class:`~sasrec_lightning.fast.row_grad.RowGradient` while its row
     gradients are kept (``row_gradients``), else from the non-zero rows of the gradient.
 
     Args:
@@ -422,15 +424,15 @@ def item_table_lazy_adam(
     Returns:
         The optimizer, fused for the dense parameters when they are all floating point on CPU/CUDA.
     """
-    tables = [table for table in module.modules() if isinstance(table, ItemEmbedding)]
+    tables = [items.embedding for items in module.modules() if isinstance(items, ItemRepresentation)]
     table_weights = {id(table.weight) for table in tables}
     dense = [p for p in module.parameters() if id(p) not in table_weights]
     fused = fused_adam_supported(dense)
 
     def row_lists(parameter: Tensor) -> Tensor | None:
         for table in tables:  # one or two tables
-            if table.weight is parameter:
-                return None if table.row_gradient is None else table.row_gradient.written_rows()
+            if table.weight is parameter and isinstance(table, RowGradEmbedding) and table.row_gradient is not None:
+                return table.row_gradient.written_rows()
         return None
 
     groups = [{"params": dense}, {"params": [table.weight for table in tables], "row_sparse": True}]

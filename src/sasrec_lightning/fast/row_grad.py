@@ -6,9 +6,10 @@ gradient: a zero fill of the whole table per lookup plus a dense add per extra l
 ``zero_grad`` frees it so the next step allocates (and page-faults) it again. On Amazon Beauty
 (54,543 x 50) that was about a quarter of a CPU training step (``docs/performance.md``).
 
-:class:`ItemEmbedding` is ``nn.Embedding(num_items + 1, d, padding_idx=0)``; while its row
-gradients are kept (:meth:`ItemEmbedding.keep_row_gradients`, switched by the training callback
-``callbacks.RowGradients``) it owns a :class:`RowGradient`: ``weight.grad`` is one persistent
+:class:`RowGradEmbedding` is the item representation's ``nn.Embedding(num_items + 1, d,
+padding_idx=0)``, swapped in place by :func:`use_row_gradients`; while its row gradients are
+kept (:meth:`RowGradEmbedding.keep_row_gradients`, switched by the :class:`RowGradients` callback)
+it owns a :class:`RowGradient`: ``weight.grad`` is one persistent
 dense buffer, and a lookup's backward pass adds the rows' gradients straight into it with one
 ``index_add_`` (row 0, padding, never gets any) and hands autograd an empty sparse gradient, so the
 parameter's gradient hooks (e.g. DDP's all-reduce) still fire but nothing else is accumulated.
@@ -28,12 +29,15 @@ touched) makes the next clear a full one.
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import unserializable_hook
 
-__all__ = ["ItemEmbedding", "RowGradient"]
+from ..model.items import ItemRepresentation
+
+__all__ = ["RowGradEmbedding", "RowGradient", "RowGradients", "use_row_gradients", "row_grad_tables"]
 
 _FULL_CLEAR_MIN_ROWS = 4096  # below this a row-wise clear is always cheap
 _MAX_PENDING = 1024  # row lists kept between clears before a full clear is cheaper to track
@@ -175,21 +179,15 @@ class _RowLookup(torch.autograd.Function):
         return empty, None, None
 
 
-class ItemEmbedding(nn.Embedding):
+class RowGradEmbedding(nn.Embedding):
     """An item table ``(num_items + 1, d)`` with padding row 0 that can keep its gradient row-wise.
 
-    Exactly ``nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)`` (same state dict) until
-    :meth:`keep_row_gradients` is switched on; then lookups under autograd route their weight
-    gradient through a :class:`RowGradient`.
-
-    Args:
-        num_items: number of items (ids ``1..num_items``).
-        embedding_dim: vector size ``d``.
+    Exactly ``nn.Embedding`` (same state dict: it is the model's own table, swapped in place by
+    :func:`use_row_gradients`) until :meth:`keep_row_gradients` is switched on; then lookups under
+    autograd route their weight gradient through a :class:`RowGradient`.
     """
 
-    def __init__(self, num_items: int, embedding_dim: int) -> None:
-        super().__init__(num_items + 1, embedding_dim, padding_idx=0)
-        self.row_gradient: RowGradient | None = None
+    row_gradient: RowGradient | None = None
 
     def forward(self, ids: Tensor) -> Tensor:
         """``(...) -> (..., d)``."""
@@ -207,3 +205,46 @@ class ItemEmbedding(nn.Embedding):
 
     def __getstate__(self) -> dict:  # copies and pickles are ordinary embeddings (the hook is not copied)
         return {**self.__dict__, "row_gradient": None}
+
+
+def use_row_gradients(model: nn.Module) -> list[RowGradEmbedding]:
+    """Make every item table of ``model`` (each :class:`ItemRepresentation`'s embedding) a :class:`RowGradEmbedding`.
+
+    The same module and weights (its class is swapped); row gradients stay off until switched on
+    (the :class:`RowGradients` callback does it for training).
+    """
+    tables = []
+    for items in model.modules():
+        if isinstance(items, ItemRepresentation):
+            if type(items.embedding) is nn.Embedding:
+                items.embedding.__class__ = RowGradEmbedding
+            if isinstance(items.embedding, RowGradEmbedding):
+                tables.append(items.embedding)
+    return tables
+
+
+def row_grad_tables(model: nn.Module) -> list[RowGradEmbedding]:
+    """The item tables of ``model`` that can keep row gradients."""
+    return [module for module in model.modules() if isinstance(module, RowGradEmbedding)]
+
+
+class RowGradients(L.Callback):
+    """Keep every :class:`RowGradEmbedding` gradient row-wise while training.
+
+    On from the start of training (before the first forward pass) to its end (or an exception);
+    outside training the tables are ordinary embeddings. Under DDP the all-reduce writes rows that
+    other processes touched, so whole buffers are cleared.
+    """
+
+    def _switch(self, module: L.LightningModule, on: bool, full_clear: bool = False) -> None:
+        for table in row_grad_tables(module):
+            table.keep_row_gradients(on, full_clear)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._switch(pl_module, True, full_clear=trainer.world_size > 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._switch(pl_module, False)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._switch(pl_module, False)

@@ -18,78 +18,31 @@ divides its two ``(N, d)`` products by the sums instead of normalizing the ``(N,
 
 The ``(N, C)`` blocks are large (160 MB for an average Amazon Beauty batch, over 1 GB for the
 longest), and a freshly allocated block of that size is paid for again in page faults on first
-touch each step: glibc hands blocks above its mmap threshold (at most 32 MiB) back to the kernel
-when they are freed. A :class:`Workspace` keeps the largest block and lends it out, one holder at a
-time (``docs/performance.md``).
+touch each step; a speed part (``fast/workspace.py``) lends one kept block instead
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor
 
-__all__ = ["ChunkedCrossEntropy", "Workspace", "chunked_cross_entropy", "naive_cross_entropy"]
+__all__ = ["BlockSource", "ChunkedCrossEntropy", "chunked_cross_entropy"]
 
 
-class Workspace:
-    """A reusable scratch block for the loss's ``(N, C)`` logits, lent to one holder at a time.
+class BlockSource(Protocol):
+    """Where the ``(N, C)`` logit blocks come from (without one, each block is a fresh tensor).
 
-    :meth:`take` returns a view of the kept block when it is free and large enough (growing it
-    when free but too small), and a fresh tensor when it is lent out, so a second loss computed
-    before the first one's backward pass never shares memory with it. The block is not part of
-    any state dict; copies and pickles of a workspace start empty.
+    The speed parts' :class:`~sasrec_lightning.fast.workspace.Workspace` keeps one from step to step.
     """
 
-    def __init__(self) -> None:
-        self._block: Tensor | None = None
-        self._lent = False
-
-    def take(self, numel: int, like: Tensor) -> tuple[Tensor, _Loan | None]:
-        """An uninitialized flat tensor of ``numel`` elements, of ``like``'s dtype and device, and its loan.
-
-        Args:
-            numel: elements needed.
-            like: a tensor of the dtype and on the device to use.
-
-        Returns:
-            The tensor and the :class:`_Loan` to give back (``None`` when the tensor is a fresh one).
-        """
-        if self._lent:
-            return like.new_empty(numel), None
-        block = self._block
-        if block is None or block.numel() < numel or block.device != like.device or block.dtype != like.dtype:
-            self._block = None  # free the old block before allocating the larger one
-            block = self._block = like.new_empty(numel)
-        self._lent = True
-        return block[:numel], _Loan(self)
-
-    def clear(self) -> None:
-        """Let go of the kept block (it is freed once no loan still uses it)."""
-        self._block = None
-
-    def __getstate__(self) -> dict:
-        return {"_block": None, "_lent": False}
-
-    def __deepcopy__(self, memo: dict) -> Workspace:
-        return Workspace()
+    def take(self, numel: int, like: Tensor) -> tuple[Tensor, Any]:
+        """A flat tensor of ``numel`` elements like ``like``, and a loan to give back (or ``None``)."""
 
 
-class _Loan:
-    """A :class:`Workspace`'s block in use; returned by :meth:`give_back` or when garbage-collected."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.workspace: Workspace | None = workspace
-
-    def give_back(self) -> None:
-        if self.workspace is not None:
-            self.workspace._lent = False
-            self.workspace = None
-
-    def __del__(self) -> None:
-        self.give_back()
-
-
-def _give_back(loan: _Loan | None) -> None:
+def _give_back(loan: Any) -> None:
     if loan is not None:
         loan.give_back()
 
@@ -99,7 +52,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,
-                workspace: Workspace | None = None) -> Tensor:
+                workspace: BlockSource | None = None) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -169,7 +122,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None, None  # in place: no second (I, d) copy
 
 
-def _block(workspace: Workspace | None, hidden: Tensor, chunk_size: int, num_rows: int) -> tuple[Tensor, _Loan | None]:
+def _block(workspace: BlockSource | None, hidden: Tensor, chunk_size: int, num_rows: int) -> tuple[Tensor, Any]:
     """A flat scratch block for one chunk's ``(N, C)`` logits: from ``workspace`` when given, else a fresh tensor."""
     numel = hidden.size(0) * min(chunk_size, num_rows - 1)
     if workspace is None:
@@ -183,7 +136,7 @@ def _chunk_logits(hidden: Tensor, w: Tensor, block: Tensor) -> Tensor:
 
 
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 16384,
-                          workspace: Workspace | None = None) -> Tensor:
+                          workspace: BlockSource | None = None) -> Tensor:
     """Exact full-catalogue cross-entropy in fp32 without an ``(N, I)`` logit matrix.
 
     Args:
@@ -202,8 +155,3 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk
         return (hidden.sum() + weight.sum()) * 0.0
     return ChunkedCrossEntropy.apply(hidden.float(), weight.float(), targets, int(chunk_size), workspace)
 
-
-def naive_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """Reference: the same loss with the full ``(N, I)`` logit matrix (tests, small catalogues)."""
-    logits = hidden.float() @ weight.float()[1:].T  # (N, I)
-    return torch.nn.functional.cross_entropy(logits, targets - 1)

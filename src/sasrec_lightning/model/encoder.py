@@ -15,17 +15,15 @@ Conventions used throughout the package:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
-from ..fast.dropout import MaskPool, PooledDropout, add_dropout, pooled
-from ..fast.row_grad import ItemEmbedding
+from .items import ItemRepresentation
+from .options import BlockLayout, EncoderOptions
 
-__all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward", "attention_bias"]
+__all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward", "Residual", "attention_bias"]
 
 
 def attention_bias(input_ids: Tensor) -> Tensor:
@@ -63,15 +61,10 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float, output_projection: bool = True) -> None:
         super().__init__()
-        if hidden_size % num_heads != 0:
-            raise ValueError(
-                f"hidden_size must be divisible by num_heads, got hidden_size={hidden_size} "
-                f"and num_heads={num_heads}"
-            )
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # W_Q, W_K, W_V stacked
         self.out = nn.Linear(hidden_size, hidden_size) if output_projection else nn.Identity()
-        self.dropout = PooledDropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False,
                 context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -87,24 +80,27 @@ class CausalSelfAttention(nn.Module):
         Returns:
             ``(B, L, d)`` outputs and, if asked, ``(B, H, L, L)`` attention weights.
         """
-        batch, length, hidden = x.shape
+        hidden = x.size(-1)
         if context is None:
             q, k, v = self.qkv(x).split(hidden, dim=-1)  # 3 x (B, L, d)
         else:
             weight, bias = self.qkv.weight, self.qkv.bias  # (3d, d), (3d,)
             q = F.linear(x, weight[:hidden], bias[:hidden])  # (B, L, d)
             k, v = F.linear(context, weight[hidden:], bias[hidden:]).split(hidden, dim=-1)  # 2 x (B, L, d)
-        if need_weights or pooled(self.dropout):
-            # Written out: for the weights, or for the pool's dropout masks (on CPU, SDPA with dropout
-            # is its unfused math path plus a Bernoulli mask: ~3 ms slower per Amazon step).
+        if need_weights:
             y, weights = self.explicit_attention(q, k, v, mask)  # (B, L, d), (B, H, L, L)
-            return self.out(y), weights if need_weights else None
+            return self.out(y), weights
+        return self.out(self.attend(q, k, v, mask)), None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """``Dropout(softmax(q k^T / sqrt(d/H) + mask)) v`` by PyTorch's fused kernel: ``(B, L, d)`` in and out."""
+        batch, length, hidden = q.shape
         q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, L, d/H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(batch, length, hidden)), None  # (B, L, d)
+        return y.transpose(1, 2).reshape(batch, length, hidden)  # (B, L, d)
 
     def explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """``Dropout(softmax(q k^T / sqrt(d/H) + mask)) v``: ``(B, L, d)`` outputs, ``(B, H, L, L)`` weights."""
+        """The same, written out: ``(B, L, d)`` outputs and the ``(B, H, L, L)`` weights."""
         batch, length, hidden = q.shape
         heads = self.num_heads
         if mask.dtype == torch.bool:
@@ -131,14 +127,29 @@ class PointWiseFeedForward(nn.Module):
         inner_size = inner_size or hidden_size
         self.fc1 = nn.Linear(hidden_size, inner_size)
         self.fc2 = nn.Linear(inner_size, hidden_size)
-        self.dropout = PooledDropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, d) -> (B, L, d)``."""
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
-BlockLayout = Literal["paper", "reference"]
+class Residual(nn.Module):
+    """The paper's sub-layer connection (Sec. III-C): ``x + Dropout(update)``.
+
+    Args:
+        dropout: dropout rate on the update.
+        enabled: the residual connection; ``False`` gives ``Dropout(update)`` alone (ablation "remove RC").
+    """
+
+    def __init__(self, dropout: float, enabled: bool = True) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = enabled
+
+    def forward(self, x: Tensor, update: Tensor) -> Tensor:
+        """``(B, L, d)`` twice -> ``(B, L, d)``."""
+        return x + self.dropout(update) if self.enabled else self.dropout(update)
 
 
 class SASRecBlock(nn.Module):
@@ -156,32 +167,26 @@ class SASRecBlock(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_residual: bool = True,
                  layout: BlockLayout = "paper") -> None:
         super().__init__()
-        if layout not in ("paper", "reference"):
-            raise ValueError(f"unknown block_layout {layout!r}; expected 'paper' or 'reference'")
         self.layout = layout
         self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.attention = CausalSelfAttention(hidden_size, num_heads, dropout, output_projection=layout == "paper")
+        self.attention_residual = Residual(dropout, use_residual)
         self.feed_forward_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.feed_forward = PointWiseFeedForward(hidden_size, dropout)
-        self.dropout = PooledDropout(dropout)
-        self.use_residual = use_residual
+        self.feed_forward_residual = Residual(dropout, use_residual)
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``(B, L, d) -> (B, L, d)``, plus ``(B, H, L, L)`` weights if asked (``mask``: as for the attention)."""
         if self.layout == "reference":
             normed = self.attention_norm(x)  # (B, L, d)
             attended, weights = self.attention(normed, mask, need_weights, context=x)
-            x = normed + attended if self.use_residual else attended
+            x = normed + attended if self.attention_residual.enabled else attended
             normed = self.feed_forward_norm(x)
-            return self.residual(normed, self.feed_forward(normed)), weights
+            return self.feed_forward_residual(normed, self.feed_forward(normed)), weights
         attended, weights = self.attention(self.attention_norm(x), mask, need_weights)
-        x = self.residual(x, attended)
-        x = self.residual(x, self.feed_forward(self.feed_forward_norm(x)))
+        x = self.attention_residual(x, attended)
+        x = self.feed_forward_residual(x, self.feed_forward(self.feed_forward_norm(x)))
         return x, weights
-
-    def residual(self, x: Tensor, update: Tensor) -> Tensor:
-        """``x + Dropout(update)``, or ``Dropout(update)`` without residual connections (ablation)."""
-        return add_dropout(x, update, self.dropout) if self.use_residual else self.dropout(update)
 
 
 class SASRec(nn.Module):
@@ -190,99 +195,63 @@ class SASRec(nn.Module):
     Args:
         num_items: number of items; ids are ``1..num_items`` and ``0`` is padding.
         max_len: maximum sequence length ``n``; longer inputs must be cut to their last ``n`` items.
-        hidden_size: embedding size ``d``.
-        num_blocks: number of self-attention blocks ``b`` (0 allowed: embeddings only).
-        num_heads: attention heads (the paper uses 1).
-        dropout: dropout rate on embeddings, attention weights and sub-layer outputs.
-        use_positional: add the learned positional embedding (paper ablation "remove PE").
-        share_item_embedding: score with the input item embedding ``M`` (the paper's default);
-            ``False`` learns a separate output embedding (ablation "unshared IE").
-        use_residual: residual connections (ablation "remove RC").
-        scale_embedding: multiply item embeddings by ``sqrt(d)`` as the original TF code does.
-        init: weight initialization (the paper does not specify one). ``normal``: every embedding and
-            linear weight from ``N(0, init_std^2)`` (BERT, RecBole, the RecSys 2023 SASRec code); ``xavier``:
-            Xavier-normal (the common PyTorch port), which scales with the table size, so on Amazon Beauty
-            the input is mostly position and accuracy peaks far lower (``docs/results.md``);
-            ``xavier_uniform``: Glorot-uniform, TF1's default and so what the authors' code uses.
-            Both Xavier variants treat ``W_Q``, ``W_K`` and ``W_V`` as three ``d x d`` matrices, as the
-            TF code's three dense layers are. Biases start at 0, LayerNorm at (1, 0).
-        init_std: standard deviation of ``init: normal``.
-        pooled_dropout: draw a training forward pass's dropout masks from one pool of cheap random
-            bits (``dropout.MaskPool``, same distribution as ``nn.Dropout``): ``auto`` on CPU only,
-            where it measured faster; otherwise ``nn.Dropout`` and SDPA's own attention dropout.
-        block_layout: ``paper`` (the paper's equations, the default) or ``reference`` (the authors'
-            code: see :class:`SASRecBlock`).
+        options: the encoder's options (:class:`~sasrec_lightning.model.options.EncoderOptions`; its
+            defaults when not given).
     """
 
-    def __init__(
-        self,
-        num_items: int,
-        max_len: int,
-        hidden_size: int = 50,
-        num_blocks: int = 2,
-        num_heads: int = 1,
-        dropout: float = 0.2,
-        use_positional: bool = True,
-        share_item_embedding: bool = True,
-        use_residual: bool = True,
-        scale_embedding: bool = True,
-        init: Literal["normal", "xavier", "xavier_uniform"] = "normal",
-        init_std: float = 0.02,
-        pooled_dropout: bool | Literal["auto"] = "auto",
-        block_layout: BlockLayout = "paper",
-    ) -> None:
+    def __init__(self, num_items: int, max_len: int, options: EncoderOptions | None = None) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be at least 1, got {num_items}")
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
-        if init not in ("normal", "xavier", "xavier_uniform"):
-            raise ValueError(f"unknown init {init!r}; expected 'normal', 'xavier' or 'xavier_uniform'")
-        self.num_items, self.max_len, self.hidden_size = num_items, max_len, hidden_size
-        self.item_embedding = ItemEmbedding(num_items, hidden_size)
-        self.position_embedding = nn.Embedding(max_len, hidden_size) if use_positional else None
-        self.output_embedding = None if share_item_embedding else ItemEmbedding(num_items, hidden_size)
-        self.embedding_dropout = PooledDropout(dropout)
+        options = options or EncoderOptions()
+        d = options.hidden_size
+        self.num_items, self.max_len, self.hidden_size, self.options = num_items, max_len, d, options
+        self.items = ItemRepresentation(num_items, d)  # M: the input items, and the scored ones when shared
+        self.position_embedding = nn.Embedding(max_len, d) if options.use_positional else None
+        self.output_items = None if options.share_item_embedding else ItemRepresentation(num_items, d)
+        self.embedding_dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_size, num_heads, dropout, use_residual, block_layout) for _ in range(num_blocks)
+            SASRecBlock(d, options.num_heads, options.dropout, options.use_residual, options.block_layout)
+            for _ in range(options.num_blocks)
         )
-        self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
-        self.embedding_scale = math.sqrt(hidden_size) if scale_embedding else 1.0
-        self.init, self.init_std = init, init_std
-        self.dropout_pool = MaskPool(dropout, pooled_dropout)  # opened once per training forward pass
+        self.final_norm = nn.LayerNorm(d, eps=1e-8)
+        self.embedding_scale = math.sqrt(d) if options.scale_embedding else 1.0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights by ``init``, zero biases, LayerNorm (1, 0), padding rows zero."""
+        """Weights by ``options.init``, zero biases, LayerNorm (1, 0), padding rows zero."""
+        init, std = self.options.init, self.options.init_std
         for name, parameter in self.named_parameters():
             if "norm" in name:
                 nn.init.ones_(parameter) if name.endswith("weight") else nn.init.zeros_(parameter)
             elif parameter.dim() < 2:
                 nn.init.zeros_(parameter)
-            elif self.init == "normal":
-                nn.init.normal_(parameter, std=self.init_std)
+            elif init == "normal":
+                nn.init.normal_(parameter, std=std)
             else:  # Xavier: the stacked (3d, d) W_Q, W_K, W_V as three (d, d) matrices
-                xavier = nn.init.xavier_uniform_ if self.init == "xavier_uniform" else nn.init.xavier_normal_
+                xavier = nn.init.xavier_uniform_ if init == "xavier_uniform" else nn.init.xavier_normal_
                 for matrix in parameter.split(self.hidden_size) if name.endswith("qkv.weight") else (parameter,):
                     xavier(matrix)
         with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-            if self.output_embedding is not None:
-                self.output_embedding.weight[0].zero_()
+            for items in (self.items, self.output_items):
+                if items is not None:
+                    items.embedding.weight[0].zero_()
+
+    @property
+    def scoring_items(self) -> ItemRepresentation:
+        """The items that are scored: the input items (shared, the paper's) or the output ones."""
+        return self.output_items or self.items
 
     @property
     def output_weight(self) -> Tensor:
-        """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding).
-
-        A tensor-parallel table (a ``DTensor``, ``sharding.shard_tables``) is returned whole:
-        no communication once it is gathered for evaluation (replicated), an all-gather otherwise.
-        """
-        weight = (self.output_embedding or self.item_embedding).weight
-        return weight.full_tensor() if isinstance(weight, DTensor) else weight
+        """``(num_items + 1, d)`` item vectors used for scoring (row 0 = padding)."""
+        return self.scoring_items.table()
 
     def item_vectors(self, item_ids: Tensor) -> Tensor:
-        """Output-embedding rows of ``item_ids``: ``(...) -> (..., d)`` (row 0, padding, gets no gradient)."""
-        return (self.output_embedding or self.item_embedding)(item_ids)
+        """Output-side vectors of ``item_ids``: ``(...) -> (..., d)`` (row 0, padding, gets no gradient)."""
+        return self.scoring_items(item_ids)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """Item plus right-aligned positional embedding, with dropout: ``(B, L) -> (B, L, d)``."""
@@ -292,7 +261,7 @@ class SASRec(nn.Module):
                 f"input has {length} positions but the model was built with max_len={self.max_len}; "
                 "keep the last max_len items of each sequence"
             )
-        x = self.item_embedding(input_ids)  # (B, L, d)
+        x = self.items(input_ids)  # (B, L, d)
         if self.position_embedding is not None:
             # Right-aligned rows max_len - L .. max_len - 1; position + scale * item in one op.
             positions = self.position_embedding.weight[self.max_len - length :]  # (L, d)
@@ -313,15 +282,14 @@ class SASRec(nn.Module):
             are zero before the final LayerNorm. With ``need_weights`` a pair
             ``(hidden, [ (B, H, L, L) per block ])``.
         """
-        with self.dropout_pool.session(input_ids, self.training):  # every dropout mask of this pass
-            x = self.embed(input_ids)  # (B, L, d)
-            mask = attention_bias(input_ids)  # (B, 1, L, L)
-            weights = []
-            for block in self.blocks:
-                # Padded positions are never attended to by real ones (the mask), so what they carry
-                # between blocks cannot reach a real position; they are zeroed once, below.
-                x, block_weights = block(x, mask, need_weights)
-                weights.append(block_weights)
+        x = self.embed(input_ids)  # (B, L, d)
+        mask = attention_bias(input_ids)  # (B, 1, L, L)
+        weights = []
+        for block in self.blocks:
+            # Padded positions are never attended to by real ones (the mask), so what they carry
+            # between blocks cannot reach a real position; they are zeroed once, below.
+            x, block_weights = block(x, mask, need_weights)
+            weights.append(block_weights)
         hidden = self.final_norm(x * (input_ids != 0).unsqueeze(-1))  # (B, L, d)
         return (hidden, weights) if need_weights else hidden
 

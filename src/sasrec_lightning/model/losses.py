@@ -2,41 +2,46 @@
 
 Every loss is a :class:`Loss`: it takes the hidden states already gathered at real positions, so
 no work is spent on padding, computes in fp32 even under mixed precision, and has one call
-signature, ``loss(encoder, hidden (N, d), targets (N,), negatives (N, k), generator=None,
-rows=None) -> scalar`` (the generator seeds negatives a loss samples itself; ``rows`` is the
-sequence of each position, for negatives shared per sequence). The module's ``loss`` field names
-one of :data:`LOSSES`:
+signature, ``loss(items, hidden (N, d), targets (N,), negatives (N, k), generator=None, rows=None)
+-> scalar``: ``items`` is the scored item representation (:class:`~.items.ItemRepresentation`:
+``items(ids)`` are vectors, ``items.table()`` all of them, ``items.num_items`` the catalogue), the
+generator seeds negatives a loss samples itself and ``rows`` is the sequence of each position, for
+negatives shared per sequence. ``--model.loss`` takes a shorthand of :data:`LOSSES` or any
+``Loss`` subclass by class path (``{class_path: my_losses.SmoothBCE, init_args: {...}}``), whose
+``__init__`` arguments are its options:
 
-* ``bce`` — the paper's binary cross-entropy, ``k`` negatives per position (``data.num_negatives``);
-* ``gbce`` — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with calibration ``t``,
-  on the data module's ``k`` negatives per position or on ``M`` uniform negatives shared by the
-  batch or by each sequence (``gbce_shared_negatives``);
-* ``bpr`` — Bayesian personalized ranking (Rendle et al., UAI 2009), the same negatives;
-* ``sampled_softmax`` — softmax over the positive and ``M`` negatives shared by the whole batch or
-  by each sequence (uniform, popularity-proportional or in-batch mixed with uniform) with logQ
-  correction;
-* ``ce`` — exact softmax over the whole catalogue, item-chunked (:mod:`.chunked_ce`).
+* ``bce`` (:class:`BCELoss`) — the paper's binary cross-entropy, ``k`` negatives per position
+  (``data.loader.num_negatives``);
+* ``gbce`` (:class:`GBCELoss`) — gSASRec's generalized BCE (Petrov & Macdonald, RecSys 2023) with
+  calibration ``t``, on the data module's negatives or on ``M`` uniform negatives shared by the
+  batch or by each sequence (``shared_negatives``);
+* ``bpr`` (:class:`BPRLoss`) — Bayesian personalized ranking (Rendle et al., UAI 2009);
+* ``sampled_softmax`` (:class:`SampledSoftmaxLoss`) — softmax over the positive and ``M``
+  negatives shared by the batch or by each sequence (uniform, popularity-proportional or in-batch
+  mixed with uniform) with logQ correction;
+* ``ce`` (:class:`FullCrossEntropyLoss`) — exact softmax over the whole catalogue, item-chunked
+  (:mod:`.chunked_ce`).
 
-The losses over shared negatives run fused by default (:mod:`.fused_sampled`: one reused logit
-block, a backward pass of two products); the functions below are the plain-PyTorch reference,
-selected with ``fused_loss: false``.
-
-Adding a loss is one :class:`Loss` subclass under ``@register_loss("name")`` (``docs/architecture.md``).
+The losses over shared negatives compute their logits in a submodule (:class:`SampledSoftmax`,
+:class:`SharedGBCE`, :class:`ChunkedSoftmax`): written out here in plain PyTorch, and swapped by
+the speed parts for fused ones with reused blocks (``fast/speed.py``, ``speed.fused_losses``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.mixins import HyperparametersMixin
 from torch import Tensor, nn
 
-from ..fast.fused_sampled import at_least_fp32, fused_gbce, fused_sampled_softmax
-from .chunked_ce import Workspace, chunked_cross_entropy
-from .encoder import SASRec
+from ..errors import OptionError
+from ..validation import at_least, in_range, one_of
+from .chunked_ce import BlockSource, chunked_cross_entropy
+from .items import ItemRepresentation
 
 if TYPE_CHECKING:
     from ..data.batches import TrainingStatistics
@@ -44,43 +49,45 @@ if TYPE_CHECKING:
 __all__ = [
     "Loss",
     "LOSSES",
-    "LossName",
-    "register_loss",
-    "build_loss",
+    "resolve_loss",
+    "loss_spec",
     "bce_loss",
     "gbce_loss",
     "gbce_beta",
     "bpr_loss",
     "sampled_softmax_loss",
     "gbce_shared_loss",
+    "at_least_fp32",
     "BCELoss",
     "GBCELoss",
     "BPRLoss",
     "SampledSoftmaxLoss",
     "FullCrossEntropyLoss",
+    "SampledSoftmax",
+    "SharedGBCE",
+    "ChunkedSoftmax",
 ]
 
 Sampling = Literal["uniform", "popularity", "in_batch"]
+Sharing = Literal["batch", "sequence"]
 
 
-class Loss(nn.Module):
-    """Base class of the training losses: the call signature plus three optional hooks.
+class Loss(HyperparametersMixin, nn.Module):
+    """Base class of the training losses: the call signature plus what a loss declares.
 
-    Class attributes and hooks a loss may override:
+    A loss's options are its ``__init__`` arguments (LightningCLI builds them from the config);
+    calling ``self.save_hyperparameters()`` there lets a checkpoint rebuild it. It may set:
 
-    * ``needs_negatives``: the training batches carry ``data.num_negatives`` sampled negatives per
+    * ``needs_negatives``: the training batches carry ``data.loader.num_negatives`` sampled negatives per
       position; when ``False`` the data module draws none and ``negatives`` is ``(N, 0)``;
-    * :meth:`from_options`: build the loss from the module's options (``SASRecModule`` fields);
+    * ``reads_whole_table``: it reads every item's vector each step (``items.table()``), which a
+      sharded item table cannot serve;
     * :meth:`setup`: take what the loss needs from the training data before the first step;
-    * :meth:`release_memory`: let go of memory kept between training steps.
+    * :meth:`peak_block`: the size of the largest block a step holds, when it is large.
     """
 
-    needs_negatives: ClassVar[bool] = False
-
-    @classmethod
-    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> Loss:
-        """The loss for ``num_items`` items from the module's options (by default: no options)."""
-        return cls()
+    needs_negatives: bool = False
+    reads_whole_table: ClassVar[bool] = False
 
     def setup(self, statistics: TrainingStatistics | None) -> None:
         """Called before the first training step with the data module's ``training_statistics()``.
@@ -90,15 +97,16 @@ class Loss(nn.Module):
                 does not come from a data module that provides them.
         """
 
-    def release_memory(self) -> None:
-        """Free memory kept from step to step (called after training and before evaluation)."""
+    def peak_block(self, positions: int, sequences: int, num_items: int, hidden_size: int) -> int:
+        """Float values of the largest block one step holds (for the memory estimate); small losses: 0."""
+        return 0
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         """The mean loss over positions.
 
         Args:
-            encoder: the model (item vectors: ``score_items``, ``item_vectors``, ``output_weight``).
+            items: the scored items (``items(ids)``, ``items.table()``, ``items.num_items``).
             hidden: ``(N, d)`` hidden states at real positions, row-major.
             targets: ``(N,)`` next items.
             negatives: ``(N, k)`` sampled negatives (``k = 0`` unless ``needs_negatives``).
@@ -111,47 +119,35 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-LOSSES: dict[str, type[Loss]] = {}
+def at_least_fp32(tensor: Tensor) -> Tensor:
+    """``tensor`` in fp32, or as it is when already fp64 (the losses compute in fp32 under mixed precision)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
-def register_loss(name: str) -> Callable[[type[Loss]], type[Loss]]:
-    """Class decorator: make a :class:`Loss` selectable as ``--model.loss name``."""
-
-    def register(cls: type[Loss]) -> type[Loss]:
-        if name in LOSSES and LOSSES[name] is not cls:
-            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].__qualname__})")
-        LOSSES[name] = cls
-        return cls
-
-    return register
+def _scores(items: ItemRepresentation, hidden: Tensor, item_ids: Tensor) -> Tensor:
+    """Dot products of ``hidden (N, d)`` with the vectors of ``item_ids (N, C)``: ``(N, C)``."""
+    return (items(item_ids) * hidden.unsqueeze(-2)).sum(dim=-1)
 
 
-def build_loss(name: str, num_items: int, **options: Any) -> Loss:
-    """The registered loss ``name`` for ``num_items`` items, configured from ``options`` (module fields)."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[name].from_options(num_items, options)
-
-
-def _target_and_negative_scores(encoder: SASRec, hidden: Tensor, targets: Tensor,
+def _target_and_negative_scores(items: ItemRepresentation, hidden: Tensor, targets: Tensor,
                                 negatives: Tensor) -> tuple[Tensor, Tensor]:
     """Scores of each position's target ``(N,)`` and negatives ``(N, k)`` from one item-table lookup.
 
     One lookup means one gradient accumulation into the item table's gradient buffer per step
     instead of two.
     """
-    scores = encoder.score_items(hidden, torch.cat([targets.unsqueeze(-1), negatives], dim=-1))  # (N, 1 + k)
+    scores = _scores(items, hidden, torch.cat([targets.unsqueeze(-1), negatives], dim=-1))  # (N, 1 + k)
     return scores[:, 0], scores[:, 1:]
 
 
-def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+def bce_loss(items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
     """The paper's binary cross-entropy (Eq. 6): the next item against sampled negatives.
 
     ``-log sigma(r_pos) - mean_k log(1 - sigma(r_neg_k))``, averaged over positions; with one
     negative per position this is exactly the paper's loss.
 
     Args:
-        encoder: the model (for its item embeddings).
+        items: the scored items (their vectors).
         hidden: ``(N, d)`` hidden states at non-padded positions.
         targets: ``(N,)`` next items.
         negatives: ``(N, k)`` sampled negative items.
@@ -161,7 +157,7 @@ def bce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
-        positive, negative = _target_and_negative_scores(encoder, hidden, targets, negatives)  # (N,), (N, k)
+        positive, negative = _target_and_negative_scores(items, hidden, targets, negatives)  # (N,), (N, k)
         # softplus(-x) = -log sigma(x); softplus(x) = -log(1 - sigma(x)), both numerically stable.
         return F.softplus(-positive).mean() + F.softplus(negative).mean(dim=-1).mean()
 
@@ -176,7 +172,7 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor, t: float = 0.75) -> Tensor:
+def gbce_loss(items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor, t: float = 0.75) -> Tensor:
     """Generalized BCE (gSASRec, Petrov & Macdonald, RecSys 2023, Eq. 11).
 
     The positive probability is raised to ``beta``: ``sigma(s+)^beta``, i.e. the positive logit is
@@ -185,7 +181,7 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
     the transformed term is computed in closed form, with no clamping.
 
     Args:
-        encoder: the model.
+        items: the scored items.
         hidden: ``(N, d)`` hidden states at real positions.
         targets: ``(N,)`` next items.
         negatives: ``(N, k)`` sampled negatives.
@@ -194,15 +190,15 @@ def gbce_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tenso
     Returns:
         Scalar loss.
     """
-    beta = gbce_beta(negatives.size(-1), encoder.num_items, t)
+    beta = gbce_beta(negatives.size(-1), items.num_items, t)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         hidden = hidden.float()
-        positive, negative = _target_and_negative_scores(encoder, hidden, targets, negatives)  # (N,), (N, k)
+        positive, negative = _target_and_negative_scores(items, hidden, targets, negatives)  # (N,), (N, k)
         per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
         return (per_position / (negatives.size(-1) + 1)).mean()
 
 
-def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
+def gbce_shared_loss(items: ItemRepresentation, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
                      rows: Tensor | None = None) -> Tensor:
     """GBCE over negatives shared by the batch ``(M,)`` or by each sequence ``(B, M)``, written out.
 
@@ -210,7 +206,7 @@ def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: T
     negative equal to the position's target (an accidental hit) is left out of the sum.
 
     Args:
-        encoder: the model.
+        items: the scored items.
         hidden: ``(N, d)`` hidden states at real positions (row-major).
         targets: ``(N,)`` next items.
         shared: ``(M,)`` or ``(B, M)`` negative item ids.
@@ -221,18 +217,18 @@ def gbce_shared_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: T
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        positive, negative = _shared_logits(encoder, at_least_fp32(hidden), targets, shared, rows)
+        positive, negative = _shared_logits(items, at_least_fp32(hidden), targets, shared, rows)
         per_position = beta * F.softplus(-positive) + F.softplus(negative).sum(dim=-1)  # (N,)
         return (per_position / (shared.size(-1) + 1)).mean()
 
 
-def bpr_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+def bpr_loss(items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
     """Bayesian personalized ranking (Rendle et al., UAI 2009): ``-log sigma(r_pos - r_neg)``.
 
     Averaged over each position's ``k`` negatives, then over positions.
 
     Args:
-        encoder: the model.
+        items: the scored items.
         hidden: ``(N, d)`` hidden states at real positions.
         targets: ``(N,)`` next items.
         negatives: ``(N, k)`` sampled negatives.
@@ -241,7 +237,7 @@ def bpr_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        positive, negative = _target_and_negative_scores(encoder, hidden.float(), targets, negatives)  # (N,), (N, k)
+        positive, negative = _target_and_negative_scores(items, hidden.float(), targets, negatives)  # (N,), (N, k)
         return F.softplus(negative - positive.unsqueeze(-1)).mean()  # softplus(-x) = -log sigma(x)
 
 
@@ -263,20 +259,20 @@ def sequence_scores(hidden: Tensor, rows: Tensor, vectors: Tensor) -> Tensor:
     return torch.bmm(padded, vectors.transpose(1, 2))[rows, column]  # (B, L', M) -> (N, M)
 
 
-def _shared_logits(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor, rows: Tensor | None,
+def _shared_logits(items: ItemRepresentation, hidden: Tensor, targets: Tensor, shared: Tensor, rows: Tensor | None,
                    log_q: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The written-out logits of the shared-negative losses: ``(N,)`` targets' and ``(N, M)`` negatives'.
 
     With ``log_q`` both are corrected by ``- log Q``; then a negative equal to its position's
     target (an accidental hit) is set to ``-inf``.
     """
-    positive = (hidden * at_least_fp32(encoder.item_vectors(targets))).sum(dim=-1)  # (N,)
+    positive = (hidden * at_least_fp32(items(targets))).sum(dim=-1)  # (N,)
     if shared.dim() == 1:
-        negative, negative_ids = hidden @ at_least_fp32(encoder.item_vectors(shared)).T, shared.unsqueeze(0)
+        negative, negative_ids = hidden @ at_least_fp32(items(shared)).T, shared.unsqueeze(0)
     elif rows is None:
         raise ValueError("per-sequence negatives (B, M) need `rows`, the sequence of each position")
     else:
-        vectors = at_least_fp32(encoder.item_vectors(shared))  # (B, M, d)
+        vectors = at_least_fp32(items(shared))  # (B, M, d)
         negative, negative_ids = sequence_scores(hidden, rows, vectors), shared[rows]  # (N, M), (N, M)
     if log_q is not None:
         log_q = log_q.to(hidden.dtype)
@@ -286,7 +282,7 @@ def _shared_logits(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Ten
     return positive, negative
 
 
-def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, shared: Tensor,
+def sampled_softmax_loss(items: ItemRepresentation, hidden: Tensor, targets: Tensor, shared: Tensor,
                          log_q: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """Softmax cross-entropy of each target against sampled negatives shared by many positions.
 
@@ -299,7 +295,7 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
     the full one for non-uniform samplers.
 
     Args:
-        encoder: the model.
+        items: the scored items.
         hidden: ``(N, d)`` hidden states at real positions (row-major, as ``hidden[real]``).
         targets: ``(N,)`` next items.
         shared: ``(M,)`` negative item ids for the whole batch or ``(B, M)`` per sequence.
@@ -310,73 +306,35 @@ def sampled_softmax_loss(encoder: SASRec, hidden: Tensor, targets: Tensor, share
         Scalar loss.
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        positive, negative = _shared_logits(encoder, at_least_fp32(hidden), targets, shared, rows, log_q)
+        positive, negative = _shared_logits(items, at_least_fp32(hidden), targets, shared, rows, log_q)
         logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)  # (N, 1 + M)
         return (torch.logsumexp(logits, dim=-1) - positive).mean()
 
 
-@register_loss("bce")
 class BCELoss(Loss):
     """``bce``: the paper's loss with the data module's ``k`` negatives per position."""
 
     needs_negatives = True
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        return bce_loss(encoder, hidden, targets, negatives)
+        return bce_loss(items, hidden, targets, negatives)
 
 
-@register_loss("gbce")
-class GBCELoss(Loss):
-    """``gbce``: generalized BCE with calibration ``t`` (``gbce_t``).
-
-    Negatives: the data module's ``k`` per position (``gbce_shared_negatives: 0``, gSASRec's
-    setup), or ``M = gbce_shared_negatives`` uniform negatives drawn by the loss and shared by the
-    batch or by each sequence (``negative_sharing``), scored as one logit block: many negatives
-    for the price of a matrix product (fused by default, ``fused_loss``).
-    """
+class BPRLoss(Loss):
+    """``bpr``: pairwise ranking of the target above each of the data module's ``k`` negatives."""
 
     needs_negatives = True
 
-    def __init__(self, t: float = 0.75, num_items: int | None = None, shared_negatives: int = 0,
-                 sharing: Literal["batch", "sequence"] = "batch", fused: bool = True) -> None:
-        super().__init__()
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"gbce_t must be in [0, 1], got {t}")
-        if shared_negatives < 0:
-            raise ValueError(f"gbce_shared_negatives must be at least 0, got {shared_negatives}")
-        if shared_negatives and num_items is None:
-            raise ValueError("gbce with shared negatives needs num_items")
-        if sharing not in ("batch", "sequence"):
-            raise ValueError(f"unknown negative sharing {sharing!r}; expected batch or sequence")
-        self.t = t
-        self.num_items = num_items
-        self.shared_negatives = shared_negatives
-        self.sharing = sharing
-        self.fused = fused
-        self.needs_negatives = shared_negatives == 0  # with shared negatives the loss draws its own
-        self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
-        self.grid_workspace = Workspace()  # per sequence: the (B, M, d) negative vectors, reused too
-
-    @classmethod
-    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> GBCELoss:
-        return cls(options.get("gbce_t", 0.75), num_items, options.get("gbce_shared_negatives", 0),
-                   options.get("negative_sharing", "batch"), options.get("fused_loss", True))
-
-    def release_memory(self) -> None:
-        self.workspace.clear()
-        self.grid_workspace.clear()
-
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        if not self.shared_negatives:
-            return gbce_loss(encoder, hidden, targets, negatives, self.t)
-        shared = torch.randint(1, self.num_items + 1, _shared_shape(self.shared_negatives, self.sharing, rows),
-                               device=targets.device, generator=generator)
-        beta = gbce_beta(self.shared_negatives, self.num_items, self.t)
-        if self.fused:
-            return fused_gbce(encoder, hidden, targets, shared, beta, rows, self.workspace, self.grid_workspace)
-        return gbce_shared_loss(encoder, hidden, targets, shared, beta, rows)
+        return bpr_loss(items, hidden, targets, negatives)
+
+
+def _shared_block(negatives: int, sharing: str, positions: int, sequences: int, hidden_size: int) -> int:
+    """``(N, M)`` logits, their gradient and a work copy; the ``(draws, M, d)`` negative vectors and their gradient."""
+    draws = sequences if sharing == "sequence" else 1
+    return 3 * positions * negatives + 2 * draws * negatives * hidden_size
 
 
 def _shared_shape(num_negatives: int, sharing: str, rows: Tensor | None) -> tuple[int, ...]:
@@ -388,105 +346,124 @@ def _shared_shape(num_negatives: int, sharing: str, rows: Tensor | None) -> tupl
     return (int(rows.max()) + 1 if rows.numel() else 1, num_negatives)
 
 
-@register_loss("bpr")
-class BPRLoss(Loss):
-    """``bpr``: pairwise ranking of the target above each of the data module's ``k`` negatives."""
+class SharedGBCE(nn.Module):
+    """gBCE's logits over shared negatives, written out (:func:`gbce_shared_loss`); fused by the speed parts."""
 
-    needs_negatives = True
-
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
-                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        return bpr_loss(encoder, hidden, targets, negatives)
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, shared: Tensor, beta: float,
+                rows: Tensor | None) -> Tensor:
+        return gbce_shared_loss(items, hidden, targets, shared, beta, rows)
 
 
-@register_loss("sampled_softmax")
-class SampledSoftmaxLoss(Loss):
-    """``sampled_softmax``: ``num_negatives`` sampled negatives shared by the batch or by each sequence.
+class GBCELoss(Loss):
+    """``gbce``: generalized BCE with calibration ``t``.
 
     Args:
-        num_items: catalogue size ``I``.
-        num_negatives: negatives ``M`` per batch or per sequence (e.g. 3000).
+        t: calibration parameter in ``[0, 1]`` (gSASRec's default 0.75); 0 is plain BCE.
+        shared_negatives: ``M`` uniform negatives drawn by the loss and shared by the batch or by each
+            sequence (``sharing``) and scored as one logit block: many negatives for the price of a
+            matrix product. ``0`` (the default, gSASRec's setup): the data module's
+            ``data.loader.num_negatives`` per position.
+        sharing: ``batch`` (one draw for every position of the batch) or ``sequence`` (one per
+            sequence, shared by its positions).
+    """
+
+    def __init__(self, t: float = 0.75, shared_negatives: int = 0, sharing: Sharing = "batch") -> None:
+        super().__init__()
+        section = "model.loss"
+        in_range(section, "t", t, 0.0, 1.0)
+        at_least(section, "shared_negatives", shared_negatives, 0)
+        one_of(section, "sharing", sharing, Sharing)
+        self.save_hyperparameters()
+        self.t, self.shared_negatives, self.sharing = t, shared_negatives, sharing
+        self.needs_negatives = shared_negatives == 0  # with shared negatives the loss draws its own
+        self.logits = SharedGBCE()
+
+    def peak_block(self, positions: int, sequences: int, num_items: int, hidden_size: int) -> int:
+        return _shared_block(self.shared_negatives, self.sharing, positions, sequences, hidden_size) \
+            if self.shared_negatives else 0
+
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
+                generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
+        if not self.shared_negatives:
+            return gbce_loss(items, hidden, targets, negatives, self.t)
+        shared = torch.randint(1, items.num_items + 1, _shared_shape(self.shared_negatives, self.sharing, rows),
+                               device=targets.device, generator=generator)
+        return self.logits(items, hidden, targets, shared, gbce_beta(self.shared_negatives, items.num_items, self.t),
+                           rows)
+
+
+class SampledSoftmax(nn.Module):
+    """Sampled softmax's logits, written out (:func:`sampled_softmax_loss`); fused by the speed parts."""
+
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, shared: Tensor,
+                log_q: Tensor | None, rows: Tensor | None) -> Tensor:
+        return sampled_softmax_loss(items, hidden, targets, shared, log_q, rows)
+
+
+class SampledSoftmaxLoss(Loss):
+    """``sampled_softmax``: ``negatives`` sampled negatives shared by the batch or by each sequence.
+
+    Args:
+        negatives: negatives ``M`` per batch or per sequence (e.g. 3000).
         sampling: ``uniform``; ``popularity`` (proportional to training frequency); ``in_batch``
             (other positions' targets, i.e. popularity-proportional for free) mixed with uniform.
         in_batch_fraction: share of the ``M`` negatives taken in-batch under ``in_batch``.
-        logq_correction: subtract ``log Q`` (off only for ablations; a no-op for uniform).
+        logq_correction: subtract ``log Q``, the log expected count of each item in a draw (off only
+            for ablations; a no-op for uniform sampling, where it cancels).
         sharing: ``batch``: one draw of ``M`` for every position of the batch (one ``(N, M)``
             matmul); ``sequence``: a draw of ``M`` per sequence, shared by its positions, as in
             Klenitskiy & Vasilev's SASRec+ (independent negatives across sequences: a less noisy
             batch gradient for ``B`` times the sampled item vectors).
-        fused: compute the loss as one fused operation (:mod:`.fused_sampled`, the default) or
-            with the written-out :func:`sampled_softmax_loss` (same value).
     """
 
-    def __init__(self, num_items: int, num_negatives: int = 3000, sampling: Sampling = "uniform",
-                 in_batch_fraction: float = 0.5, logq_correction: bool = True,
-                 sharing: Literal["batch", "sequence"] = "batch", fused: bool = True) -> None:
+    def __init__(self, negatives: int = 3000, sampling: Sampling = "uniform", in_batch_fraction: float = 0.5,
+                 logq_correction: bool = True, sharing: Sharing = "batch") -> None:
         super().__init__()
-        if num_negatives < 1:
-            raise ValueError(f"sampled_softmax needs at least 1 negative, got num_negatives={num_negatives}")
-        if sampling not in ("uniform", "popularity", "in_batch"):
-            raise ValueError(f"unknown negative sampling {sampling!r}; expected uniform, popularity or in_batch")
-        if not 0.0 <= in_batch_fraction <= 1.0:
-            raise ValueError(f"in_batch_fraction must be in [0, 1], got {in_batch_fraction}")
-        if sharing not in ("batch", "sequence"):
-            raise ValueError(f"unknown negative sharing {sharing!r}; expected batch or sequence")
-        self.num_items = num_items
-        self.num_negatives = num_negatives
-        self.sampling = sampling
-        self.in_batch_fraction = in_batch_fraction
-        self.logq_correction = logq_correction
-        self.sharing = sharing
-        self.fused = fused
-        self.workspace = Workspace()  # the fused loss's logit block, reused from step to step
-        self.grid_workspace = Workspace()  # per sequence: the (B, M, d) negative vectors, reused too
-        # Training target frequency of every item id (row 0 unused); uniform until set_frequencies.
-        counts = torch.ones(num_items + 1, dtype=torch.float64)
-        counts[0] = 0
-        self.register_buffer("frequencies", counts, persistent=False)
+        section = "model.loss"
+        at_least(section, "negatives", negatives, 1)
+        one_of(section, "sampling", sampling, Sampling)
+        in_range(section, "in_batch_fraction", in_batch_fraction, 0.0, 1.0)
+        one_of(section, "sharing", sharing, Sharing)
+        self.save_hyperparameters()
+        self.num_negatives, self.sampling, self.in_batch_fraction = negatives, sampling, in_batch_fraction
+        self.logq_correction, self.sharing = logq_correction, sharing
+        self.logits = SampledSoftmax()
+        # Training target frequency of every item id (row 0 unused), from `setup` (non-uniform sampling).
+        self.register_buffer("frequencies", torch.zeros(0, dtype=torch.float64), persistent=False)
         self._cache: tuple | None = None  # (device, frequencies) -> popularity and log Q
 
-    @classmethod
-    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> SampledSoftmaxLoss:
-        return cls(num_items, options.get("sampled_negatives", 3000), options.get("negative_sampling", "uniform"),
-                   options.get("in_batch_fraction", 0.5), options.get("logq_correction", True),
-                   options.get("negative_sharing", "batch"), options.get("fused_loss", True))
-
-    def release_memory(self) -> None:
-        """Let go of the kept logit block (``positions x negatives`` floats) and negative grid until the next step."""
-        self.workspace.clear()
-        self.grid_workspace.clear()
+    def peak_block(self, positions: int, sequences: int, num_items: int, hidden_size: int) -> int:
+        return _shared_block(self.num_negatives, self.sharing, positions, sequences, hidden_size)
 
     def setup(self, statistics: TrainingStatistics | None) -> None:
         """Popularity and in-batch sampling: the training target counts (``statistics.item_counts``)."""
         if self.sampling == "uniform":
             return
         if statistics is None:
-            raise ValueError(
-                f"negative_sampling={self.sampling!r} needs item frequencies from a data module with "
-                "training_statistics() (SASRecDataModule); use negative_sampling: uniform otherwise"
+            raise OptionError(
+                f"--model.loss.sampling {self.sampling}: needs item frequencies from a data module with "
+                "training_statistics() (SASRecDataModule); use sampling: uniform otherwise"
             )
         self.set_frequencies(torch.from_numpy(statistics.item_counts))
 
     def set_frequencies(self, counts: Tensor) -> None:
         """Item counts ``(I + 1,)`` that define popularity sampling and the in-batch logQ."""
         counts = torch.as_tensor(counts, dtype=torch.float64, device=self.frequencies.device).clone()
-        if counts.shape != self.frequencies.shape:
-            raise ValueError(f"expected {tuple(self.frequencies.shape)} item counts, got {tuple(counts.shape)}")
         counts[0] = 0
         self.frequencies = counts
         self._cache = None
 
-    def sample(self, targets: Tensor, generator: torch.Generator | None = None,
+    def sample(self, targets: Tensor, num_items: int, generator: torch.Generator | None = None,
                shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Negatives of ``shape`` and the ``(I + 1,)`` log expected count of every item in a draw of ``M``.
 
         ``shape`` is ``(M,)`` by default, ``(B, M)`` for negatives per sequence. Drawn from
         ``generator`` (the training batches seed one per batch) or the global torch RNG.
         """
-        m, num_items, device = self.num_negatives, self.num_items, targets.device
+        m, device = self.num_negatives, targets.device
         shape = shape or (m,)
         lead = shape[:-1]
-        popularity, log_q = self._distributions(device)
+        popularity, log_q = self._distributions(num_items, device)
         if self.sampling == "uniform":
             return torch.randint(1, num_items + 1, shape, device=device, generator=generator), log_q
         if self.sampling == "popularity":
@@ -497,18 +474,22 @@ class SampledSoftmaxLoss(Loss):
         uniform = torch.randint(1, num_items + 1, (*lead, m - in_batch), device=device, generator=generator)
         return torch.cat([targets[picks], uniform], dim=-1), log_q  # (..., M)
 
-    def _distributions(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _distributions(self, num_items: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The fp32 popularity ``(I + 1,)`` and the ``(I + 1,)`` log expected count of each item in a draw.
 
         Computed once per device and frequency table (a pass over the catalogue each step costs
         milliseconds at a million items).
         """
-        key = (str(device), self.frequencies.data_ptr())
+        key = (str(device), num_items, self.frequencies.data_ptr())
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        m, num_items = self.num_negatives, self.num_items
+        m = self.num_negatives
+        frequencies = self.frequencies
+        if frequencies.numel() != num_items + 1:  # uniform, or no statistics yet: every item once
+            frequencies = torch.ones(num_items + 1, dtype=torch.float64)
+            frequencies[0] = 0
         uniform_q = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64, device=device)
-        popularity = (self.frequencies / self.frequencies.sum()).to(device)  # (I + 1,)
+        popularity = (frequencies / frequencies.sum()).to(device)  # (I + 1,)
         if self.sampling == "uniform":
             expected = uniform_q * m
         elif self.sampling == "popularity":
@@ -519,43 +500,100 @@ class SampledSoftmaxLoss(Loss):
         self._cache = (key, (popularity.float(), expected.log()))
         return self._cache[1]
 
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
-        shared, log_q = self.sample(targets, generator, _shared_shape(self.num_negatives, self.sharing, rows))
-        if self.fused:
-            # Under uniform sampling log Q is the same for every item and cancels: no pass over the block.
-            correct = self.logq_correction and self.sampling != "uniform"
-            return fused_sampled_softmax(encoder, hidden, targets, shared, log_q if correct else None, rows,
-                                         self.workspace, self.grid_workspace)
-        return sampled_softmax_loss(encoder, hidden, targets, shared,
-                                    log_q if self.logq_correction else None, rows)
+        shape = _shared_shape(self.num_negatives, self.sharing, rows)
+        shared, log_q = self.sample(targets, items.num_items, generator, shape)
+        # Under uniform sampling log Q is the same for every item and cancels: no pass over the block.
+        correct = self.logq_correction and self.sampling != "uniform"
+        return self.logits(items, hidden, targets, shared, log_q if correct else None, rows)
 
 
-@register_loss("ce")
+class ChunkedSoftmax(nn.Module):
+    """The exact softmax over every item, item-chunked (:mod:`.chunked_ce`); the speed parts give it a reused block.
+
+    Args:
+        chunk_size: items per chunk (peak memory ~ positions x chunk).
+        blocks: where the ``(N, C)`` logit blocks come from (``None``: fresh tensors).
+    """
+
+    def __init__(self, chunk_size: int, blocks: BlockSource | None = None) -> None:
+        super().__init__()
+        self.chunk_size, self.blocks = chunk_size, blocks
+
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor) -> Tensor:
+        return chunked_cross_entropy(hidden.float(), items.table().float(), targets, self.chunk_size, self.blocks)
+
+
 class FullCrossEntropyLoss(Loss):
-    """``ce``: exact softmax over every item, item-chunked (``ce_chunk_size``) so memory stays bounded."""
+    """``ce``: exact softmax over every item, item-chunked so memory stays bounded.
+
+    Args:
+        chunk_size: items per chunk (peak memory ~ positions x chunk).
+    """
+
+    reads_whole_table = True
 
     def __init__(self, chunk_size: int = 65536) -> None:
         super().__init__()
-        if chunk_size < 1:
-            raise ValueError(f"ce_chunk_size must be at least 1, got {chunk_size}")
-        self.chunk_size = chunk_size
-        self.workspace = Workspace()  # the (N, C) logits block, reused from step to step
+        at_least("model.loss", "chunk_size", chunk_size, 1)
+        self.save_hyperparameters()
+        self.logits = ChunkedSoftmax(chunk_size)
 
-    @classmethod
-    def from_options(cls, num_items: int, options: Mapping[str, Any]) -> FullCrossEntropyLoss:
-        return cls(options.get("ce_chunk_size", 65536))
+    def peak_block(self, positions: int, sequences: int, num_items: int, hidden_size: int) -> int:
+        return 3 * positions * min(self.logits.chunk_size, num_items + 1)  # logits, their softmax and gradient
 
-    def release_memory(self) -> None:
-        """Let go of the kept logits block (up to ~1 GB on Beauty) until the next training step."""
-        self.workspace.clear()
-
-    def forward(self, encoder: SASRec, hidden: Tensor, targets: Tensor, negatives: Tensor,
+    def forward(self, items: ItemRepresentation, hidden: Tensor, targets: Tensor, negatives: Tensor,
                 generator: torch.Generator | None = None, rows: Tensor | None = None) -> Tensor:
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return chunked_cross_entropy(hidden.float(), encoder.output_weight.float(), targets, self.chunk_size,
-                                         self.workspace)
+            return self.logits(items, hidden, targets)
 
 
-# The names ``--model.loss`` accepts, from the registry (validated when the command line is parsed).
-LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+#: The shipped losses by shorthand (``--model.loss bce``); any other ``Loss`` by class path.
+LOSSES: dict[str, type[Loss]] = {
+    "bce": BCELoss,
+    "gbce": GBCELoss,
+    "bpr": BPRLoss,
+    "sampled_softmax": SampledSoftmaxLoss,
+    "ce": FullCrossEntropyLoss,
+}
+
+
+def _imported_loss_class(class_path: str) -> type[Loss] | None:
+    """The ``Loss`` subclass ``class_path`` names if its module is imported already (never imports)."""
+    import sys
+
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    cls = getattr(module, name, None) if module is not None else None
+    return cls if isinstance(cls, type) and issubclass(cls, Loss) else None
+
+
+def resolve_loss(spec: Loss | str | Mapping[str, Any]) -> Loss:
+    """The loss ``spec`` stands for: a :class:`Loss`, a shorthand of :data:`LOSSES`, or ``{class_path, init_args}``.
+
+    A class path (the form a checkpoint stores) must name an already imported ``Loss`` subclass:
+    importing a module named by a file could run its code (import yours before loading, as the
+    CLI does for a class path given in a config).
+
+    Raises:
+        OptionError: an unknown shorthand or a class path that is no imported ``Loss``.
+    """
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str) and spec in LOSSES:
+        return LOSSES[spec]()
+    if isinstance(spec, Mapping) and isinstance(spec.get("class_path"), str):
+        cls = LOSSES.get(spec["class_path"]) or _imported_loss_class(spec["class_path"])
+        if cls is not None:
+            return cls(**dict(spec.get("init_args") or {}))
+    shown = spec.get("class_path") if isinstance(spec, Mapping) else spec
+    raise OptionError(f"--model.loss {shown!r}: expected one of {sorted(LOSSES)} or the class path of an imported "
+                      "Loss subclass (e.g. {class_path: my_losses.SmoothBCE, init_args: {...}}; run with PYTHONPATH "
+                      "set to its folder)")
+
+
+def loss_spec(loss: Loss) -> dict[str, Any]:
+    """``{class_path, init_args}`` of a loss: plain values, what a checkpoint stores to rebuild it."""
+    cls = type(loss)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(loss.hparams)}

@@ -12,14 +12,13 @@ Three ways in:
 * :func:`average_attention` + :func:`plot_attention`, plain functions (a notebook);
 * :class:`AttentionHeatmaps`, a Lightning callback that renders at the end of ``fit`` and ``test``,
   saves PNGs and logs them to W&B when a :class:`~lightning.pytorch.loggers.WandbLogger` is on;
-* ``sasrec-lightning-attention -c CONFIG --ckpt_path BEST`` for a trained checkpoint.
+* ``sasrec-lightning-attention -c CONFIG --ckpt_path BEST`` for a trained checkpoint (``cli/attention.py``).
 
 Plotting needs matplotlib: ``pip install "sasrec-lightning[plots]"``.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch import Tensor
 from ..atomic import atomic_write
 from ..model.encoder import SASRec
 
-__all__ = ["average_attention", "plot_attention", "AttentionHeatmaps", "main"]
+__all__ = ["average_attention", "plot_attention", "AttentionHeatmaps"]
 
 
 @torch.no_grad()
@@ -214,70 +213,3 @@ class AttentionHeatmaps(Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.render_on_test_end and trainer.is_global_zero:
             self.render(trainer, pl_module)
-
-
-def main(args: list[str] | None = None) -> None:
-    """``sasrec-lightning-attention -c CONFIG --ckpt_path BEST [--attention.output_dir DIR]``.
-
-    Reads the same config as ``sasrec-lightning`` (the data and, with a W&B logger, the logger),
-    loads the checkpoint and renders the heatmaps once.
-    """
-    from ..cli.app import exit_on_reported_errors, quiet_known_warnings
-
-    quiet_known_warnings()
-    exit_on_reported_errors(_render_checkpoint, args)
-
-
-def _render_checkpoint(args: list[str] | None) -> None:
-    from ..cli.app import SASRecArgumentParser, SASRecCLI, resolve_config_args
-    from ..data.datamodule import SASRecDataModule
-    from ..training.checkpoints import (
-        check_checkpoint_classes,
-        check_item_ids,
-        data_setting_differences,
-        read_checkpoint,
-    )
-    from ..training.module import SASRecModule
-
-    class AttentionCLI(SASRecCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            super().add_arguments_to_parser(parser)
-            parser.add_argument("--ckpt_path", type=str | None, default=None,
-                                help="checkpoint to load (empty: the freshly initialized model of the config); "
-                                "its model and data settings fill in what the config does not give")
-            # Keys of a run's saved config.yaml that mean nothing here; accepted so that file can be passed.
-            parser.add_argument("--weights_only", type=bool | None, default=None,
-                                help="accepted for a run's saved config.yaml; checkpoints always load with "
-                                "weights_only=True")
-            parser.add_class_arguments(AttentionHeatmaps, "attention")
-
-        def _parse_ckpt_path(self) -> None:  # no subcommand: the checkpoint fills the top level
-            self._apply_checkpoint(None)
-
-    if args is None:  # -c NAME: a packaged config (rewritten in place, as sasrec-lightning does)
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-    else:
-        args = resolve_config_args(list(args))
-    cli = AttentionCLI(SASRecModule, SASRecDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=args, save_config_callback=None, parser_class=SASRecArgumentParser)
-    model = cli.model
-    ckpt_path = cli.config.get("ckpt_path")
-    if ckpt_path:
-        checkpoint = read_checkpoint(ckpt_path)
-        # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it,
-        # and one trained on other items than the config's data (its heatmaps would describe other sequences).
-        check_checkpoint_classes(checkpoint.get("hyper_parameters") or {}, SASRecModule, ckpt_path)
-        sequences = getattr(cli.datamodule, "sequences", None)
-        if checkpoint.get("item_ids") is not None and sequences is not None:
-            differences = data_setting_differences(checkpoint.get("datamodule_hyper_parameters"),
-                                                   cli.datamodule.hparams)
-            check_item_ids(checkpoint["item_ids"], sequences.item_ids, differences)
-        model = type(model).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    callback = AttentionHeatmaps(**cli.config.get("attention").as_dict())
-    cli.datamodule.setup(callback.stage)
-    for path in callback.render(cli.trainer, model, cli.datamodule):
-        print(f"[sasrec-lightning] wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,27 +7,25 @@ Ids are internal (``1..num_items``, 0 = padding); the command writes the origina
 to the model (``<output>.items.json``, index = internal id) so a service can translate both ways.
 Every file is written whole or not at all (``atomic.py``).
 
-``sasrec-lightning-export --ckpt_path model.ckpt --output model.onnx`` (or ``model.pt`` for
-TorchScript). ONNX needs the optional extra: ``pip install "sasrec-lightning[onnx]"``.
+The command ``sasrec-lightning-export`` (``cli/export.py``) exports a checkpoint. ONNX needs the
+optional extra: ``pip install "sasrec-lightning[onnx]"``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_path, atomic_write, write_text
+from ..atomic import atomic_path, atomic_write
 from ..errors import ModelError
 from ..model.divergence import nonfinite_parameters, weights_error
 from ..model.encoder import SASRec
 
-__all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "export_checkpoint", "main"]
+__all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "example_input"]
 
 INPUT_NAMES = ["input_ids"]
 OUTPUT_NAMES = ["scores", "user_vectors"]
@@ -137,46 +135,3 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
     with atomic_path(path, "the ONNX export", "--output") as temporary:
         program.save(str(temporary))
     return Path(path)
-
-
-def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | None = None) -> list[Path]:
-    """Load a ``SASRecModule`` checkpoint (``weights_only``) and export it; returns the written files."""
-    from ..errors import OptionError
-    from ..training.checkpoints import check_checkpoint_classes, read_checkpoint
-    from ..training.module import SASRecModule
-
-    output = Path(output)
-    format = format or {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(output.suffix.lower())
-    if format not in ("onnx", "torchscript"):
-        raise OptionError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
-                         "(ONNX) or .pt/.ts (TorchScript), or pass --format onnx|torchscript")
-    # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
-    check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
-    module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)
-    check_exportable(module.model, f"export --ckpt_path {str(ckpt_path)!r}")
-    written = [export_onnx(module.model, output) if format == "onnx" else export_torchscript(module.model, output)]
-    if module.item_vocabulary is not None:
-        items = output.with_name(output.name + ".items.json")
-        write_text(items, json.dumps(module.item_vocabulary.to_list()), "the item ids", "--output")
-        written.append(items)
-    return written
-
-
-def main(args: list[str] | None = None) -> None:
-    """``sasrec-lightning-export``: a checkpoint to TorchScript or ONNX."""
-    parser = argparse.ArgumentParser(prog="sasrec-lightning-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `sasrec-lightning fit`")
-    parser.add_argument("--output", required=True, help="model.onnx (ONNX) or model.pt (TorchScript)")
-    parser.add_argument("--format", choices=["onnx", "torchscript"], default=None,
-                        help="override the format chosen from the extension")
-    options = parser.parse_args(args)
-    from ..cli.app import exit_on_reported_errors, quiet_known_warnings
-
-    quiet_known_warnings()
-
-    for path in exit_on_reported_errors(export_checkpoint, options.ckpt_path, options.output, options.format):
-        print(f"[sasrec-lightning] wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -25,7 +25,6 @@ from torch import Tensor
 from ..data.vocabulary import ItemVocabulary
 from ..errors import ModelError
 from ..model.divergence import nonfinite_parameters, untrusted_rows, weights_error
-from ..training.checkpoints import check_checkpoint_data
 from .recommend import Recommendations, predict_top_k, recommend, served_items
 
 __all__ = ["ServingMixin"]
@@ -56,7 +55,7 @@ class ServingMixin:
         end when there are any (:meth:`on_predict_epoch_end`).
         """
         prediction = predict_top_k(self.model, batch, self.predict_k, self.predict_exclude_seen,
-                                   self.hparams.eval_chunk_size)
+                                   self.evaluation.chunk_size)
         scores = prediction["scores"]  # (B, k)
         excluded = batch["seen_rows"].bincount(minlength=scores.size(0)) if self.predict_exclude_seen else None  # (B,)
         untrusted = untrusted_rows(scores, self.model.num_items, excluded).sum()
@@ -103,8 +102,12 @@ class ServingMixin:
         if counts is not None:
             self.item_popularity.copy_(counts)
 
-    def setup(self, stage: str) -> None:
-        datamodule = self._datamodule()
+    def attach_item_ids(self, datamodule) -> None:
+        """Take the original item ids and item counts from ``datamodule`` (its public ``item_ids()``).
+
+        Called by the module's ``setup``; a data module without ``item_ids()`` leaves the model in
+        internal ids (``recommend`` and ``predict`` then answer in them).
+        """
         if self.item_vocabulary is None and hasattr(datamodule, "item_ids"):
             item_ids = datamodule.item_ids()
             if len(item_ids) == self.model.num_items + 1:
@@ -119,17 +122,9 @@ class ServingMixin:
             checkpoint["item_ids"] = self.item_vocabulary.to_list()  # plain ints/strings: weights_only-safe
 
     def _load_item_ids(self, checkpoint: dict) -> None:
-        """Check that ``checkpoint`` fits the data (before its weights load), then take its item ids."""
-        datamodule = self._datamodule()
-        data_ids = datamodule.item_ids() if hasattr(datamodule, "item_ids") else (
-            None if self.item_vocabulary is None else self.item_vocabulary.item_ids)
-        check_checkpoint_data(checkpoint, self.state_dict(), self.model.num_items,
-                              getattr(datamodule, "hparams", None), data_ids)
+        """Take the checkpoint's item ids (checked against the data by the module, before its weights load)."""
         if checkpoint.get("item_ids") is not None:
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
-        state = checkpoint.get("state_dict")
-        if state is not None and "item_popularity" not in state:  # written before the buffer existed
-            state["item_popularity"] = torch.zeros_like(self.item_popularity)
 
     def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
                   strict: bool = False) -> Recommendations:
@@ -150,4 +145,4 @@ class ServingMixin:
             scores, and whether it was answered with the most-popular items (no known item).
         """
         return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
-                         strict=strict, chunk_size=self.hparams.eval_chunk_size)
+                         strict=strict, chunk_size=self.evaluation.chunk_size)

@@ -30,25 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.options import RUNTIME_OPTIONS
 from ..errors import CheckpointError
 
 __all__ = ["read_checkpoint", "check_archive", "imported_class", "check_checkpoint_classes", "check_state_shapes",
            "check_state_dtypes", "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal",
            "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
-           "DATA_OPTIONS", "DATA_RUNTIME_OPTIONS", "data_setting_differences", "plain"]
+           "DATA_OPTIONS", "data_setting_differences", "plain", "flat_options"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
 
 # The data options that decide the item ids (internal id -> original id) a model is trained with.
-DATA_OPTIONS = ("path, format, user_column/item_column, min_user_interactions, min_item_interactions, filter_mode, "
-                "min_rating and deduplicate")
-
-
-# Data options that say how to run, not which data a model was trained on: never taken from a
-# checkpoint, never named as a difference.
-DATA_RUNTIME_OPTIONS = ("predict_users", "cache_dir", "num_proc", "use_cache", "rebuild_cache", "hash_source",
-                        "print_statistics", "batch_size", "eval_batch_size", "num_workers")
+DATA_OPTIONS = "path, source (format, columns), preprocessing (filters) and max_len"
 
 
 def plain(value):
@@ -56,6 +50,22 @@ def plain(value):
     if isinstance(value, (tuple, list)):
         return [plain(item) for item in value]
     return value
+
+
+def flat_options(options: Mapping, prefix: str = "") -> dict:
+    """Nested option groups as dotted keys: ``{"source": {"user_column": "u"}}`` -> ``{"source.user_column": "u"}``.
+
+    Keys starting with ``_`` (LightningCLI's ``_class_path``) are left out.
+    """
+    flat = {}
+    for key, value in options.items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, Mapping):
+            flat.update(flat_options(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def data_setting_differences(saved: Mapping | None, current: Mapping | None) -> str:
@@ -70,8 +80,9 @@ def data_setting_differences(saved: Mapping | None, current: Mapping | None) -> 
     """
     if not saved or not current:
         return ""
+    saved, current = flat_options(saved), flat_options(current)
     differ = [f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} here" for key in saved
-              if key in current and not key.startswith("_") and key not in DATA_RUNTIME_OPTIONS
+              if key in current and not any(key == r or key.startswith(r + ".") for r in RUNTIME_OPTIONS)
               and plain(saved[key]) != plain(current[key])]
     return "; ".join(differ)
 
@@ -361,7 +372,7 @@ def check_state_shapes(state_dict: Mapping, own: Mapping, num_items: int, differ
             tensor of another dtype kind (:func:`check_state_dtypes`).
     """
     check_state_dtypes(state_dict, own)
-    table = "model.item_embedding.weight"
+    table = "model.items.embedding.weight"
     if table in state_dict and table in own and state_dict[table].shape[0] != own[table].shape[0]:
         raise CheckpointError(
             f"the checkpoint was trained with num_items={state_dict[table].shape[0] - 1} but the data has "

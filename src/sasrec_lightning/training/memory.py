@@ -29,10 +29,11 @@ import torch
 
 from ..errors import OptionError
 from ..model.encoder import SASRec
+from ..model.options import EncoderOptions
 from ..model.ranking import chunk_items
 
 __all__ = ["available_memory", "parameter_memory", "check_parameter_memory", "training_memory", "peak",
-           "check_training_memory", "readable_size"]
+           "check_training_memory", "check_fit_memory", "readable_size"]
 
 _FLOAT = 4  # bytes of a float32 value
 
@@ -67,53 +68,55 @@ def available_memory(device: torch.device) -> tuple[int, str] | None:
 
 
 # ----------------------------------------------------------------------------------- parameters
-def parameter_memory(encoder_options: Mapping) -> dict[str, int]:
+def parameter_memory(num_items: int, max_len: int, options: EncoderOptions) -> dict[str, int]:
     """Bytes of the encoder's parameters by part: ``item tables``, ``position table``, ``blocks``.
 
     The encoder is built on the meta device (shapes, no memory), so the count is its own.
     """
     with torch.device("meta"):
-        encoder = SASRec(**encoder_options)
+        encoder = SASRec(num_items, max_len, options)
     parts = {"item tables": 0, "position table": 0, "blocks": 0}
     for name, parameter in encoder.named_parameters():
-        part = "item tables" if "item_embedding" in name or "output_embedding" in name else \
-            "position table" if "position_embedding" in name else "blocks"
+        part = "item tables" if name.startswith(("items.", "output_items.")) else \
+            "position table" if name.startswith("position_embedding") else "blocks"
         parts[part] += parameter.numel() * parameter.element_size()
     return parts
 
 
-def check_parameter_memory(encoder_options: Mapping, device: torch.device | None = None) -> None:
+def check_parameter_memory(num_items: int, max_len: int, options: EncoderOptions,
+                           device: torch.device | None = None) -> None:
     """Raise :class:`OptionError` when the encoder's parameters cannot be allocated on ``device``.
 
     Args:
-        encoder_options: the :class:`~sasrec_lightning.SASRec` arguments.
+        num_items: the catalogue's size.
+        max_len: the longest input.
+        options: the encoder's options.
         device: where the parameters will be allocated (default: torch's default device).
     """
     device = device if device is not None else torch.get_default_device()
     available = available_memory(device)
     if available is None:
         return
-    parts = parameter_memory(encoder_options)
+    parts = parameter_memory(num_items, max_len, options)
     if sum(parts.values()) <= available[0]:
         return
     largest = max(parts, key=parts.get)
-    options = encoder_options
-    hint = {"item tables": f"--model.hidden_size (the catalogue has {options['num_items']:,} items)",
-            "position table": "--data.max_len or --model.hidden_size",
-            "blocks": "--model.hidden_size or --model.num_blocks"}[largest]
+    hint = {"item tables": f"--model.encoder.hidden_size (the catalogue has {num_items:,} items)",
+            "position table": "--data.max_len or --model.encoder.hidden_size",
+            "blocks": "--model.encoder.hidden_size or --model.encoder.num_blocks"}[largest]
     raise OptionError(
-        f"--model.hidden_size {options['hidden_size']}: the model's parameters need "
+        f"--model.encoder.hidden_size {options.hidden_size}: the model's parameters need "
         f"{readable_size(sum(parts.values()))} ({_listed(parts)}), more than the {readable_size(available[0])} "
         f"{available[1]}; lower {hint}")
 
 
 # ------------------------------------------------------------------------------------- training
-def training_memory(options: Mapping, parameters: int, batch_shape: tuple[int, int],
+def training_memory(module, parameters: int, batch_shape: tuple[int, int],
                     eval_batch_shape: tuple[int, int] | None = None) -> dict[str, int]:
     """Bytes the first training step and the first evaluation batch add to the allocated parameters, by part.
 
     Args:
-        options: the model's hyper-parameters (``SASRecModule.hparams``).
+        module: the ``SASRecModule`` (its encoder options, loss and evaluation options).
         parameters: number of parameter values.
         batch_shape: ``(B, L)`` sequences and padded width of the largest training batch.
         eval_batch_shape: ``(B, L)`` users and padded width of the largest evaluation batch.
@@ -122,7 +125,8 @@ def training_memory(options: Mapping, parameters: int, batch_shape: tuple[int, i
         ``{"gradients and Adam moments": ..., "training attention": ..., ...}``; the training parts and
         the evaluation parts (``evaluation ...``) are not needed at the same time: see :func:`peak`.
     """
-    heads, blocks, hidden = options["num_heads"], options["num_blocks"], options["hidden_size"]
+    encoder, evaluation, num_items = module.encoder_options, module.evaluation, module.model.num_items
+    heads, blocks, hidden = encoder.num_heads, encoder.num_blocks, encoder.hidden_size
     batch, length = batch_shape
     positions = batch * length  # N
     # The (B, 1, L, L) float bias and its boolean masks, once; per block the scores and the softmax
@@ -132,30 +136,14 @@ def training_memory(options: Mapping, parameters: int, batch_shape: tuple[int, i
         "gradients and Adam moments": 3 * parameters * _FLOAT,
         "training attention": attention,
         "training activations": (8 + 16 * blocks) * positions * hidden * _FLOAT,  # the (B, L, d) tensors saved
-        "training loss": _loss_memory(options, batch, positions),
+        "training loss": module.loss.peak_block(positions, batch, num_items, hidden) * _FLOAT,
     }
     if eval_batch_shape is not None:
         users, width = eval_batch_shape
-        items = options["num_items"] + 1
-        chunk = chunk_items(options.get("eval_chunk_size", "auto"), users, items) \
-            if options.get("eval_protocol") == "full" else 0
+        chunk = chunk_items(evaluation.chunk_size, users, num_items + 1) if evaluation.protocol == "full" else 0
         parts["evaluation attention"] = users * width * width * (6 + 3 * heads * _FLOAT)  # one block at a time
         parts["evaluation scores"] = 3 * users * chunk * _FLOAT  # a chunk of full-ranking scores, compared, masked
     return parts
-
-
-def _loss_memory(options: Mapping, batch: int, positions: int) -> int:
-    """The logit block of the losses that score many items per position (per-position negatives: small)."""
-    loss = options.get("loss", "bce")
-    if loss == "ce":  # (N, chunk) logits, their softmax and gradient
-        return 3 * positions * min(options.get("ce_chunk_size", 65536), options["num_items"] + 1) * _FLOAT
-    shared = options.get("sampled_negatives", 0) if loss == "sampled_softmax" else \
-        options.get("gbce_shared_negatives", 0) if loss == "gbce" else 0
-    if not shared:
-        return 0
-    draws = batch if options.get("negative_sharing", "batch") == "sequence" else 1
-    # (N, M) logits, their gradient and a work copy; (draws, M, d) negative vectors and their gradient.
-    return (3 * positions * shared + 2 * draws * shared * options["hidden_size"]) * _FLOAT
 
 
 def peak(parts: Mapping[str, int]) -> int:
@@ -165,13 +153,13 @@ def peak(parts: Mapping[str, int]) -> int:
     return parts["gradients and Adam moments"] + max(training, evaluation)
 
 
-def check_training_memory(options: Mapping, parameters: int, batch_shape: tuple[int, int],
+def check_training_memory(module, parameters: int, batch_shape: tuple[int, int],
                           eval_batch_shape: tuple[int, int] | None, device: torch.device,
                           processes: int = 1) -> str | None:
     """The one-line refusal when a training run cannot fit in the memory available on ``device``, else ``None``.
 
     Args:
-        options: the model's hyper-parameters.
+        module: the ``SASRecModule``.
         parameters: number of parameter values (already allocated).
         batch_shape: ``(B, L)`` of the largest training batch.
         eval_batch_shape: ``(B, L)`` of the largest evaluation batch (``None``: not counted).
@@ -181,27 +169,44 @@ def check_training_memory(options: Mapping, parameters: int, batch_shape: tuple[
     available = available_memory(device)
     if available is None:
         return None
-    parts = training_memory(options, parameters, batch_shape, eval_batch_shape)
+    parts = training_memory(module, parameters, batch_shape, eval_batch_shape)
     need = peak(parts) * processes
     if need <= available[0]:
         return None
     shown = {name: size for name, size in parts.items() if size}
     largest = max(shown, key=shown.get)
     batch, length = batch_shape
+    max_len, hidden, items = module.model.max_len, module.encoder_options.hidden_size, module.model.num_items
     hints = {
-        "gradients and Adam moments": f"--model.hidden_size (the catalogue has {options['num_items']:,} items)",
-        "training attention": f"--data.max_len ({options['max_len']}) or --data.batch_size",
-        "training activations": f"--data.batch_size or --model.hidden_size ({options['hidden_size']})",
-        "training loss": "--model.ce_chunk_size" if options.get("loss") == "ce" else
-                         "--model.sampled_negatives" if options.get("loss") == "sampled_softmax" else
-                         "--model.gbce_shared_negatives",
-        "evaluation attention": f"--data.eval_batch_size or --data.max_len ({options['max_len']})",
-        "evaluation scores": "--model.eval_chunk_size or --data.eval_batch_size",
+        "gradients and Adam moments": f"--model.encoder.hidden_size (the catalogue has {items:,} items)",
+        "training attention": f"--data.max_len ({max_len}) or --data.loader.batch_size",
+        "training activations": f"--data.loader.batch_size or --model.encoder.hidden_size ({hidden})",
+        "training loss": "the loss's block (--model.loss options: negatives or chunk_size)",
+        "evaluation attention": f"--data.loader.eval_batch_size or --data.max_len ({max_len})",
+        "evaluation scores": "--model.evaluation.chunk_size or --data.loader.eval_batch_size",
     }
     where = f" x {processes} processes" if processes > 1 else ""
     return (f"the largest training batch ({batch:,} sequences x {length:,} positions) needs about "
             f"{readable_size(need)}{where} besides the parameters ({_listed(shown)}), more than the "
             f"{readable_size(available[0])} {available[1]}; lower {hints[largest]}")
+
+
+def check_fit_memory(module) -> None:
+    """Refuse a run whose largest batch cannot fit in memory, on every process alike (``SASRecModule.on_fit_start``).
+
+    Rank 0 decides and tells the others, so that no process is left waiting for one that stopped.
+    """
+    shapes, trainer = module.statistics, module.trainer
+    if shapes is None or shapes.batch_shape is None:
+        return  # a data module without the shapes of its batches: nothing to estimate from
+    refusal = None
+    if trainer.is_global_zero:
+        processes = trainer.num_devices if module.device.type == "cpu" else 1  # sharing this machine's memory
+        refusal = check_training_memory(module, sum(p.numel() for p in module.parameters()), shapes.batch_shape,
+                                        shapes.eval_batch_shape, module.device, processes)
+    refusal = trainer.strategy.broadcast(refusal)
+    if refusal:
+        raise OptionError(refusal)
 
 
 def _listed(parts: Mapping[str, int]) -> str:

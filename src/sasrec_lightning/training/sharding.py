@@ -35,7 +35,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -47,15 +49,17 @@ from ..model.encoder import SASRec
 from .checkpoints import restore_rng_states, save_rng_states
 
 __all__ = ["check_sharding_options", "is_sharded", "shard_encoder", "shard_tables", "synchronize_replicas",
-           "share_random_state", "parameter_groups", "regroup_optimizer_state", "gather", "reshard"]
+           "share_random_state", "parameter_groups", "regroup_optimizer_state", "gather", "reshard", "shard_model",
+           "shards_parameters", "tensor_parallel", "regroup_for_resume", "GatheredEvaluation"]
 
 
-def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, data_parallel_size: int,
+def check_sharding_options(loss, l2_emb: float, tensor_parallel_size: int, data_parallel_size: int,
                            item_updates: str = "dense") -> None:
     """Refuse the options that read the whole item table outside its lookups, which a shard cannot serve.
 
     Args:
-        loss: the model's ``loss``; ``ce`` multiplies every position with the whole output table.
+        loss: the model's loss; one that ``reads_whole_table`` (``ce``) multiplies every position with the whole
+            output table.
         l2_emb: the model's ``l2_emb``; a penalty on the whole table, added after the forward pass.
         tensor_parallel_size: ``ModelParallelStrategy``'s; above 1 the tables are tensor-parallel.
         data_parallel_size: ``ModelParallelStrategy``'s; must be 1 when ``tensor_parallel_size`` is not.
@@ -73,32 +77,32 @@ def check_sharding_options(loss: str, l2_emb: float, tensor_parallel_size: int, 
         )
     if tensor_parallel_size != 1 and item_updates != "dense":
         raise OptionError(
-            f"--model.init_args.item_updates {item_updates}: the row-sparse Adam reads the rows of the whole item "
+            f"--model.speed.item_updates {item_updates}: the row-sparse Adam reads the rows of the whole item "
             "table's gradient, which a tensor-parallel table (tensor_parallel_size "
             f"{tensor_parallel_size}) does not hold; use item_updates dense"
         )
-    if loss == "ce":
+    if getattr(loss, "reads_whole_table", False):
         raise OptionError(
-            "--model.init_args.loss ce: the exact softmax multiplies every position with the whole output table, "
-            "which a sharded model does not hold outside its lookups; under ModelParallelStrategy use "
-            "sampled_softmax, bce, gbce or bpr"
+            f"--model.loss {type(loss).__name__}: it reads the whole output table every step (the exact softmax "
+            "multiplies every position with it), which a sharded model does not hold outside its lookups; under "
+            "ModelParallelStrategy use sampled_softmax, bce, gbce or bpr"
         )
     if l2_emb:
         raise OptionError(
-            f"--model.init_args.l2_emb {l2_emb}: the penalty reads the whole item table after the forward pass, "
+            f"--model.optimization.l2_emb {l2_emb}: the penalty reads the whole item table after the forward pass, "
             "which a sharded model does not hold; under ModelParallelStrategy set l2_emb 0 (weight_decay is "
             "applied by the optimizer to each shard)"
         )
 
 
 def _table_names(encoder: SASRec) -> list[str]:
-    """The encoder's attributes holding item tables: the input table, and the output table when it is not shared."""
-    return ["item_embedding"] + (["output_embedding"] if encoder.output_embedding is not None else [])
+    """The encoder's item tables (embeddings of its item representations): the input one, the output one if unshared."""
+    return ["items.embedding"] + (["output_items.embedding"] if encoder.output_items is not None else [])
 
 
 def is_sharded(encoder: SASRec) -> bool:
     """Whether a plan has already been applied (``configure_model`` runs once per stage)."""
-    return isinstance(encoder, FSDPModule) or isinstance(encoder.item_embedding.weight, DTensor)
+    return isinstance(encoder, FSDPModule) or isinstance(encoder.items.table(), DTensor)
 
 
 def shard_encoder(encoder: SASRec, mesh: DeviceMesh) -> None:
@@ -110,7 +114,7 @@ def shard_encoder(encoder: SASRec, mesh: DeviceMesh) -> None:
     """
     if mesh.ndim != 1:
         raise ValueError(f"shard_encoder needs a 1-D device mesh, got {mesh.ndim} dimensions ({mesh})")
-    for module in (*(getattr(encoder, name) for name in _table_names(encoder)), *encoder.blocks):
+    for module in (*(encoder.get_submodule(name) for name in _table_names(encoder)), *encoder.blocks):
         fully_shard(module, mesh=mesh)
     fully_shard(encoder, mesh=mesh)
 
@@ -123,8 +127,8 @@ def shard_tables(encoder: SASRec, mesh: DeviceMesh) -> None:
     (``Replicate``), each looks up its columns and the slices are all-gathered into an ordinary
     ``(..., d)`` tensor, so the rest of the encoder and the losses run unchanged; in the backward pass
     each process keeps its columns of the output gradient and builds its ``(I + 1, d / T)`` slice of the
-    table's gradient without communication. ``ItemEmbedding``'s row-wise gradient path is off under
-    sharding (``RowGradients``), so a lookup is ``nn.Embedding``'s ``F.embedding`` on the ``DTensor``.
+    table's gradient without communication. The row-wise gradient speed part is off under sharding
+    (``fast/speed.py``), so a lookup is ``nn.Embedding``'s ``F.embedding`` on the ``DTensor``.
 
     Not ``RowwiseParallel``: it splits the rows, but torch runs the backward pass of a row-wise lookup
     on the replicated output gradient and ids, which gives every process the whole ``(I + 1, d)``
@@ -240,7 +244,7 @@ def _units(encoder: SASRec) -> list[FSDPModule]:
     return [module for module in encoder.modules() if isinstance(module, FSDPModule)]
 
 
-def gather(encoder: SASRec) -> dict[str, nn.Parameter]:
+def gather(encoder: SASRec) -> dict[str, nn.Module]:
     """All-gather every unit (or tensor-parallel table) and keep it whole until :func:`reshard` (evaluation).
 
     Full ranking scores every item with the table itself (``encoder.output_weight``), outside any unit's
@@ -248,23 +252,26 @@ def gather(encoder: SASRec) -> dict[str, nn.Parameter]:
     more batches than another: with the parameters gathered once, no per-batch collective is left to
     wait for. Costs the full parameters on each device for the evaluation (``docs/scaling.md``).
 
-    A tensor-parallel table's weight is replaced by a replicated copy (``Replicate``: its lookups are
-    then local); the sharded parameter is returned, for :func:`reshard` to put back (the optimizer holds it).
+    A tensor-parallel table (a ``ColwiseParallel`` embedding) is set aside and replaced by a plain
+    ``nn.Embedding`` holding its whole weight, so the model evaluates as the plain PyTorch it is; the
+    sharded modules are returned for :func:`reshard` to put back (the optimizer holds their weights).
     """
     for unit in _units(encoder):
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
     sharded = {}
     for name in _table_names(encoder):
-        table = getattr(encoder, name)
-        weight = None if isinstance(encoder, FSDPModule) else table.weight
-        if isinstance(weight, DTensor) and not weight.placements[0].is_replicate():
-            sharded[name] = weight
-            table.weight = nn.Parameter(weight.detach().redistribute(placements=[Replicate()]), requires_grad=False)
+        table = encoder.get_submodule(name)
+        if isinstance(table.weight, DTensor) and not isinstance(encoder, FSDPModule):
+            whole = table.weight.detach().full_tensor()  # (I + 1, d), gathered once
+            plain = nn.Embedding(*whole.shape, padding_idx=table.padding_idx, device=whole.device, dtype=whole.dtype)
+            plain.weight = nn.Parameter(whole, requires_grad=False)
+            sharded[name] = table
+            encoder.set_submodule(name, plain)
     return sharded
 
 
-def reshard(encoder: SASRec, sharded: dict[str, nn.Parameter] | None = None) -> None:
+def reshard(encoder: SASRec, sharded: dict[str, nn.Module] | None = None) -> None:
     """Undo :func:`gather`: back to row shards, gathered again for each forward pass.
 
     The root unit (positions, final LayerNorm) stays gathered from its forward to its backward pass,
@@ -272,10 +279,87 @@ def reshard(encoder: SASRec, sharded: dict[str, nn.Parameter] | None = None) -> 
 
     Args:
         encoder: the model.
-        sharded: what :func:`gather` returned: the tensor-parallel table weights to put back.
+        sharded: what :func:`gather` returned: the tensor-parallel tables to put back.
     """
     for unit in _units(encoder):
         unit.reshard()
         unit.set_reshard_after_forward(unit is not encoder, recurse=False)
-    for name, weight in (sharded or {}).items():
-        getattr(encoder, name).weight = weight
+    for name, table in (sharded or {}).items():
+        encoder.set_submodule(name, table)
+
+
+def shards_parameters(strategy: Strategy) -> bool:
+    """Whether ``strategy`` shards the parameters across processes (FSDP, or ``ModelParallelStrategy``).
+
+    Under ``ModelParallelStrategy`` that is FSDP2 or the tensor-parallel item tables (``sharding.py``).
+    """
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def tensor_parallel(strategy) -> bool:
+    """Whether ``strategy`` splits the item tables by tensor parallelism (``ModelParallelStrategy``, size > 1)."""
+    return isinstance(strategy, ModelParallelStrategy) and strategy.device_mesh["tensor_parallel"].size() > 1
+
+
+def shard_model(encoder: SASRec, mesh: DeviceMesh, loss, l2_emb: float, item_updates: str) -> None:
+    """Apply the sharding plan ``ModelParallelStrategy``'s mesh asks for (``SASRecModule.configure_model``).
+
+    ``tensor_parallel_size`` 1: FSDP2 over the data-parallel processes, tables split by rows
+    (``configs/trainer/fsdp.yaml``); ``tensor_parallel_size`` > 1 with ``data_parallel_size`` 1: the
+    tables split by columns with torch's ``ColwiseParallel`` and never gathered while training, the
+    rest replicated (``configs/trainer/tp.yaml``). A no-op once sharded (Lightning calls the hook for
+    every stage). Options a shard cannot serve are refused first (:func:`check_sharding_options`).
+    """
+    if is_sharded(encoder):
+        return
+    tensor = mesh["tensor_parallel"]
+    check_sharding_options(loss, l2_emb, tensor.size(), mesh["data_parallel"].size(), item_updates)
+    if tensor.size() > 1:
+        shard_tables(encoder, tensor)
+        synchronize_replicas(encoder, tensor)
+    else:
+        shard_encoder(encoder, mesh["data_parallel"])
+
+
+def regroup_for_resume(checkpoint: dict, parameters: Iterable[Tensor], ckpt_path, row_sparse: bool) -> None:
+    """Lay out the checkpoint's optimizer groups as this run's (:func:`regroup_optimizer_state`), when resuming.
+
+    A tensor-parallel run's two groups (or one run's single group, the other way) become the groups of
+    this run's optimizer, which Lightning loads after ``on_load_checkpoint``. Row-sparse Adam's groups
+    never depend on the strategy.
+    """
+    states = checkpoint.get("optimizer_states")
+    if not states or row_sparse:
+        return
+    try:
+        states[0] = regroup_optimizer_state(states[0], parameters)
+    except CheckpointError as error:
+        raise CheckpointError(f"--ckpt_path {ckpt_path}: {error}") from None
+
+
+class GatheredEvaluation(L.Callback):
+    """Under ``ModelParallelStrategy``, gather the sharded encoder once for validation, test and predict.
+
+    Evaluation shards users unevenly (each counted once), so processes run different numbers of
+    batches, and full ranking reads the whole output table outside a forward pass: both need the
+    parameters whole, not gathered batch by batch (:func:`~sasrec_lightning.sharding.gather`: FSDP2
+    units, or the tensor-parallel tables). They are resharded when the stage ends, before checkpoints
+    are written. ``SASRecModule.configure_callbacks`` returns one when the model is sharded.
+    """
+
+    def __init__(self) -> None:
+        self.sharded_tables: dict = {}  # tensor-parallel table weights set aside while gathered
+
+    def _gather(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_sharded(pl_module.model):
+            self.sharded_tables = gather(pl_module.model)
+
+    def _reshard(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_sharded(pl_module.model):
+            reshard(pl_module.model, self.sharded_tables)
+            self.sharded_tables = {}
+
+    on_validation_start = on_test_start = on_predict_start = _gather
+    on_validation_end = on_test_end = on_predict_end = _reshard
+
+
