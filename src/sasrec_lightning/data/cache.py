@@ -283,8 +283,8 @@ class SequenceCache:
             except OSError as error:  # read-only, full, a file-size limit: the cache is optional
                 log.warning("cannot write the processed-data cache in %s (%s); continuing without the cache: the "
                             "sequences are used as built from the source and the next run builds them again (free "
-                            "space, make the folder writable, or choose another with --data.cache_dir; "
-                            "--data.use_cache false skips the cache)", self.root, _reason(error))
+                            "space, make the folder writable, or choose another with --data.cache.dir; "
+                            "--data.cache.use false skips the cache)", self.root, _reason(error))
                 return data
         data.info["cache"] = {"key": key, "path": str(folder), "hit": False}
         log.info("cached processed sequences in %s", folder)

@@ -17,6 +17,7 @@ from ..validation import at_least, option_group
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .loaders import ResumableLoader, batches_done_this_epoch
+from .locations import detect_format, download, local_path, source_identity
 from .options import CacheOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
 from .preprocessing import (
     PreprocessOptions,
@@ -27,15 +28,9 @@ from .preprocessing import (
     format_statistics,
 )
 from .preprocessing import preprocess as preprocess_table
+from .readers import default_min_interactions
 from .sampling import InteractionIndex
-from .sources import (
-    default_min_interactions,
-    detect_format,
-    download,
-    load_interactions,
-    local_path,
-    source_identity,
-)
+from .sources import load_interactions
 from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
 from .synthetic import synthetic_interactions
 from .vocabulary import read_user_list
@@ -247,7 +242,7 @@ class SASRecDataModule(L.LightningDataModule):
                 if evaluated.num_without_negatives:
                     need += (f" and an item they never interacted with ({evaluated.num_without_negatives} "
                              "users had every item)")
-                raise DataError(f"{name}: no user can be evaluated at stage {stage!r}; under --data.holdout "
+                raise DataError(f"{name}: no user can be evaluated at stage {stage!r}; under --data.holdout.scheme "
                                 f"{self.holdout.scheme} a user needs {need}")
         if stage == "fit" and len(self.eval_batches("val")) == 0:
             rank_zero_warn(f"{name}: no user can be validated, so validation is skipped and val/ metrics are never "
@@ -277,11 +272,11 @@ class SASRecDataModule(L.LightningDataModule):
         if batches.num_short_of_negatives:
             n = self.loader.num_eval_negatives
             rank_zero_warn(
-                f"{name}: --data.num_eval_negatives is {n}, but {batches.num_short_of_negatives} of "
+                f"{name}: --data.loader.num_eval_negatives is {n}, but {batches.num_short_of_negatives} of "
                 f"{len(batches)} {stage} users have fewer than {n} items they never interacted with (fewest: "
                 f"{batches.fewest_unseen} of the {num_items} items), so their sampled negatives repeat items "
                 "(drawn with replacement) and the sampled protocol ranks them against fewer distinct items than "
-                f"the others; use at most {batches.fewest_unseen} negatives or --model.eval_protocol full"
+                f"the others; use at most {batches.fewest_unseen} negatives or --model.evaluation.protocol full"
             )
 
     # ---------------------------------------------------------------------------- the loaders

@@ -84,7 +84,7 @@ def _split_fields(text: pa.ChunkedArray, numbers: np.ndarray, path: str, separat
     if bad is not None:
         raise DataError(
             f"{path}, line {numbers[bad]}: expected {what}, found {quote_line(text[bad].as_py())}. "
-            "Fix or remove that line, or set --data.format if this is not the format you meant"
+            "Fix or remove that line, or set --data.source.format if this is not the format you meant"
         )
     flat = split.flatten()
     return [flat[i::expected] for i in range(expected)]
@@ -273,7 +273,7 @@ def parse_literal_dicts(dataset: datasets.Dataset, path: str, keys: tuple[str, .
         bad = first_false(pc.is_null(errors))
         raise DataError(
             f"{path}, line {table.column('line')[bad].as_py()}: {errors[bad].as_py()}. Expected one Python dict "
-            f"per line with the keys {list(keys)} (set --data.user_column/--data.item_column/"
-            "--data.timestamp_column to the names used in the file)"
+            f"per line with the keys {list(keys)} (set --data.source.user_column/--data.source.item_column/"
+            "--data.source.timestamp_column to the names used in the file)"
         )
     return table.drop_columns(["error"])

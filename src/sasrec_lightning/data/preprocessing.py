@@ -199,7 +199,8 @@ def _rating_filter(table: pa.Table, options: PreprocessOptions, source: str, rem
         return table
     if "rating" not in table.column_names:
         raise DataError(f"{source}: min_rating={options.min_rating} needs a rating column; the columns are "
-                        f"{table.column_names}. Set --data.rating_column or drop --data.min_rating")
+                        f"{table.column_names}. Set --data.source.rating_column or drop "
+                        "--data.preprocessing.min_rating")
     keep = pc.fill_null(pc.greater_equal(table.column("rating"), options.min_rating), False)
     before = [pc.count_distinct(table.column(name)).as_py() for name in ("user", "item")]
     filtered = table.filter(keep)
@@ -248,7 +249,7 @@ def _nothing_left(source: str, options: PreprocessOptions, raw: dict, users: np.
         f"min_rating={options.min_rating}, deduplicate={options.deduplicate}); before filtering there were "
         f"{raw['actions']} interactions of {raw['users']} users (most active: {user_counts.max(initial=0)}) "
         f"on {raw['items']} items (most popular: {item_counts.max(initial=0)}). Lower "
-        "--data.min_user_interactions / --data.min_item_interactions"
+        "--data.preprocessing.min_user_interactions / --data.preprocessing.min_item_interactions"
     )
 
 

@@ -103,8 +103,8 @@ def temporal_cutoffs(data: SequenceData, val_cutoff: int | None, test_cutoff: in
                      quantiles: tuple[float, float] = (0.8, 0.9)) -> tuple[int, int]:
     """The (validation, test) cut-off times: given ones, or the ``quantiles`` of all timestamps."""
     if data.timestamps is None:
-        raise DataError("the temporal split needs timestamps; set --data.timestamp_column (the source has none "
-                        "selected) or use --data.holdout leave_one_out")
+        raise DataError("the temporal split needs timestamps; set --data.source.timestamp_column (the source has none "
+                        "selected) or use --data.holdout.scheme leave_one_out")
     if val_cutoff is None:
         val_cutoff = int(np.quantile(data.timestamps, quantiles[0], method="higher"))
     if test_cutoff is None:
@@ -135,7 +135,7 @@ class TemporalSplit:
 
     def __post_init__(self) -> None:
         if self.data.timestamps is None:
-            raise DataError("the temporal split needs timestamps; set --data.timestamp_column")
+            raise DataError("the temporal split needs timestamps; set --data.source.timestamp_column")
         self.starts = self.data.offsets[:-1]  # (U,)
         self.ends = self.data.offsets[1:]  # (U,)
         lengths = self.ends - self.starts  # (U,)

@@ -15,8 +15,9 @@ import os
 
 from ..errors import DataError
 
-__all__ = ["BYTE_ORDER_MARK", "TEXT_ENCODING", "other_unicode_error", "unicode_encoding_of"]
+__all__ = ["BYTE_ORDER_MARK", "COMPRESSION", "TEXT_ENCODING", "other_unicode_error", "unicode_encoding_of"]
 
+COMPRESSION = (".gz", ".bz2", ".xz", ".zst")  # suffixes of compressed files, read as they are
 TEXT_ENCODING = "utf-8-sig"  # UTF-8, without the byte-order mark a file may start with
 BYTE_ORDER_MARK = "\ufeff"  # what a UTF-8 byte-order mark decodes to when a reader keeps it
 
