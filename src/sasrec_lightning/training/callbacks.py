@@ -1,4 +1,4 @@
-"""``StopOnSigterm``: a run ends cleanly on SIGTERM, also under DDP.
+"""``StopOnSigterm``: a run ends cleanly on SIGTERM, also under DDP; ``CheckBatches``: the batch contract, checked once.
 
 (The other lifecycles around the module have their own homes: the speed parts' in
 ``fast/speed.py``, the gathered evaluation of a sharded model in ``sharding.py``.)
@@ -13,7 +13,9 @@ import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["StopOnSigterm"]
+from ..data.contract import check_batch
+
+__all__ = ["StopOnSigterm", "CheckBatches"]
 
 
 class StopOnSigterm(L.Callback):
@@ -53,3 +55,37 @@ class StopOnSigterm(L.Callback):
 
     on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _install
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _stop_if_asked
+
+
+class CheckBatches(L.Callback):
+    """Check the first batch of each stage against the batch contract (:mod:`~sasrec_lightning.data.contract`).
+
+    ``SASRecModule.configure_callbacks`` adds it, so a data module that is not ours gets one
+    :class:`~sasrec_lightning.errors.DataError` naming the missing or malformed key instead of a
+    ``KeyError`` or a shape error deep inside a step. One check per stage and run: no cost per step.
+    """
+
+    def __init__(self) -> None:
+        self.checked: set[str] = set()
+
+    def _check(self, trainer: L.Trainer, module: L.LightningModule, batch, stage: str) -> None:
+        if stage in self.checked:
+            return
+        self.checked.add(stage)
+        datamodule = trainer.datamodule
+        source = type(datamodule).__name__ if datamodule is not None else "the dataloader"
+        exclude_seen = module.predict_exclude_seen if stage == "predict" else module.evaluation.exclude_seen
+        check_batch(batch, stage, module.model.num_items, module.loss.needs_negatives, module.evaluation.protocol,
+                    exclude_seen, source)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check(trainer, pl_module, batch, "train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer, pl_module, batch, "validate")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer, pl_module, batch, "test")
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer, pl_module, batch, "predict")

@@ -121,5 +121,7 @@ class Ranker:
                 vectors = encoder.item_vectors(batch["candidates"]).float()  # (B, 1 + n, d)
                 return sampled_ranks(hidden, vectors)
             weight, norm = self._ranking_table(encoder)
-            return full_ranks(hidden, weight, batch["targets"], batch["seen_rows"], batch["seen_items"],
-                              self.options.chunk_size, self.options.exclude_seen, table_norm=norm)
+            none = batch["targets"].new_zeros(0)  # the history is optional without exclude_seen (data/contract.py)
+            seen = batch.get("seen_rows", none), batch.get("seen_items", none)
+            return full_ranks(hidden, weight, batch["targets"], *seen, self.options.chunk_size,
+                              self.options.exclude_seen, table_norm=norm)

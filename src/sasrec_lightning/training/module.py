@@ -21,13 +21,20 @@ from torch import Tensor
 from ..data.batches import TrainingStatistics
 from ..fast.lazy_adam import LazyAdam
 from ..fast.speed import SpeedOptions, SpeedParts
-from ..model.divergence import nonfinite_parameters, training_advice, training_loss_error, weights_error
+from ..model.divergence import (
+    check_validation_scores,
+    nonfinite_parameters,
+    training_advice,
+    training_loss_error,
+    weights_error,
+)
 from ..model.encoder import SASRec
 from ..model.losses import Loss, loss_spec, resolve_loss
 from ..model.metrics import RankingMetrics
 from ..model.options import EncoderOptions
 from ..serving.serving import ServingMixin
-from ..validation import option_group
+from ..validation import at_least, option_group
+from .callbacks import CheckBatches
 from .checkpoints import check_checkpoint_data, restore_rng_states, save_rng_states
 from .evaluation import EvaluationOptions, Ranker
 from .memory import check_fit_memory, check_parameter_memory
@@ -75,15 +82,18 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.optimization = option_group(OptimizationOptions, optimization, "model.optimization")
         self.evaluation = option_group(EvaluationOptions, evaluation, "model.evaluation")
         self.speed = option_group(SpeedOptions, speed, "model.speed")
+        at_least("model", "num_items", num_items, 1)  # the encoder's own check names no flag
+        at_least("model", "max_len", max_len, 1)
         self.evaluation.check_catalogue(num_items)
         check_item_updates(self.speed, self.optimization, custom_optimizer=optimizer is not None)
         check_parameter_memory(num_items, max_len, self.encoder_options)  # before allocating them (memory.py)
         self.model = SASRec(num_items, max_len, self.encoder_options)
         self.loss = resolve_loss(loss)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.hparams.update(encoder=asdict(self.encoder_options), loss=loss_spec(self.loss),  # plain values
-                            optimization=asdict(self.optimization), evaluation=asdict(self.evaluation),
-                            speed=asdict(self.speed))
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])  # the loss: as its spec, below
+        # Plain values, saved (not only updated) so that the copy the loggers record has them and the loss too.
+        self.save_hyperparameters(dict(encoder=asdict(self.encoder_options), loss=loss_spec(self.loss),
+                                       optimization=asdict(self.optimization), evaluation=asdict(self.evaluation),
+                                       speed=asdict(self.speed)))
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.ranker = Ranker(self.evaluation)
         self.val_metrics = RankingMetrics(self.evaluation.top_k, prefix="val/")
@@ -103,10 +113,12 @@ class SASRecModule(ServingMixin, L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         sharded = self._trainer is not None and shards_parameters(self.trainer.strategy)
-        callbacks = [SpeedParts(self.speed, sharded)]
-        if sharded and not any(isinstance(callback, GatheredEvaluation) for callback in self.trainer.callbacks):
+        callbacks = [SpeedParts(self.speed, sharded), CheckBatches()]
+        if sharded:
             callbacks.append(GatheredEvaluation())  # a sharded model is gathered for evaluation, in every stage
-        return callbacks
+        # A stage after fit on the same trainer keeps fit's (no "will override existing callbacks" notice).
+        present = {type(callback) for callback in self.trainer.callbacks} if self._trainer is not None else set()
+        return [callback for callback in callbacks if type(callback) not in present]
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` shard the encoder's item tables (``sharding.shard_model``)."""
@@ -118,9 +130,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
         datamodule = self.trainer.datamodule
         self.statistics = datamodule.training_statistics() if hasattr(datamodule, "training_statistics") else None
         if self.statistics is None and self.optimization.loss_normalization == "epoch":
-            rank_zero_warn("loss_normalization='epoch' needs a data module with training_statistics() "
-                           "(SASRecDataModule); without one each batch's loss is the mean over its positions "
-                           "(loss_normalization='batch').")
+            rank_zero_warn("--model.optimization.loss_normalization epoch needs a data module with "
+                           "training_statistics() (SASRecDataModule); without one each batch's loss is the mean "
+                           "over its positions (loss_normalization: batch).")
         self.loss.setup(self.statistics)
         check_fit_memory(self)
 
@@ -145,7 +157,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         hidden = self.model(batch["input_ids"])  # (B, L, d)
-        targets, negatives = batch["targets"], batch["negatives"]  # (B, L), (B, L, k)
+        targets = batch["targets"]  # (B, L)
+        negatives = batch.get("negatives", targets.new_zeros(*targets.shape, 0))  # (B, L, k); optional (contract.py)
         length = targets.size(1)
         # Real (non-padded) positions in row-major order, found once: (N,) flat indices.
         real = torch.nonzero(targets.reshape(-1)).squeeze(1)
@@ -235,31 +248,11 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.val_metrics.update(ranks, torch.isfinite(target_scores))
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.state.fn == "fit":
-            self._check_validation_scores()
+        if self.trainer.state.fn == "fit":  # a diverged model stops before this epoch's checkpoint
+            check_validation_scores(self.val_metrics.nonfinite, self.val_metrics.count, self.trainer,
+                                    self.current_epoch, self.global_step)
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
-
-    def _check_validation_scores(self) -> None:
-        """Stop ``fit`` when a validation target score was not finite, before this epoch's checkpoint is saved.
-
-        A step can leave the weights finite but so large that scores overflow (one Adam step at ``lr`` 1e10
-        moves every weight by about 1e10) while the loss it logged was finite. ``validate`` and ``test`` rank
-        such targets last and warn instead (``metrics.RankingMetrics``).
-        """
-        counts = torch.stack([self.val_metrics.nonfinite, self.val_metrics.count])  # (2,) this process's users
-        nonfinite, evaluated = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
-        if nonfinite:
-            from ..errors import ModelError
-
-            when = "in the sanity check before training" if self.trainer.sanity_checking else (
-                f"at epoch {self.current_epoch} (step {self.global_step})")
-            raise ModelError(
-                f"fit: {int(nonfinite)} of {int(evaluated)} validation users got a NaN or infinite score for their "
-                f"held-out item {when}: the model diverged (its weights overflow float32 scores even where the "
-                "training loss still looked finite), so training stops here, before this epoch's checkpoint (a "
-                f"checkpoint saved before keeps its usable weights). To train: {training_advice(self.trainer)}"
-            )
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
