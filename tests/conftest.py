@@ -36,8 +36,8 @@ TINY_LINES = [
 ]
 
 # Flags that make any config tiny and fast (hidden 8, 1 block, short sequences, CPU, no logger files).
-TINY_MODEL = ["--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
-              "--model.init_args.num_heads", "1"]
+TINY_MODEL = ["--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
+              "--model.init_args.encoder.num_heads", "1"]
 TINY_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
                 "--trainer.enable_model_summary", "false"]
 

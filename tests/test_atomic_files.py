@@ -29,16 +29,18 @@ import torch
 from conftest import CONFIGS
 from sasrec_lightning import SASRec, SASRecModule
 from sasrec_lightning.atomic import remove_stale_temporaries, write_text
-from sasrec_lightning.cli.app import SASRecArgumentParser, cli_main, main
+from sasrec_lightning.cli.app import cli_main, main
+from sasrec_lightning.cli.parse_errors import SASRecArgumentParser
 from sasrec_lightning.errors import OutputError
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.serving.prediction import recommendations_table, write_table
 from sasrec_lightning.training.checkpoint_io import SafeCheckpointIO
 from sasrec_lightning.training.checkpoints import read_checkpoint
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.max_len", "8",
-        "--data.use_cache", "false", "--data.print_statistics", "false", "--data.num_eval_negatives", "20",
-        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+TINY = ["--data.source.synthetic_users", "30", "--data.source.synthetic_items", "40", "--data.max_len", "8",
+        "--data.cache.use", "false", "--data.print_statistics", "false", "--data.loader.num_eval_negatives", "20",
+        "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 # Only last.ckpt, saved at the end of every epoch (so a resumed run overwrites it).
 SAVE_LAST = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
@@ -359,7 +361,7 @@ def test_a_kill_while_exporting_leaves_the_old_model_file(tmp_path, monkeypatch)
     output.write_bytes(b"the old model")
     monkeypatch.setattr(torch.jit, "save", partial_writer)
     with pytest.raises(Killed):
-        export_torchscript(SASRec(5, 4, hidden_size=8, num_blocks=1, num_heads=1), output)
+        export_torchscript(SASRec(5, 4, EncoderOptions(hidden_size=8, num_blocks=1, num_heads=1)), output)
     assert output.read_bytes() == b"the old model"
     assert only_files(tmp_path) == ["model.pt"]
 

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec, SASRecDataModule, SASRecModule
-from sasrec_lightning.serving.attention import AttentionHeatmaps, average_attention, main, plot_attention
+from sasrec_lightning.cli.attention import main
+from sasrec_lightning.data.options import CacheOptions, SourceOptions
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.serving.attention import AttentionHeatmaps, average_attention, plot_attention
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +20,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def tiny_encoder() -> SASRec:
     torch.manual_seed(0)
-    return SASRec(num_items=20, max_len=5, hidden_size=8, num_blocks=2, num_heads=2, dropout=0.3)
+    return SASRec(num_items=20, max_len=5,
+                  options=EncoderOptions(hidden_size=8, num_blocks=2, num_heads=2, dropout=0.3))
 
 
 def test_average_attention_equals_a_brute_force_average_over_right_aligned_real_queries():
@@ -49,7 +53,8 @@ def test_average_attention_respects_max_users_and_rejects_attention_free_models(
     _, counts = average_attention(encoder, [torch.ones(4, 3, dtype=torch.long)] * 3, max_users=6)
     assert counts[-1] == 6
     with pytest.raises(ValueError, match="num_blocks=0"):
-        average_attention(SASRec(5, 3, 4, num_blocks=0), [torch.ones(1, 2, dtype=torch.long)])
+        average_attention(SASRec(5, 3, EncoderOptions(hidden_size=4, num_blocks=0)),
+                          [torch.ones(1, 2, dtype=torch.long)])
 
 
 def test_plot_attention_writes_one_png_per_block_and_head(tmp_path):
@@ -77,9 +82,11 @@ FakeWandb.__name__ = "WandbLogger"
 
 def test_callback_renders_after_fit_and_logs_images(tmp_path):
     pytest.importorskip("matplotlib")
-    data = SASRecDataModule(synthetic_users=40, synthetic_items=100, max_len=6, use_cache=False,
-                            print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, num_heads=2)
+    data = SASRecDataModule(max_len=6, print_statistics=False,
+                            source=SourceOptions(synthetic_users=40, synthetic_items=100),
+                            cache=CacheOptions(use=False))
+    model = SASRecModule(num_items=data.num_items, max_len=6,
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1, num_heads=2))
     logger = FakeWandb(tmp_path)
     callback = AttentionHeatmaps(output_dir=str(tmp_path / "maps"), positions=6, on_test_end=False)
     trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[callback], enable_checkpointing=False,
@@ -95,8 +102,8 @@ def test_callback_renders_after_fit_and_logs_images(tmp_path):
 
 def test_attention_command_on_the_quickstart_config(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    main(["-c", QUICKSTART, "--data.synthetic_users", "40", "--data.synthetic_items", "100",
-          "--data.use_cache", "false", "--data.print_statistics", "false", "--model.init_args.hidden_size", "8",
+    main(["-c", QUICKSTART, "--data.source.synthetic_users", "40", "--data.source.synthetic_items", "100",
+          "--data.cache.use", "false", "--data.print_statistics", "false", "--model.init_args.encoder.hidden_size", "8",
           "--attention.output_dir", str(tmp_path), "--attention.positions", "10"])
     assert "attention_block2_head1.png" in capsys.readouterr().out
     assert (tmp_path / "attention.png").read_bytes().startswith(PNG)

@@ -30,10 +30,12 @@ def counted(monkeypatch):
     return calls
 
 
-def _module(path, tmp_path, **kwargs):
-    defaults = {"timestamp_column": "ts", "min_user_interactions": 0, "min_item_interactions": 0}
-    return SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False,
-                            **{**defaults, **kwargs})
+def _module(path, tmp_path, source=None, preprocessing=None, cache=None, **kwargs):
+    """Times in ``ts``, nothing filtered, cached under ``tmp_path/cache``; the given groups' fields override these."""
+    return SASRecDataModule(
+        path=str(path), print_statistics=False, source={"timestamp_column": "ts", **(source or {})},
+        preprocessing={"min_user_interactions": 0, "min_item_interactions": 0, **(preprocessing or {})},
+        cache={"dir": str(tmp_path / "cache"), **(cache or {})}, **kwargs)
 
 
 def _entries(tmp_path):
@@ -58,8 +60,8 @@ def test_option_change_or_file_change_rebuilds(tmp_path, counted):
     path = tmp_path / "log.csv"
     path.write_text(LOG)
     _module(path, tmp_path).sequences  # noqa: B018
-    _module(path, tmp_path, deduplicate=True).sequences  # noqa: B018
-    _module(path, tmp_path, min_user_interactions=3).sequences  # noqa: B018
+    _module(path, tmp_path, preprocessing={"deduplicate": True}).sequences  # noqa: B018
+    _module(path, tmp_path, preprocessing={"min_user_interactions": 3}).sequences  # noqa: B018
     assert len(counted) == 3 and len(_entries(tmp_path)) == 3
     path.write_text(LOG + "u3,a,4\n")
     os.utime(path, ns=(1, 1))  # a different size and modification time
@@ -70,9 +72,9 @@ def test_option_change_or_file_change_rebuilds(tmp_path, counted):
 def test_hash_source_keys_on_content(tmp_path, counted):
     path = tmp_path / "log.csv"
     path.write_text(LOG)
-    _module(path, tmp_path, hash_source=True).sequences  # noqa: B018
+    _module(path, tmp_path, cache={"hash_source": True}).sequences  # noqa: B018
     os.utime(path, ns=(2, 2))  # touched, same bytes: still a hit
-    _module(path, tmp_path, hash_source=True).sequences  # noqa: B018
+    _module(path, tmp_path, cache={"hash_source": True}).sequences  # noqa: B018
     assert len(counted) == 1
 
 
@@ -80,9 +82,9 @@ def test_force_rebuild_and_disabled_cache(tmp_path, counted):
     path = tmp_path / "log.csv"
     path.write_text(LOG)
     _module(path, tmp_path).sequences  # noqa: B018
-    rebuilt = _module(path, tmp_path, rebuild_cache=True).sequences
+    rebuilt = _module(path, tmp_path, cache={"rebuild": True}).sequences
     assert len(counted) == 2 and rebuilt.info["cache"]["hit"] is False and len(_entries(tmp_path)) == 1
-    uncached = _module(path, tmp_path, use_cache=False).sequences
+    uncached = _module(path, tmp_path, cache={"use": False}).sequences
     assert len(counted) == 3 and "cache" not in uncached.info
 
 
@@ -130,7 +132,7 @@ def test_cold_and_cached_runs_give_identical_splits_and_negatives(tmp_path):
     path.write_text("user,item,ts\n" + "\n".join(lines) + "\n")
     runs = []
     for _ in range(2):
-        module = _module(path, tmp_path, num_eval_negatives=5, seed=3)
+        module = _module(path, tmp_path, loader={"num_eval_negatives": 5}, seed=3)
         module.setup("fit")
         train = next(iter(module.train_dataloader()))
         runs.append((module.sequences.info["cache"]["hit"], module.eval_batches("test").candidates,
@@ -258,7 +260,7 @@ def test_build_lock_files_do_not_pile_up_in_tmpdir(tmp_path, monkeypatch):
     path = tmp_path / "log.csv"
     path.write_text(LOG)
     for threshold in range(3):  # three entries, three locks taken
-        _module(path, tmp_path, min_user_interactions=threshold).sequences  # noqa: B018
+        _module(path, tmp_path, preprocessing={"min_user_interactions": threshold}).sequences  # noqa: B018
     assert len(_entries(tmp_path)) == 3
     assert list(scratch.iterdir()) == []  # no lock file and no scratch read folder left
 
@@ -342,7 +344,7 @@ def test_symlink_swapped_to_a_file_of_the_same_size_and_mtime_rebuilds(tmp_path,
 
 def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
     """Large files are fingerprinted by 10 blocks of 64 KiB; an edit in one changes the key, hash_source sees all."""
-    from sasrec_lightning.data.sources import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
+    from sasrec_lightning.data.locations import SAMPLE_BLOCK, SAMPLED_BLOCKS, source_identity
 
     path = tmp_path / "big.txt"
     size = 24 * SAMPLE_BLOCK  # 1.5 MiB: 10 of its 24 blocks are read
@@ -352,7 +354,7 @@ def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
     _edit_in_place(path, 4 * step + SAMPLE_BLOCK // 2, b"7")  # the middle of the 4th sampled block
     assert source_identity(str(path), "sasrec") != first
     # What the default key can miss (docs/datasets.md): an edit between the sampled blocks, with the size,
-    # the modification time and the inode restored. --data.hash_source reads every byte and sees it.
+    # the modification time and the inode restored. --data.cache.hash_source reads every byte and sees it.
     edited = source_identity(str(path), "sasrec")
     hashed = source_identity(str(path), "sasrec", hash_content=True)
     gap = step + SAMPLE_BLOCK + (step - SAMPLE_BLOCK) // 2  # between blocks 1 and 2
@@ -362,20 +364,21 @@ def test_sampled_fingerprint_sees_an_edit_inside_a_sampled_block(tmp_path):
 
 
 def test_local_folder_read_as_hub_is_keyed_on_its_files(tmp_path, counted):
-    """A folder of data files with --data.format hub: an edit (size and mtime kept) is read, also without the cache.
+    """A folder of data files with --data.source.format hub: an edit (size and mtime kept) is read, also uncached.
 
     Its files used to be keyed by the folder name only, and ``datasets`` kept its own Arrow copy
-    keyed by path and modification time, so even --data.use_cache false read the old rows.
+    keyed by path and modification time, so even --data.cache.use false read the old rows.
     """
     folder = tmp_path / "my-dataset"
     folder.mkdir()
     part = folder / "part-0.csv"
     part.write_text(LOG)
-    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c"]
-    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.num_items == 3
+    hub = {"format": "hub"}
+    assert _module(folder, tmp_path, source=hub).sequences.item_ids[1:].tolist() == ["a", "b", "c"]
+    assert _module(folder, tmp_path, source=hub, cache={"use": False}).sequences.num_items == 3
     _edit_in_place(part, LOG.index("u2,c,3") + 3, b"d")
-    assert _module(folder, tmp_path, format="hub").sequences.item_ids[1:].tolist() == ["a", "b", "c", "d"]
-    assert _module(folder, tmp_path, format="hub", use_cache=False).sequences.item_ids[1:].tolist() == [
+    assert _module(folder, tmp_path, source=hub).sequences.item_ids[1:].tolist() == ["a", "b", "c", "d"]
+    assert _module(folder, tmp_path, source=hub, cache={"use": False}).sequences.item_ids[1:].tolist() == [
         "a", "b", "c", "d"]
     assert len(counted) == 4
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["sequences"]  # no datasets Arrow copy kept

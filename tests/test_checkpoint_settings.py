@@ -11,14 +11,14 @@ import yaml
 
 from conftest import CONFIGS
 from sasrec_lightning.cli.app import cli_main, main
-from sasrec_lightning.serving.attention import main as attention_main
+from sasrec_lightning.cli.attention import main as attention_main
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1", "--trainer.enable_progress_bar",
-        "false", "--trainer.enable_model_summary", "false"]
-# Options of the training run that the later commands never repeat.
-RUN_OPTIONS = {"user_column": "uid", "item_column": "sku", "timestamp_column": "ts", "max_len": 6,
-               "min_user_interactions": 4, "num_eval_negatives": 10}
+TINY = ["--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# Options of the training run that the later commands never repeat (``--data.`` + the key).
+RUN_OPTIONS = {"source.user_column": "uid", "source.item_column": "sku", "source.timestamp_column": "ts", "max_len": 6,
+               "preprocessing.min_user_interactions": 4, "loader.num_eval_negatives": 10}
 
 
 def write_log(path):
@@ -51,7 +51,15 @@ def run(tmp_path_factory):
 def test_the_checkpoint_stores_the_data_settings(run):
     *_, checkpoint, _ = run
     saved = torch.load(checkpoint, weights_only=True)["datamodule_hyper_parameters"]
-    assert {key: saved[key] for key in RUN_OPTIONS} == RUN_OPTIONS
+
+    def value(key):  # "source.user_column" -> saved["source"]["user_column"]: the groups are stored as plain dicts
+        *groups, name = key.split(".")
+        options = saved
+        for group in groups:
+            options = options[group]
+        return options[name]
+
+    assert {key: value(key) for key in RUN_OPTIONS} == RUN_OPTIONS
 
 
 @pytest.mark.parametrize("config", [[], ["-c", QUICKSTART]], ids=["no config", "quickstart config"])
@@ -74,7 +82,8 @@ def test_an_option_given_on_the_command_line_wins_and_the_error_names_what_diffe
     _, data, checkpoint, _ = run
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:  # items seen fewer than 9 times are dropped: 12 of 25 are left
-        main(["test", "--ckpt_path", str(checkpoint), "--data.path", str(data), "--data.min_item_interactions", "9"])
+        main(["test", "--ckpt_path", str(checkpoint), "--data.path", str(data),
+              "--data.preprocessing.min_item_interactions", "9"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

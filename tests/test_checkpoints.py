@@ -24,6 +24,7 @@ import torch
 from conftest import CONFIGS, write_sasrec_txt
 from sasrec_lightning.cli.app import main
 from sasrec_lightning.errors import CheckpointError
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.training.checkpoint_io import SafeCheckpointIO
 from sasrec_lightning.training.checkpoints import (
     check_item_ids,
@@ -35,8 +36,8 @@ from sasrec_lightning.training.checkpoints import (
 )
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["--data.max_len", "8", "--data.use_cache", "false", "--data.print_statistics", "false",
-        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+TINY = ["--data.max_len", "8", "--data.cache.use", "false", "--data.print_statistics", "false",
+        "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -193,7 +194,7 @@ def test_a_missing_checkpoint_file_is_one_line(trained, tmp_path, capsys):
 
 
 def test_export_refuses_a_checkpoint_naming_an_unknown_class(trained, tmp_path, monkeypatch, capsys):
-    from sasrec_lightning.serving.export import main as export_main
+    from sasrec_lightning.cli.export import main as export_main
 
     _, checkpoint = trained
     marker = tmp_path / "imported.marker"
@@ -222,12 +223,13 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, capsys, 
 def test_weights_of_another_shape_are_refused_before_loading_them():
     from sasrec_lightning import SASRecModule
 
-    trained_on_40 = SASRecModule(num_items=40, max_len=8, hidden_size=8, num_blocks=1).state_dict()
+    encoder = EncoderOptions(hidden_size=8, num_blocks=1)
+    trained_on_40 = SASRecModule(num_items=40, max_len=8, encoder=encoder).state_dict()
     with pytest.raises(CheckpointError, match=r"num_items=40 but the data has num_items=30"):
-        SASRecModule(num_items=30, max_len=8, hidden_size=8, num_blocks=1).on_load_checkpoint(
+        SASRecModule(num_items=30, max_len=8, encoder=encoder).on_load_checkpoint(
             {"state_dict": dict(trained_on_40)})
     with pytest.raises(CheckpointError, match=r"position_embedding.weight \(8, 8\) in the checkpoint, \(5, 8\) here"):
-        SASRecModule(num_items=40, max_len=5, hidden_size=8, num_blocks=1).on_load_checkpoint(
+        SASRecModule(num_items=40, max_len=5, encoder=encoder).on_load_checkpoint(
             {"state_dict": dict(trained_on_40)})
 
 
@@ -333,12 +335,12 @@ def test_a_refusal_is_told_from_a_damaged_file_whatever_the_case(message):
 def test_an_integer_item_table_is_refused_before_its_values_are_cast(trained, tmp_path, capsys):
     data, checkpoint = trained
     state = torch.load(checkpoint, weights_only=True)
-    table = state["state_dict"]["model.item_embedding.weight"]
-    state["state_dict"]["model.item_embedding.weight"] = table.round().to(torch.int64)  # scores 0.0 once cast
+    table = state["state_dict"]["model.items.embedding.weight"]
+    state["state_dict"]["model.items.embedding.weight"] = table.round().to(torch.int64)  # scores 0.0 once cast
     torch.save(state, tmp_path / "integer-table.ckpt")
     line = run_error(capsys, ["test", "-c", QUICKSTART, "--data.path", str(data), *TINY,
                               "--ckpt_path", str(tmp_path / "integer-table.ckpt")])
-    assert "model.item_embedding.weight is torch.int64 of shape (41, 8)" in line
+    assert "model.items.embedding.weight is torch.int64 of shape (41, 8)" in line
     assert "floating-point tensor (torch.float32, shape (41, 8))" in line
 
 

@@ -26,7 +26,7 @@ def test_model_and_data_help_come_from_the_docstrings(capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "--model.help", "SASRecModule"])
     out = capsys.readouterr().out
-    assert "--model.hidden_size" in out and "embedding size" in out
+    assert "--model.encoder.hidden_size" in out and "embedding size" in out
     with pytest.raises(SystemExit):
         cli_main(["fit", "--data.help", "SASRecDataModule"])
     out = capsys.readouterr().out
@@ -35,13 +35,13 @@ def test_model_and_data_help_come_from_the_docstrings(capsys):
 
 def test_print_config_shows_overrides_and_links(capsys, tiny_txt):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "-c", QUICKSTART, "--data.path", str(tiny_txt), "--model.init_args.hidden_size", "12",
-                  "--print_config"])
+        cli_main(["fit", "-c", QUICKSTART, "--data.path", str(tiny_txt), "--model.init_args.encoder.hidden_size",
+                  "12", "--print_config"])
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["data"]["init_args"]["path"] == str(tiny_txt)
     assert config["model"]["class_path"] == "sasrec_lightning.SASRecModule"
-    assert config["model"]["init_args"]["hidden_size"] == 12
+    assert config["model"]["init_args"]["encoder"]["hidden_size"] == 12
     # Said once in the data section and linked into the model, never typed for the model.
     assert "num_items" not in config["model"]["init_args"] and "max_len" not in config["model"]["init_args"]
     assert config["data"]["init_args"]["max_len"] == 50
@@ -71,16 +71,18 @@ def test_test_with_a_checkpoint_takes_evaluation_settings_from_the_command(tmp_p
     common = ["-c", QUICKSTART, "--data.path", str(synthetic_txt), "--data.init_args.max_len", "10", *TINY_TRAINER,
               "--trainer.default_root_dir", str(tmp_path)]
     cli_main(["fit", *common, *TINY_MODEL, "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "true",
-              "--model.init_args.eval_protocol", "full", "--test_after_fit", "false"])
+              "--model.init_args.evaluation.protocol", "full", "--test_after_fit", "false"])
     (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
-    cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint), "--model.init_args.hidden_size", "16",
-                    "--model.init_args.eval_protocol", "sampled", "--model.init_args.top_k", "[1, 5]"])
-    assert cli.model.hparams.hidden_size == 8  # what was trained (TINY_MODEL), whatever the command says
-    assert cli.model.hparams.eval_protocol == "sampled" and list(cli.model.hparams.top_k) == [1, 5]
+    cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint), "--model.init_args.encoder.hidden_size", "16",
+                    "--model.init_args.evaluation.protocol", "sampled", "--model.init_args.evaluation.top_k", "[1, 5]"])
+    assert cli.model.hparams.encoder["hidden_size"] == 8  # what was trained (TINY_MODEL), whatever the command says
+    evaluation = cli.model.hparams.evaluation
+    assert evaluation["protocol"] == "sampled" and list(evaluation["top_k"]) == [1, 5]
     assert {"test/hr@1", "test/hr@5", "test/ndcg@5"} <= set(cli.trainer.callback_metrics)
     # Without a flag the command's config decides too (quickstart: the default sampled protocol).
     cli = cli_main(["test", *common, "--ckpt_path", str(checkpoint)])
-    assert cli.model.hparams.eval_protocol == "sampled" and list(cli.model.hparams.top_k) == [10]
+    evaluation = cli.model.hparams.evaluation
+    assert evaluation["protocol"] == "sampled" and list(evaluation["top_k"]) == [10]
 
 
 def test_the_private_lightningcli_names_the_cli_relies_on_still_exist():
@@ -96,7 +98,7 @@ def test_the_private_lightningcli_names_the_cli_relies_on_still_exist():
     from lightning.pytorch.cli import LightningCLI
 
     source = inspect.getsource(LightningCLI)
-    hint = f"lightning {lightning.__version__}: update sasrec_lightning/cli.py"
+    hint = f"lightning {lightning.__version__}: update sasrec_lightning/cli/app.py and cli/checkpoint_settings.py"
     assert callable(getattr(LightningCLI, "_parse_ckpt_path", None)), hint
     assert "self._parse_ckpt_path()" in source, hint  # still called while parsing
     assert "self._model_class" in source and "self._datamodule_class" in source, hint

@@ -24,11 +24,11 @@ def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, synthetic_
     data = yaml.safe_load(config.read_text()).get("data", {}).get("init_args", {})
     args = ["fit", "-c", str(config), *TINY_MODEL, *TINY_TRAINER, "--trainer.fast_dev_run", "true",
             "--trainer.default_root_dir", str(tmp_path), "--data.init_args.max_len", "10",
-            "--data.init_args.cache_dir", str(tmp_path / "cache")]
-    if data.get("path") or data.get("url"):  # a dataset config: point it at a tiny SASRec text file
+            "--data.init_args.cache.dir", str(tmp_path / "cache")]
+    if data.get("path") or data.get("source", {}).get("url"):  # a dataset config: point it at a tiny SASRec file
         args += ["--data.path", str(synthetic_txt)]
     else:
-        args += ["--data.init_args.synthetic_users", "60", "--data.init_args.synthetic_items", "30"]
+        args += ["--data.init_args.source.synthetic_users", "60", "--data.init_args.source.synthetic_items", "30"]
     cli = cli_main(args)
     assert cli.trainer.state.finished
     assert cli.model.model.num_items == cli.datamodule.num_items  # linked, never typed
@@ -39,11 +39,14 @@ def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, synthetic_
 def test_dataset_configs_carry_the_papers_settings(name):
     config = yaml.safe_load((CONFIGS / name).read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
+    encoder, optimization = model["encoder"], model["optimization"]
     max_len, dropout = PAPER[name]
-    assert (data["max_len"], model["dropout"]) == (max_len, dropout)
-    assert (model["hidden_size"], model["num_blocks"], model["num_heads"], model["lr"]) == (50, 2, 1, 0.001)
-    assert data["batch_size"] == 128 and tuple(model.get("betas", (0.9, 0.98))) == (0.9, 0.98)
-    assert model.get("loss", "bce") == "bce" and model.get("eval_protocol", "sampled") == "sampled"
+    assert (data["max_len"], encoder["dropout"]) == (max_len, dropout)
+    assert (encoder["hidden_size"], encoder["num_blocks"], encoder["num_heads"]) == (50, 2, 1)
+    assert optimization["lr"] == 0.001
+    assert data["loader"]["batch_size"] == 128 and tuple(optimization.get("betas", (0.9, 0.98))) == (0.9, 0.98)
+    protocol = model.get("evaluation", {}).get("protocol", "sampled")
+    assert model.get("loss", "bce") == "bce" and protocol == "sampled"
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/ndcg@10" and callbacks["ModelCheckpoint"]["mode"] == "max"
     assert callbacks["EarlyStopping"]["monitor"] == "val/ndcg@10" and callbacks["EarlyStopping"]["patience"] >= 1
@@ -54,12 +57,14 @@ def _data_options(path):
 
 
 @pytest.mark.parametrize("config", [path for path in ALL_CONFIGS if _data_options(path).get("path")
-                                    or _data_options(path).get("url")], ids=lambda path: path.name)
+                                    or _data_options(path).get("source", {}).get("url")], ids=lambda path: path.name)
 def test_dataset_configs_do_not_filter_a_sasrec_text_file_again(config, tmp_path):
     """A SASRec ``.txt`` is already preprocessed: every dataset config keeps all its rows (raw files get 5/5)."""
     tiny = write_sasrec_txt(tmp_path / "tiny.txt", TINY_LINES)  # users with 1-5 actions, items with 2-4
-    options = {key: value for key, value in _data_options(config).items() if key != "url"}
-    data = SASRecDataModule(**{**options, "path": str(tiny), "cache_dir": str(tmp_path / "cache"),
+    options = _data_options(config)
+    source = {key: value for key, value in options.get("source", {}).items() if key != "url"}
+    data = SASRecDataModule(**{**options, "path": str(tiny), "source": source,
+                               "cache": {**options.get("cache", {}), "dir": str(tmp_path / "cache")},
                                "print_statistics": False})
     assert data.statistics["actions"] == len(TINY_LINES)
 
@@ -70,16 +75,22 @@ def test_reference_recipes_carry_the_authors_code_settings(name):
     recipe = yaml.safe_load((CONFIGS / "paper" / name).read_text())
     recommended = yaml.safe_load((CONFIGS / name).read_text())
     model, data, trainer = recipe["model"]["init_args"], recipe["data"]["init_args"], recipe["trainer"]
+    encoder, optimization, loader = model["encoder"], model["optimization"], data["loader"]
     max_len, dropout = PAPER[name]
-    assert (data["max_len"], model["dropout"], data["batch_size"]) == (max_len, dropout, 128)
-    assert (model["hidden_size"], model["num_blocks"], model["num_heads"], model["lr"]) == (50, 2, 1, 0.001)
-    assert tuple(model["betas"]) == (0.9, 0.98) and model["l2_emb"] == 0.0
-    assert (model["block_layout"], model["init"], model["loss"]) == ("reference", "xavier_uniform", "bce")
-    assert model["loss_normalization"] == "batch" and data["length_bucketing"] is False
-    assert (data["num_negatives"], data["num_eval_negatives"], model["eval_protocol"]) == (1, 100, "sampled")
+    assert (data["max_len"], encoder["dropout"], loader["batch_size"]) == (max_len, dropout, 128)
+    assert (encoder["hidden_size"], encoder["num_blocks"], encoder["num_heads"]) == (50, 2, 1)
+    assert optimization["lr"] == 0.001
+    assert tuple(optimization["betas"]) == (0.9, 0.98) and optimization["l2_emb"] == 0.0
+    assert (encoder["block_layout"], encoder["init"], model["loss"]) == ("reference", "xavier_uniform", "bce")
+    assert optimization["loss_normalization"] == "batch" and loader["length_bucketing"] is False
+    assert (loader["num_negatives"], loader["num_eval_negatives"]) == (1, 100)
+    assert model["evaluation"]["protocol"] == "sampled"
     assert trainer["max_epochs"] == 200 and trainer["check_val_every_n_epoch"] == 20
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
     assert "EarlyStopping" not in callbacks and callbacks["ModelCheckpoint"].get("monitor") is None
     # The same data as the recommended config: only the recipe differs.
-    source = {key: recommended["data"]["init_args"].get(key) for key in ("path", "url", "user_column", "item_column")}
-    assert source == {key: data.get(key) for key in source}
+    def where(options):  # the data's path and how it is read: path, source.url and the source's columns
+        source = options.get("source", {})
+        return {"path": options.get("path"), **{key: source.get(key) for key in ("url", "user_column", "item_column")}}
+
+    assert where(recommended["data"]["init_args"]) == where(data)

@@ -17,16 +17,23 @@ import textwrap
 import lightning as L
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, run_cli, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import LoaderOptions
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.evaluation import EvaluationOptions
 
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
+    from dataclasses import replace
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from sasrec_lightning import SASRecDataModule, SASRecModule
+    from sasrec_lightning.model.options import EncoderOptions
+    from sasrec_lightning.training.evaluation import EvaluationOptions
 
 
     class Record(L.Callback):
@@ -59,10 +66,11 @@ SCRIPT = textwrap.dedent(
     def main():
         data_path, out, strategy, protocol = sys.argv[1:5]
         L.seed_everything(3, verbose=False)
-        data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, eval_batch_size=16, seed=3,
+        data = SASRecDataModule(path=data_path, max_len=8, loader={"batch_size": 8, "eval_batch_size": 16}, seed=3,
                                 print_statistics=False)
-        model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.2,
-                             eval_protocol=protocol, top_k=(1, 5))
+        model = SASRecModule(num_items=data.num_items, max_len=8,
+                             encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.2),
+                             evaluation=EvaluationOptions(protocol=protocol, top_k=(1, 5)))
         checkpoint = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0)
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=2, logger=False,
                             enable_progress_bar=False, enable_model_summary=False,
@@ -73,10 +81,11 @@ SCRIPT = textwrap.dedent(
         for name in ("sampled", "full"):  # the protocol trained with last, so the recorded users are its
             if name == protocol:
                 continue
-            model.hparams.eval_protocol = name
-            results[name] = {"validate": trainer.validate(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
-                             "test": trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]}
-        model.hparams.eval_protocol = protocol
+            # The same model evaluated under the other protocol (its weights: the checkpoint's).
+            other = SASRecModule(num_items=data.num_items, max_len=8, encoder=model.encoder_options,
+                                 evaluation=replace(model.evaluation, protocol=name))
+            results[name] = {"validate": trainer.validate(other, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
+                             "test": trainer.test(other, datamodule=data, ckpt_path=ckpt, verbose=False)[0]}
         results[protocol] = {
             "validate": trainer.validate(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
             "test": trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
@@ -109,10 +118,12 @@ def _run_ddp(tmp_path, data_path, strategy="ddp", protocol="sampled"):
 
 
 def _single_process(data_path, ckpt, protocol):
-    data = SASRecDataModule(path=str(data_path), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                            print_statistics=False)
-    model = SASRecModule.load_from_checkpoint(ckpt, weights_only=True)
-    model.hparams.eval_protocol = protocol
+    data = SASRecDataModule(path=str(data_path), max_len=8, seed=3, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8, eval_batch_size=16))
+    saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]["evaluation"]
+    # The checkpoint's model and evaluation options, under ``protocol``.
+    model = SASRecModule.load_from_checkpoint(ckpt, weights_only=True, evaluation={**saved, "protocol": protocol})
+    assert model.evaluation.protocol == protocol and model.evaluation.top_k == (1, 5)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     return {
@@ -162,7 +173,7 @@ def test_cli_fit_and_test_with_two_devices(synthetic_txt, tmp_path):
         ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"),
          "-c", str(REPO / "configs" / "trainer" / "cpu-ddp.yaml"),
          "--data.init_args.path", str(synthetic_txt), "--trainer.max_epochs", "1",
-         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+         "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
          "--trainer.default_root_dir", str(tmp_path)],
         cwd=tmp_path,
     )
@@ -189,21 +200,25 @@ FEW_USERS_SCRIPT = textwrap.dedent(
     import json, os, sys
     import lightning as L
     from sasrec_lightning import SASRecDataModule, SASRecModule
+    from sasrec_lightning.model.options import EncoderOptions
+    from sasrec_lightning.training.evaluation import EvaluationOptions
 
 
     def main():
         data_path, out = sys.argv[1:3]
-        data = SASRecDataModule(path=data_path, max_len=8, eval_batch_size=16, num_eval_negatives=3, seed=3,
-                                print_statistics=False)
+        data = SASRecDataModule(path=data_path, max_len=8, loader={"eval_batch_size": 16, "num_eval_negatives": 3},
+                                seed=3, print_statistics=False)
         L.seed_everything(3, verbose=False)
-        model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, top_k=(1, 5))
+        model = SASRecModule(num_items=data.num_items, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
                             enable_model_summary=False)
         results = {}
         for protocol in ("sampled", "full"):
-            model.hparams.eval_protocol = protocol
-            results[protocol] = {"validate": trainer.validate(model, datamodule=data, verbose=False)[0],
-                                 "test": trainer.test(model, datamodule=data, verbose=False)[0]}
+            evaluated = SASRecModule(num_items=data.num_items, max_len=8, encoder=model.encoder_options,
+                                     evaluation=EvaluationOptions(protocol=protocol, top_k=(1, 5)))
+            evaluated.load_state_dict(model.state_dict())  # the same weights under each protocol
+            results[protocol] = {"validate": trainer.validate(evaluated, datamodule=data, verbose=False)[0],
+                                 "test": trainer.test(evaluated, datamodule=data, verbose=False)[0]}
         if trainer.global_rank == 0:
             with open(os.path.join(out, "results.json"), "w") as handle:
                 json.dump(results, handle)
@@ -230,17 +245,19 @@ def test_ddp_with_fewer_evaluated_users_than_processes(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     results = json.loads((tmp_path / "results.json").read_text())
-    data = SASRecDataModule(path=str(data_path), max_len=8, eval_batch_size=16, num_eval_negatives=3, seed=3,
-                            print_statistics=False)
+    data = SASRecDataModule(path=str(data_path), max_len=8, seed=3, print_statistics=False,
+                            loader=LoaderOptions(eval_batch_size=16, num_eval_negatives=3))
     assert len(data.eval_batches("val")) == len(data.eval_batches("test")) == 1
     L.seed_everything(3, verbose=False)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, top_k=(1, 5))
+    model = SASRecModule(num_items=data.num_items, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     for protocol in ("sampled", "full"):
-        model.hparams.eval_protocol = protocol
-        alone = {"validate": trainer.validate(model, datamodule=data, verbose=False)[0],
-                 "test": trainer.test(model, datamodule=data, verbose=False)[0]}
+        evaluated = SASRecModule(num_items=data.num_items, max_len=8, encoder=model.encoder_options,
+                                 evaluation=EvaluationOptions(protocol=protocol, top_k=(1, 5)))
+        evaluated.load_state_dict(model.state_dict())  # the same weights under each protocol
+        alone = {"validate": trainer.validate(evaluated, datamodule=data, verbose=False)[0],
+                 "test": trainer.test(evaluated, datamodule=data, verbose=False)[0]}
         for stage in ("validate", "test"):
             assert results[protocol][stage] == pytest.approx(alone[stage], rel=1e-6), (protocol, stage)
 

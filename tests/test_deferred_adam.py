@@ -14,8 +14,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
 from sasrec_lightning.errors import OptionError
 from sasrec_lightning.fast.lazy_adam import LazyAdam, SkippedSteps, skipped_steps_factor
+from sasrec_lightning.fast.speed import SpeedOptions
+from sasrec_lightning.model.losses import SampledSoftmaxLoss
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 LR, BETAS, EPS = 0.01, (0.9, 0.98), 1e-8
 
@@ -171,14 +176,16 @@ def test_deferred_refusals():
     with pytest.raises(ValueError, match=r"needs beta1 < sqrt\(beta2\).*\(0\.9, 0\.8\)"):
         LazyAdam([nn.Parameter(torch.zeros(2, 2))], betas=(0.9, 0.8), catch_up=True)
     LazyAdam([nn.Parameter(torch.zeros(2, 2))], betas=(0.9, 0.8))  # lazy does not need it
-    with pytest.raises(OptionError, match=r"--model\.item_updates deferred with --model\.l2_emb 0\.01: the L2 term"):
-        SASRecModule(num_items=5, item_updates="deferred", l2_emb=0.01)
-    with pytest.raises(OptionError, match=r"--model\.item_updates deferred builds its own optimizer"):
-        SASRecModule(num_items=5, item_updates="deferred", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    with pytest.raises(OptionError, match=r"--model\.item_updates deferred with --model\.betas \[0\.9, 0\.8\]: needs "
-                                          r"beta1 < sqrt\(beta2\)"):
-        SASRecModule(num_items=5, item_updates="deferred", betas=(0.9, 0.8))
-    SASRecModule(num_items=5, item_updates="lazy", betas=(0.9, 0.8))
+    deferred, lazy = SpeedOptions(item_updates="deferred"), SpeedOptions(item_updates="lazy")
+    with pytest.raises(OptionError, match=r"--model\.speed\.item_updates deferred with --model\.optimization\.l2_emb "
+                                          r"0\.01: the L2 term"):
+        SASRecModule(num_items=5, speed=deferred, optimization=OptimizationOptions(l2_emb=0.01))
+    with pytest.raises(OptionError, match=r"--model\.speed\.item_updates deferred builds its own optimizer"):
+        SASRecModule(num_items=5, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), speed=deferred)
+    with pytest.raises(OptionError, match=r"--model\.speed\.item_updates deferred with --model\.optimization\.betas "
+                                          r"\[0\.9, 0\.8\]: needs beta1 < sqrt\(beta2\)"):
+        SASRecModule(num_items=5, speed=deferred, optimization=OptimizationOptions(betas=(0.9, 0.8)))
+    SASRecModule(num_items=5, speed=lazy, optimization=OptimizationOptions(betas=(0.9, 0.8)))
 
 
 # ---------------------------------------------------------------------------------------- Lightning
@@ -202,10 +209,13 @@ class CheckFlushed(L.Callback):
 def test_fit_with_deferred_updates_flushes_before_validation_checkpoints_and_at_the_end(tmp_path, validate):
     """Rows are up to date when validation reads them, in the epoch-end checkpoint and after fit (mid-epoch stop)."""
     L.seed_everything(3, verbose=False)
-    data = SASRecDataModule(synthetic_users=60, synthetic_items=300, max_len=6, batch_size=4, print_statistics=False,
-                            use_cache=False, num_negatives=1, num_eval_negatives=20)
-    module = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, item_updates="deferred",
-                          loss="sampled_softmax", sampled_negatives=8)
+    data = SASRecDataModule(max_len=6, print_statistics=False,
+                            source=SourceOptions(synthetic_users=60, synthetic_items=300),
+                            loader=LoaderOptions(batch_size=4, num_negatives=1, num_eval_negatives=20),
+                            cache=CacheOptions(use=False))
+    module = SASRecModule(num_items=data.num_items, max_len=6, loss=SampledSoftmaxLoss(negatives=8),
+                          encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                          speed=SpeedOptions(item_updates="deferred"))
     check = CheckFlushed()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1)  # one file per epoch end
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -215,7 +225,7 @@ def test_fit_with_deferred_updates_flushes_before_validation_checkpoints_and_at_
     trainer.fit(module, datamodule=data)
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, LazyAdam) and optimizer.catch_up
-    table = module.model.item_embedding.weight
+    table = module.model.items.embedding.weight
     state = optimizer.state[table]
     assert int(state["step"]) == trainer.global_step == 10  # stopped in the middle of the third epoch
     assert state["last_step"].tolist() == [10] * table.size(0)

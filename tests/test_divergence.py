@@ -17,15 +17,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli.app import cli_main, main
+from sasrec_lightning.cli.export import main as export_main
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
 from sasrec_lightning.errors import ModelError
 from sasrec_lightning.model.divergence import nonfinite_parameters, training_advice, untrusted_rows
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.serving.export import ServingModel
-from sasrec_lightning.serving.export import main as export_main
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
-TINY = ["--data.synthetic_users", "60", "--data.synthetic_items", "120", "--data.max_len", "8",
-        "--data.use_cache", "false", "--data.print_statistics", "false",
-        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+TINY = ["--data.source.synthetic_users", "60", "--data.source.synthetic_items", "120", "--data.max_len", "8",
+        "--data.cache.use", "false", "--data.print_statistics", "false",
+        "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 OVERFLOW = 1e30  # times every weight: finite weights, scores beyond float32's 3.4e38
 
@@ -63,9 +65,11 @@ class Diverge(L.Callback):
 def fit_until_it_fails(tmp_path, callback: L.Callback, checkpoint: ModelCheckpoint, **trainer_options) -> str:
     """Fit a tiny model (4 batches an epoch) for 3 epochs; return the ModelError's message."""
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(synthetic_users=60, synthetic_items=40, max_len=8, batch_size=16, print_statistics=False,
-                            use_cache=False)
-    module = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    data = SASRecDataModule(max_len=8, print_statistics=False,
+                            source=SourceOptions(synthetic_users=60, synthetic_items=40),
+                            loader=LoaderOptions(batch_size=16), cache=CacheOptions(use=False))
+    module = SASRecModule(num_items=data.num_items, max_len=8,
+                          encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.1))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, max_epochs=3,
                         num_sanity_val_steps=0, callbacks=[callback, checkpoint], **trainer_options)
@@ -88,7 +92,7 @@ def test_fit_stops_when_the_training_loss_is_not_finite_and_keeps_the_last_finit
                                  ModelCheckpoint(dirpath=folder, save_last=True))
     assert message.startswith("fit: the training loss is nan (its mean over epoch 1's batches 0-3, checked whenever "
                               "it is logged: every --trainer.log_every_n_steps 50 steps"), message
-    assert "lower the learning rate (now 0.001: --model.lr)" in message
+    assert "lower the learning rate (now 0.001: --model.optimization.lr)" in message
     checkpoints = saved(folder)
     assert sorted(checkpoints) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # epoch 1 never saved
     assert all(all_finite(state) for state in checkpoints.values())
@@ -114,7 +118,7 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
                                                  save_last=True))
     assert message.startswith(
         "fit: not saving the checkpoint at epoch 1, step 6: the model's weights are not finite (NaN or infinite values "
-        "in model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and 13 "
+        "in model.items.embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and 13 "
         "more: 16 of 16 weight tensors): the model diverged"), message
     checkpoints = saved(folder)
     assert sorted(checkpoints) == [f"epoch={step // 5}-step={step}.ckpt" for step in range(1, 6)] + ["last.ckpt"]
@@ -137,9 +141,9 @@ def test_fit_stops_when_validation_scores_overflow_although_the_weights_are_fini
 
 
 def test_fit_with_a_huge_learning_rate_exits_with_one_error_line(tmp_path, capsys):
-    """The issue's command: ``fit --model.lr 1e10`` used to finish with exit status 0 and NaN checkpoints."""
+    """The issue's command: ``fit --model.optimization.lr 1e10`` used to end with exit status 0 and NaN checkpoints."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "-c", QUICKSTART, *TINY, "--model.init_args.lr", "1e10", "--trainer.max_epochs", "3",
+        main(["fit", "-c", QUICKSTART, *TINY, "--model.init_args.optimization.lr", "1e10", "--trainer.max_epochs", "3",
               "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path),
               "--test_after_fit", "false"])
     err = capsys.readouterr().err
@@ -151,11 +155,11 @@ def test_fit_with_a_huge_learning_rate_exits_with_one_error_line(tmp_path, capsy
 
 
 @pytest.mark.parametrize(("precision", "clip", "expected"), [
-    ("32-true", None, "lower the learning rate (now 0.5: --model.lr) or clip gradients "
+    ("32-true", None, "lower the learning rate (now 0.5: --model.optimization.lr) or clip gradients "
                       "(--trainer.gradient_clip_val 1.0)"),
-    ("32-true", 1.0, "lower the learning rate (now 0.5: --model.lr)"),
+    ("32-true", 1.0, "lower the learning rate (now 0.5: --model.optimization.lr)"),
     # Lightning refuses to clip the fused Adam's gradients under mixed precision: never advised there.
-    ("bf16-mixed", None, "lower the learning rate (now 0.5: --model.lr) or train in full precision "
+    ("bf16-mixed", None, "lower the learning rate (now 0.5: --model.optimization.lr) or train in full precision "
                          "(--trainer.precision 32-true instead of bf16-mixed)"),
 ])
 def test_the_advice_follows_the_trainer_settings(precision, clip, expected):
@@ -207,7 +211,7 @@ def test_predict_refuses_non_finite_weights_and_keeps_the_old_output(checkpoint,
                               "--prediction.output", str(output)], capsys)
     assert line == (
         f"error: predict --ckpt_path {str(broken)!r}: the model's weights are not finite (NaN or infinite values in "
-        "model.item_embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and "
+        "model.items.embedding.weight, model.position_embedding.weight, model.blocks.0.attention_norm.weight and "
         "13 more: 16 of 16 weight tensors): every score would be NaN, so nothing was written (an older output file "
         "stays). Predict from a checkpoint saved before the training diverged, or train again with a lower "
         "learning rate")
@@ -238,7 +242,7 @@ def test_predict_of_a_healthy_model_still_writes_every_user(checkpoint, tmp_path
 # ----------------------------------------------------------------------------------------- recommend
 def tiny_module() -> SASRecModule:
     torch.manual_seed(0)
-    return SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1)
+    return SASRecModule(num_items=6, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
 
 
 def test_recommend_raises_for_non_finite_weights_instead_of_answering_nan():
@@ -249,7 +253,7 @@ def test_recommend_raises_for_non_finite_weights_instead_of_answering_nan():
     assert isinstance(error.value, ModelError)
     assert str(error.value) == (
         "recommend: 2 of 2 sequences got a NaN or infinite score among their top items: the model's weights are not "
-        "finite (NaN or infinite values in item_embedding.weight, position_embedding.weight, "
+        "finite (NaN or infinite values in items.embedding.weight, position_embedding.weight, "
         "blocks.0.attention_norm.weight and 13 more: 16 of 16 weight tensors); the model diverged in training. Load "
         "a checkpoint saved before it diverged, or train again with a lower learning rate")
     fallback = module.recommend([[]], k=2)  # no known item: most-popular items, the model is not asked
@@ -267,11 +271,12 @@ def test_recommend_raises_for_scores_that_overflow_with_finite_weights():
 def test_recommend_raises_when_every_score_overflows_to_minus_inf():
     """Finite weights whose every score is -inf looked like "no item left": recommend answered empty lists."""
     torch.manual_seed(0)
-    module = SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1, share_item_embedding=False)
+    module = SASRecModule(num_items=6, max_len=4,
+                          encoder=EncoderOptions(hidden_size=8, num_blocks=1, share_item_embedding=False))
     with torch.no_grad():
         module.model.final_norm.weight.zero_()
         module.model.final_norm.bias.fill_(1e20)  # every hidden state (1e20, ..., 1e20)
-        module.model.output_embedding.weight.fill_(-1e20)  # every score -8e40: -inf in float32
+        module.model.output_items.embedding.weight.fill_(-1e20)  # every score -8e40: -inf in float32
     assert all(torch.isfinite(parameter).all() for parameter in module.parameters())
     with pytest.raises(ModelError, match=r"^recommend: 1 of 1 sequences .* the weights are finite but large enough"):
         module.recommend([[1, 2]], k=2)
@@ -305,7 +310,7 @@ def test_export_refuses_non_finite_weights_and_writes_nothing(checkpoint, tmp_pa
     output = tmp_path / "model.pt"
     line = run_failing(export_main, ["--ckpt_path", str(broken), "--output", str(output)], capsys)
     assert line.startswith(f"error: export --ckpt_path {str(broken)!r}: the model's weights are not finite (NaN or "
-                           "infinite values in item_embedding.weight, "), line
+                           "infinite values in items.embedding.weight, "), line
     assert "every score of the exported model would be NaN, so nothing was exported" in line
     assert not output.exists() and not output.with_name("model.pt.items.json").exists()
 

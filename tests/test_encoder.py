@@ -6,14 +6,21 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec
+from sasrec_lightning.errors import OptionError
+from sasrec_lightning.fast.dropout import use_pooled_dropout
+from sasrec_lightning.model.options import EncoderOptions
 
 NUM_ITEMS, MAX_LEN = 20, 8
 
 
-def make_encoder(**kwargs) -> SASRec:
+def make_encoder(pooled_dropout: bool = False, **kwargs) -> SASRec:
+    """The plain encoder, or with ``pooled_dropout`` the same one with the pooled dropout swapped in."""
     torch.manual_seed(0)
     options = {"hidden_size": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.3, **kwargs}
-    return SASRec(NUM_ITEMS, MAX_LEN, **options).eval()
+    encoder = SASRec(NUM_ITEMS, MAX_LEN, EncoderOptions(**options)).eval()
+    if pooled_dropout:
+        assert use_pooled_dropout(encoder) is not None
+    return encoder
 
 
 def left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
@@ -57,15 +64,16 @@ def test_padding_in_the_batch_never_leaks_into_real_positions():
     with torch.no_grad():
         reference = encoder(ids)
         # Item embedding of the padding row is irrelevant: perturb it and nothing real changes.
-        encoder.item_embedding.weight[0].normal_()
+        encoder.items.embedding.weight[0].normal_()
         perturbed = encoder(ids)
     real = ids != 0
     torch.testing.assert_close(perturbed[real], reference[real], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize("training", [False, True])
-def test_fully_padded_rows_are_finite(training):
-    encoder = make_encoder()
+def test_fully_padded_rows_are_finite(training, pooled):
+    encoder = make_encoder(pooled_dropout=pooled)
     encoder.train(training)
     ids = torch.cat([left_pad(ROWS, MAX_LEN), torch.zeros(2, MAX_LEN, dtype=torch.long)])
     hidden = encoder(ids)
@@ -86,9 +94,10 @@ ABLATIONS = {
 }
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize("name", ABLATIONS)
-def test_ablation_switches_construct_run_and_train(name):
-    encoder = make_encoder(**ABLATIONS[name]).train()
+def test_ablation_switches_construct_run_and_train(name, pooled):
+    encoder = make_encoder(pooled_dropout=pooled, **ABLATIONS[name]).train()
     ids = left_pad(ROWS, MAX_LEN)
     hidden = encoder(ids)  # (B, L, d)
     assert hidden.shape == (len(ROWS), MAX_LEN, 16) and torch.isfinite(hidden).all()
@@ -97,9 +106,13 @@ def test_ablation_switches_construct_run_and_train(name):
     picked = encoder.score_items(hidden[:, -1], torch.tensor([[1, 2]] * len(ROWS)))  # (B, 2)
     torch.testing.assert_close(picked, scores[:, 1:3])
     scores.sum().backward()
-    assert encoder.item_embedding.weight.grad is not None
+    assert encoder.items.embedding.weight.grad is not None
     if name == "unshared_embeddings":
-        assert encoder.output_weight is not encoder.item_embedding.weight
+        assert encoder.output_weight is not encoder.items.embedding.weight
+        assert encoder.output_weight is encoder.output_items.embedding.weight
+        assert encoder.output_items.embedding.weight.grad is not None
+    else:
+        assert encoder.output_items is None and encoder.output_weight is encoder.items.embedding.weight
     if name == "no_positions":
         assert encoder.position_embedding is None
     if name == "zero_blocks":
@@ -108,7 +121,7 @@ def test_ablation_switches_construct_run_and_train(name):
 
 def test_heads_must_divide_hidden_size():
     with pytest.raises(ValueError, match="divisible"):
-        SASRec(NUM_ITEMS, MAX_LEN, hidden_size=10, num_heads=3)
+        SASRec(NUM_ITEMS, MAX_LEN, EncoderOptions(hidden_size=10, num_heads=3))
 
 
 def test_too_long_input_names_max_len():
@@ -137,8 +150,9 @@ def test_attention_weights_are_causal_distributions_and_match_fast_path():
 @pytest.mark.parametrize("init", ["normal", "xavier", "xavier_uniform"])
 def test_initialization_schemes(init):
     torch.manual_seed(0)
-    encoder = SASRec(num_items=5000, max_len=20, hidden_size=32, num_blocks=2, init=init, init_std=0.05)
-    table = encoder.item_embedding.weight
+    encoder = SASRec(num_items=5000, max_len=20,
+                     options=EncoderOptions(hidden_size=32, num_blocks=2, init=init, init_std=0.05))
+    table = encoder.items.embedding.weight
     assert not table[0].any()  # padding row
     expected = 0.05 if init == "normal" else (2 / (5001 + 32)) ** 0.5
     assert table[1:].std().item() == pytest.approx(expected, rel=0.03)
@@ -148,8 +162,8 @@ def test_initialization_schemes(init):
     assert qkv.std().item() == pytest.approx(0.05 if init == "normal" else (2 / (32 + 32)) ** 0.5, rel=0.1)
     assert not encoder.blocks[0].attention.qkv.bias.any()
     assert torch.equal(encoder.final_norm.weight, torch.ones(32)) and not encoder.final_norm.bias.any()
-    with pytest.raises(ValueError, match="unknown init"):
-        SASRec(num_items=5, max_len=4, init="kaiming")
+    with pytest.raises(OptionError, match="--model.encoder.init 'kaiming': expected one of 'normal', 'xavier'"):
+        SASRec(num_items=5, max_len=4, options=EncoderOptions(init="kaiming"))
 
 
 @pytest.mark.parametrize(

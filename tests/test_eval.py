@@ -15,10 +15,13 @@ import yaml
 from conftest import write_sasrec_txt
 from sasrec_lightning.data.batches import BatchKey, EvalBatches, LeaveOneOutSplit, UserBatchSampler
 from sasrec_lightning.data.datamodule import SASRecDataModule
+from sasrec_lightning.data.options import LoaderOptions, SourceOptions
 from sasrec_lightning.data.preprocessing import SequenceData
 from sasrec_lightning.data.sampling import InteractionIndex, item_counts, sample_negatives
 from sasrec_lightning.errors import DataError
 from sasrec_lightning.model.metrics import RankingMetrics, rank_of_target, ranking_metrics
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.evaluation import EvaluationOptions
 from sasrec_lightning.training.module import SASRecModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -40,9 +43,10 @@ def tiny_split() -> LeaveOneOutSplit:
 
 def tiny_module(**kwargs) -> SASRecModule:
     torch.manual_seed(0)
-    module = SASRecModule(num_items=10, max_len=6, hidden_size=8, num_blocks=1, dropout=0.0, **kwargs)
+    module = SASRecModule(num_items=10, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.0),
+                          **kwargs)
     with torch.no_grad():
-        module.model.item_embedding.weight.mul_(4.0)  # spread the scores so ranks differ
+        module.model.items.embedding.weight.mul_(4.0)  # spread the scores so ranks differ
     return module.eval()
 
 
@@ -86,7 +90,7 @@ def single_rows(batch: dict) -> list[dict]:
 @pytest.mark.parametrize("chunk", [1, 3, 4, 10, 65536])
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_full_ranking_in_chunks_equals_brute_force(chunk, exclude_seen):
-    module = tiny_module(eval_protocol="full", exclude_seen=exclude_seen, eval_chunk_size=chunk)
+    module = tiny_module(evaluation=EvaluationOptions(protocol="full", exclude_seen=exclude_seen, chunk_size=chunk))
     for stage in ("val", "test"):
         batch = eval_batch(stage)
         with torch.no_grad():
@@ -104,8 +108,8 @@ FACTORS = [0.0, 1.0, 2.0, 2.0, 4.0, 0.5, 1.0, 8.0, 2.0, 0.25, 1.0]  # index = it
 
 def factor_module(factors: list[float], seed: int = 0, hidden_size: int = 8, **kwargs) -> SASRecModule:
     torch.manual_seed(seed)
-    module = SASRecModule(num_items=len(factors) - 1, max_len=6, hidden_size=hidden_size, num_blocks=1,
-                          dropout=0.0, share_item_embedding=False, **kwargs).eval()
+    encoder = EncoderOptions(hidden_size=hidden_size, num_blocks=1, dropout=0.0, share_item_embedding=False)
+    module = SASRecModule(num_items=len(factors) - 1, max_len=6, encoder=encoder, **kwargs).eval()
     direction = torch.randn(hidden_size)
     with torch.no_grad():
         module.model.output_weight.copy_(torch.tensor(factors).unsqueeze(1) * direction)  # (I + 1, d)
@@ -127,7 +131,8 @@ def factor_scores(module: SASRecModule, batch: dict, factors: list[float]) -> np
 @pytest.mark.parametrize("nan_items", [(), (7,), (4, 2)])  # item 4 is user 0's test target
 def test_full_ranking_counts_ties_and_nan_against_the_target(chunk, exclude_seen, nan_items):
     factors = [math.nan if item in nan_items else factor for item, factor in enumerate(FACTORS)]
-    module = factor_module(factors, eval_protocol="full", exclude_seen=exclude_seen, eval_chunk_size=chunk)
+    module = factor_module(factors, evaluation=EvaluationOptions(protocol="full", exclude_seen=exclude_seen,
+                                                                 chunk_size=chunk))
     for stage in ("val", "test"):
         batch = eval_batch(stage)
         expected = brute_force_ranks(factor_scores(module, batch, factors), batch, exclude_seen)
@@ -139,7 +144,7 @@ def test_full_ranking_counts_ties_and_nan_against_the_target(chunk, exclude_seen
 def test_sampled_ranking_counts_ties_and_nan_against_the_target():
     factors = list(FACTORS)
     factors[9] = math.nan
-    module = factor_module(factors, eval_protocol="sampled")
+    module = factor_module(factors, evaluation=EvaluationOptions(protocol="sampled"))
     batch = eval_batch("test", num_negatives=4)
     # Hand-made candidates (column 0 = target): ties (items 2, 3, 8 share a factor; 1, 6, 10 too),
     # repeated negatives, a NaN negative (item 9) and a NaN target.
@@ -164,14 +169,14 @@ def test_a_constant_model_gets_the_worst_rank_under_both_protocols(seed, hidden_
         history = [set(batch["seen_items"][batch["seen_rows"] == row].tolist()) for row in range(5)]
         for chunk in (1, 3, 4, 4096):
             for exclude_seen in (True, False):
-                module = factor_module(factors, seed, hidden_size, eval_protocol="full", eval_chunk_size=chunk,
-                                       exclude_seen=exclude_seen)
+                evaluation = EvaluationOptions(protocol="full", chunk_size=chunk, exclude_seen=exclude_seen)
+                module = factor_module(factors, seed, hidden_size, evaluation=evaluation)
                 expected = [9 - (len(seen - {target}) if exclude_seen else 0)
                             for seen, target in zip(history, batch["targets"].tolist(), strict=True)]
                 with torch.no_grad():
                     assert module.target_ranks(batch).tolist() == expected, (chunk, exclude_seen)
                     assert [module.target_ranks(one).item() for one in single_rows(batch)] == expected
-        module = factor_module(factors, seed, hidden_size, eval_protocol="sampled")
+        module = factor_module(factors, seed, hidden_size, evaluation=EvaluationOptions(protocol="sampled"))
         with torch.no_grad():
             assert module.target_ranks(batch).tolist() == [4] * 5
 
@@ -179,9 +184,10 @@ def test_a_constant_model_gets_the_worst_rank_under_both_protocols(seed, hidden_
 @pytest.mark.parametrize("protocol", ["sampled", "full"])
 def test_a_diverged_model_scores_zero_and_is_reported(tmp_path, tiny_txt, protocol):
     """``final_norm.weight`` NaN: every score is NaN, every target ranks last (was rank 0, HR = 1)."""
-    data = SASRecDataModule(path=str(tiny_txt), max_len=6, num_eval_negatives=2, print_statistics=False)
-    module = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, eval_protocol=protocol,
-                          top_k=(1, 5))
+    data = SASRecDataModule(path=str(tiny_txt), max_len=6, print_statistics=False,
+                            loader=LoaderOptions(num_eval_negatives=2))
+    module = SASRecModule(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                          evaluation=EvaluationOptions(protocol=protocol, top_k=(1, 5)))
     with torch.no_grad():
         module.model.final_norm.weight.fill_(math.nan)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -201,8 +207,8 @@ def test_a_diverged_model_scores_zero_and_is_reported(tmp_path, tiny_txt, protoc
 def test_excluding_seen_items_never_worsens_a_rank():
     batch = eval_batch("test")
     with torch.no_grad():
-        kept = tiny_module(eval_protocol="full", exclude_seen=False).target_ranks(batch)
-        excluded = tiny_module(eval_protocol="full", exclude_seen=True).target_ranks(batch)
+        kept = tiny_module(evaluation=EvaluationOptions(protocol="full", exclude_seen=False)).target_ranks(batch)
+        excluded = tiny_module(evaluation=EvaluationOptions(protocol="full", exclude_seen=True)).target_ranks(batch)
     assert torch.all(excluded <= kept)
     # User 2 has seen 6 other items, so at most 3 candidates remain besides the target.
     assert excluded[2] <= 10 - 7
@@ -288,7 +294,7 @@ def test_a_rank_without_users_gets_one_empty_batch():
     empty = EvalBatches(tiny_split(), "test", max_len=6, num_negatives=4)[shards[2][0]]
     assert empty["input_ids"].shape == (0, 1) and empty["candidates"].shape == (0, 5)
     for protocol in ("sampled", "full"):
-        assert tiny_module(eval_protocol=protocol).target_ranks(empty).shape == (0,)
+        assert tiny_module(evaluation=EvaluationOptions(protocol=protocol)).target_ranks(empty).shape == (0,)
     # No user at all: no batch anywhere, so Lightning skips the stage on every process alike.
     assert [len(UserBatchSampler(np.zeros(0, np.int64), 4, False, num_replicas=2, rank=r)) for r in range(2)] == [0, 0]
 
@@ -351,17 +357,19 @@ def test_popularity_sampled_negatives_follow_counts_and_skip_seen_items():
     "loss, options",
     [
         ("bce", {}),
-        ("gbce", {"gbce_t": 0.5}),
-        ("sampled_softmax", {"sampled_negatives": 16, "negative_sampling": "in_batch"}),
-        ("sampled_softmax", {"sampled_negatives": 16, "negative_sampling": "popularity"}),
-        ("ce", {"ce_chunk_size": 7}),
+        ("gbce", {"t": 0.5}),
+        ("sampled_softmax", {"negatives": 16, "sampling": "in_batch"}),
+        ("sampled_softmax", {"negatives": 16, "sampling": "popularity"}),
+        ("ce", {"chunk_size": 7}),
     ],
 )
 def test_each_loss_trains_and_logs_protocol_metrics(tmp_path, loss, options):
-    data = SASRecDataModule(synthetic_users=100, synthetic_items=100, max_len=8, batch_size=16, num_negatives=2,
-                            eval_batch_size=16, num_eval_negatives=5)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, loss=loss,
-                         eval_protocol="full", top_k=(1, 5, 10, 20), **options)
+    data = SASRecDataModule(max_len=8, source=SourceOptions(synthetic_users=100, synthetic_items=100),
+                            loader=LoaderOptions(batch_size=16, num_negatives=2, eval_batch_size=16,
+                                                 num_eval_negatives=5))
+    model = SASRecModule(num_items=data.num_items, max_len=8, loss={"class_path": loss, "init_args": options},
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                         evaluation=EvaluationOptions(protocol="full", top_k=(1, 5, 10, 20)))
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
@@ -387,21 +395,23 @@ def test_ce_logits_block_is_kept_while_training_and_let_go_for_evaluation(tmp_pa
 
     class Watch(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen["train"].append(pl_module.loss_fn.workspace._block is not None)
+            seen["train"].append(pl_module.loss.logits.blocks._block is not None)
 
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-            seen["val"].append(pl_module.loss_fn.workspace._block is not None)
+            seen["val"].append(pl_module.loss.logits.blocks._block is not None)
 
-    data = SASRecDataModule(synthetic_users=60, synthetic_items=50, max_len=8, batch_size=16, eval_batch_size=16)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, loss="ce",
-                         eval_protocol="full")
+    data = SASRecDataModule(max_len=8, source=SourceOptions(synthetic_users=60, synthetic_items=50),
+                            loader=LoaderOptions(batch_size=16, eval_batch_size=16))
+    model = SASRecModule(num_items=data.num_items, max_len=8, loss="ce",
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                         evaluation=EvaluationOptions(protocol="full"))
     trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[Watch()], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     assert seen["train"] == [True] * 6, "reused from step to step while training"
     assert seen["val"] == [False] * 4, "not held while evaluating"
-    assert model.loss_fn.workspace._block is None, "let go after training"
+    assert model.loss.logits.blocks._block is None, "let go after training"
 
 
 @pytest.mark.parametrize("name", ["beauty-bce.yaml", "beauty-ce.yaml", "beauty-sampled-softmax.yaml"])
@@ -411,9 +421,11 @@ def test_beauty_configs_select_on_validation_ndcg(name):
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/ndcg@10" and callbacks["ModelCheckpoint"]["mode"] == "max"
     assert callbacks["EarlyStopping"]["monitor"] == "val/ndcg@10" and callbacks["EarlyStopping"]["patience"] >= 1
     model = config["model"]["init_args"]
-    assert model["eval_protocol"] == "full" and model["exclude_seen"] is True
-    assert (model["hidden_size"], model["num_blocks"], model["num_heads"], model["dropout"]) == (64, 2, 1, 0.1)
-    assert config["data"]["init_args"]["max_len"] == 50 and config["data"]["init_args"]["batch_size"] == 128
+    assert model["evaluation"]["protocol"] == "full" and model["evaluation"]["exclude_seen"] is True
+    encoder = model["encoder"]
+    assert (encoder["hidden_size"], encoder["num_blocks"], encoder["num_heads"], encoder["dropout"]) == (64, 2, 1, 0.1)
+    data = config["data"]["init_args"]
+    assert data["max_len"] == 50 and data["loader"]["batch_size"] == 128
 
 
 # --------------------------------------------------------------------- who can train and be evaluated
@@ -424,7 +436,8 @@ def quiet_trainer(tmp_path) -> L.Trainer:
 
 def data_and_model(path: Path, **data_options) -> tuple[SASRecDataModule, SASRecModule]:
     data = SASRecDataModule(path=str(path), max_len=6, print_statistics=False, **data_options)
-    return data, SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, top_k=(1,))
+    return data, SASRecModule(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                              evaluation=EvaluationOptions(top_k=(1,)))
 
 
 def test_data_with_no_training_pair_is_an_error_naming_the_file(tmp_path):
@@ -444,7 +457,7 @@ def test_evaluating_data_where_nobody_can_be_evaluated_is_an_error(tmp_path, sta
 
 
 def test_users_never_evaluated_are_counted_in_a_warning(tmp_path, tiny_txt):
-    data, model = data_and_model(tiny_txt, num_eval_negatives=1)
+    data, model = data_and_model(tiny_txt, loader=LoaderOptions(num_eval_negatives=1))
     with pytest.warns(UserWarning, match=r"tiny\.txt: 4 of 6 users are validated and tested; 1 with exactly 2 "
                                          r"interactions only train \(on one pair\) and 1 with 1 interaction are not"):
         quiet_trainer(tmp_path).validate(model, datamodule=data, verbose=False)
@@ -454,7 +467,7 @@ def test_a_user_who_had_every_item_is_left_out_of_evaluation_with_a_warning(tmp_
     """It used to crash negative sampling once the cache was written; now it is left out, with a warning."""
     lines = [(1, item) for item in (1, 2, 3, 4)] + [(2, 1), (2, 2), (2, 3), (3, 4), (3, 2), (3, 1)]
     path = write_sasrec_txt(tmp_path / "greedy.txt", lines)
-    data, model = data_and_model(path, num_eval_negatives=1)
+    data, model = data_and_model(path, loader=LoaderOptions(num_eval_negatives=1))
     with pytest.warns(UserWarning, match=r"greedy\.txt: 1 test users interacted with every one of the 4 items.*left "
                                          r"out of test under both protocols"):
         result = quiet_trainer(tmp_path).test(model, datamodule=data, verbose=False)[0]
@@ -463,16 +476,17 @@ def test_a_user_who_had_every_item_is_left_out_of_evaluation_with_a_warning(tmp_
 
 
 def test_more_eval_negatives_than_unseen_items_is_warned_about(tmp_path, tiny_txt):
-    data, model = data_and_model(tiny_txt, num_eval_negatives=3)
-    with pytest.warns(UserWarning, match=r"num_eval_negatives is 3, but 2 of 4 val users have fewer than 3 items "
-                                         r"they never interacted with \(fewest: 1 of the 6 items\)"):
+    data, model = data_and_model(tiny_txt, loader=LoaderOptions(num_eval_negatives=3))
+    with pytest.warns(UserWarning, match=r"--data\.loader\.num_eval_negatives is 3, but 2 of 4 val users have fewer "
+                                         r"than 3 items they never interacted with \(fewest: 1 of the 6 items\)"):
         quiet_trainer(tmp_path).validate(model, datamodule=data, verbose=False)
 
 
 def test_a_user_who_had_every_item_in_training_is_an_error_before_training(tmp_path):
     """No training negative can be drawn for them: it used to fail with a traceback on the first batch."""
     lines = [(1, item) for item in (1, 2, 3, 4, 1, 2)] + [(2, 1), (2, 2), (2, 3), (3, 4), (3, 2), (3, 1)]
-    data, model = data_and_model(write_sasrec_txt(tmp_path / "all.txt", lines), num_eval_negatives=1)
+    data, model = data_and_model(write_sasrec_txt(tmp_path / "all.txt", lines),
+                                 loader=LoaderOptions(num_eval_negatives=1))
     with pytest.raises(DataError, match=r"all\.txt: 1 users \(e\.g\. \[1\]\) interacted with every one of the 4 items "
                                         r"in their training part"):
         quiet_trainer(tmp_path).fit(model, datamodule=data)

@@ -8,17 +8,30 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec, SASRecModule
-from sasrec_lightning.serving.export import ServingModel, export_checkpoint, export_onnx, export_torchscript, main
+from sasrec_lightning.cli.export import export_checkpoint, main
+from sasrec_lightning.fast.speed import SpeedOptions, apply_speed_parts
+from sasrec_lightning.model.losses import BCELoss
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.serving.export import ServingModel, export_onnx, export_torchscript
 
 NUM_ITEMS, MAX_LEN = 40, 6
 
 
-@pytest.fixture(scope="module", params=["paper", "reference"])
+@pytest.fixture(scope="module", params=["paper", "reference", "paper-speed_parts"])
 def encoder(request) -> SASRec:
-    """Both block layouts (the reference one has no attention output projection and a second input)."""
+    """Both block layouts (the reference one has no attention output projection and a second input).
+
+    ``speed_parts``: the encoder as ``fit`` leaves it on CPU, with the speed parts swapped in (pooled
+    dropout, row-gradient item table).
+    """
     torch.manual_seed(0)
-    return SASRec(NUM_ITEMS, MAX_LEN, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3,
-                  block_layout=request.param).eval()
+    layout, _, speed_parts = request.param.partition("-")
+    options = EncoderOptions(hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3, block_layout=layout)
+    encoder = SASRec(NUM_ITEMS, MAX_LEN, options)
+    if speed_parts:
+        applied = apply_speed_parts(encoder, BCELoss(), SpeedOptions(), torch.device("cpu"))
+        assert applied[:2] == ["pooled_dropout", "row_gradients"]
+    return encoder.eval()
 
 
 def random_inputs() -> list[torch.Tensor]:
@@ -79,7 +92,7 @@ def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
     import lightning as L
 
     torch.manual_seed(0)
-    module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
+    module = SASRecModule(num_items=5, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     module.set_item_vocabulary(["", "a", "b", "c", "d", "e"], [0, 1, 2, 3, 4, 5])
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)

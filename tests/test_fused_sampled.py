@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,30 +11,36 @@ import torch
 from sasrec_lightning import SASRec
 from sasrec_lightning.fast import fused_sampled
 from sasrec_lightning.fast.fused_sampled import (
+    FusedGBCE,
+    FusedSampledSoftmax,
     SharedNegatives,
     accidental_hits,
     distinct_ids,
     fused_gbce,
     fused_sampled_softmax,
 )
-from sasrec_lightning.model.chunked_ce import Workspace
+from sasrec_lightning.fast.speed import SpeedOptions, use_fused_losses
+from sasrec_lightning.fast.workspace import Workspace
 from sasrec_lightning.model.losses import (
     GBCELoss,
+    SampledSoftmax,
     SampledSoftmaxLoss,
+    SharedGBCE,
     gbce_beta,
     gbce_shared_loss,
     sampled_softmax_loss,
 )
+from sasrec_lightning.model.options import EncoderOptions
 
 NUM_ITEMS = 12  # few items: many accidental hits
 
 
 def encoder(seed: int = 0, hidden: int = 6) -> SASRec:
     torch.manual_seed(seed)
-    model = SASRec(num_items=NUM_ITEMS, max_len=5, hidden_size=hidden, num_blocks=0).double()
+    model = SASRec(num_items=NUM_ITEMS, max_len=5, options=EncoderOptions(hidden_size=hidden, num_blocks=0)).double()
     with torch.no_grad():
-        model.item_embedding.weight.normal_(0, 1.5)  # large scores: the row max matters
-        model.item_embedding.weight[0].zero_()
+        model.items.embedding.weight.normal_(0, 1.5)  # large scores: the row max matters
+        model.items.embedding.weight[0].zero_()
     return model
 
 
@@ -56,11 +63,12 @@ def log_q_of(seed: int) -> torch.Tensor:
 
 
 def gradients(loss_fn, model, hidden):
+    """The loss of ``loss_fn(items, hidden)`` on the model's scored items, and its gradients (hidden, item table)."""
     hidden = hidden.clone().requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    loss = loss_fn(model, hidden)
+    loss = loss_fn(model.scoring_items, hidden)
     loss.backward()
-    return loss.detach(), hidden.grad, model.item_embedding.weight.grad.clone()
+    return loss.detach(), hidden.grad, model.items.embedding.weight.grad.clone()
 
 
 def assert_like_written_out(fused_fn, plain_fn, model, hidden):
@@ -87,8 +95,8 @@ def test_sampled_softmax_against_a_per_position_formula():
     model = encoder(3)
     hidden, targets, rows, shared = case(3, per_sequence=True)
     log_q = log_q_of(3)
-    loss = fused_sampled_softmax(model, hidden, targets, shared, log_q, rows)
-    table = model.item_embedding.weight.detach()
+    loss = fused_sampled_softmax(model.scoring_items, hidden, targets, shared, log_q, rows)
+    table = model.items.embedding.weight.detach()
     total = 0.0
     for i in range(hidden.size(0)):
         items = [int(targets[i])] + [int(j) for j in shared[rows[i]] if int(j) != int(targets[i])]
@@ -112,8 +120,8 @@ def test_gbce_shared_against_a_per_position_formula():
     model = encoder(4)
     hidden, targets, rows, shared = case(4)
     beta = 0.3
-    loss = fused_gbce(model, hidden, targets, shared, beta, rows)
-    table = model.item_embedding.weight.detach()
+    loss = fused_gbce(model.scoring_items, hidden, targets, shared, beta, rows)
+    table = model.items.embedding.weight.detach()
     softplus = lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x)))  # noqa: E731
     total = 0.0
     for i in range(hidden.size(0)):
@@ -128,12 +136,14 @@ def test_gradients_match_finite_differences():
     model = encoder(5)
     hidden, targets, rows, shared = case(5, positions_per_row=(2, 3), num_negatives=4, per_sequence=True)
     log_q = log_q_of(5)
-    weight = model.item_embedding.weight
+    weight = model.items.embedding.weight
     hidden = hidden.requires_grad_(True)
 
     def fn(h, w):
-        class Table:
-            def item_vectors(self, ids):
+        class Table:  # an item representation whose table is w
+            num_items = NUM_ITEMS
+
+            def __call__(self, ids):
                 return torch.nn.functional.embedding(ids, w)
 
         return fused_sampled_softmax(Table(), h, targets, shared, log_q, rows)
@@ -160,12 +170,13 @@ def test_the_logit_block_is_reused_and_handed_back():
     model = encoder(0)
     hidden, targets, rows, shared = case(0, num_negatives=7)
     workspace = Workspace()
+    items = model.scoring_items
     for _ in range(3):
-        loss = fused_sampled_softmax(model, hidden.clone().requires_grad_(True), targets, shared, None, rows, workspace)
+        loss = fused_sampled_softmax(items, hidden.clone().requires_grad_(True), targets, shared, None, rows, workspace)
         loss.backward()
         block = workspace._block
         assert block is not None and not workspace._lent
-    loss = fused_sampled_softmax(model, hidden, targets, shared, None, rows, workspace)
+    loss = fused_sampled_softmax(items, hidden, targets, shared, None, rows, workspace)
     assert workspace._block is block  # the same buffer every step
 
 
@@ -201,14 +212,15 @@ def test_the_per_sequence_grid_is_reused_and_a_retained_graph_runs_again():
     model = encoder(0)
     hidden, targets, rows, shared = case(0, per_sequence=True)
     block, grid = Workspace(), Workspace()
+    items = model.scoring_items
     for _ in range(2):
-        loss = fused_sampled_softmax(model, hidden.clone().requires_grad_(True), targets, shared, None, rows, block,
+        loss = fused_sampled_softmax(items, hidden.clone().requires_grad_(True), targets, shared, None, rows, block,
                                      grid)
         loss.backward()
         kept = grid._block
         assert kept is not None and not grid._lent
     h = hidden.clone().requires_grad_(True)
-    loss = fused_sampled_softmax(model, h, targets, shared, None, rows, block, grid)
+    loss = fused_sampled_softmax(items, h, targets, shared, None, rows, block, grid)
     assert grid._block is kept  # the same buffer every step
     loss.backward(retain_graph=True)
     once = h.grad.clone()
@@ -221,9 +233,10 @@ def test_a_retained_graph_is_not_run_backward_on_an_overwritten_block():
     hidden, targets, rows, shared = case(0)
     workspace = Workspace()
     h = hidden.clone().requires_grad_(True)
-    first = fused_sampled_softmax(model, h, targets, shared, None, rows, workspace)
+    first = fused_sampled_softmax(model.scoring_items, h, targets, shared, None, rows, workspace)
     first.backward(retain_graph=True)
-    second = fused_sampled_softmax(model, h, targets, shared.flip(0), None, rows, workspace)  # the block again
+    # The block again:
+    second = fused_sampled_softmax(model.scoring_items, h, targets, shared.flip(0), None, rows, workspace)
     second.backward()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         first.backward()
@@ -238,7 +251,10 @@ def test_the_loss_module_fused_and_plain_agree(sampling, sharing):
     counts = torch.arange(NUM_ITEMS + 1, dtype=torch.float64)
     values = []
     for fused in (True, False):
-        loss_fn = SampledSoftmaxLoss(NUM_ITEMS, 9, sampling, 0.5, True, sharing, fused=fused)
+        loss_fn = SampledSoftmaxLoss(9, sampling, 0.5, True, sharing)
+        if fused:
+            use_fused_losses(loss_fn)
+        assert isinstance(loss_fn.logits, FusedSampledSoftmax) == fused
         loss_fn.set_frequencies(counts)
         generator = torch.Generator().manual_seed(11)
         values.append(gradients(
@@ -252,60 +268,77 @@ def test_gbce_with_shared_negatives_draws_its_own(sharing):
     model = encoder(2)
     hidden, targets, rows, _ = case(2)
     per_position = GBCELoss(0.75)
-    shared = GBCELoss(0.75, NUM_ITEMS, shared_negatives=9, sharing=sharing)
-    assert per_position.needs_negatives and not shared.needs_negatives
+    assert per_position.needs_negatives
     values = []
     for fused in (True, False):
-        shared.fused = fused
+        shared = GBCELoss(0.75, shared_negatives=9, sharing=sharing)
+        assert not shared.needs_negatives
+        if fused:
+            use_fused_losses(shared)
+        assert isinstance(shared.logits, FusedGBCE) == fused
         generator = torch.Generator().manual_seed(5)
-        values.append(shared(model, hidden, targets, torch.empty(hidden.size(0), 0), generator, rows))
+        values.append(shared(model.scoring_items, hidden, targets, torch.empty(hidden.size(0), 0), generator, rows))
     torch.testing.assert_close(values[0], values[1], rtol=1e-10, atol=0)
     # The same negatives, drawn here: the written-out loss.
     shape = (9,) if sharing == "batch" else (4, 9)
     drawn = torch.randint(1, NUM_ITEMS + 1, shape, generator=torch.Generator().manual_seed(5))
-    expected = gbce_shared_loss(model, hidden, targets, drawn, gbce_beta(9, NUM_ITEMS, 0.75), rows)
+    expected = gbce_shared_loss(model.scoring_items, hidden, targets, drawn, gbce_beta(9, NUM_ITEMS, 0.75), rows)
     torch.testing.assert_close(values[0], expected, rtol=1e-10, atol=0)
 
 
 def test_no_positions_gives_a_zero_loss_with_gradients():
     model = encoder(0)
     hidden = torch.zeros(0, 6, dtype=torch.float64, requires_grad=True)
-    loss = fused_sampled_softmax(model, hidden, torch.zeros(0, dtype=torch.long), torch.tensor([1, 2]))
+    loss = fused_sampled_softmax(model.scoring_items, hidden, torch.zeros(0, dtype=torch.long), torch.tensor([1, 2]))
     loss.backward()
-    assert float(loss) == 0.0 and model.item_embedding.weight.grad is not None
+    assert float(loss) == 0.0 and model.items.embedding.weight.grad is not None
 
 
 def test_float32_large_scores_stay_finite():
     """Scores of several hundred: exp would overflow without the row max."""
     model = encoder(0).float()
     with torch.no_grad():
-        model.item_embedding.weight.mul_(30)
+        model.items.embedding.weight.mul_(30)
     hidden, targets, rows, shared = case(0)
     hidden = (hidden * 30).float().requires_grad_(True)
-    loss = fused_sampled_softmax(model, hidden, targets, shared, None, rows)
+    loss = fused_sampled_softmax(model.scoring_items, hidden, targets, shared, None, rows)
     loss.backward()
-    reference = sampled_softmax_loss(model.double(), hidden.detach().double(), targets, shared, None, rows)
+    reference = sampled_softmax_loss(model.double().scoring_items, hidden.detach().double(), targets, shared, None,
+                                     rows)
     assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
     assert float(loss) == pytest.approx(float(reference), rel=1e-4)
 
 
+def fit_setup(module) -> None:
+    """What ``fit`` does to the module's parts before training: its ``SpeedParts`` callback's setup, on CPU."""
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    for callback in module.configure_callbacks():
+        callback.setup(trainer, module, "fit")
+
+
 def test_module_options_reach_the_losses():
     from sasrec_lightning import SASRecModule
-    from sasrec_lightning.options import OptionError
+    from sasrec_lightning.errors import OptionError
 
-    module = SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, num_blocks=1, loss="gbce",
-                          gbce_shared_negatives=7, negative_sharing="sequence", fused_loss=False)
-    assert not module.needs_negatives  # the data module draws none: the loss draws its 7
-    assert (module.loss_fn.shared_negatives, module.loss_fn.sharing, module.loss_fn.fused) == (7, "sequence", False)
-    assert SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=8, loss="sampled_softmax").loss_fn.fused
+    module = SASRecModule(num_items=NUM_ITEMS, max_len=5, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                          loss={"class_path": "gbce", "init_args": {"shared_negatives": 7, "sharing": "sequence"}},
+                          speed=SpeedOptions(fused_losses=False))
+    assert not module.loss.needs_negatives  # the data module draws none: the loss draws its 7
+    assert (module.loss.shared_negatives, module.loss.sharing) == (7, "sequence")
+    fit_setup(module)
+    assert type(module.loss.logits) is SharedGBCE  # fused_losses false: the written-out loss
+    fused = SASRecModule(num_items=NUM_ITEMS, max_len=5, loss="sampled_softmax", encoder=EncoderOptions(hidden_size=8))
+    assert type(fused.loss.logits) is SampledSoftmax  # the built model is plain
+    fit_setup(fused)
+    assert isinstance(fused.loss.logits, FusedSampledSoftmax)  # fused_losses (default true) swapped in for fit
     batch = {"input_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]),
              "targets": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]]),
              "negatives": torch.zeros(2, 4, 0, dtype=torch.long), "sample_seed": torch.tensor(3)}
     loss = module.training_step(batch, 0)
     loss.backward()
-    assert torch.isfinite(loss) and module.model.item_embedding.weight.grad.abs().sum() > 0
-    with pytest.raises(OptionError, match="gbce_shared_negatives"):
-        SASRecModule(num_items=NUM_ITEMS, loss="gbce", gbce_shared_negatives=-1)
+    assert torch.isfinite(loss) and module.model.items.embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(OptionError, match="--model.loss.shared_negatives -1"):
+        SASRecModule(num_items=NUM_ITEMS, loss={"class_path": "gbce", "init_args": {"shared_negatives": -1}})
 
 
 @pytest.mark.parametrize("per_sequence", [False, True])
@@ -314,7 +347,7 @@ def test_a_negative_far_above_its_positive_takes_the_row_maximum_path(per_sequen
     model = encoder(0).float()
     hidden, targets, rows, shared = case(0, per_sequence=per_sequence)
     with torch.no_grad():
-        table = model.item_embedding.weight
+        table = model.items.embedding.weight
         table.zero_()
         negative = int(shared.reshape(-1)[0])
         targets = torch.where(targets == negative, negative % NUM_ITEMS + 1, targets)  # no hit on it
@@ -322,13 +355,13 @@ def test_a_negative_far_above_its_positive_takes_the_row_maximum_path(per_sequen
     hidden = torch.zeros_like(hidden, dtype=torch.float32)
     hidden[:, 0] = 150.0
     h = hidden.clone().requires_grad_(True)
-    loss = fused_sampled_softmax(model, h, targets, shared, None, rows)
+    loss = fused_sampled_softmax(model.scoring_items, h, targets, shared, None, rows)
     loss.backward()
     reference_model = encoder(0)
     with torch.no_grad():
-        reference_model.item_embedding.weight.copy_(model.item_embedding.weight.double())
+        reference_model.items.embedding.weight.copy_(model.items.embedding.weight.double())
     r = hidden.double().requires_grad_(True)
-    reference = sampled_softmax_loss(reference_model, r, targets, shared, None, rows)
+    reference = sampled_softmax_loss(reference_model.scoring_items, r, targets, shared, None, rows)
     reference.backward()
     assert torch.isfinite(loss) and float(reference) > 100  # the overflow case really happened
     assert float(loss) == pytest.approx(float(reference), rel=1e-5)

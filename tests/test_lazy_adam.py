@@ -22,9 +22,15 @@ from torch import nn
 from conftest import CONFIGS, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli.app import main
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
 from sasrec_lightning.errors import OptionError
 from sasrec_lightning.fast.lazy_adam import LazyAdam, item_table_lazy_adam, touched_rows
-from sasrec_lightning.fast.row_grad import ItemEmbedding
+from sasrec_lightning.fast.row_grad import use_row_gradients
+from sasrec_lightning.fast.speed import SpeedOptions
+from sasrec_lightning.model.items import ItemRepresentation
+from sasrec_lightning.model.losses import FullCrossEntropyLoss, SampledSoftmaxLoss
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 from test_resume import Crash
 
 LR, BETAS, EPS = 0.01, (0.9, 0.98), 1e-8
@@ -69,10 +75,15 @@ class Tiny(nn.Module):
     def __init__(self, mode: str) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.table = ItemEmbedding(7, 3).double()
+        self.items = ItemRepresentation(7, 3).double()
         self.bias = nn.Parameter(torch.randn(3, dtype=torch.float64))
         self.mode = mode
+        use_row_gradients(self)
         self.table.keep_row_gradients(mode == "lists")
+
+    @property
+    def table(self) -> nn.Embedding:
+        return self.items.embedding
 
     def loss(self, ids, w, b):
         if self.mode == "sparse":
@@ -211,7 +222,7 @@ class RecordRows(L.Callback):
         tables = self._tables(module)
         # The lists are used unless the gradient was dense (ce scores every item with the table).
         self.lists = {name: table.row_gradient.written_rows() for name, table in tables.items()}
-        assert (self.lists["input"] is None) == (module.hparams.loss == "ce")
+        assert (self.lists["input"] is None) == isinstance(module.loss, FullCrossEntropyLoss)
         self.before = {name: table.weight.detach().clone() for name, table in tables.items()}
         self.grads = {name: table.weight.grad.clone() for name, table in tables.items()}
 
@@ -222,12 +233,12 @@ class RecordRows(L.Callback):
         scored = torch.cat([targets[real], self.batch["negatives"][real].reshape(-1)]).unique()
         expected = {"input": inputs, "output": scored} if "output" in self.before else {
             "input": torch.cat([inputs, scored]).unique()}
-        loss = module.hparams.loss
+        loss = module.loss
         for name, table in self._tables(module).items():
             changed = (table.weight.detach() != self.before[name]).any(dim=1).nonzero().squeeze(1).tolist()
-            if loss == "ce":  # every item row has a gradient
+            if isinstance(loss, FullCrossEntropyLoss):  # every item row has a gradient
                 assert changed == list(range(1, table.weight.size(0))), name
-            elif loss == "sampled_softmax":  # the loss draws its negatives itself: the batch's rows and more
+            elif isinstance(loss, SampledSoftmaxLoss):  # the loss draws its negatives itself: the batch's rows and more
                 assert set(expected[name].tolist()) - {0} < set(changed), name
                 assert changed == [r for r in self.lists[name].unique().tolist() if r != 0], name
             else:
@@ -237,21 +248,25 @@ class RecordRows(L.Callback):
     @staticmethod
     def _tables(module):
         model = module.model
-        tables = {"input": model.item_embedding}
-        if model.output_embedding is not None:
-            tables["output"] = model.output_embedding
+        tables = {"input": model.items.embedding}
+        if model.output_items is not None:
+            tables["output"] = model.output_items.embedding
         return tables
 
 
 @pytest.mark.parametrize("options", [{"loss": "bce"}, {"loss": "bce", "share_item_embedding": False},
-                                     {"loss": "sampled_softmax", "sampled_negatives": 8}, {"loss": "ce"}],
-                         ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()))
+                                     {"loss": SampledSoftmaxLoss(negatives=8)}, {"loss": "ce"}],
+                         ids=["bce", "bce-unshared", "sampled_softmax", "ce"])
 def test_fit_with_lazy_updates_changes_only_the_rows_each_batch_used(options):
+    options = dict(options)
+    shared = options.pop("share_item_embedding", True)
     L.seed_everything(3, verbose=False)
-    data = SASRecDataModule(synthetic_users=60, synthetic_items=300, max_len=6, batch_size=4, print_statistics=False,
-                            use_cache=False, num_negatives=1, num_eval_negatives=20)
-    module = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, item_updates="lazy",
-                          **options)
+    data = SASRecDataModule(max_len=6, print_statistics=False,
+                            source=SourceOptions(synthetic_users=60, synthetic_items=300),
+                            loader=LoaderOptions(batch_size=4, num_negatives=1, num_eval_negatives=20),
+                            cache=CacheOptions(use=False))
+    module = SASRecModule(num_items=data.num_items, max_len=6, **options, speed=SpeedOptions(item_updates="lazy"),
+                          encoder=EncoderOptions(hidden_size=8, num_blocks=1, share_item_embedding=shared))
     record = RecordRows()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_steps=4,
                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
@@ -264,38 +279,44 @@ def test_fit_with_lazy_updates_changes_only_the_rows_each_batch_used(options):
 
 # ------------------------------------------------------------------------------------------ refusals
 def test_lazy_refuses_l2_emb_and_a_custom_optimizer():
-    with pytest.raises(OptionError, match=r"--model\.item_updates lazy with --model\.l2_emb 0\.01: the L2 term"):
-        SASRecModule(num_items=5, item_updates="lazy", l2_emb=0.01)
+    with pytest.raises(OptionError, match=r"--model\.speed\.item_updates lazy with "
+                                          r"--model\.optimization\.l2_emb 0\.01: the L2 term"):
+        SASRecModule(num_items=5, speed=SpeedOptions(item_updates="lazy"),
+                     optimization=OptimizationOptions(l2_emb=0.01))
     with pytest.raises(OptionError, match=r"cannot be given with it; drop --model\.optimizer"):
-        SASRecModule(num_items=5, item_updates="lazy", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    with pytest.raises(OptionError, match=r"--model\.item_updates 'sparse': expected 'dense', 'lazy' or 'deferred'"):
-        SASRecModule(num_items=5, item_updates="sparse")
-    SASRecModule(num_items=5, item_updates="dense", l2_emb=0.01)  # dense keeps both
+        SASRecModule(num_items=5, optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                     speed=SpeedOptions(item_updates="lazy"))
+    with pytest.raises(OptionError,
+                       match=r"--model\.speed\.item_updates 'sparse': expected one of 'dense', 'lazy', 'deferred'"):
+        SASRecModule(num_items=5, speed=SpeedOptions(item_updates="sparse"))
+    SASRecModule(num_items=5, speed=SpeedOptions(item_updates="dense"),
+                 optimization=OptimizationOptions(l2_emb=0.01))  # dense keeps both
     with pytest.raises(ValueError, match="row_sparse groups hold 2-D tables"):
         LazyAdam([{"params": [nn.Parameter(torch.zeros(3))], "row_sparse": True}])
 
 
-TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.max_len", "8",
-        "--data.use_cache", "false", "--data.print_statistics", "false",
-        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+TINY = ["--data.source.synthetic_users", "30", "--data.source.synthetic_items", "40", "--data.max_len", "8",
+        "--data.cache.use", "false", "--data.print_statistics", "false",
+        "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.max_epochs", "1", "--test_after_fit", "false"]
 
 
 @pytest.mark.parametrize(("mode", "flags", "expected"), [
-    ("lazy", ["--model.init_args.l2_emb", "0.01"],
-     "error: --model.item_updates lazy with --model.l2_emb 0.01: the L2 term"),
+    ("lazy", ["--model.init_args.optimization.l2_emb", "0.01"],
+     "error: --model.speed.item_updates lazy with --model.optimization.l2_emb 0.01: the L2 term"),
     ("lazy", ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
-     "error: --model.item_updates lazy builds its own optimizer"),
-    ("deferred", ["--model.init_args.l2_emb", "0.01"],
-     "error: --model.item_updates deferred with --model.l2_emb 0.01: the L2 term"),
-    ("deferred", ["--model.init_args.betas", "[0.9, 0.8]"],
-     "error: --model.item_updates deferred with --model.betas [0.9, 0.8]: needs beta1 < sqrt(beta2)"),
+     "error: --model.speed.item_updates lazy builds its own optimizer"),
+    ("deferred", ["--model.init_args.optimization.l2_emb", "0.01"],
+     "error: --model.speed.item_updates deferred with --model.optimization.l2_emb 0.01: the L2 term"),
+    ("deferred", ["--model.init_args.optimization.betas", "[0.9, 0.8]"],
+     "error: --model.speed.item_updates deferred with --model.optimization.betas [0.9, 0.8]: "
+     "needs beta1 < sqrt(beta2)"),
 ], ids=["lazy-l2_emb", "lazy-optimizer", "deferred-l2_emb", "deferred-betas"])
 def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, mode, flags, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY, "--trainer.default_root_dir", str(tmp_path),
-              "--model.init_args.item_updates", mode, *flags])
+              "--model.init_args.speed.item_updates", mode, *flags])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -305,10 +326,12 @@ def test_the_cli_refuses_lazy_with_one_error_line(capsys, tmp_path, mode, flags,
 # -------------------------------------------------------------------------------------------- resume
 def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=14, item_updates="lazy"):
     L.seed_everything(7, verbose=False)
-    data = SASRecDataModule(path=str(data_path), max_len=8, batch_size=8, eval_batch_size=16, seed=7,
-                            print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.3,
-                         loss="sampled_softmax", sampled_negatives=5, item_updates=item_updates, weight_decay=0.01)
+    data = SASRecDataModule(path=str(data_path), max_len=8, seed=7, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8, eval_batch_size=16))
+    model = SASRecModule(num_items=data.num_items, max_len=8, loss=SampledSoftmaxLoss(negatives=5),
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.3),
+                         speed=SpeedOptions(item_updates=item_updates),
+                         optimization=OptimizationOptions(weight_decay=0.01))
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[checkpoint, *callbacks], num_sanity_val_steps=0,
@@ -352,6 +375,10 @@ DDP_SCRIPT = textwrap.dedent(
     import lightning as L
     import torch
     from sasrec_lightning import SASRecDataModule, SASRecModule
+    from sasrec_lightning.data.options import LoaderOptions
+    from sasrec_lightning.fast.speed import SpeedOptions
+    from sasrec_lightning.model.options import EncoderOptions
+    from sasrec_lightning.training.optimization import OptimizationOptions
 
 
     class Record(L.Callback):
@@ -361,7 +388,7 @@ DDP_SCRIPT = textwrap.dedent(
             self.grads, self.local = [], []
 
         def on_before_optimizer_step(self, trainer, module, optimizer):
-            table = module.model.item_embedding
+            table = module.model.items.embedding
             self.grads.append(table.weight.grad.clone())
             self.local.append(torch.cat(table.row_gradient.rows).unique())
 
@@ -369,10 +396,12 @@ DDP_SCRIPT = textwrap.dedent(
     def main():
         data_path, out, item_updates = sys.argv[1:4]
         L.seed_everything(5, verbose=False)
-        data = SASRecDataModule(path=data_path, max_len=6, batch_size=4, seed=5, num_eval_negatives=20,
-                                print_statistics=False)
-        model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1, dropout=0.0,
-                             item_updates=item_updates, weight_decay=0.01 if item_updates == "lazy" else 0.0)
+        data = SASRecDataModule(path=data_path, max_len=6, seed=5, print_statistics=False,
+                                loader=LoaderOptions(batch_size=4, num_eval_negatives=20))
+        model = SASRecModule(num_items=data.num_items, max_len=6,
+                             encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.0),
+                             speed=SpeedOptions(item_updates=item_updates),
+                             optimization=OptimizationOptions(weight_decay=0.01 if item_updates == "lazy" else 0.0))
         initial = {name: value.clone() for name, value in model.state_dict().items()}
         record = Record()
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
@@ -417,7 +446,7 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path, item_u
         assert torch.equal(grad0, grad1)  # all-reduced
     grads = [grad.double().numpy() for grad in ranks[0]["grads"]]
     used = [np.flatnonzero(np.any(grad != 0, axis=1)) for grad in grads]
-    table = "model.item_embedding.weight"
+    table = "model.items.embedding.weight"
     if item_updates == "lazy":
         expected, _, _ = reference_adam(ranks[0]["initial"][table].numpy(), grads, used, lr=0.001, weight_decay=0.01)
     else:

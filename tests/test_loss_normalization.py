@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.data.batches import TrainingStatistics
+from sasrec_lightning.data.options import LoaderOptions
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 
 def _batch(num_items: int, lengths: list[int], width: int, seed: int) -> dict[str, torch.Tensor]:
@@ -33,7 +36,7 @@ def _per_position_bce(model: SASRecModule, batch: dict[str, torch.Tensor]) -> to
     """The paper's BCE of every real position, written out independently of the loss code."""
     hidden = model.model(batch["input_ids"])
     real = batch["targets"] != 0
-    table = model.model.item_embedding.weight
+    table = model.model.items.embedding.weight
     h = hidden[real]  # (N, d)
     positive = (h * table[batch["targets"][real]]).sum(-1)  # (N,)
     negative = (h * table[batch["negatives"][real][:, 0]]).sum(-1)  # (N,)
@@ -43,8 +46,8 @@ def _per_position_bce(model: SASRecModule, batch: dict[str, torch.Tensor]) -> to
 @pytest.mark.parametrize("normalization", ["epoch", "batch"])
 def test_batch_losses_weigh_positions_as_configured(normalization):
     torch.manual_seed(0)
-    model = SASRecModule(num_items=30, max_len=8, hidden_size=8, num_blocks=1, dropout=0.0,
-                         loss_normalization=normalization)
+    model = SASRecModule(num_items=30, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.0),
+                         optimization=OptimizationOptions(loss_normalization=normalization))
     model.log = lambda *args, **kwargs: None  # no trainer attached
     short = _batch(30, [1, 2, 1, 2], width=8, seed=1)  # 6 positions
     long = _batch(30, [8, 7, 8, 8], width=8, seed=2)  # 31 positions
@@ -84,9 +87,9 @@ class _OwnTrainStart(SASRecModule):
 @pytest.mark.parametrize("module_class", [SASRecModule, _OwnTrainStart])
 def test_fit_divides_by_the_epoch_mean_positions_per_batch(synthetic_txt, module_class):
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=6, batch_size=16, print_statistics=False,
-                            length_bucketing=True)
-    model = module_class(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=6, print_statistics=False,
+                            loader=LoaderOptions(batch_size=16, length_bucketing=True))
+    model = module_class(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     record = _Record()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -98,12 +101,15 @@ def test_fit_divides_by_the_epoch_mean_positions_per_batch(synthetic_txt, module
 
 def test_training_without_a_data_module_falls_back_to_the_batch_mean(synthetic_txt):
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=6, batch_size=16, print_statistics=False)
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=6, print_statistics=False,
+                            loader=LoaderOptions(batch_size=16))
     data.setup("fit")
     batches = list(data.train_dataloader())
-    model = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
+    model = SASRecModule(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.warns(UserWarning, match=r"loss_normalization='epoch' needs a data module with training_statistics"):
+    with pytest.warns(UserWarning, match=r"--model\.optimization\.loss_normalization epoch needs a data module with "
+                                         r"training_statistics\(\) \(SASRecDataModule\); without one each batch's "
+                                         r"loss is the mean over its positions"):
         trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     assert model.statistics is None

@@ -8,27 +8,40 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sasrec_lightning.model.chunked_ce import ChunkedCrossEntropy, Workspace, chunked_cross_entropy, naive_cross_entropy
+from sasrec_lightning.errors import OptionError
+from sasrec_lightning.fast.speed import use_fused_losses
+from sasrec_lightning.fast.workspace import Workspace
+from sasrec_lightning.model.chunked_ce import ChunkedCrossEntropy, chunked_cross_entropy
 from sasrec_lightning.model.encoder import SASRec
 from sasrec_lightning.model.losses import (
     LOSSES,
+    FullCrossEntropyLoss,
+    GBCELoss,
     SampledSoftmaxLoss,
     bce_loss,
-    build_loss,
     gbce_beta,
     gbce_loss,
+    resolve_loss,
     sampled_softmax_loss,
 )
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 NUM_ITEMS = 12
+
+
+def naive_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Reference: the full-softmax loss with the whole ``(N, I)`` logit matrix in fp32."""
+    logits = hidden.float() @ weight.float()[1:].T  # (N, I)
+    return F.cross_entropy(logits, targets - 1)
 
 
 @pytest.fixture
 def encoder() -> SASRec:
     torch.manual_seed(0)
-    model = SASRec(num_items=NUM_ITEMS, max_len=5, hidden_size=8, num_blocks=1)
+    model = SASRec(num_items=NUM_ITEMS, max_len=5, options=EncoderOptions(hidden_size=8, num_blocks=1))
     with torch.no_grad():  # make scores spread out so the losses are not all ~log 2
-        model.item_embedding.weight.mul_(3.0)
+        model.items.embedding.weight.mul_(3.0)
     return model
 
 
@@ -73,14 +86,14 @@ def test_chunked_ce_passes_gradcheck(chunk_size):
 
 def test_ce_loss_module_equals_naive_in_fp32(encoder, batch):
     hidden, targets, negatives = batch
-    loss = build_loss("ce", NUM_ITEMS, ce_chunk_size=4)(encoder, hidden, targets, negatives)
+    loss = FullCrossEntropyLoss(chunk_size=4)(encoder.scoring_items, hidden, targets, negatives)
     torch.testing.assert_close(loss, naive_cross_entropy(hidden, encoder.output_weight, targets))
     assert loss.dtype == torch.float32
 
 
 def test_chunked_ce_rejects_bad_chunk_and_handles_no_positions(encoder):
-    with pytest.raises(ValueError, match="chunk_size"):
-        build_loss("ce", NUM_ITEMS, ce_chunk_size=0)
+    with pytest.raises(OptionError, match="chunk_size"):
+        FullCrossEntropyLoss(chunk_size=0)
     empty = torch.zeros(0, 8, requires_grad=True)
     loss = chunked_cross_entropy(empty, encoder.output_weight, torch.zeros(0, dtype=torch.long))
     loss.backward()
@@ -148,14 +161,17 @@ def test_ce_workspace_copies_start_empty():
     import copy
     import pickle
 
-    module = build_loss("ce", NUM_ITEMS, ce_chunk_size=100)
+    module = FullCrossEntropyLoss(chunk_size=100)
+    use_fused_losses(module)  # the speed parts give the loss a kept block
+    workspace = module.logits.blocks
+    assert isinstance(workspace, Workspace)
     hidden, weight, targets = _ce_problem(4, seed=0)
-    chunked_cross_entropy(hidden, weight, targets, 100, module.workspace).backward()
-    assert module.workspace._block is not None
-    assert copy.deepcopy(module).workspace._block is None
-    assert pickle.loads(pickle.dumps(module)).workspace._block is None
-    module.workspace.clear()
-    assert module.workspace._block is None
+    chunked_cross_entropy(hidden, weight, targets, 100, workspace).backward()
+    assert workspace._block is not None
+    assert copy.deepcopy(module).logits.blocks._block is None
+    assert pickle.loads(pickle.dumps(module)).logits.blocks._block is None
+    workspace.clear()
+    assert workspace._block is None
 
 
 # ----------------------------------------------------------------------------------------- bce
@@ -165,11 +181,11 @@ def test_bce_with_k_negatives_matches_formula(encoder, batch):
     positive = (hidden * weight[targets]).sum(-1)
     negative = torch.einsum("nd,nkd->nk", hidden, weight[negatives])
     expected = -(torch.sigmoid(positive).log().mean() + (1 - torch.sigmoid(negative)).log().mean())
-    torch.testing.assert_close(bce_loss(encoder, hidden, targets, negatives), expected)
+    torch.testing.assert_close(bce_loss(encoder.scoring_items, hidden, targets, negatives), expected)
     # One negative per position is the paper's Eq. 6.
     one = negatives[:, :1]
     expected_one = -(torch.sigmoid(positive).log() + (1 - torch.sigmoid(negative[:, 0])).log()).mean()
-    torch.testing.assert_close(bce_loss(encoder, hidden, targets, one), expected_one)
+    torch.testing.assert_close(bce_loss(encoder.scoring_items, hidden, targets, one), expected_one)
 
 
 # ---------------------------------------------------------------------------------------- gbce
@@ -195,17 +211,17 @@ def test_gbce_matches_reference_transform(encoder, batch, t):
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1
     expected = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1).mean()
-    loss = gbce_loss(encoder, hidden, targets, negatives, t)
+    loss = gbce_loss(encoder.scoring_items, hidden, targets, negatives, t)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_gbce_t0_is_bce_averaged_over_all_logits(encoder, batch):
     hidden, targets, negatives = batch
     k = negatives.size(-1)
-    bce_sum = bce_loss(encoder, hidden, targets, negatives[:, :1])  # k = 1: pos + neg
-    torch.testing.assert_close(gbce_loss(encoder, hidden, targets, negatives[:, :1], t=0.0), bce_sum / 2)
-    with pytest.raises(ValueError, match="gbce_t"):
-        build_loss("gbce", NUM_ITEMS, gbce_t=1.5)
+    bce_sum = bce_loss(encoder.scoring_items, hidden, targets, negatives[:, :1])  # k = 1: pos + neg
+    torch.testing.assert_close(gbce_loss(encoder.scoring_items, hidden, targets, negatives[:, :1], t=0.0), bce_sum / 2)
+    with pytest.raises(OptionError, match="model.loss.*t"):
+        GBCELoss(t=1.5)
     assert k == 2
 
 
@@ -213,11 +229,11 @@ def test_gbce_t0_is_bce_averaged_over_all_logits(encoder, batch):
 def test_sampled_softmax_over_every_item_is_full_softmax(encoder, batch):
     hidden, targets, _ = batch
     every_item = torch.arange(1, NUM_ITEMS + 1)  # the target is an accidental hit and is masked
-    loss = sampled_softmax_loss(encoder, hidden, targets, every_item)
+    loss = sampled_softmax_loss(encoder.scoring_items, hidden, targets, every_item)
     torch.testing.assert_close(loss, naive_cross_entropy(hidden, encoder.output_weight, targets))
     # A constant logQ (uniform sampling) changes nothing.
     log_q = torch.full((NUM_ITEMS + 1,), math.log(3.0))
-    torch.testing.assert_close(sampled_softmax_loss(encoder, hidden, targets, every_item, log_q), loss)
+    torch.testing.assert_close(sampled_softmax_loss(encoder.scoring_items, hidden, targets, every_item, log_q), loss)
 
 
 def test_sampled_softmax_logq_subtracts_log_expected_count(encoder, batch):
@@ -230,7 +246,7 @@ def test_sampled_softmax_logq_subtracts_log_expected_count(encoder, batch):
     candidates = torch.cat([logits[rows, targets].unsqueeze(-1), logits[:, shared]], dim=-1)
     candidates[:, 1:][shared.unsqueeze(0) == targets.unsqueeze(-1)] = float("-inf")
     expected = F.cross_entropy(candidates, torch.zeros(len(targets), dtype=torch.long))
-    torch.testing.assert_close(sampled_softmax_loss(encoder, hidden, targets, shared, log_q), expected)
+    torch.testing.assert_close(sampled_softmax_loss(encoder.scoring_items, hidden, targets, shared, log_q), expected)
 
 
 def test_sampled_softmax_with_negatives_per_sequence_matches_a_loop_over_positions(encoder, batch):
@@ -246,80 +262,82 @@ def test_sampled_softmax_with_negatives_per_sequence_matches_a_loop_over_positio
                             hidden[n] @ weight[negatives].T - log_q[negatives]])
         logits[1:][negatives == targets[n]] = float("-inf")
         expected.append(torch.logsumexp(logits, 0) - logits[0])
-    loss = sampled_softmax_loss(encoder, hidden, targets, shared, log_q, rows=rows)
+    loss = sampled_softmax_loss(encoder.scoring_items, hidden, targets, shared, log_q, rows=rows)
     torch.testing.assert_close(loss, torch.stack(expected).mean())
     with pytest.raises(ValueError, match="rows"):
-        sampled_softmax_loss(encoder, hidden, targets, shared)
+        sampled_softmax_loss(encoder.scoring_items, hidden, targets, shared)
 
 
 def test_sampled_softmax_loss_module_draws_negatives_per_sequence(encoder, batch):
     hidden, targets, _ = batch
     rows = torch.tensor([0, 0, 1, 1, 1, 3])  # sequence 2 has no real position (all padding)
-    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=5, sharing="sequence")
-    shared, _ = loss.sample(targets, torch.Generator().manual_seed(0), (4, 5))
+    loss = SampledSoftmaxLoss(negatives=5, sharing="sequence")
+    shared, _ = loss.sample(targets, NUM_ITEMS, torch.Generator().manual_seed(0), (4, 5))
     assert shared.shape == (4, 5) and shared.min() >= 1 and shared.max() <= NUM_ITEMS
-    value = loss(encoder, hidden, targets, None, torch.Generator().manual_seed(0), rows)
-    expected = sampled_softmax_loss(encoder, hidden, targets, shared, None, rows)
+    value = loss(encoder.scoring_items, hidden, targets, None, torch.Generator().manual_seed(0), rows)
+    expected = sampled_softmax_loss(encoder.scoring_items, hidden, targets, shared, None, rows)
     torch.testing.assert_close(value, expected)  # uniform: the (constant) logQ cancels
     with pytest.raises(ValueError, match="rows"):
-        loss(encoder, hidden, targets, None)
-    with pytest.raises(ValueError, match="negative sharing"):
-        SampledSoftmaxLoss(NUM_ITEMS, sharing="user")
+        loss(encoder.scoring_items, hidden, targets, None)
+    with pytest.raises(OptionError, match="sharing .user."):
+        SampledSoftmaxLoss(sharing="user")
 
 
 def test_sampled_softmax_samplers():
     torch.manual_seed(0)
     counts = torch.zeros(NUM_ITEMS + 1)
     counts[3], counts[7] = 30.0, 10.0
-    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=4000, sampling="popularity")
+    loss = SampledSoftmaxLoss(negatives=4000, sampling="popularity")
     loss.set_frequencies(counts)
-    shared, log_q = loss.sample(torch.tensor([1, 2]))
+    shared, log_q = loss.sample(torch.tensor([1, 2]), NUM_ITEMS)
     assert set(shared.tolist()) == {3, 7}
     assert (shared == 3).float().mean().item() == pytest.approx(0.75, abs=0.03)
     assert log_q[3].item() == pytest.approx(math.log(0.75 * 4000))
 
-    mixed = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=10, sampling="in_batch", in_batch_fraction=0.6)
+    mixed = SampledSoftmaxLoss(negatives=10, sampling="in_batch", in_batch_fraction=0.6)
     mixed.set_frequencies(counts)
     targets = torch.tensor([11, 11, 11])
-    shared, log_q = mixed.sample(targets)
+    shared, log_q = mixed.sample(targets, NUM_ITEMS)
     assert shared.shape == (10,) and torch.all(shared[:6] == 11)
     assert log_q[3].item() == pytest.approx(math.log(6 * 0.75 + 4 / NUM_ITEMS))
 
-    uniform = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=50)
-    shared, _ = uniform.sample(targets)
+    uniform = SampledSoftmaxLoss(negatives=50)
+    shared, _ = uniform.sample(targets, NUM_ITEMS)
     assert shared.min() >= 1 and shared.max() <= NUM_ITEMS
-    with pytest.raises(ValueError, match="negative sampling"):
-        SampledSoftmaxLoss(NUM_ITEMS, sampling="zipf")
+    with pytest.raises(OptionError, match="sampling .zipf."):
+        SampledSoftmaxLoss(sampling="zipf")
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "popularity", "in_batch"])
 def test_sampled_softmax_negatives_come_from_the_given_generator(sampling):
     """Each training batch seeds the shared negatives (per DDP rank, resumable), not the global RNG."""
-    loss = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=30, sampling=sampling)
+    loss = SampledSoftmaxLoss(negatives=30, sampling=sampling)
     loss.set_frequencies(torch.arange(NUM_ITEMS + 1, dtype=torch.float64))
     targets = torch.arange(1, 9)
 
     def draw(seed, global_seed):
         torch.manual_seed(global_seed)
-        return loss.sample(targets, torch.Generator().manual_seed(seed))[0]
+        return loss.sample(targets, NUM_ITEMS, torch.Generator().manual_seed(seed))[0]
 
     assert torch.equal(draw(5, global_seed=0), draw(5, global_seed=1))
     assert not torch.equal(draw(5, global_seed=0), draw(6, global_seed=0))
 
 
 # ----------------------------------------------------------------------------------- all losses
+SMALL = {"bce": {}, "bpr": {}, "gbce": {}, "sampled_softmax": {"negatives": 20}, "ce": {"chunk_size": 5}}
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_fp32_under_autocast_and_reaches_the_item_table(encoder, batch, name):
     hidden, targets, negatives = batch
-    loss_fn = build_loss(name, NUM_ITEMS, sampled_negatives=20, ce_chunk_size=5)
+    loss_fn = resolve_loss({"class_path": name, "init_args": SMALL[name]})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = loss_fn(encoder, hidden.bfloat16(), targets, negatives)
+        loss = loss_fn(encoder.scoring_items, hidden.bfloat16(), targets, negatives)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
-    assert encoder.item_embedding.weight.grad is not None
-    assert encoder.item_embedding.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="unknown loss"):
-        build_loss("hinge", NUM_ITEMS)
+    assert encoder.items.embedding.weight.grad is not None
+    assert encoder.items.embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(OptionError, match="'hinge': expected one of"):
+        resolve_loss("hinge")
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -328,8 +346,11 @@ def test_every_loss_learns_a_tiny_next_item_task(name):
     from sasrec_lightning.training.module import SASRecModule  # the module's training step, not the loss interface
 
     torch.manual_seed(0)
-    module = SASRecModule(num_items=NUM_ITEMS, max_len=5, hidden_size=16, num_blocks=1, dropout=0.0, loss=name,
-                          sampled_negatives=6, ce_chunk_size=5, lr=0.01)
+    small = {**SMALL, "sampled_softmax": {"negatives": 6}}
+    module = SASRecModule(num_items=NUM_ITEMS, max_len=5,
+                          encoder=EncoderOptions(hidden_size=16, num_blocks=1, dropout=0.0),
+                          loss={"class_path": name, "init_args": small[name]},
+                          optimization=OptimizationOptions(lr=0.01))
     users = torch.arange(NUM_ITEMS)
     sequences = (users[:, None] + torch.arange(6)) % NUM_ITEMS + 1  # (U, 6): i, i + 1, ... (cyclic)
     inputs, targets = sequences[:, :-1].clone(), sequences[:, 1:].clone()  # (U, 5)

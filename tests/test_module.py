@@ -17,9 +17,14 @@ import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.data.batches import BatchKey, TrainBatches
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
+from sasrec_lightning.fast.speed import apply_speed_parts
 from sasrec_lightning.model.losses import LOSSES
 from sasrec_lightning.model.metrics import ranking_metrics
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.training.baselines import most_popular_metrics
+from sasrec_lightning.training.evaluation import EvaluationOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 
 def tiny_trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -37,15 +42,20 @@ PADDED_BATCH = {
 }
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "speed_parts"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
-def test_loss_ignores_padded_positions(loss):
+def test_loss_ignores_padded_positions(loss, fast):
     """NaN hidden states and random negatives at padded positions leave the loss unchanged.
 
-    What every loss reads at a position is its hidden state (and, for bce/gbce, its negatives).
+    What every loss reads at a position is its hidden state (and, for bce/gbce, its negatives). The
+    plain model, and the same model with the CPU speed parts fit applies (fused losses).
     """
     torch.manual_seed(0)
-    module = SASRecModule(num_items=10, max_len=5, hidden_size=8, num_blocks=1, dropout=0.0, loss=loss,
-                          sampled_negatives=4)
+    spec = {"class_path": loss, "init_args": {"negatives": 4}} if loss == "sampled_softmax" else loss
+    module = SASRecModule(num_items=10, max_len=5, encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.0),
+                          loss=spec)
+    if fast:
+        apply_speed_parts(module.model, module.loss, module.speed, torch.device("cpu"))
     padded = PADDED_BATCH["targets"] == 0  # (B, L)
     poison = {"at": None}  # (B, L) bool: positions whose hidden state the encoder hands over as NaN
 
@@ -78,11 +88,11 @@ def test_loss_ignores_padded_positions(loss):
 
 def test_bce_equals_the_paper_formula_over_real_positions_only():
     torch.manual_seed(0)
-    module = SASRecModule(num_items=10, max_len=5, hidden_size=8, num_blocks=2, dropout=0.0)
+    module = SASRecModule(num_items=10, max_len=5, encoder=EncoderOptions(hidden_size=8, num_blocks=2, dropout=0.0))
     batch = PADDED_BATCH
     real = batch["targets"] != 0
     hidden = module.model(batch["input_ids"])  # (B, L, d)
-    weight = module.model.item_embedding.weight
+    weight = module.model.items.embedding.weight
     positive = (hidden * weight[batch["targets"]]).sum(-1)[real]
     negative = (hidden * weight[batch["negatives"][..., 0]]).sum(-1)[real]
     expected = -(torch.log(torch.sigmoid(positive)).mean() + torch.log(1 - torch.sigmoid(negative)).mean())
@@ -108,17 +118,23 @@ def test_padding_to_the_longest_sequence_or_to_max_len_gives_the_same_loss(synth
     assert (wide["input_ids"][:, :-width] == 0).all()
     wide["negatives"][:, -width:] = narrow["negatives"]  # same negatives at the real positions
     torch.manual_seed(0)
-    module = SASRecModule(num_items=split.data.num_items, max_len=30, hidden_size=8, dropout=0.0)
+    module = SASRecModule(num_items=split.data.num_items, max_len=30,
+                          encoder=EncoderOptions(hidden_size=8, dropout=0.0))
     torch.testing.assert_close(module.training_step(wide, 0), module.training_step(narrow, 0), rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------- evaluation
+TOP_K = (1, 5, 10)
+
+
 @pytest.fixture
 def checkpoint(tmp_path, synthetic_txt):
     """A tiny model trained for one epoch on the synthetic file, saved as a checkpoint."""
     L.seed_everything(0)
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=10, batch_size=16, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=10, hidden_size=8, num_blocks=1, top_k=(1, 5, 10))
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=10, print_statistics=False,
+                            loader=LoaderOptions(batch_size=16))
+    model = SASRecModule(num_items=data.num_items, max_len=10, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                         evaluation=EvaluationOptions(top_k=TOP_K))
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     path = tmp_path / "tiny.ckpt"
@@ -126,16 +142,23 @@ def checkpoint(tmp_path, synthetic_txt):
     return path
 
 
+def load_with_protocol(checkpoint, protocol: str) -> SASRecModule:
+    """The checkpoint's model evaluated under ``protocol`` (its other evaluation options as saved)."""
+    return SASRecModule.load_from_checkpoint(checkpoint, evaluation=EvaluationOptions(protocol=protocol, top_k=TOP_K))
+
+
 @pytest.mark.parametrize("protocol", ["sampled", "full"])
 def test_testing_a_checkpoint_twice_gives_identical_numbers(tmp_path, synthetic_txt, checkpoint, protocol):
     results = []
     for _ in range(2):
-        model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol)
-        data = SASRecDataModule(path=str(synthetic_txt), max_len=10, eval_batch_size=7, print_statistics=False)
+        model = load_with_protocol(checkpoint, protocol)
+        assert model.evaluation.protocol == protocol
+        data = SASRecDataModule(path=str(synthetic_txt), max_len=10, print_statistics=False,
+                                loader=LoaderOptions(eval_batch_size=7))
         results.append(tiny_trainer(tmp_path).test(model, datamodule=data, verbose=False)[0])
     assert results[0] == results[1]
     # ... and they are the written-out formulas on ranks counted by brute force over numpy scores.
-    model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol).eval()
+    model = load_with_protocol(checkpoint, protocol).eval()
     batches = data.eval_batches("test")
     batch = batches[BatchKey(np.arange(len(batches)), 0, 0)]
     with torch.no_grad():
@@ -164,7 +187,7 @@ def test_full_and_sampled_protocols_rank_against_their_candidates(synthetic_txt,
     batch = batches[BatchKey(np.arange(len(batches)), 0, 0)]
     ranks = {}
     for protocol in ("sampled", "full"):
-        model = SASRecModule.load_from_checkpoint(checkpoint, eval_protocol=protocol).eval()
+        model = load_with_protocol(checkpoint, protocol).eval()
         with torch.no_grad():
             ranks[protocol] = model.target_ranks(batch).tolist()
             scores = model.model.score_all(model.model.last_hidden(batch["input_ids"])).numpy()  # (B, I + 1)
@@ -218,8 +241,12 @@ def test_most_popular_baseline_equals_brute_force(synthetic_txt, protocol, exclu
 # ----------------------------------------------------------------------------------- learning
 def test_a_few_epochs_beat_most_popular_on_synthetic_data(tmp_path):
     L.seed_everything(0)
-    data = SASRecDataModule(synthetic_users=200, synthetic_items=100, max_len=20, batch_size=32, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=20, hidden_size=16, num_blocks=1, dropout=0.1, lr=0.005)
+    data = SASRecDataModule(max_len=20, print_statistics=False,
+                            source=SourceOptions(synthetic_users=200, synthetic_items=100),
+                            loader=LoaderOptions(batch_size=32))
+    model = SASRecModule(num_items=data.num_items, max_len=20,
+                         encoder=EncoderOptions(hidden_size=16, num_blocks=1, dropout=0.1),
+                         optimization=OptimizationOptions(lr=0.005))
     trainer = tiny_trainer(tmp_path, max_epochs=3, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     result = trainer.test(model, datamodule=data, verbose=False)[0]
@@ -249,9 +276,11 @@ def test_train_loss_is_the_mean_since_the_last_log_every_log_every_n_steps_and_a
             self.logged.append(None if value is None else float(value))
 
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(synthetic_users=120, synthetic_items=40, max_len=8, batch_size=16,
-                            print_statistics=False, use_cache=False)
-    module = Recorded(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    data = SASRecDataModule(max_len=8, print_statistics=False,
+                            source=SourceOptions(synthetic_users=120, synthetic_items=40),
+                            loader=LoaderOptions(batch_size=16), cache=CacheOptions(use=False))
+    module = Recorded(num_items=data.num_items, max_len=8,
+                      encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.1))
     watch = Watch()
     trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, log_every_n_steps=3, callbacks=[watch])
     trainer.fit(module, datamodule=data)
@@ -276,9 +305,11 @@ def test_train_loss_reaches_the_logger_every_epoch_when_an_epoch_is_shorter_than
     from lightning.pytorch.loggers import CSVLogger
 
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(synthetic_users=120, synthetic_items=40, max_len=8, batch_size=16,
-                            print_statistics=False, use_cache=False)
-    module = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1)
+    data = SASRecDataModule(max_len=8, print_statistics=False,
+                            source=SourceOptions(synthetic_users=120, synthetic_items=40),
+                            loader=LoaderOptions(batch_size=16), cache=CacheOptions(use=False))
+    module = SASRecModule(num_items=data.num_items, max_len=8,
+                          encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.1))
     logger = CSVLogger(tmp_path, name="run")
     trainer = tiny_trainer(tmp_path, max_epochs=3, limit_val_batches=0, log_every_n_steps=50, logger=logger)
     trainer.fit(module, datamodule=data)

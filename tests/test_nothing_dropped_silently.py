@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from sasrec_lightning import SASRecDataModule
+from sasrec_lightning.data.options import PreprocessingOptions
 from sasrec_lightning.data.preprocessing import PreprocessOptions, format_filters, preprocess
 from sasrec_lightning.serving.prediction import read_user_list
 
@@ -49,7 +50,8 @@ def test_each_filter_reports_what_it_removed():
 def test_fit_prints_the_filters_with_the_data_summary(tmp_path, capsys):
     path = tmp_path / "log.csv"
     path.write_text("user,item\n" + "".join(f"{user},{item}\n" for user, item, _ in ROWS if user != "u5"))
-    SASRecDataModule(path=str(path), min_user_interactions=3, min_item_interactions=2).sequences  # noqa: B018
+    SASRecDataModule(path=str(path),  # noqa: B018
+                     preprocessing=PreprocessingOptions(min_user_interactions=3, min_item_interactions=2)).sequences
     out = capsys.readouterr().out
     assert "| log.csv | 3 |" in out
     assert "min_user_interactions=3: removed 1 users, 0 items, 2 interactions" in out, out

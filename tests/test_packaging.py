@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, REPO
-from sasrec_lightning.cli.app import cli_main, resolve_config
+from sasrec_lightning.cli.app import cli_main
+from sasrec_lightning.cli.configs import resolve_config
 
 
 @pytest.mark.parametrize("name", ["quickstart", "quickstart.yaml", "configs/quickstart.yaml"])
@@ -25,7 +26,7 @@ def test_a_packaged_config_runs_by_name_outside_the_repository(name, tmp_path, m
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["max_epochs"] == yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())["trainer"][
         "max_epochs"]
-    assert config["model"]["init_args"]["hidden_size"] == 32
+    assert config["model"]["init_args"]["encoder"]["hidden_size"] == 32
 
 
 def test_a_file_in_the_working_directory_wins_over_the_packaged_config(tmp_path, monkeypatch):
@@ -68,13 +69,14 @@ def test_a_non_editable_install_runs_the_packaged_quickstart_from_an_empty_direc
     empty.mkdir()
     run = subprocess.run(
         [str(venv / "bin" / "sasrec-lightning"), "fit", "-c", "quickstart", "--trainer.fast_dev_run", "true",
-         "--data.synthetic_users", "60", "--data.synthetic_items", "30", "--data.num_eval_negatives", "10",
-         "--model.hidden_size", "8", "--trainer.enable_progress_bar", "false"],
+         "--data.source.synthetic_users", "60", "--data.source.synthetic_items", "30",
+         "--data.loader.num_eval_negatives", "10",
+         "--model.encoder.hidden_size", "8", "--trainer.enable_progress_bar", "false"],
         cwd=empty, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "NDCG@10" in run.stdout and "| synthetic | 60 |" in run.stdout, run.stdout
-    where = subprocess.run([str(python), "-c", "import sasrec_lightning.cli.app as c; print(c.__file__); "
+    where = subprocess.run([str(python), "-c", "import sasrec_lightning.cli.configs as c; print(c.__file__); "
                             "print(c.packaged_configs())"], cwd=empty, capture_output=True, text=True, env=env)
     assert where.returncode == 0, where.stderr
     module_file, configs = where.stdout.split()

@@ -11,6 +11,12 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec, SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import LoaderOptions
+from sasrec_lightning.fast.dropout import use_pooled_dropout
+from sasrec_lightning.model.losses import SampledSoftmaxLoss
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.evaluation import EvaluationOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 
 class RecordLoss(L.Callback):
@@ -25,10 +31,12 @@ class RecordLoss(L.Callback):
                                               ("sampled_softmax", "sequence"), ("ce", "batch")])
 def test_bf16_mixed_trains_finite_with_fp32_loss_and_metrics(synthetic_txt, loss, sharing):
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=12, batch_size=16, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=12, hidden_size=16, num_blocks=2, num_heads=2,
-                         dropout=0.2, loss=loss, sampled_negatives=20, negative_sharing=sharing, lr=0.01,
-                         eval_protocol="full")
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=12, print_statistics=False,
+                            loader=LoaderOptions(batch_size=16))
+    model = SASRecModule(num_items=data.num_items, max_len=12,
+                         encoder=EncoderOptions(hidden_size=16, num_blocks=2, num_heads=2, dropout=0.2),
+                         loss=SampledSoftmaxLoss(negatives=20, sharing=sharing) if loss == "sampled_softmax" else loss,
+                         optimization=OptimizationOptions(lr=0.01), evaluation=EvaluationOptions(protocol="full"))
     record = RecordLoss()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -51,11 +59,15 @@ def test_bf16_mixed_trains_finite_with_fp32_loss_and_metrics(synthetic_txt, loss
         assert bf16[name] == pytest.approx(value, abs=0.02), name
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["plain", "pooled_dropout"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_attention_mask_is_finite_under_autocast(dtype):
+def test_attention_mask_is_finite_under_autocast(dtype, pooled):
     """Left padding, a fully padded row and a one-item row: no NaN/inf in outputs or gradients."""
     torch.manual_seed(0)
-    encoder = SASRec(num_items=20, max_len=6, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3)
+    encoder = SASRec(num_items=20, max_len=6,
+                     options=EncoderOptions(hidden_size=16, num_blocks=2, num_heads=2, dropout=0.3))
+    if pooled:  # the speed part speed.pooled_dropout swaps in at fit start (on CPU)
+        assert use_pooled_dropout(encoder) is not None
     input_ids = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 7], [0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     for training in (True, False):
         encoder.train(training)

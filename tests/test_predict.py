@@ -16,13 +16,16 @@ import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli.app import cli_main
+from sasrec_lightning.data.options import CacheOptions, SourceOptions
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.serving.prediction import PredictionWriter, read_user_list, recommendations_table, write_table
+from sasrec_lightning.training.evaluation import EvaluationOptions
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 TINY = [
-    "--data.synthetic_users", "60", "--data.synthetic_items", "120", "--data.max_len", "8",
-    "--data.use_cache", "false", "--data.print_statistics", "false",
-    "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+    "--data.source.synthetic_users", "60", "--data.source.synthetic_items", "120", "--data.max_len", "8",
+    "--data.cache.use", "false", "--data.print_statistics", "false",
+    "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
     "--prediction.k", "5", "--trainer.enable_progress_bar", "false",
 ]
 
@@ -80,8 +83,9 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def tiny_data() -> SASRecDataModule:
-    return SASRecDataModule(synthetic_users=60, synthetic_items=120, max_len=8, use_cache=False,
-                            print_statistics=False)
+    return SASRecDataModule(max_len=8, print_statistics=False,
+                            source=SourceOptions(synthetic_users=60, synthetic_items=120),
+                            cache=CacheOptions(use=False))
 
 
 def test_predict_writes_every_user_in_original_ids_matching_a_brute_force(checkpoint, tmp_path):
@@ -135,7 +139,7 @@ def test_predict_under_ddp_merges_one_file_without_duplicates(checkpoint, tmp_pa
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "sasrec_lightning.cli", "predict", "-c", QUICKSTART, *TINY,
                "--ckpt_path", checkpoint, "--prediction.output", str(merged), "--trainer.devices", "2",
-               "--trainer.strategy", "ddp", "--data.eval_batch_size", "16", "--return_predictions", "false"]
+               "--trainer.strategy", "ddp", "--data.loader.eval_batch_size", "16", "--return_predictions", "false"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "merged 2 ranks" in result.stdout
@@ -151,7 +155,8 @@ def test_predict_under_ddp_merges_one_file_without_duplicates(checkpoint, tmp_pa
 def test_predict_step_and_recommend_in_item_chunks_match_a_numpy_brute_force(chunk):
     """``predict_step`` and ``recommend`` score the catalogue ``eval_chunk_size`` items at a time."""
     torch.manual_seed(0)
-    module = SASRecModule(num_items=120, max_len=8, hidden_size=8, num_blocks=1, eval_chunk_size=chunk).eval()
+    module = SASRecModule(num_items=120, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                          evaluation=EvaluationOptions(chunk_size=chunk)).eval()
     histories = [[3, 17, 64, 119], [120], [5, 5, 90, 33, 2, 71], [1, 2, 3, 4, 5, 6, 7, 8, 9]]  # internal ids
     inputs = np.zeros((len(histories), 8), dtype=np.int64)
     for row, history in enumerate(histories):

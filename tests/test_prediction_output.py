@@ -16,9 +16,9 @@ from sasrec_lightning.cli.app import main
 from sasrec_lightning.serving.prediction import read_user_list, recommendations_table, write_table
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["--data.synthetic_users", "30", "--data.synthetic_items", "40", "--data.max_len", "8",
-        "--data.use_cache", "false", "--data.print_statistics", "false",
-        "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+TINY = ["--data.source.synthetic_users", "30", "--data.source.synthetic_items", "40", "--data.max_len", "8",
+        "--data.cache.use", "false", "--data.print_statistics", "false",
+        "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

@@ -10,6 +10,13 @@ import pytest
 
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.data.batches import EvalBatches, LeaveOneOutSplit, TrainBatches
+from sasrec_lightning.data.options import (
+    CacheOptions,
+    HoldoutOptions,
+    LoaderOptions,
+    PreprocessingOptions,
+    SourceOptions,
+)
 from sasrec_lightning.data.preprocessing import (
     PreprocessOptions,
     build_sequences,
@@ -95,7 +102,7 @@ def test_build_sequences_is_unfiltered_preprocessing():
 def test_leave_one_out_is_the_default_split(tmp_path):
     path = tmp_path / "log.txt"
     path.write_text("1 1\n1 2\n1 3\n1 4\n2 2\n2 3\n")
-    module = SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    module = SASRecDataModule(path=str(path), print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")))
     split = module.split_data
     assert isinstance(split, LeaveOneOutSplit)
     assert split.train_ends.tolist() == [2, 6] and split.eval_users.tolist() == [0]
@@ -127,9 +134,12 @@ def test_temporal_holdout_through_the_datamodule(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("user,item,date\na,1,2020-01-01\na,2,2020-02-01\na,3,2020-03-01\nb,1,2020-01-15\n"
                     "b,2,2020-03-02\nc,4,2020-01-01\n")
-    module = SASRecDataModule(path=str(path), timestamp_column="date", holdout="temporal", val_cutoff="2020-02-01",
-                              test_cutoff="2020-03-01", min_user_interactions=0, min_item_interactions=0,
-                              cache_dir=str(tmp_path / "cache"), print_statistics=False, num_eval_negatives=1)
+    module = SASRecDataModule(path=str(path), print_statistics=False, source=SourceOptions(timestamp_column="date"),
+                              holdout=HoldoutOptions(scheme="temporal", val_cutoff="2020-02-01",
+                                                     test_cutoff="2020-03-01"),
+                              preprocessing=PreprocessingOptions(min_user_interactions=0, min_item_interactions=0),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")),
+                              loader=LoaderOptions(num_eval_negatives=1))
     assert module.split_data.val_users.tolist() == [0]
     assert module.eval_batches("test").rows.tolist() == [0, 1]
     assert module.eval_batches("test").candidates[:, 0].tolist() == [3, 2]
@@ -138,14 +148,14 @@ def test_temporal_holdout_through_the_datamodule(tmp_path):
 def test_temporal_split_needs_timestamps(tmp_path):
     path = tmp_path / "log.txt"
     path.write_text("1 1\n1 2\n1 3\n")
-    module = SASRecDataModule(path=str(path), holdout="temporal", cache_dir=str(tmp_path / "cache"),
-                              print_statistics=False)
+    module = SASRecDataModule(path=str(path), print_statistics=False, holdout=HoldoutOptions(scheme="temporal"),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError, match="timestamp_column"):
         module.split_data  # noqa: B018
 
 
 @pytest.mark.skipif(not BEAUTY.exists(), reason="../shared/data/beauty.txt not present")
 def test_beauty_txt_is_not_filtered_again(tmp_path):
-    module = SASRecDataModule(path=str(BEAUTY), cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    module = SASRecDataModule(path=str(BEAUTY), print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")))
     statistics = module.statistics
     assert (statistics["users"], statistics["items"], statistics["actions"]) == (40_226, 54_542, 353_962)

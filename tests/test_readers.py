@@ -1,10 +1,11 @@
-"""The table of format readers in sources.py: defaults per format, and a new format as one entry."""
+"""The table of format readers in data/readers.py: defaults per format, and a new format as one entry."""
 
 import pyarrow as pa
 import pytest
 
-from sasrec_lightning.data import sources
-from sasrec_lightning.data.sources import READERS, Reader, default_min_interactions, detect_format, load_interactions
+from sasrec_lightning.data.locations import detect_format
+from sasrec_lightning.data.readers import FORMATS, READERS, Reader, default_min_interactions
+from sasrec_lightning.data.sources import load_interactions
 from sasrec_lightning.errors import DataError
 
 
@@ -46,4 +47,4 @@ def test_unknown_format_lists_the_readers(tmp_path):
     path.write_text("user,item\n1,2\n")
     with pytest.raises(DataError, match=r"unknown format 'xml'.*'sasrec', 'csv'"):
         load_interactions(str(path), format="xml")
-    assert sources.FORMATS == tuple(READERS)
+    assert FORMATS == tuple(READERS)

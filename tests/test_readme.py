@@ -38,8 +38,8 @@ def test_readme_cli_line_runs_the_subclass_with_the_shipped_config(tmp_path, mon
     words = shlex.split(line)
     assert words[:2] == ["PYTHONPATH=.", "sasrec-lightning"]
     cli = cli_main([*words[2:], *TINY_TRAINER, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir",
-                    str(tmp_path), "--model.init_args.hidden_size", "8", "--data.init_args.synthetic_users", "60",
-                    "--data.init_args.synthetic_items", "30"])
+                    str(tmp_path), "--model.init_args.encoder.hidden_size", "8",
+                    "--data.init_args.source.synthetic_users", "60", "--data.init_args.source.synthetic_items", "30"])
     assert type(cli.model).__name__ == "MySASRec" and cli.model.warmup_steps == 50
     assert isinstance(cli.trainer.optimizers[0], __import__("torch").optim.AdamW)
     assert cli.trainer.state.finished

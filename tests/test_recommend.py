@@ -8,6 +8,7 @@ import torch
 
 from sasrec_lightning import SASRecModule
 from sasrec_lightning.data.vocabulary import ItemVocabulary
+from sasrec_lightning.model.options import EncoderOptions
 
 ITEM_IDS = [None, "apple", "banana", "cherry", "date", "elder", "fig"]  # internal 1..6
 POPULARITY = [0, 5, 1, 9, 2, 7, 3]
@@ -15,7 +16,7 @@ POPULARITY = [0, 5, 1, 9, 2, 7, 3]
 
 def tiny_module() -> SASRecModule:
     torch.manual_seed(0)
-    module = SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=2, num_heads=2)
+    module = SASRecModule(num_items=6, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=2, num_heads=2))
     module.set_item_vocabulary(["<pad>", *ITEM_IDS[1:]], POPULARITY)
     return module
 
@@ -86,7 +87,7 @@ def test_empty_and_all_unknown_sequences_get_the_most_popular_items():
 
 def test_recommend_without_vocabulary_uses_internal_ids_and_restores_train_mode():
     torch.manual_seed(0)
-    module = SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1)
+    module = SASRecModule(num_items=6, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     module.train()
     with pytest.warns(UserWarning, match="unknown"):
         out = module.recommend([[1, 2, 7]], k=2)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRec
+from sasrec_lightning.model.options import EncoderOptions
 
 
 def layer_norm(x, gamma, beta, eps=1e-8):
@@ -28,9 +29,9 @@ def layer_norm(x, gamma, beta, eps=1e-8):
 def reference_forward(input_ids, p, num_blocks, num_heads):
     """The TF graph for ``(B, n)`` ids padded to ``maxlen = n``; ``p``: parameter name -> tensor."""
     batch, length = input_ids.shape
-    d = p["item_embedding.weight"].shape[1]
+    d = p["items.embedding.weight"].shape[1]
     mask = (input_ids != 0).double().unsqueeze(-1)  # (B, n, 1)
-    table = p["item_embedding.weight"].clone()
+    table = p["items.embedding.weight"].clone()
     table[0] = 0.0  # zero_pad=True
     seq = table[input_ids] * d**0.5 + p["position_embedding.weight"][torch.arange(length)]  # positions 0..n-1
     seq = seq * mask  # (dropout off)
@@ -67,8 +68,9 @@ def reference_forward(input_ids, p, num_blocks, num_heads):
 @pytest.mark.parametrize("num_heads", [1, 2])
 def test_reference_layout_equals_the_authors_equations(num_heads):
     torch.manual_seed(0)
-    model = SASRec(num_items=30, max_len=7, hidden_size=8, num_blocks=2, num_heads=num_heads, dropout=0.0,
-                   block_layout="reference", init="xavier_uniform").double().eval()
+    options = EncoderOptions(hidden_size=8, num_blocks=2, num_heads=num_heads, dropout=0.0,
+                             block_layout="reference", init="xavier_uniform")
+    model = SASRec(num_items=30, max_len=7, options=options).double().eval()
     with torch.no_grad():  # non-trivial LayerNorm and bias values, so every term is exercised
         for name, parameter in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
@@ -84,17 +86,19 @@ def test_reference_layout_equals_the_authors_equations(num_heads):
     # Padded positions: both give the final LayerNorm of a zero row.
     torch.testing.assert_close(ours[~real], expected[~real], atol=1e-6, rtol=0)
     # And the layout matters: the paper layout with the same weights computes something else.
-    paper = SASRec(num_items=30, max_len=7, hidden_size=8, num_blocks=2, num_heads=num_heads, dropout=0.0).double()
+    paper_options = EncoderOptions(hidden_size=8, num_blocks=2, num_heads=num_heads, dropout=0.0)
+    paper = SASRec(num_items=30, max_len=7, options=paper_options).double()
     paper.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=False)
     assert not torch.allclose(paper.eval()(input_ids)[real], expected[real], atol=1e-3)
 
 
 def test_reference_layout_has_no_output_projection_and_glorot_uniform_init():
-    model = SASRec(num_items=1000, max_len=20, hidden_size=16, block_layout="reference", init="xavier_uniform")
+    model = SASRec(num_items=1000, max_len=20,
+                   options=EncoderOptions(hidden_size=16, block_layout="reference", init="xavier_uniform"))
     names = {name for name, _ in model.named_parameters()}
     assert not any(".attention.out." in name for name in names)
     limit = math.sqrt(6 / (1001 + 16))  # TF glorot_uniform of the (vocab, d) table
-    table = model.item_embedding.weight[1:]
+    table = model.items.embedding.weight[1:]
     assert table.abs().max() <= limit and table.abs().max() > 0.9 * limit
     assert abs(table.std().item() - limit / math.sqrt(3)) < 0.05 * limit
     qkv = model.blocks[0].attention.qkv.weight  # three (d, d) kernels: limit sqrt(6 / (d + d))
@@ -103,7 +107,8 @@ def test_reference_layout_has_no_output_projection_and_glorot_uniform_init():
 
 def test_reference_layout_trains_with_dropout_and_reads_out_attention():
     torch.manual_seed(1)
-    model = SASRec(num_items=30, max_len=7, hidden_size=8, num_blocks=2, dropout=0.5, block_layout="reference")
+    model = SASRec(num_items=30, max_len=7,
+                   options=EncoderOptions(hidden_size=8, num_blocks=2, dropout=0.5, block_layout="reference"))
     input_ids = torch.tensor([[0, 0, 0, 4, 9, 2, 17], [3, 1, 30, 8, 8, 12, 6]])
     model.train()
     hidden = model(input_ids)

@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.data.loaders import ResumableLoader, batches_done_this_epoch
+from sasrec_lightning.data.options import LoaderOptions
+from sasrec_lightning.model.options import EncoderOptions
 
 MAX_STEPS = 14  # 80 users / batch 8 -> 10 batches per epoch: the crash and the end fall mid-epoch
 
@@ -31,10 +33,11 @@ class Crash(L.Callback):
 
 def _run(data_path, root, callbacks=(), ckpt_path=None, max_steps=MAX_STEPS, loss="bce"):
     L.seed_everything(7, verbose=False)
-    data = SASRecDataModule(path=str(data_path), max_len=8, batch_size=8, eval_batch_size=16, seed=7,
-                            print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.3, loss=loss,
-                         sampled_negatives=10)
+    data = SASRecDataModule(path=str(data_path), max_len=8, seed=7, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8, eval_batch_size=16))
+    spec = {"class_path": loss, "init_args": {"negatives": 10}} if loss == "sampled_softmax" else loss
+    model = SASRecModule(num_items=data.num_items, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1,
+                                                                                     dropout=0.3), loss=spec)
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(
         max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -83,7 +86,8 @@ def test_resume_replays_no_batch(synthetic_txt, tmp_path):
 
 
 def test_train_loader_is_resumable_and_eval_loaders_are_plain(synthetic_txt):
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, print_statistics=False)
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8))
     loader = data.train_dataloader()
     assert isinstance(loader, ResumableLoader)
     assert loader.state_dict() == {"epoch": 0, "batches_done": 0}
@@ -109,8 +113,9 @@ class _Counts(L.Callback):
 def test_batches_done_follows_lightning_or_fails_loudly(synthetic_txt, tmp_path):
     """The only private Lightning attribute the package reads: right after every batch, or a clear error."""
     counts = _Counts()
-    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1)
+    data = SASRecDataModule(path=str(synthetic_txt), max_len=8, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8))
+    model = SASRecModule(num_items=data.num_items, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     trainer = L.Trainer(max_steps=13, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, callbacks=[counts],
                         limit_val_batches=0, default_root_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""Row-by-row item-table gradients (``row_grad.py``, ``callbacks.RowGradients``) train exactly like dense ones."""
+"""Row-by-row item-table gradients (``fast/row_grad.py``, applied by the speed parts) train exactly like dense ones."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.fast.row_grad import ItemEmbedding, RowGradient
-from sasrec_lightning.training.callbacks import RowGradients
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
+from sasrec_lightning.errors import OptionError
+from sasrec_lightning.fast.row_grad import RowGradEmbedding, RowGradient, row_grad_tables
+from sasrec_lightning.fast.speed import SpeedOptions, SpeedParts
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.optimization import OptimizationOptions
 
 
 def DenseGradients(**options) -> SASRecModule:  # noqa: N802  (used like the module class)
     """The reference: the switch off, plain lookups (a dense table gradient per lookup)."""
-    return SASRecModule(row_gradients=False, **options)
+    return SASRecModule(**options, speed=SpeedOptions(row_gradients=False))
 
 
 class RecordLookups(L.Callback):
@@ -23,21 +27,26 @@ class RecordLookups(L.Callback):
         self.sparse: list[bool] = []
 
     def on_after_backward(self, trainer, module):
-        self.sparse.append(module.model.item_embedding.row_gradient is not None)
-        assert not module.model.item_embedding.weight.grad.is_sparse
+        table = module.model.items.embedding
+        self.sparse.append(getattr(table, "row_gradient", None) is not None)
+        assert not table.weight.grad.is_sparse
 
 
-def train(module_class, steps: int = 12, accumulate: int = 1, **options) -> dict[str, torch.Tensor]:
+def train(module_class, steps: int = 12, accumulate: int = 1, loss="bce", share_item_embedding=True,
+          l2_emb=0.0) -> dict[str, torch.Tensor]:
     L.seed_everything(3, verbose=False)
-    data = SASRecDataModule(synthetic_users=200, synthetic_items=60, max_len=12, batch_size=16,
-                            print_statistics=False, use_cache=False, num_negatives=2)
-    module = module_class(num_items=data.num_items, max_len=12, hidden_size=8, num_blocks=1, dropout=0.2, **options)
+    data = SASRecDataModule(max_len=12, print_statistics=False,
+                            source=SourceOptions(synthetic_users=200, synthetic_items=60),
+                            loader=LoaderOptions(batch_size=16, num_negatives=2), cache=CacheOptions(use=False))
+    encoder = EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.2, share_item_embedding=share_item_embedding)
+    module = module_class(num_items=data.num_items, max_len=12, encoder=encoder, loss=loss,
+                          optimization=OptimizationOptions(l2_emb=l2_emb))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, max_steps=steps,
                         limit_val_batches=0, accumulate_grad_batches=accumulate, callbacks=[record := RecordLookups()])
     trainer.fit(module, datamodule=data)
     assert len(record.sparse) >= steps and set(record.sparse) <= {module_class is SASRecModule}  # every backward
-    assert module.model.item_embedding.row_gradient is None  # plain embedding again after fit
+    assert all(table.row_gradient is None for table in row_grad_tables(module))  # plain embedding again after fit
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
@@ -46,14 +55,14 @@ def train(module_class, steps: int = 12, accumulate: int = 1, **options) -> dict
     [
         {"loss": "bce"},
         {"loss": "gbce"},
-        {"loss": "sampled_softmax", "sampled_negatives": 10},
-        {"loss": "sampled_softmax", "sampled_negatives": 10, "negative_sharing": "sequence"},
+        {"loss": {"class_path": "sampled_softmax", "init_args": {"negatives": 10}}},
+        {"loss": {"class_path": "sampled_softmax", "init_args": {"negatives": 10, "sharing": "sequence"}}},
         {"loss": "ce"},  # a dense table gradient arrives too: the clear must be a full one
         {"loss": "bce", "share_item_embedding": False},  # two tables
         {"loss": "bce", "l2_emb": 0.01},
         {"loss": "bce", "accumulate": 3},  # rows of several backward passes before one clear
     ],
-    ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()),
+    ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()).replace("'", ""),
 )
 def test_training_equals_dense_gradients(options):
     options = dict(options)
@@ -71,7 +80,7 @@ def test_training_equals_dense_gradients(options):
     # The runs really trained: the item table moved away from its initialization.
     L.seed_everything(3, verbose=False)
     untouched = train(SASRecModule, steps=0, **options)
-    assert not torch.equal(rows["model.item_embedding.weight"], untouched["model.item_embedding.weight"])
+    assert not torch.equal(rows["model.items.embedding.weight"], untouched["model.items.embedding.weight"])
 
 
 def test_zero_grad_then_backward_clears_only_written_rows_and_fully_after_a_dense_gradient():
@@ -109,7 +118,7 @@ def test_zero_grad_then_backward_clears_only_written_rows_and_fully_after_a_dens
 
 def test_row_lookup_passes_gradcheck_in_float64():
     """The gradient the lookup writes into the buffer is the true Jacobian (finite differences), step after step."""
-    table = ItemEmbedding(6, 3).double()
+    table = RowGradEmbedding(7, 3, padding_idx=0).double()
     table.keep_row_gradients(True)
     ids = torch.tensor([[1, 4, 4], [0, 6, 2]])  # repeats add up; padding id 0 gets nothing
 
@@ -138,8 +147,8 @@ def test_row_lookup_passes_gradcheck_in_float64():
     assert table.row_gradient is not None and table.weight.grad is table.row_gradient.kept  # the buffer was reused
 
 
-def test_item_embedding_is_an_ordinary_embedding_until_switched_on():
-    table = ItemEmbedding(5, 2)
+def test_row_grad_embedding_is_an_ordinary_embedding_until_switched_on():
+    table = RowGradEmbedding(6, 2, padding_idx=0)
     assert table.padding_idx == 0 and table.weight.shape == (6, 2)
     assert list(table.state_dict()) == ["weight"]
     ids = torch.tensor([1, 1, 3])
@@ -156,34 +165,35 @@ def test_item_embedding_is_an_ordinary_embedding_until_switched_on():
 
 class _Fail(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        assert pl_module.model.item_embedding.row_gradient is not None  # on while training
+        assert pl_module.model.items.embedding.row_gradient is not None  # on while training
         raise RuntimeError("stop")
 
 
 @pytest.mark.parametrize("switch, expected", [("auto", True), (True, True), (False, False)])
 def test_row_gradient_switch(switch, expected):
-    module = SASRecModule(num_items=10, max_len=4, hidden_size=8, num_blocks=1, row_gradients=switch)
-    callbacks = module.configure_callbacks()
-    assert [type(callback) for callback in callbacks] == ([RowGradients] if expected else [])
+    module = SASRecModule(num_items=10, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1),
+                          speed=SpeedOptions(row_gradients=switch))
+    assert type(module.model.items.embedding) is torch.nn.Embedding  # the built model is plain PyTorch
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     module.trainer = trainer
-    trainer.state.fn = "test"  # a test after fit keeps fit's callback instead of replacing it (no override notice)
-    assert module.configure_callbacks() == []
-    trainer.state.fn = "fit"
-    assert len(module.configure_callbacks()) == int(expected)
-    with pytest.raises(ValueError, match="row_gradients must be true, false or 'auto'"):
-        RowGradients("sometimes")
+    [parts] = [callback for callback in module.configure_callbacks() if isinstance(callback, SpeedParts)]
+    parts.setup(trainer, module, "fit")
+    assert isinstance(module.model.items.embedding, RowGradEmbedding) is expected
+    with pytest.raises(OptionError,
+                       match=r"--model.speed.row_gradients 'sometimes': expected one of True, False, 'auto'"):
+        SpeedOptions(row_gradients="sometimes")
 
 
 def test_row_gradients_are_switched_off_when_training_fails():
-    data = SASRecDataModule(synthetic_users=40, synthetic_items=20, max_len=6, batch_size=8, print_statistics=False,
-                            use_cache=False)
-    module = SASRecModule(num_items=data.num_items, max_len=6, hidden_size=8, num_blocks=1)
+    data = SASRecDataModule(max_len=6, print_statistics=False,
+                            source=SourceOptions(synthetic_users=40, synthetic_items=20),
+                            loader=LoaderOptions(batch_size=8), cache=CacheOptions(use=False))
+    module = SASRecModule(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_steps=2,
                         enable_model_summary=False, enable_checkpointing=False, callbacks=[_Fail()])
     with pytest.raises(RuntimeError, match="stop"):
         trainer.fit(module, datamodule=data)
-    assert module.model.item_embedding.row_gradient is None
+    assert module.model.items.embedding.row_gradient is None
 
 
 DDP_SCRIPT = """
@@ -191,14 +201,19 @@ import sys
 import lightning as L
 import torch
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
+from sasrec_lightning.fast.speed import SpeedOptions
+from sasrec_lightning.model.options import EncoderOptions
 
 
 def main():
     data_path, out, kind = sys.argv[1:4]
     L.seed_everything(5, verbose=False)
-    data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, seed=5, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.0,
-                         row_gradients=kind != "dense")
+    data = SASRecDataModule(path=data_path, max_len=8, seed=5, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8))
+    model = SASRecModule(num_items=data.num_items, max_len=8,
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.0),
+                         speed=SpeedOptions(row_gradients=kind != "dense"))
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=6, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -235,5 +250,5 @@ def test_ddp_training_equals_dense_gradients(synthetic_txt, tmp_path):
         if name.endswith("qkv.bias"):  # the key bias is driven by rounding noise (see above)
             continue
         torch.testing.assert_close(value, states["dense"]["final"][name], rtol=1e-5, atol=1e-6, msg=name)
-    table = "model.item_embedding.weight"
+    table = "model.items.embedding.weight"
     assert not torch.equal(states["rows"]["final"][table], states["rows"]["initial"][table])  # it trained

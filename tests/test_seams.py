@@ -7,17 +7,25 @@ import torch
 
 from sasrec_lightning import SASRec
 from sasrec_lightning.fast import dropout as dropout_module
+from sasrec_lightning.fast.dropout import PooledDropout, use_pooled_dropout
+from sasrec_lightning.model.options import EncoderOptions
 
 ROWS = torch.tensor([[0, 0, 0, 3, 7, 1], [0, 5, 5, 8, 2, 9], [0, 0, 0, 0, 0, 11], [1, 2, 3, 4, 5, 6]])  # (4, 6)
 
 
 def pair(dropout: float, plain_dropout: float | None = None, **options) -> tuple[SASRec, SASRec]:
-    """The same weights twice: the pooled-dropout encoder and the plain one (``nn.Dropout``, SDPA)."""
+    """The same weights twice: the pooled-dropout encoder and the plain one (``nn.Dropout``, SDPA).
+
+    The plain one is what ``SASRec`` builds; the pooled one is the same model after ``use_pooled_dropout``
+    (what ``speed.pooled_dropout`` applies at fit start).
+    """
     torch.manual_seed(0)
     options = {"hidden_size": 16, "num_blocks": 2, "num_heads": 2, **options}
-    pooled = SASRec(12, 6, dropout=dropout, pooled_dropout=True, **options).train()
+    pooled = SASRec(12, 6, EncoderOptions(dropout=dropout, **options)).train()
+    assert use_pooled_dropout(pooled) is not None
     plain_dropout = dropout if plain_dropout is None else plain_dropout
-    plain = SASRec(12, 6, dropout=plain_dropout, pooled_dropout=False, **options).train()
+    plain = SASRec(12, 6, EncoderOptions(dropout=plain_dropout, **options)).train()
+    assert not any(isinstance(module, PooledDropout) for module in plain.modules())
     plain.load_state_dict(pooled.state_dict())
     return pooled, plain
 

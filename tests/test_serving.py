@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import CacheOptions, SourceOptions
 from sasrec_lightning.errors import CheckpointError
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.serving.recommend import served_items
 from sasrec_lightning.training.checkpoints import check_checkpoint_data
 
@@ -25,7 +27,7 @@ def test_served_items_checks_the_counts_against_the_model():
 
 def test_predict_step_follows_set_prediction_like_a_brute_force():
     torch.manual_seed(0)
-    module = SASRecModule(num_items=6, max_len=4, hidden_size=8, num_blocks=1).eval()
+    module = SASRecModule(num_items=6, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1)).eval()
     batch = {"input_ids": torch.tensor([[0, 1, 2], [3, 4, 5]]), "users": torch.tensor([7, 9]),
              "seen_rows": torch.tensor([0, 0, 1, 1, 1, 1]), "seen_items": torch.tensor([1, 2, 2, 3, 4, 5])}
     with torch.no_grad():
@@ -46,7 +48,7 @@ def test_predict_step_follows_set_prediction_like_a_brute_force():
 
 
 def test_check_checkpoint_data_refuses_other_item_ids():
-    module = SASRecModule(num_items=3, max_len=4, hidden_size=8, num_blocks=1)
+    module = SASRecModule(num_items=3, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     checkpoint = {"state_dict": module.state_dict(), "item_ids": ["<pad>", "a", "b", "c"]}
     check_checkpoint_data(checkpoint, module.state_dict(), 3, None, np.array(["<pad>", "a", "b", "c"]))
     with pytest.raises(CheckpointError):
@@ -54,6 +56,7 @@ def test_check_checkpoint_data_refuses_other_item_ids():
 
 
 def test_data_module_item_ids_are_its_sequences():
-    data = SASRecDataModule(synthetic_users=30, synthetic_items=20, max_len=8, use_cache=False, print_statistics=False)
+    data = SASRecDataModule(max_len=8, print_statistics=False,
+                            source=SourceOptions(synthetic_users=30, synthetic_items=20), cache=CacheOptions(use=False))
     assert np.array_equal(data.item_ids(), data.sequences.item_ids)
     assert len(data.item_ids()) == data.sequences.num_items + 1

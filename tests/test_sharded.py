@@ -15,17 +15,20 @@ import os
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from conftest import REPO, run_cli
 from sasrec_lightning import SASRecDataModule, SASRecModule
+from sasrec_lightning.data.options import LoaderOptions
 from sasrec_lightning.errors import CheckpointError, OptionError
-from sasrec_lightning.training.callbacks import RowGradients
+from sasrec_lightning.fast.row_grad import RowGradEmbedding
+from sasrec_lightning.fast.speed import SpeedOptions, apply_speed_parts
+from sasrec_lightning.model.losses import BCELoss, FullCrossEntropyLoss, SampledSoftmaxLoss
+from sasrec_lightning.model.options import EncoderOptions
+from sasrec_lightning.training.evaluation import EvaluationOptions
 from sasrec_lightning.training.sharding import check_sharding_options, regroup_optimizer_state
 
 SCRIPT = textwrap.dedent(
@@ -36,6 +39,10 @@ SCRIPT = textwrap.dedent(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.strategies import ModelParallelStrategy
     from sasrec_lightning import SASRecDataModule, SASRecModule
+    from sasrec_lightning.data.options import LoaderOptions
+    from sasrec_lightning.model.losses import SampledSoftmaxLoss
+    from sasrec_lightning.model.options import EncoderOptions
+    from sasrec_lightning.training.evaluation import EvaluationOptions
 
 
     class Record(L.Callback):
@@ -49,20 +56,20 @@ SCRIPT = textwrap.dedent(
                 torch.rand(3)  # rank 1's random state moves on after seeding (as any rank-dependent draw would)
 
         def on_before_optimizer_step(self, trainer, module, optimizer):
-            grad = module.model.item_embedding.weight.grad
+            grad = module.model.items.embedding.weight.grad
             local = grad.to_local() if hasattr(grad, "to_local") else grad
             self.gradient = {"kind": type(grad).__name__, "local_shape": list(local.shape),
                              "placements": [repr(p) for p in getattr(grad, "placements", [])]}
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
-            weight = module.model.item_embedding.weight
+            weight = module.model.items.embedding.weight
             local = weight.to_local() if hasattr(weight, "to_local") else weight
             self.table = {"kind": type(weight).__name__, "local_shape": list(local.shape),
                           "global_shape": list(weight.shape),
                           "row_sharded": [p.is_shard(0) for p in getattr(weight, "placements", [])],
                           "placements": [repr(p) for p in getattr(weight, "placements", [])],
-                          "row_gradients": module.model.item_embedding.row_gradient is not None}
+                          "row_gradients": getattr(module.model.items.embedding, "row_gradient", None) is not None}
 
 
     def main():
@@ -70,10 +77,12 @@ SCRIPT = textwrap.dedent(
         # Under tensor parallelism the processes are seeded differently on purpose: the replicated
         # weights and the dropout masks must still be rank 0's (sharding.synchronize_replicas, share_random_state).
         L.seed_everything(3 + (int(os.environ.get("LOCAL_RANK", 0)) if kind == "tp" else 0), verbose=False)
-        data = SASRecDataModule(path=data_path, max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                                print_statistics=False)
-        model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
-                             loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
+        data = SASRecDataModule(path=data_path, max_len=8, seed=3, print_statistics=False,
+                                loader=LoaderOptions(batch_size=8, eval_batch_size=16))
+        model = SASRecModule(num_items=data.num_items, max_len=8,
+                             encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.1),
+                             loss=SampledSoftmaxLoss(negatives=10),
+                             evaluation=EvaluationOptions(protocol="full", top_k=(1, 5)))
         devices = 1 if kind == "single" else 2
         if kind == "sharded":
             strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
@@ -147,14 +156,14 @@ def test_sharded_table_trains_like_the_replicated_one(synthetic_txt, tmp_path):
     # The checkpoint holds the full (gathered) state dict: it loads in one process, equal to DDP's weights,
     # and tested alone it gives the metrics the two sharded processes computed together.
     state = _checkpoint_alone(sharded_ckpt, replicated_ckpt, sharded[:1], synthetic_txt, tmp_path)
-    initial = SASRecModule(num_items=rows - 1, max_len=8, hidden_size=8, num_blocks=1)
-    assert not torch.allclose(state["model.item_embedding.weight"], initial.model.item_embedding.weight)
+    initial = SASRecModule(num_items=rows - 1, max_len=8, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
+    assert not torch.allclose(state["model.items.embedding.weight"], initial.model.items.embedding.weight)
 
 
 def _data(synthetic_txt) -> SASRecDataModule:
     """The data module of the runs in ``SCRIPT``, in this process."""
-    return SASRecDataModule(path=str(synthetic_txt), max_len=8, batch_size=8, eval_batch_size=16, seed=3,
-                            print_statistics=False)
+    return SASRecDataModule(path=str(synthetic_txt), max_len=8, seed=3, print_statistics=False,
+                            loader=LoaderOptions(batch_size=8, eval_batch_size=16))
 
 
 def _checkpoint_alone(checkpoint, reference_checkpoint, ranks, synthetic_txt, tmp_path) -> dict:
@@ -235,8 +244,9 @@ def _resume_alone(checkpoint, synthetic_txt, root) -> tuple[dict, dict]:
             self.state = copy.deepcopy(trainer.optimizers[0].state_dict())  # its tensors are updated in place
 
     data = _data(synthetic_txt)
-    model = SASRecModule(num_items=data.num_items, max_len=8, hidden_size=8, num_blocks=1, dropout=0.1,
-                         loss="sampled_softmax", sampled_negatives=10, eval_protocol="full", top_k=(1, 5))
+    model = SASRecModule(num_items=data.num_items, max_len=8, loss=SampledSoftmaxLoss(negatives=10),
+                         encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.1),
+                         evaluation=EvaluationOptions(protocol="full", top_k=(1, 5)))
     restored = Restored()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
@@ -282,35 +292,43 @@ def test_regroup_optimizer_state_refuses_groups_with_different_settings():
 
 
 def test_row_gradients_true_is_refused_under_sharding():
-    module = SASRecModule(num_items=5, max_len=4, hidden_size=8, num_blocks=1)
-    sharded = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
-    with pytest.raises(ValueError, match=r"row_gradients true cannot be used with ModelParallelStrategy.*auto"):
-        RowGradients(True).setup(sharded, module, "fit")
-    RowGradients("auto").setup(sharded, module, "fit")  # auto: resolved to off when training starts
-    RowGradients(True).setup(SimpleNamespace(strategy=DDPStrategy()), module, "fit")  # not sharded: allowed
+    def encoder():
+        return SASRecModule(num_items=5, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1)).model
+
+    cpu = torch.device("cpu")
+    with pytest.raises(OptionError,
+                       match=r"--model.speed.row_gradients true cannot be used with a sharding strategy.*auto"):
+        apply_speed_parts(encoder(), BCELoss(), SpeedOptions(row_gradients=True), cpu, sharded=True)
+    auto = encoder()
+    assert "row_gradients" not in apply_speed_parts(auto, BCELoss(), SpeedOptions(), cpu, sharded=True)  # auto: off
+    assert type(auto.items.embedding) is torch.nn.Embedding
+    replicated = encoder()
+    assert "row_gradients" in apply_speed_parts(replicated, BCELoss(), SpeedOptions(row_gradients=True), cpu)
+    assert isinstance(replicated.items.embedding, RowGradEmbedding)  # not sharded: allowed
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"loss": "ce"}, r"--model.init_args.loss ce: .*use sampled_softmax, bce, gbce or bpr"),
-    ({"l2_emb": 0.01}, r"--model.init_args.l2_emb 0.01: .*set l2_emb 0"),
-    ({"loss": "ce", "tensor_parallel_size": 4, "data_parallel_size": 1}, r"--model.init_args.loss ce: "),
-    ({"l2_emb": 0.5, "tensor_parallel_size": 4, "data_parallel_size": 1}, r"--model.init_args.l2_emb 0.5: "),
+    ({"loss": FullCrossEntropyLoss()}, r"--model.loss FullCrossEntropyLoss: .*use sampled_softmax, bce, gbce or bpr"),
+    ({"l2_emb": 0.01}, r"--model.optimization.l2_emb 0.01: .*set l2_emb 0"),
+    ({"loss": FullCrossEntropyLoss(), "tensor_parallel_size": 4, "data_parallel_size": 1},
+     r"--model.loss FullCrossEntropyLoss: "),
+    ({"l2_emb": 0.5, "tensor_parallel_size": 4, "data_parallel_size": 1}, r"--model.optimization.l2_emb 0.5: "),
     ({"tensor_parallel_size": 2, "data_parallel_size": 2},
      r"tensor_parallel_size 2 with data_parallel_size 2: .*expected tensor_parallel_size 4 and data_parallel_size 1, "
      r"or tensor_parallel_size 1 and data_parallel_size 4"),
     ({"tensor_parallel_size": 4, "data_parallel_size": 1, "item_updates": "lazy"},
-     r"--model.init_args.item_updates lazy: .*use item_updates dense"),
+     r"--model.speed.item_updates lazy: .*use item_updates dense"),
     ({"tensor_parallel_size": 4, "data_parallel_size": 1, "item_updates": "deferred"},
-     r"--model.init_args.item_updates deferred: "),
-])
+     r"--model.speed.item_updates deferred: "),
+], ids=["ce", "l2_emb", "tp-ce", "tp-l2_emb", "tp-and-dp", "tp-lazy", "tp-deferred"])
 def test_options_that_read_the_whole_table_are_refused_under_sharding(options, message):
-    settings = {"loss": "sampled_softmax", "l2_emb": 0.0, "tensor_parallel_size": 1, "data_parallel_size": 4,
+    settings = {"loss": SampledSoftmaxLoss(), "l2_emb": 0.0, "tensor_parallel_size": 1, "data_parallel_size": 4,
                 **options}
     with pytest.raises(OptionError, match=message):
         check_sharding_options(**settings)
-    check_sharding_options("sampled_softmax", 0.0, 1, 4)  # the supported combinations pass
-    check_sharding_options("sampled_softmax", 0.0, 4, 1)
-    check_sharding_options("bce", 0.0, 1, 4, "lazy")  # FSDP2 as before
+    check_sharding_options(SampledSoftmaxLoss(), 0.0, 1, 4)  # the supported combinations pass
+    check_sharding_options(SampledSoftmaxLoss(), 0.0, 4, 1)
+    check_sharding_options(BCELoss(), 0.0, 1, 4, "lazy")  # FSDP2 as before
 
 
 @pytest.mark.slow
@@ -327,7 +345,7 @@ def test_cli_fit_and_test_with_a_sharding_fragment_on_two_cpu_processes(syntheti
         ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / fragment),
          "--trainer.accelerator", "cpu", "--trainer.devices", "2", *flags, "--data.init_args.path", str(synthetic_txt),
          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-         "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
+         "--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
          "--trainer.default_root_dir", str(tmp_path)],
         cwd=tmp_path,
     )
@@ -339,11 +357,11 @@ def test_cli_refuses_l2_emb_with_the_tp_fragment(synthetic_txt, tmp_path):
     args = ["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "-c", str(REPO / "configs" / "trainer" / "tp.yaml"),
             "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32",
             "--trainer.strategy.init_args.tensor_parallel_size", "2", "--data.init_args.path", str(synthetic_txt),
-            "--model.init_args.l2_emb", "0.01", "--trainer.default_root_dir", str(tmp_path)]
+            "--model.init_args.optimization.l2_emb", "0.01", "--trainer.default_root_dir", str(tmp_path)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "error: --model.init_args.l2_emb 0.01: the penalty reads the whole item table" in result.stderr
+    assert "error: --model.optimization.l2_emb 0.01: the penalty reads the whole item table" in result.stderr
     assert "Traceback" not in result.stderr

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import sasrec_lightning
 from conftest import CONFIGS
-from sasrec_lightning.cli.app import exit_on_reported_errors
+from sasrec_lightning.cli.exit import exit_on_reported_errors
 from sasrec_lightning.training.callbacks import StopOnSigterm
 
 GLOO_LOST_PEER = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
@@ -99,8 +99,9 @@ def _launch(tmp_path: Path, extra: list[str]) -> tuple[subprocess.Popen, Path]:
            "PYTHONPATH": os.pathsep.join([package_root, str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     env.pop("LOCAL_RANK", None)
     args = [sys.executable, "-m", "sasrec_lightning.cli", "fit", "-c", str(CONFIGS / "quickstart.yaml"), *extra,
-            "--trainer.max_epochs", "1000", "--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1",
-            "--data.synthetic_users", "300", "--data.print_statistics", "false", "--trainer.enable_progress_bar",
+            "--trainer.max_epochs", "1000", "--model.init_args.encoder.hidden_size", "8",
+            "--model.init_args.encoder.num_blocks", "1",
+            "--data.source.synthetic_users", "300", "--data.print_statistics", "false", "--trainer.enable_progress_bar",
             "false", "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.callbacks+=marker.Marker", "--trainer.callbacks.folder", str(tmp_path)]
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

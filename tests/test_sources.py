@@ -14,14 +14,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from sasrec_lightning import SASRecDataModule
-from sasrec_lightning.data.sources import detect_format, load_interactions
+from sasrec_lightning.data.locations import detect_format
+from sasrec_lightning.data.options import CacheOptions, PreprocessingOptions, SourceOptions
+from sasrec_lightning.data.sources import load_interactions
 
 datasets.disable_progress_bars()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _module(path, tmp_path, **kwargs) -> SASRecDataModule:
-    return SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False, **kwargs)
+#: Every user and item kept (the raw-log default drops users and items with < 5 actions).
+UNFILTERED = PreprocessingOptions(min_user_interactions=0, min_item_interactions=0)
+
+
+def _module(path, tmp_path, **groups) -> SASRecDataModule:
+    return SASRecDataModule(path=str(path), print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")),
+                            **groups)
 
 
 def _sequences(data) -> dict:
@@ -64,8 +71,8 @@ def test_steam_literal_dicts_gzip(tmp_path):
     path = tmp_path / "steam_reviews.json.gz"
     with gzip.open(path, "wt") as handle:
         handle.write("\n".join(_steam_lines()) + "\n")
-    module = _module(path, tmp_path, user_column="username", item_column="product_id", timestamp_column="date",
-                     min_user_interactions=0, min_item_interactions=0)
+    module = _module(path, tmp_path, source=SourceOptions(user_column="username", item_column="product_id",
+                                                          timestamp_column="date"), preprocessing=UNFILTERED)
     data = module.sequences
     assert data.user_ids.tolist() == ["Alice", "bob"]
     assert data.item_ids[1:].tolist() == ["10", "440", "730"]  # sorted original ids
@@ -99,15 +106,16 @@ def test_amazon_reviews_both_variants(tmp_path, variant):
     dump = json.dumps if variant == "json" else repr
     with gzip.open(path, "wt") as handle:
         handle.write("\n".join(dump(row) for row in AMAZON) + "\n")
-    module = _module(path, tmp_path, user_column="reviewerID", item_column="asin", timestamp_column="unixReviewTime",
-                     rating_column="overall", min_user_interactions=2, min_item_interactions=0)
+    source = SourceOptions(user_column="reviewerID", item_column="asin", timestamp_column="unixReviewTime",
+                           rating_column="overall")
+    module = _module(path, tmp_path, source=source,
+                     preprocessing=PreprocessingOptions(min_user_interactions=2, min_item_interactions=0))
     data = module.sequences
     assert _sequences(data) == {"A1": ["B001", "B002"], "A2": ["B002", "B001"]}  # A3 (1 review) dropped
     assert data.timestamps.tolist() == [1200000000, 1300000000, 1100000000, 1400000000]
     assert data.info["raw"] == {"actions": 5, "users": 3, "items": 2, "rows_read": 5}
-    positive = _module(path, tmp_path, user_column="reviewerID", item_column="asin",
-                       timestamp_column="unixReviewTime", rating_column="overall", min_rating=4,
-                       min_user_interactions=0, min_item_interactions=0).sequences
+    positive = _module(path, tmp_path, source=source, preprocessing=PreprocessingOptions(
+        min_rating=4, min_user_interactions=0, min_item_interactions=0)).sequences
     assert _sequences(positive) == {"A1": ["B001"], "A2": ["B002", "B001"]}
 
 
@@ -123,12 +131,13 @@ def test_movielens_ratings_dat_and_zip(tmp_path):
         handle.writestr("ml-1m/movies.dat", "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n")
         handle.writestr("ml-1m/ratings.dat", _ratings_dat())
     for source in (path, archive):
-        data = _module(source, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+        data = _module(source, tmp_path, preprocessing=UNFILTERED).sequences
         assert _sequences(data) == {1: [1193, 914, 661], 2: [1193]}
         assert data.item_ids[1:].tolist() == [661, 914, 1193]
         assert data.items.tolist() == [3, 2, 1, 3]
         assert data.timestamps.tolist() == [978300760, 978301968, 978302109, 978298413]
-    liked = _module(path, tmp_path, min_rating=4, min_user_interactions=0, min_item_interactions=0).sequences
+    liked = _module(path, tmp_path, preprocessing=PreprocessingOptions(
+        min_rating=4, min_user_interactions=0, min_item_interactions=0)).sequences
     assert _sequences(liked) == {1: [1193], 2: [1193]}
 
 
@@ -163,16 +172,15 @@ def test_generic_sources(tmp_path, kind):
     else:
         path = tmp_path / "saved"
         datasets.DatasetDict({"train": datasets.Dataset(table)}).save_to_disk(str(path))
-    data = _module(path, tmp_path, user_column="uid", item_column="iid", timestamp_column="ts",
-                   min_user_interactions=0, min_item_interactions=0).sequences
+    data = _module(path, tmp_path, source=SourceOptions(user_column="uid", item_column="iid", timestamp_column="ts"),
+                   preprocessing=UNFILTERED).sequences
     _expected_generic(data)
 
 
 def test_iso_datetime_timestamps(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("user,item,when\na,1,2020-01-02 10:00:00\na,2,2020-01-01\nb,1,2020-01-01T00:00:05Z\n")
-    data = _module(path, tmp_path, timestamp_column="when", min_user_interactions=0,
-                   min_item_interactions=0).sequences
+    data = _module(path, tmp_path, source=SourceOptions(timestamp_column="when"), preprocessing=UNFILTERED).sequences
     assert _sequences(data) == {"a": [2, 1], "b": [1]}
     assert data.timestamps.tolist() == [1577836800, 1577959200, 1577836805]
 
@@ -189,9 +197,10 @@ def test_steam_config_loads_a_local_file(tmp_path):
     config_path = str(CONFIGS / "steam.yaml")
     with open(config_path) as handle:
         config = yaml.safe_load(handle)["data"]["init_args"]
-    assert config["url"].endswith("steam_reviews.json.gz")
-    cli = cli_main(["-c", config_path, "--data.path", str(path), "--data.min_user_interactions", "0",
-                    "--data.min_item_interactions", "0", "--data.cache_dir", str(tmp_path / "cache")], run=False)
+    assert config["source"]["url"].endswith("steam_reviews.json.gz")
+    cli = cli_main(["-c", config_path, "--data.path", str(path), "--data.preprocessing.min_user_interactions", "0",
+                    "--data.preprocessing.min_item_interactions", "0", "--data.cache.dir", str(tmp_path / "cache")],
+                   run=False)
     assert cli.datamodule.num_items == 3
     assert cli.model.hparams.num_items == 3
     assert np.array_equal(cli.datamodule.sequences.offsets, [0, 2, 5])
@@ -266,12 +275,12 @@ def test_hub_id_passes_name_and_split(tmp_path, monkeypatch):
         return datasets.Dataset(_generic_table())
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    module = _module("someone/reviews", tmp_path, format="hub", name="beauty", split="full", user_column="uid",
-                     item_column="iid", timestamp_column="ts", min_user_interactions=0, min_item_interactions=0)
+    source = SourceOptions(format="hub", name="beauty", split="full", user_column="uid", item_column="iid",
+                           timestamp_column="ts")
+    module = _module("someone/reviews", tmp_path, source=source, preprocessing=UNFILTERED)
     _expected_generic(module.sequences)
     assert calls == [("someone/reviews", "beauty", "full", str(tmp_path / "cache"))]
-    again = _module("someone/reviews", tmp_path, format="hub", name="beauty", split="full", user_column="uid",
-                    item_column="iid", timestamp_column="ts", min_user_interactions=0, min_item_interactions=0)
+    again = _module("someone/reviews", tmp_path, source=source, preprocessing=UNFILTERED)
     assert again.sequences.info["cache"]["hit"] and len(calls) == 1  # cached by (id, name, split)
 
 
@@ -284,7 +293,7 @@ def test_ids_differing_only_by_leading_zeros_stay_distinct(tmp_path, kind):
     header = [] if kind == "txt" else [sep.join(("user", "item"))]
     path = tmp_path / f"log.{kind}"
     path.write_text("\n".join(header + [sep.join(row) for row in rows]) + "\n")
-    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    data = _module(path, tmp_path, preprocessing=UNFILTERED).sequences
     assert data.user_ids.tolist() == ["007", "7"]
     assert data.item_ids[1:].tolist() == ["0042", "1", "42"]  # text order
     assert _sequences(data) == {"007": ["0042", "42"], "7": ["42", "0042", "1"]}
@@ -294,7 +303,7 @@ def test_plain_integer_csv_ids_stay_integers(tmp_path):
     """Without another spelling of a number (no leading zero, no '+'), ids are int64 and sort numerically."""
     path = tmp_path / "log.csv"
     path.write_text("user,item\n10,2\n10,10\n9,1\n-3,0\n")
-    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    data = _module(path, tmp_path, preprocessing=UNFILTERED).sequences
     assert data.user_ids.dtype == np.int64 and data.user_ids.tolist() == [-3, 9, 10]
     assert data.item_ids[1:].tolist() == [0, 1, 2, 10]
 
@@ -302,7 +311,7 @@ def test_plain_integer_csv_ids_stay_integers(tmp_path):
 def test_csv_id_beyond_int64_is_kept_exactly_as_text(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("user,item\n1,99999999999999999999\n1,99999999999999999998\n")
-    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    data = _module(path, tmp_path, preprocessing=UNFILTERED).sequences
     assert data.item_ids[1:].tolist() == ["99999999999999999998", "99999999999999999999"]
 
 
@@ -310,8 +319,8 @@ def test_csv_missing_ratings_are_missing_and_spaces_around_ids_ignored(tmp_path)
     """Rating cells NA/empty stay missing values (filtered out by min_rating); ' 7' is the id 7."""
     path = tmp_path / "log.csv"
     path.write_text("user,item,stars\n 7,1,NA\n7 ,2,4\n7,3,\n7,4,5.5\n")
-    data = _module(path, tmp_path, rating_column="stars", min_rating=4, min_user_interactions=0,
-                   min_item_interactions=0).sequences
+    data = _module(path, tmp_path, source=SourceOptions(rating_column="stars"), preprocessing=PreprocessingOptions(
+        min_rating=4, min_user_interactions=0, min_item_interactions=0)).sequences
     assert data.user_ids.tolist() == [7]
     assert _sequences(data) == {7: [2, 4]}
 
@@ -320,5 +329,5 @@ def test_csv_with_a_byte_order_mark(tmp_path):
     """Spreadsheet exports start with a UTF-8 byte-order mark; it is not part of the first column's name."""
     path = tmp_path / "log.csv"
     path.write_bytes(b"\xef\xbb\xbfuser,item\n1,2\n1,3\n")
-    data = _module(path, tmp_path, min_user_interactions=0, min_item_interactions=0).sequences
+    data = _module(path, tmp_path, preprocessing=UNFILTERED).sequences
     assert _sequences(data) == {1: [2, 3]}

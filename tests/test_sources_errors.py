@@ -18,6 +18,7 @@ import pytest
 
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli.app import main
+from sasrec_lightning.data.options import CacheOptions, PreprocessingOptions, SourceOptions
 from sasrec_lightning.data.sources import load_interactions
 from sasrec_lightning.errors import DataError
 
@@ -60,31 +61,34 @@ def _python_only_folder(path):
 
 INT64_RANGE = "-9223372036854775808 .. 9223372036854775807"
 
-# name -> (file name, file content (text, bytes) or writer, extra data args, fragments the message must contain)
+# name -> (file name, file content (text, bytes) or writer, extra data options as ``group.field`` (the CLI's
+# ``--data.group.field``), fragments the message must contain)
+SOURCE_STEAM = {"source.user_column": "username", "source.item_column": "product_id",
+                "source.timestamp_column": "date"}
 CASES = {
     "missing file": ("absent.txt", None, {}, ["absent.txt", "does not exist", "--data.path"]),
     "empty file": ("empty.csv", "", {}, ["empty.csv", "is empty"]),
     "txt line not two integers": ("log.txt", "1 2\n1 3\n\n2 x\n", {}, ["log.txt", "line 4", "'x'", "two"]),
     "txt line with three fields": ("log.txt", "1 2\n1 3 4\n", {}, ["log.txt", "line 2", "'1 3 4'"]),
     "misnamed column": (
-        "log.csv", "uid,item,ts\n1,2,3\n", {"timestamp_column": "ts"},
-        ["log.csv", "['user']", "not found", "['uid', 'item', 'ts']", "--data.user_column"],
+        "log.csv", "uid,item,ts\n1,2,3\n", {"source.timestamp_column": "ts"},
+        ["log.csv", "['user']", "not found", "['uid', 'item', 'ts']", "--data.source.user_column"],
     ),
     "missing timestamp column": (
-        "log.jsonl", '{"user": 1, "item": 2}\n', {"timestamp_column": "time"},
-        ["log.jsonl", "['time']", "not found", "['user', 'item']", "--data.timestamp_column"],
+        "log.jsonl", '{"user": 1, "item": 2}\n', {"source.timestamp_column": "time"},
+        ["log.jsonl", "['time']", "not found", "['user', 'item']", "--data.source.timestamp_column"],
     ),
     "missing literal key": (
         "steam.json", "{'username': 'a', 'product_id': '1', 'date': '2017-01-01'}\n{'username': 'b', 'date': 'x'}\n",
-        {"user_column": "username", "item_column": "product_id", "timestamp_column": "date"},
+        SOURCE_STEAM,
         ["steam.json", "line 2", "'product_id'", "not found", "['date', 'username']"],
     ),
     "unparseable timestamp": (
-        "log.csv", "user,item,time\n1,2,2017-01-01\n1,3,yesterday\n", {"timestamp_column": "time"},
+        "log.csv", "user,item,time\n1,2,2017-01-01\n1,3,yesterday\n", {"source.timestamp_column": "time"},
         ["log.csv", "line 3", "'time'", "'yesterday'", "ISO-8601"],
     ),
     "non-numeric json timestamp": (
-        "log.jsonl", '{"user": 1, "item": 2, "ts": true}\n', {"timestamp_column": "ts"},
+        "log.jsonl", '{"user": 1, "item": 2, "ts": true}\n', {"source.timestamp_column": "ts"},
         ["log.jsonl", "'ts'", "has type bool", "expected integers"],
     ),
     "non-numeric movielens timestamp": (
@@ -92,25 +96,26 @@ CASES = {
         ["ratings.dat", "line 2", "Timestamp", "'soon'", "UserID::MovieID::Rating::Timestamp"],
     ),
     "all users filtered out": (
-        "log.csv", "user,item\n1,2\n1,3\n2,2\n", {"min_user_interactions": 5},
+        "log.csv", "user,item\n1,2\n1,3\n2,2\n", {"preprocessing.min_user_interactions": 5},
         ["log.csv", "every interaction was filtered out", "min_user_interactions=5", "most active: 2"],
     ),
     "corrupt gzip": (
         "steam_reviews.json.gz", _corrupt_gzip,
-        {"user_column": "username", "item_column": "product_id", "timestamp_column": "date"},
+        SOURCE_STEAM,
         ["steam_reviews.json.gz", "corrupt or truncated", "EOFError"],
     ),
     "not gzip at all": ("reviews.jsonl.gz", "plain text, not gzip\n", {}, ["reviews.jsonl.gz", "BadGzipFile"]),
     "corrupt zip": ("ml-1m.zip", "PK\x03\x04 not really a zip", {}, ["ml-1m.zip", "zip archive is corrupt"]),
     "zip without ratings.dat": ("ml-1m.zip", _zip_without_ratings, {}, ["ml-1m.zip", "no 'ratings.dat'"]),
     # out-of-range times (they used to wrap around to int64's minimum with only a RuntimeWarning)
-    "huge float timestamp": ("log.csv", "user,item,ts\n1,2,1\n1,3,1e30\n", {"timestamp_column": "ts"},
+    "huge float timestamp": ("log.csv", "user,item,ts\n1,2,1\n1,3,1e30\n", {"source.timestamp_column": "ts"},
                              ["log.csv", "line 3", "'ts'", "'1e30'", "beyond the 64-bit", INT64_RANGE]),
-    "huge integer timestamp": ("log.csv", "user,item,ts\n1,2,99999999999999999999\n", {"timestamp_column": "ts"},
+    "huge integer timestamp": ("log.csv", "user,item,ts\n1,2,99999999999999999999\n",
+                               {"source.timestamp_column": "ts"},
                                ["log.csv", "line 2", "'99999999999999999999'", INT64_RANGE]),
-    "infinite timestamp": ("log.tsv", "user\titem\tts\n1\t2\t5\n1\t2\tinf\n", {"timestamp_column": "ts"},
+    "infinite timestamp": ("log.tsv", "user\titem\tts\n1\t2\t5\n1\t2\tinf\n", {"source.timestamp_column": "ts"},
                            ["log.tsv", "line 3", "'inf'", "not a finite number"]),
-    "huge json timestamp": ("log.jsonl", '{"user": 1, "item": 2, "ts": 1e30}\n', {"timestamp_column": "ts"},
+    "huge json timestamp": ("log.jsonl", '{"user": 1, "item": 2, "ts": 1e30}\n', {"source.timestamp_column": "ts"},
                             ["log.jsonl", "line 1", "1e+30", INT64_RANGE]),
     "huge movielens timestamp": ("ratings.dat", "1::2::5::978300760\n1::3::4::99999999999999999999\n", {},
                                  ["ratings.dat", "line 2", "'99999999999999999999'", "beyond the 64-bit"]),
@@ -143,12 +148,12 @@ CASES = {
                              ["log.jsonl", "line 1", "'item'", "1e+20", INT64_RANGE, "JSON strings"]),
     # non-regular files and missing ids
     "named pipe (FIFO)": ("log.csv", _fifo, {}, ["log.csv", "named pipe (FIFO)", "not a regular file"]),
-    "folder with a file format": ("folder", lambda path: path.mkdir(), {"format": "csv"},
-                                  ["folder", "is a folder", "--data.format disk"]),
-    "hub folder with a loading script": ("myds", _script_folder, {"format": "hub"},
+    "folder with a file format": ("folder", lambda path: path.mkdir(), {"source.format": "csv"},
+                                  ["folder", "is a folder", "--data.source.format disk"]),
+    "hub folder with a loading script": ("myds", _script_folder, {"source.format": "hub"},
                                         ["myds' holds a loading script, myds.py", "dataset scripts are never run",
                                          "Parquet, CSV or JSON lines"]),
-    "hub folder with only a Python file": ("scripts", _python_only_folder, {"format": "hub"},
+    "hub folder with only a Python file": ("scripts", _python_only_folder, {"source.format": "hub"},
                                            ["scripts' has no data files", "['loader.py']", "never run"]),
     "NA user id": ("log.csv", "user,item\n1,2\nNA,3\n", {},
                    ["log.csv", "line 3", "'user'", "'NA', a missing-value marker", "missing"]),
@@ -173,8 +178,17 @@ def _write(tmp_path, name, content):
     return path
 
 
+def _groups(options: dict) -> dict:
+    """``{"source.user_column": "u"}`` -> ``{"source": {"user_column": "u"}}``: the data module's option groups."""
+    groups: dict = {}
+    for key, value in options.items():
+        group, field = key.split(".")
+        groups.setdefault(group, {})[field] = value
+    return groups
+
+
 def _assert_cache_empty(cache):
-    """Nothing at all is left under ``--data.cache_dir``: no sequences entry, no ``datasets`` Arrow cache."""
+    """Nothing at all is left under ``--data.cache.dir``: no sequences entry, no ``datasets`` Arrow cache."""
     left = sorted(str(path.relative_to(cache)) for path in cache.rglob("*") if not path.is_dir())
     assert left == [], left
 
@@ -183,7 +197,8 @@ def _assert_cache_empty(cache):
 def test_bad_input_raises_data_error(tmp_path, case):
     name, content, kwargs, fragments = CASES[case]
     path = _write(tmp_path, name, content)
-    module = SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), print_statistics=False, **kwargs)
+    module = SASRecDataModule(path=str(path), print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")),
+                              **_groups(kwargs))
     with pytest.raises(DataError) as error:
         module.sequences  # noqa: B018
     message = str(error.value)
@@ -200,8 +215,9 @@ def offline(monkeypatch):
 
 
 def test_hub_id_while_offline(tmp_path, offline):
-    module = SASRecDataModule(path="nobody/no-such-dataset", format="hub", name="cfg", split="train",
-                              cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    module = SASRecDataModule(path="nobody/no-such-dataset", print_statistics=False,
+                              source=SourceOptions(format="hub", name="cfg", split="train"),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError, match=r"hub dataset 'nobody/no-such-dataset' \(name='cfg', split='train'\).*offline"):
         module.sequences  # noqa: B018
     _assert_cache_empty(tmp_path / "cache")
@@ -213,8 +229,8 @@ def test_hub_dataset_whose_files_disagree_is_a_data_error(tmp_path, offline):
     folder.mkdir()
     (folder / "part-0.csv").write_text("user,item\n1,2\n1,3\n")
     (folder / "part-1.csv").write_text("customer,product,price\n1,2,9.5\n")
-    module = SASRecDataModule(path=str(folder), format="hub", cache_dir=str(tmp_path / "cache"),
-                              print_statistics=False)
+    module = SASRecDataModule(path=str(folder), print_statistics=False, source=SourceOptions(format="hub"),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError, match=r"hub dataset .*my-dataset.* could not be built: .*consistent table") as error:
         module.sequences  # noqa: B018
     assert "\n" not in str(error.value)  # one paragraph
@@ -238,8 +254,8 @@ def test_dataset_scripts_are_never_run(tmp_path, offline, monkeypatch, datasets_
 
         monkeypatch.setattr(datasets, "load_dataset", runs_scripts)
     for path in (folder, folder / "myds.py"):
-        module = SASRecDataModule(path=str(path), format="hub", cache_dir=str(tmp_path / "cache"),
-                                  print_statistics=False)
+        module = SASRecDataModule(path=str(path), print_statistics=False, source=SourceOptions(format="hub"),
+                                  cache=CacheOptions(dir=str(tmp_path / "cache")))
         with pytest.raises(DataError, match=r"holds a loading script, myds\.py: dataset scripts are never run"):
             module.sequences  # noqa: B018
     assert not (folder / "RAN").exists()
@@ -252,8 +268,8 @@ def test_hub_repository_that_is_a_script(tmp_path, monkeypatch):
         raise RuntimeError("Dataset scripts are no longer supported, but found squad_v3.py")
 
     monkeypatch.setattr(datasets, "load_dataset", script_repository)
-    module = SASRecDataModule(path="someone/squad_v3", format="hub", cache_dir=str(tmp_path / "cache"),
-                              print_statistics=False)
+    module = SASRecDataModule(path="someone/squad_v3", print_statistics=False, source=SourceOptions(format="hub"),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError) as error:
         module.sequences  # noqa: B018
     assert str(error.value).startswith("hub dataset 'someone/squad_v3' holds a loading script, squad_v3.py: dataset "
@@ -262,8 +278,8 @@ def test_hub_repository_that_is_a_script(tmp_path, monkeypatch):
 
 def test_url_download_while_offline_names_url_and_option(tmp_path, offline):
     url = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
-    module = SASRecDataModule(url=url, user_column="username", item_column="product_id", timestamp_column="date",
-                              cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    source = SourceOptions(url=url, user_column="username", item_column="product_id", timestamp_column="date")
+    module = SASRecDataModule(print_statistics=False, source=source, cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError) as error:
         module.sequences  # noqa: B018
     assert url in str(error.value) and "--data.path" in str(error.value)
@@ -279,7 +295,8 @@ def test_url_download_failure_when_online(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets.DownloadManager, "download", unreachable)
     url = "https://example.org/steam_reviews.json.gz"
-    module = SASRecDataModule(url=url, cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    module = SASRecDataModule(print_statistics=False, source=SourceOptions(url=url),
+                              cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError, match="cannot download https://example.org/steam_reviews.json.gz.*--data.path"):
         module.sequences  # noqa: B018
 
@@ -287,8 +304,9 @@ def test_url_download_failure_when_online(tmp_path, monkeypatch):
 def test_successful_local_load_caches_only_the_sequences(tmp_path):
     """The raw ``datasets`` Arrow cache of a local file is temporary; only ``sequences/`` is kept."""
     path = _write(tmp_path, "log.csv", "user,item,ts\n1,2,1\n1,3,2\n1,4,3\n2,2,1\n2,4,2\n2,3,3\n")
-    module = SASRecDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), timestamp_column="ts",
-                              min_user_interactions=0, min_item_interactions=0, print_statistics=False)
+    module = SASRecDataModule(path=str(path), print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")),
+                              source=SourceOptions(timestamp_column="ts"),
+                              preprocessing=PreprocessingOptions(min_user_interactions=0, min_item_interactions=0))
     assert module.sequences.num_items == 3
     assert [child.name for child in (tmp_path / "cache").iterdir()] == ["sequences"]
 
@@ -296,13 +314,14 @@ def test_successful_local_load_caches_only_the_sequences(tmp_path):
 URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
 # Bad input that is not a local file: (data args, fragments the message must contain).
 REMOTE_CASES = {
-    "hub id while offline": ({"path": "nobody/no-such-dataset", "format": "hub"},
+    "hub id while offline": ({"path": "nobody/no-such-dataset", "source.format": "hub"},
                              ["hub dataset 'nobody/no-such-dataset'", "offline mode"]),
-    "download while offline": ({"url": URL}, ["cannot download", URL, "--data.path"]),
+    "download while offline": ({"source.url": URL}, ["cannot download", URL, "--data.path"]),
     "https URL as --data.path": ({"path": URL}, [f"--data.path {URL!r} is a URL", "a local file, a folder or a hub",
-                                                 f"--data.url {URL}"]),
+                                                 f"--data.source.url {URL}"]),
     "http URL as --data.path": ({"path": "http://example.org/ratings.csv"},
-                                ["'http://example.org/ratings.csv' is a URL", "--data.url http://example.org/ratings.csv"]),
+                                ["'http://example.org/ratings.csv' is a URL",
+                                 "--data.source.url http://example.org/ratings.csv"]),
     "file URL on another host": ({"path": "file://fileserver/data/log.csv"},
                                  ["file:// URL on the host 'fileserver'", "expected a local file"]),
 }
@@ -311,12 +330,12 @@ REMOTE_CASES = {
 @pytest.mark.parametrize("url", [URL, "http://example.org/ratings.csv", "HTTPS://EXAMPLE.ORG/A.TXT",
                                  "s3://bucket/log.parquet"])
 def test_remote_url_as_path_points_at_data_url(tmp_path, url):
-    """It used to say the file "does not exist", with no hint about --data.url."""
-    module = SASRecDataModule(path=url, cache_dir=str(tmp_path / "cache"), print_statistics=False)
+    """It used to say the file "does not exist", with no hint about --data.source.url."""
+    module = SASRecDataModule(path=url, print_statistics=False, cache=CacheOptions(dir=str(tmp_path / "cache")))
     with pytest.raises(DataError) as error:
         module.sequences  # noqa: B018
     assert str(error.value).startswith(f"--data.path {url!r} is a URL, but --data.path takes a local file")
-    assert f"--data.url {url}" in str(error.value) and "does not exist" not in str(error.value)
+    assert f"--data.source.url {url}" in str(error.value) and "does not exist" not in str(error.value)
     with pytest.raises(DataError, match="is a URL, but --data.path takes a local file"):
         load_interactions(url)  # the library call too
 
@@ -330,8 +349,9 @@ def test_file_url_is_read_as_the_local_path(tmp_path):
     path = _write(folder, "log.csv", "user,item,ts\n1,2,1\n1,3,2\n2,2,1\n2,3,2\n")
     url = pathlib.Path(path).as_uri()
     assert url.startswith("file:///") and "my%20data" in url
-    options = {"timestamp_column": "ts", "min_user_interactions": 0, "min_item_interactions": 0,
-               "cache_dir": str(tmp_path / "cache"), "print_statistics": False}
+    options = {"source": SourceOptions(timestamp_column="ts"),
+               "preprocessing": PreprocessingOptions(min_user_interactions=0, min_item_interactions=0),
+               "cache": CacheOptions(dir=str(tmp_path / "cache")), "print_statistics": False}
     from_url = SASRecDataModule(path=url, **options).sequences
     from_path = SASRecDataModule(path=str(path), **options).sequences
     assert load_interactions(url, timestamp_column="ts").to_pydict() == load_interactions(
@@ -349,7 +369,7 @@ def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, c
         name, content, kwargs, fragments = CASES[case]
         data = {"path": _write(tmp_path, name, content), **kwargs}
     argv = ["sasrec-lightning", "fit", "--seed_everything", "0", "--model", "sasrec_lightning.SASRecModule",
-            "--data.cache_dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
+            "--data.cache.dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
     for key, value in data.items():
         argv += [f"--data.{key}", str(value)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -367,31 +387,38 @@ def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, c
     _assert_cache_empty(tmp_path / "cache")
 
 
+# ``python -m sasrec_lightning.cli fit ...`` whose file read is slow: the SIGTERM cleanup is the command's
+# (``cli/signals.py``), not the reader's, so the signal is sent to a running command.
 SLOW_READ = textwrap.dedent("""
-    import sys, time
+    import runpy, sys, time
     import datasets
-    from sasrec_lightning.data.sources import load_interactions
 
     def slow_load(*args, **kwargs):  # the read is under way: its scratch folder exists
         print("reading", flush=True)
         time.sleep(60)
 
     datasets.load_dataset = slow_load
-    load_interactions(sys.argv[1])
+    sys.argv[0] = "sasrec-lightning"
+    runpy.run_module("sasrec_lightning.cli", run_name="__main__", alter_sys=True)
 """)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
 def test_sigterm_during_a_read_removes_the_scratch_folder(tmp_path):
-    """``kill`` (SIGTERM) mid-read: the scratch folder in $TMPDIR goes, and the process still dies by SIGTERM."""
+    """``kill`` (SIGTERM) mid-read in ``fit``: the scratch folder in $TMPDIR goes, and the command dies by SIGTERM."""
     path = _write(tmp_path, "log.csv", "user,item\n1,2\n")
     scratch_root = tmp_path / "tmp"
     scratch_root.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch_root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-c", SLOW_READ, str(path)], stdout=subprocess.PIPE, env=env,
-                               text=True)
+    env = {**os.environ, "TMPDIR": str(scratch_root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONWARNINGS": "ignore"}
+    command = ["fit", "--model", "sasrec_lightning.SASRecModule", "--data.path", str(path),
+               "--data.cache.dir", str(tmp_path / "cache"), "--trainer.fast_dev_run", "true",
+               "--trainer.logger", "false"]
+    process = subprocess.Popen([sys.executable, "-c", SLOW_READ, *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env=env, cwd=tmp_path, text=True)
     try:
-        assert process.stdout.readline().strip() == "reading"
+        lines = iter(process.stdout.readline, "")  # up to the read (anything the command printed before it)
+        assert any(line.strip() == "reading" for line in lines), "the command reached the read"
         assert [p.name for p in scratch_root.glob("sasrec-lightning-read-*")], "the read has a scratch folder"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == -signal.SIGTERM

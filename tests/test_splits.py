@@ -9,8 +9,10 @@ import torch
 
 from sasrec_lightning.data.batches import EvalBatches
 from sasrec_lightning.data.datamodule import SASRecDataModule
+from sasrec_lightning.data.options import LoaderOptions
 from sasrec_lightning.data.preprocessing import SequenceData
 from sasrec_lightning.data.splits import LeaveOneOutSplit, Split, TemporalSplit
+from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.training.baselines import most_popular_metrics
 from sasrec_lightning.training.module import SASRecModule
 
@@ -34,8 +36,8 @@ def test_both_splits_declare_the_split_interface():
 
 
 def test_item_popularity_is_the_training_interactions_computed_once(tiny_txt):
-    data = SASRecDataModule(path=str(tiny_txt), max_len=4, print_statistics=False, eval_negative_sampling="popularity",
-                            num_eval_negatives=2)
+    data = SASRecDataModule(path=str(tiny_txt), max_len=4, print_statistics=False,
+                            loader=LoaderOptions(eval_negative_sampling="popularity", num_eval_negatives=2))
     data.setup("test")
     popularity = data.item_popularity()
     assert popularity.tolist() == TINY_POPULARITY
@@ -60,8 +62,8 @@ def test_the_most_popular_baseline_ranks_by_the_popularity_it_is_given():
 
 def test_the_model_serves_the_data_module_popularity(tiny_txt):
     L.seed_everything(0, verbose=False)
-    data = SASRecDataModule(path=str(tiny_txt), max_len=4, batch_size=2, print_statistics=False)
-    model = SASRecModule(num_items=data.num_items, max_len=4, hidden_size=8, num_blocks=1)
+    data = SASRecDataModule(path=str(tiny_txt), max_len=4, print_statistics=False, loader=LoaderOptions(batch_size=2))
+    model = SASRecModule(num_items=data.num_items, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(model, datamodule=data)

@@ -46,7 +46,7 @@ def test_subclasses_run_with_the_shipped_config(tmp_path, monkeypatch):
     cli = cli_main([
         "fit", "-c", str(CONFIGS / "quickstart.yaml"),
         "--model.class_path", f"{__name__}.MySASRec", "--model.init_args.hidden_l2", "0.01",
-        "--model.init_args.hidden_size", "8",
+        "--model.init_args.encoder.hidden_size", "8",
         "--data.class_path", f"{__name__}.MyDataModule", "--data.init_args.table_users", "30",
         "--data.init_args.max_len", "12",
         *TINY_TRAINER, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
@@ -56,7 +56,7 @@ def test_subclasses_run_with_the_shipped_config(tmp_path, monkeypatch):
     assert model.hidden_l2 == 0.01 and model.steps_seen >= 1
     assert data.table_users == 30 and data.sequences.num_users == 30
     assert model.model.num_items == data.num_items and model.model.max_len == 12  # still linked
-    assert model.hparams.hidden_l2 == 0.01 and model.hparams.hidden_size == 8  # saved for the checkpoint
+    assert model.hparams.hidden_l2 == 0.01 and model.hparams.encoder["hidden_size"] == 8  # saved for the checkpoint
 
     path = tmp_path / "my.ckpt"
     cli.trainer.save_checkpoint(path)

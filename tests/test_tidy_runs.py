@@ -11,11 +11,12 @@ import warnings
 import pytest
 
 from conftest import CONFIGS, write_sasrec_txt
-from sasrec_lightning.cli.app import main, quiet_known_warnings
+from sasrec_lightning.cli.app import main
+from sasrec_lightning.cli.warnings import quiet_known_warnings
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["--model.init_args.hidden_size", "8", "--model.init_args.num_blocks", "1", "--data.max_len", "8",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TINY = ["--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
+        "--data.max_len", "8", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 NOISE = ("💡 Tip", "litlogger", "LeafSpec", "torchvision is not installed", "dirpath has changed", "skip_none")
 
 
@@ -29,8 +30,8 @@ def test_a_quickstart_fit_prints_none_of_the_known_harmless_warnings(tmp_path):
     env.pop("PYTHONWARNINGS", None)
     result = subprocess.run(
         [sys.executable, "-m", "sasrec_lightning.cli", "fit", "-c", QUICKSTART, *TINY, "--trainer.max_epochs", "1",
-         "--data.synthetic_users", "60", "--data.synthetic_items", "30", "--data.num_eval_negatives", "10",
-         "--trainer.limit_train_batches", "1"],
+         "--data.source.synthetic_users", "60", "--data.source.synthetic_items", "30",
+         "--data.loader.num_eval_negatives", "10", "--trainer.limit_train_batches", "1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr

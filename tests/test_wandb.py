@@ -74,8 +74,10 @@ def test_wandb_offline_run_has_config_metrics_lr_and_model(synthetic_txt, tmp_pa
     run = read_offline_run(next(runs[0].glob("run-*.wandb")))
     config = run["config"]
     # every model and data hyper-parameter, the dataset statistics and the trainer settings
-    assert config["hidden_size"] == 8 and config["num_blocks"] == 1 and config["loss"] == "bce"
-    assert config["batch_size"] == 128 and config["max_len"] == 50 and config["lr"] == 0.003
+    encoder, loss = config["encoder"], config["loss"]
+    assert encoder["hidden_size"] == 8 and encoder["num_blocks"] == 1
+    assert loss == {"class_path": "sasrec_lightning.model.losses.BCELoss", "init_args": {}}
+    assert config["loader"]["batch_size"] == 128 and config["max_len"] == 50 and config["optimization"]["lr"] == 0.003
     assert config["data/users"] == 80 and config["data/items"] == 40 and config["data/actions"] > 0
     assert config["trainer/max_epochs"] == 2 and config["seed_everything"] == 0
     logged = {key for row in run["history"] for key in row}

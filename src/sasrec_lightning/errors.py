@@ -29,11 +29,14 @@ class OutputError(OSError):
     """
 
 
-def in_chain(error: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]):
-    """The first exception of type ``kind`` in ``error``'s cause/context chain (itself included), else ``None``."""
+def in_chain(error: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...] | str):
+    """The first exception of ``kind`` (a type, types or a class name) in the cause/context chain, else ``None``.
+
+    A class name matches exceptions of a library that is not imported here (e.g. pandas' ``ParserError``).
+    """
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
+        if type(error).__name__ == kind if isinstance(kind, str) else isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -16,6 +16,7 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..data.datamodule import SASRecDataModule
 from ..serving.prediction import PredictionWriter
@@ -150,27 +151,35 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if not self.trainer.is_global_zero or not results:
-            return
-        evaluation = self.model.evaluation
-        baseline = most_popular_metrics(
-            self.datamodule.eval_batches("test"), evaluation.protocol, evaluation.exclude_seen,
-            evaluation.top_k, prefix="test_most_popular/",
-        )
-        if self.trainer.logger is not None:
-            self.trainer.logger.log_metrics(baseline)
-        k = max(evaluation.top_k) if 10 not in evaluation.top_k else 10
-        print(
-            f"[sasrec-lightning] test ({evaluation.protocol} protocol): "
-            f"NDCG@{k} {results[0][f'test/ndcg@{k}']:.4f}, HR@{k} {results[0][f'test/hr@{k}']:.4f} | "
-            f"most-popular: NDCG@{k} {baseline[f'test_most_popular/ndcg@{k}']:.4f}, "
-            f"HR@{k} {baseline[f'test_most_popular/hr@{k}']:.4f}"
-        )
+        if self.trainer.is_global_zero and results:
+            print_test_summary(results[0], self.model.evaluation, self.datamodule, self.trainer.logger)
 
     def config_dump_value(self, key: str):
         """A top-level value of the running subcommand's config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         return config.get(key)
+
+
+def print_test_summary(results: dict[str, float], evaluation, datamodule, logger=None) -> None:
+    """Print the test metrics at K = 10 (or the largest cut-off) beside the most-popular baseline's.
+
+    The baseline needs the data module's ``eval_batches("test")`` (``data/contract.py``): without it
+    the metrics are printed alone, with one warning.
+    """
+    k = max(evaluation.top_k) if 10 not in evaluation.top_k else 10
+    line = (f"[sasrec-lightning] test ({evaluation.protocol} protocol): "
+            f"NDCG@{k} {results[f'test/ndcg@{k}']:.4f}, HR@{k} {results[f'test/hr@{k}']:.4f}")
+    if not hasattr(datamodule, "eval_batches"):
+        rank_zero_warn(f"{type(datamodule).__name__} has no eval_batches(stage): the most-popular baseline is not "
+                       "computed (see sasrec_lightning.data.contract)")
+        print(line)
+        return
+    baseline = most_popular_metrics(datamodule.eval_batches("test"), evaluation.protocol, evaluation.exclude_seen,
+                                    evaluation.top_k, prefix="test_most_popular/")
+    if logger is not None:
+        logger.log_metrics(baseline)
+    print(f"{line} | most-popular: NDCG@{k} {baseline[f'test_most_popular/ndcg@{k}']:.4f}, "
+          f"HR@{k} {baseline[f'test_most_popular/hr@{k}']:.4f}")
 
 
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:

@@ -2,7 +2,7 @@
 
 Every YAML the CLI reads goes through one loader (:func:`load`): ``-c`` files and inline ``-c '{...}'``
 configs, and the values of flags (``--model.init_args.top_k '[1, 5]'``). Three bounds, each far above
-what a real config holds (the shipped ones: at most 2.4 KB, 99 values and lists of 4; a whole run's
+what a real config holds (the shipped ones: at most 2.5 KB, 111 values and lists of 4; a whole run's
 ``--print_config``: 4 KB and 337 values):
 
 * ``MAX_CONFIG_BYTES``, checked before parsing (a ``-c`` file before it is read): parsing takes about
@@ -127,7 +127,7 @@ def check_config_file(path: str) -> None:
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:
         raise ConfigTooLarge(f"config file {path!r} is {size:,} bytes; a config may be at most {MAX_CONFIG_BYTES:,} "
-                             "bytes (256 KiB; the shipped configs are at most 2.4 KB): check that -c names a config "
+                             "bytes (256 KiB; the shipped configs are at most 2.5 KB): check that -c names a config "
                              "file")
 
 
@@ -138,7 +138,7 @@ def load(value: str, path: str | os.PathLike = "") -> Any:
     """Load YAML as jsonargparse does, within the bounds above (``path``: a config file's name, from jsonargparse)."""
     if len(value) > MAX_CONFIG_BYTES:
         raise ConfigTooLarge(f"{_source(value, path)} holds {len(value):,} characters; a config may hold at most "
-                             f"{MAX_CONFIG_BYTES:,} (256 KiB; the shipped configs are at most 2.4 KB)")
+                             f"{MAX_CONFIG_BYTES:,} (256 KiB; the shipped configs are at most 2.5 KB)")
     loaded = _jsonargparse_yaml(value)
     try:
         size = config_size(loaded)
@@ -147,7 +147,7 @@ def load(value: str, path: str | os.PathLike = "") -> Any:
     if size.values > MAX_CONFIG_NODES:
         raise ConfigTooLarge(f"{_source(value, path)} expands to {size.values:,} values once its YAML aliases (*name) "
                              f"are expanded; a config may expand to at most {MAX_CONFIG_NODES:,} (the shipped configs "
-                             "hold at most 99): remove the aliases that repeat large parts")
+                             "hold at most 111): remove the aliases that repeat large parts")
     if size.longest_list > MAX_LIST_ENTRIES:
         raise ConfigTooLarge(f"{_source(value, path)} holds a list of {size.longest_list:,} entries; a list may hold "
                              f"at most {MAX_LIST_ENTRIES} (the shipped configs' longest has 4)")

@@ -24,12 +24,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 from ..errors import ModelError
 
 __all__ = ["nonfinite_parameters", "described_parameters", "untrusted_rows", "training_advice",
-           "training_loss_error", "weights_error"]
+           "training_loss_error", "check_validation_scores", "weights_error"]
 
 # What a process reports when its own parameters are finite but another process's (shard) is not.
 OTHER_PROCESS = "a parameter shard of another process"
@@ -44,7 +43,7 @@ def nonfinite_parameters(module: nn.Module, strategy=None) -> list[str]:
     checked through this process's shard; with a Lightning ``strategy`` every process then agrees (one
     all-reduce of the verdict), and a process whose own shards are finite names :data:`OTHER_PROCESS`.
     """
-    named = [(name, parameter.to_local() if isinstance(parameter, DTensor) else parameter)
+    named = [(name, parameter.to_local() if hasattr(parameter, "to_local") else parameter)  # a DTensor: its shard
              for name, parameter in module.named_parameters() if parameter.is_floating_point()]
     named = [(name, tensor.detach()) for name, tensor in named if tensor.numel()]  # an empty shard is finite
     names = []
@@ -58,7 +57,7 @@ def nonfinite_parameters(module: nn.Module, strategy=None) -> list[str]:
 
 
 def described_parameters(names: list[str], module: nn.Module) -> str:
-    """``'item_embedding.weight, final_norm.weight and 14 more: 16 of 16 weight tensors'``, for a message."""
+    """``'items.embedding.weight, final_norm.weight and 14 more: 16 of 16 weight tensors'``, for a message."""
     total = sum(1 for parameter in module.parameters() if parameter.is_floating_point())
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"{shown}: {len(names)} of {total} weight tensors"
@@ -90,9 +89,9 @@ def training_advice(trainer) -> str:
     advice = []
     groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
     if groups and "lr" in groups[0]:
-        advice.append(f"lower the learning rate (now {float(groups[0]['lr']):g}: --model.lr)")
+        advice.append(f"lower the learning rate (now {float(groups[0]['lr']):g}: --model.optimization.lr)")
     else:
-        advice.append("lower the learning rate (--model.lr)")
+        advice.append("lower the learning rate (--model.optimization.lr)")
     full_precision = str(trainer.precision) in ("32-true", "32", "64-true", "64")
     # Under mixed precision Lightning refuses to clip the gradients of the default fused Adam: no advice to.
     if not trainer.gradient_clip_val and full_precision:
@@ -115,6 +114,31 @@ def training_loss_error(mean: Tensor, epoch: int, first_batch: int, last_batch: 
         f"{checked}): the model diverged, so training stops here and no checkpoint is written with these weights (a "
         f"checkpoint saved before keeps its finite ones). To train: {training_advice(trainer)}"
     )
+
+
+def check_validation_scores(nonfinite: Tensor, evaluated: Tensor, trainer, epoch: int, step: int) -> None:
+    """Stop ``fit`` when a validation target score was not finite, before this epoch's checkpoint is saved.
+
+    A step can leave the weights finite but so large that scores overflow (one Adam step at ``lr`` 1e10
+    moves every weight by about 1e10) while the loss it logged was finite. ``validate`` and ``test`` rank
+    such targets last and warn instead (``metrics.RankingMetrics``).
+
+    Args:
+        nonfinite: this process's count of users whose target score was not finite.
+        evaluated: this process's count of users.
+        trainer: the running trainer (its strategy sums the counts over processes).
+        epoch: the current epoch.
+        step: the global step.
+    """
+    counts = trainer.strategy.reduce(torch.stack([nonfinite, evaluated]), reduce_op="sum").tolist()  # (2,)
+    if counts[0]:
+        when = "in the sanity check before training" if trainer.sanity_checking else f"at epoch {epoch} (step {step})"
+        raise ModelError(
+            f"fit: {int(counts[0])} of {int(counts[1])} validation users got a NaN or infinite score for their "
+            f"held-out item {when}: the model diverged (its weights overflow float32 scores even where the "
+            "training loss still looked finite), so training stops here, before this epoch's checkpoint (a "
+            f"checkpoint saved before keeps its usable weights). To train: {training_advice(trainer)}"
+        )
 
 
 def weights_error(where: str, names: list[str], module: nn.Module, consequence: str, remedy: str) -> ModelError:

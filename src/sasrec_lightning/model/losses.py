@@ -581,10 +581,11 @@ def resolve_loss(spec: Loss | str | Mapping[str, Any]) -> Loss:
     """
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, str) and spec in LOSSES:
-        return LOSSES[spec]()
+    shipped = {**LOSSES, **{cls.__name__: cls for cls in LOSSES.values()}}  # shorthands and short class names
+    if isinstance(spec, str) and spec in shipped:
+        return shipped[spec]()
     if isinstance(spec, Mapping) and isinstance(spec.get("class_path"), str):
-        cls = LOSSES.get(spec["class_path"]) or _imported_loss_class(spec["class_path"])
+        cls = shipped.get(spec["class_path"]) or _imported_loss_class(spec["class_path"])
         if cls is not None:
             return cls(**dict(spec.get("init_args") or {}))
     shown = spec.get("class_path") if isinstance(spec, Mapping) else spec

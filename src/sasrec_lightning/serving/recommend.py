@@ -24,7 +24,7 @@ from ..model.divergence import described_parameters, nonfinite_parameters, untru
 from ..model.encoder import SASRec
 from ..model.ranking import full_top_k
 
-__all__ = ["Recommendations", "recommend", "top_k_scores", "predict_top_k", "served_items"]
+__all__ = ["Recommendations", "recommend", "predict_top_k", "served_items"]
 
 
 class Recommendations(NamedTuple):
@@ -40,31 +40,6 @@ class Recommendations(NamedTuple):
     items: list[list]
     scores: list[list[float]]
     fallback: list[bool]
-
-
-def top_k_scores(scores: Tensor, k: int, seen_rows: Tensor | None = None,
-                 seen_items: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Top-k over all items with the padding id and optional seen items masked out, from a full score matrix.
-
-    The readable reference of :func:`~sasrec_lightning.ranking.full_top_k`, which ``predict`` and
-    :func:`recommend` use (the same items, without the ``(B, I + 1)`` matrix; ties there go to the
-    lower id, here in ``topk``'s order).
-
-    Args:
-        scores: ``(B, num_items + 1)`` scores; column 0 is padding. Modified in place.
-        k: number of items (capped at ``num_items``).
-        seen_rows: ``(S,)`` row of each excluded (row, item) pair.
-        seen_items: ``(S,)`` item id of each excluded pair.
-
-    Returns:
-        ``(B, k)`` scores and ``(B, k)`` internal item ids; ``-inf`` scores mark slots that had no
-        item left.
-    """
-    scores[:, 0] = float("-inf")
-    if seen_rows is not None and seen_items is not None and seen_rows.numel():
-        scores[seen_rows, seen_items] = float("-inf")  # (B, I + 1)
-    k = min(int(k), scores.size(1) - 1)
-    return scores.topk(k, dim=-1)  # (B, k), (B, k)
 
 
 def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_seen: bool,

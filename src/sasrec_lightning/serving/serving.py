@@ -125,6 +125,9 @@ class ServingMixin:
         """Take the checkpoint's item ids (checked against the data by the module, before its weights load)."""
         if checkpoint.get("item_ids") is not None:
             self.item_vocabulary = ItemVocabulary(checkpoint["item_ids"])
+        state = checkpoint.get("state_dict")
+        if state is not None and "item_popularity" not in state:  # written before the buffer existed
+            state["item_popularity"] = torch.zeros_like(self.item_popularity)
 
     def recommend(self, sequences: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
                   strict: bool = False) -> Recommendations:

@@ -81,7 +81,7 @@ def check_sharding_options(loss, l2_emb: float, tensor_parallel_size: int, data_
             "table's gradient, which a tensor-parallel table (tensor_parallel_size "
             f"{tensor_parallel_size}) does not hold; use item_updates dense"
         )
-    if getattr(loss, "reads_whole_table", False):
+    if loss.reads_whole_table:
         raise OptionError(
             f"--model.loss {type(loss).__name__}: it reads the whole output table every step (the exact softmax "
             "multiplies every position with it), which a sharded model does not hold outside its lookups; under "
@@ -264,8 +264,8 @@ def gather(encoder: SASRec) -> dict[str, nn.Module]:
         table = encoder.get_submodule(name)
         if isinstance(table.weight, DTensor) and not isinstance(encoder, FSDPModule):
             whole = table.weight.detach().full_tensor()  # (I + 1, d), gathered once
-            plain = nn.Embedding(*whole.shape, padding_idx=table.padding_idx, device=whole.device, dtype=whole.dtype)
-            plain.weight = nn.Parameter(whole, requires_grad=False)
+            # from_pretrained: no initialization, so the random state training continues from is untouched
+            plain = nn.Embedding.from_pretrained(whole, freeze=True, padding_idx=table.padding_idx)
             sharded[name] = table
             encoder.set_submodule(name, plain)
     return sharded
@@ -355,7 +355,7 @@ class GatheredEvaluation(L.Callback):
             self.sharded_tables = gather(pl_module.model)
 
     def _reshard(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if is_sharded(pl_module.model):
+        if self.sharded_tables or is_sharded(pl_module.model):  # gathered tensor-parallel tables are plain ones
             reshard(pl_module.model, self.sharded_tables)
             self.sharded_tables = {}
 
