@@ -17,7 +17,7 @@ retried. After each counted kill:
 The last kill is checked by a run to completion (exit status 0). Prints a table and a summary line.
 
     python benchmarks/checkpoint_faults.py                       # the package in ./src, 20 kills
-    python benchmarks/checkpoint_faults.py --src /tmp/old/src    # another version of the package
+    python benchmarks/checkpoint_faults.py --src /tmp/old/src    # another version of the package (0.2 or 0.3)
 
 Needs ``TMPDIR`` (``--tmpdir``) on another file system than ``--workdir`` for the check to mean anything.
 """
@@ -39,14 +39,25 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-FIT = ["fit", "-c", "quickstart", "--trainer.max_epochs", "1000", "--data.synthetic_users", "2000",
-       "--data.synthetic_items", "20000", "--data.max_len", "20", "--data.batch_size", "32",
-       "--data.use_cache", "false", "--data.print_statistics", "false",
-       "--model.init_args.hidden_size", "32", "--model.init_args.num_blocks", "1",
+FIT = ["fit", "-c", "quickstart", "--trainer.max_epochs", "1000", "--data.source.synthetic_users", "2000",
+       "--data.source.synthetic_items", "20000", "--data.max_len", "20", "--data.loader.batch_size", "32",
+       "--data.cache.use", "false", "--data.print_statistics", "false",
+       "--model.encoder.hidden_size", "32", "--model.encoder.num_blocks", "1",
        "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
        "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false", "--trainer.enable_checkpointing", "true",
        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
        "--trainer.callbacks.save_last", "true"]
+#: The same run in the flat options of sasrec-lightning 0.2 and before (for ``--src`` of such a version).
+FIT_0_2 = [{"--data.source.synthetic_users": "--data.synthetic_users",
+            "--data.source.synthetic_items": "--data.synthetic_items", "--data.loader.batch_size": "--data.batch_size",
+            "--data.cache.use": "--data.use_cache", "--model.encoder.hidden_size": "--model.init_args.hidden_size",
+            "--model.encoder.num_blocks": "--model.init_args.num_blocks"}.get(word, word) for word in FIT]
+
+
+def fit_arguments(src: Path) -> list[str]:
+    """``FIT`` in the option spelling of the package in ``src``: 0.3's groups, or 0.2's flat options."""
+    grouped = (src / "sasrec_lightning" / "cli" / "renamed.py").is_file()  # 0.3 names the 0.2 options it renamed
+    return FIT if grouped else FIT_0_2
 
 
 def loads(path: Path) -> bool:
@@ -73,7 +84,8 @@ def start(args: argparse.Namespace, root: Path, extra: list[str]) -> subprocess.
     """``sasrec-lightning fit`` in the run folder, its stderr to ``<workdir>/stderr.txt``."""
     env = {**os.environ, "PYTHONPATH": str(args.src), "TMPDIR": str(args.tmpdir), "OMP_NUM_THREADS": "1",
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "sasrec_lightning.cli", *FIT, "--trainer.default_root_dir", str(root), *extra]
+    command = [sys.executable, "-m", "sasrec_lightning.cli", *fit_arguments(args.src), "--trainer.default_root_dir",
+               str(root), *extra]
     with open(root.parent / "stderr.txt", "w") as stderr:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 

@@ -6,14 +6,14 @@
 Cases (the same lookups, gradient values and dense-part gradients for all):
 
 - ``dense``: fused ``torch.optim.Adam`` over the table and the dense part (the paper's optimizer,
-  ``item_updates: dense``);
+  ``speed.item_updates: dense``);
 - ``sparse_adam``: ``torch.optim.SparseAdam`` on the table, fed the sparse COO gradient that
   ``nn.Embedding(sparse=True)`` hands autograd (``F.embedding(..., sparse=True)``: the two lookups'
   uncoalesced gradients, summed by autograd), plus fused Adam for the dense part;
-- ``lazy_lists``: ``LazyAdam`` (``item_updates: lazy``) with the rows from the ``RowGradient`` lists;
+- ``lazy_lists``: ``LazyAdam`` (``speed.item_updates: lazy``) with the rows from the ``RowGradient`` lists;
 - ``lazy_nonzero``: ``LazyAdam`` finding the rows as the non-zero rows of the dense gradient (what
-  it does under DDP, with the ``ce`` loss or with ``row_gradients`` off);
-- ``deferred``: ``LazyAdam(catch_up=True)`` (``item_updates: deferred``) with the row lists. After the
+  it does under DDP, with the ``ce`` loss or with ``speed.row_gradients`` off);
+- ``deferred``: ``LazyAdam(catch_up=True)`` (``speed.item_updates: deferred``) with the row lists. After the
   warm-up step the rows' last updates are spread over the previous 1,000 steps, so every step's
   catch-up sums the full ~J terms per touched row (what training sees once uniform negatives reach
   rows unused for a long time). Also timed: one ``flush()`` after the timed steps (``flush_ms``,
@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from sasrec_lightning.fast.lazy_adam import LazyAdam, touched_rows
 from sasrec_lightning.fast.row_grad import RowGradient
 from sasrec_lightning.model.encoder import SASRec
+from sasrec_lightning.model.options import EncoderOptions
 
 CASES = ("dense", "sparse_adam", "lazy_lists", "lazy_nonzero", "deferred")
 LR, BETAS = 0.001, (0.9, 0.98)
@@ -78,8 +79,8 @@ def make_steps(num_items: int, args, rng: np.random.Generator) -> list[list[tupl
 
 def dense_part(args) -> list[torch.nn.Parameter]:
     """The encoder's parameters other than the item table (hidden ``--dim``, 2 blocks, max_len 50)."""
-    encoder = SASRec(num_items=1, max_len=50, hidden_size=args.dim, num_blocks=2, num_heads=1)
-    return [p for name, p in encoder.named_parameters() if not name.startswith("item_embedding")]
+    encoder = SASRec(1, 50, EncoderOptions(hidden_size=args.dim, num_blocks=2, num_heads=1))
+    return [p for name, p in encoder.named_parameters() if not name.startswith("items.")]
 
 
 def run_case(case: str, table: torch.nn.Parameter, dense: list, dense_grads: list, steps: list, count: int):

@@ -61,7 +61,7 @@ def run_once(path: str, format: str, cache_dir: str) -> dict:
     if format == "literal":
         columns = {"user_column": "username", "item_column": "product_id", "timestamp_column": "unixReviewTime"}
     start = time.perf_counter()
-    module = SASRecDataModule(path=path, cache_dir=cache_dir, print_statistics=False, **columns)
+    module = SASRecDataModule(path=path, print_statistics=False, source=columns, cache={"dir": cache_dir})
     data = module.sequences
     loaded = time.perf_counter()
     split = module.split_data  # leave-one-out: the training-ready sequences

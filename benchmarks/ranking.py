@@ -6,7 +6,7 @@ every case alike), and reports the median of ``--repeats``:
 
 * ``sgemm``: the products alone, ``(B, d) @ (d, C)`` into one reused ``(B, C)`` block over every
   chunk of the table (the shapes ``full_ranks`` and ``full_top_k`` use; ``C`` from ``--chunk``,
-  by default ``auto`` as ``eval_chunk_size``), and ``sgemm4096``, ``sgemm16384``: the same products
+  by default ``auto`` as ``evaluation.chunk_size``), and ``sgemm4096``, ``sgemm16384``: the same products
   at other widths (``--sgemm_chunks``), so a chunk width that slows the products shows;
 * ``ranks``: ``ranking.full_ranks`` (rank of a random target, ~``--seen`` history items per user
   excluded), what full-ranking evaluation runs per batch;
@@ -131,7 +131,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024], help="users scored at once")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100], help="top-k sizes")
-    parser.add_argument("--chunk", default="auto", help="items scored at once (eval_chunk_size): auto or a number")
+    parser.add_argument("--chunk", default="auto",
+                        help="items scored at once (evaluation.chunk_size): auto or a number")
     parser.add_argument("--sgemm_chunks", type=int, nargs="*", default=[4096, 16384],
                         help="also time the products alone at these chunk widths (best_sgemm: the fastest)")
     parser.add_argument("--seen", type=int, default=25, help="history items excluded per user")

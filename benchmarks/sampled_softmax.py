@@ -4,7 +4,7 @@
     python benchmarks/sampled_softmax.py loss --negatives 3000 --positions 3000
     # whole training steps through Lightning's Trainer on synthetic users (40,000 x 25 actions)
     python benchmarks/sampled_softmax.py train --items 54542 --loss bce
-    python benchmarks/sampled_softmax.py train --items 1000000 --loss sampled_softmax --option item_updates=lazy
+    python benchmarks/sampled_softmax.py train --items 1000000 --loss sampled_softmax --option speed.item_updates=lazy
     # the same under DDP: 2 CPU processes (gloo), one thread each; sequences/s counts both processes
     OMP_NUM_THREADS=1 python benchmarks/sampled_softmax.py train --devices 2 --threads 1 --items 1000000
 
@@ -12,6 +12,14 @@
 the medians; ``train`` runs one configuration per process (run it alternated from a shell loop to
 compare two). Each prints one ``RESULT {json}`` line with the load average before and after: the
 machine is shared, so compare ratios measured in the same minutes.
+
+``train --option GROUP.NAME=VALUE`` (repeatable) sets any other ``SASRecModule`` option in its 0.3
+dotted spelling, the CLI's ``--model.GROUP.NAME`` without ``--model.``: ``speed.item_updates=lazy``,
+``speed.fused_losses=false``, ``encoder.dropout=0.5``, ``optimization.lr=0.002``, and the loss's own
+options as ``loss.init_args.NAME`` (or ``loss.NAME``), e.g. ``loss.init_args.sharing=sequence``, or
+with ``--loss gbce`` ``loss.init_args.shared_negatives=3000``. Values are read as int, float,
+true/false or text. ``--negatives`` is ``loss.init_args.negatives`` of ``--loss sampled_softmax``. A 0.2
+flat name (``item_updates=lazy``) is refused with its new spelling.
 """
 
 from __future__ import annotations
@@ -32,11 +40,15 @@ def bench_loss(args) -> dict:
     import torch
 
     from sasrec_lightning import SASRec
+    from sasrec_lightning.fast.row_grad import use_row_gradients
+    from sasrec_lightning.fast.speed import use_fused_losses
     from sasrec_lightning.model.losses import GBCELoss, SampledSoftmaxLoss
+    from sasrec_lightning.model.options import EncoderOptions
 
     torch.manual_seed(args.seed)
-    model = SASRec(num_items=args.items, max_len=50, hidden_size=args.hidden, num_blocks=0)
-    model.item_embedding.keep_row_gradients(True)  # as in CPU training (row_gradients: auto)
+    model = SASRec(args.items, 50, EncoderOptions(hidden_size=args.hidden, num_blocks=0))
+    use_row_gradients(model)
+    model.items.embedding.keep_row_gradients(True)  # as in CPU training (speed.row_gradients: auto)
     n, m, d = args.positions, args.negatives, args.hidden
     sequences = max(1, n // args.positions_per_sequence)
     rows = torch.arange(sequences).repeat_interleave(args.positions_per_sequence)[:n]
@@ -45,11 +57,12 @@ def bench_loss(args) -> dict:
     targets = torch.randint(1, args.items + 1, (n,))
     sharing = "sequence" if args.per_sequence else "batch"
     if args.loss == "gbce":
-        fused = GBCELoss(0.75, args.items, shared_negatives=m, sharing=sharing, fused=True)
-        plain = GBCELoss(0.75, args.items, shared_negatives=m, sharing=sharing, fused=False)
+        fused = GBCELoss(0.75, shared_negatives=m, sharing=sharing)
+        plain = GBCELoss(0.75, shared_negatives=m, sharing=sharing)
     else:
-        fused = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=True)
-        plain = SampledSoftmaxLoss(args.items, m, "uniform", sharing=sharing, fused=False)
+        fused = SampledSoftmaxLoss(negatives=m, sampling="uniform", sharing=sharing)
+        plain = SampledSoftmaxLoss(negatives=m, sampling="uniform", sharing=sharing)
+    use_fused_losses(fused)  # what speed.fused_losses: true (the default) does at fit start; plain stays written out
     empty = torch.empty(n, 0, dtype=torch.long)
     # The three products of the loss, into reused outputs: logits, d hidden, d negatives.
     if args.per_sequence:
@@ -78,7 +91,7 @@ def bench_loss(args) -> dict:
             h = hidden.clone().requires_grad_(True)
             model.zero_grad(set_to_none=True)  # as Lightning does; the row-gradient buffer is kept
             generator = torch.Generator().manual_seed(1)
-            loss_fn(model, h, targets, empty, generator, rows).backward()
+            loss_fn(model.scoring_items, h, targets, empty, generator, rows).backward()
         return run
 
     cases = {"products": products, "fused": step(fused), "plain": step(plain)}
@@ -119,7 +132,8 @@ def synthetic_data(args):
         def sequences(self):
             return sequences
 
-    return Synthetic(max_len=50, batch_size=args.batch_size, num_negatives=1, print_statistics=False, seed=args.seed)
+    return Synthetic(max_len=50, seed=args.seed, print_statistics=False,
+                     loader=dict(batch_size=args.batch_size, num_negatives=1))
 
 
 def parse_value(text: str):
@@ -131,18 +145,41 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def set_option(options: dict, assignment: str) -> None:
+    """Apply one ``--option GROUP.NAME=VALUE`` (0.3 dotted spelling) to the ``SASRecModule`` arguments."""
+    from sasrec_lightning.cli.renamed import new_spelling
+
+    name, equals, text = assignment.partition("=")
+    path = name.split(".")
+    if not equals or len(path) < 2 or path[0] not in ("encoder", "loss", "optimization", "evaluation", "speed"):
+        renamed = new_spelling("model", name)
+        hint = f" (0.2's {name} is {renamed.removeprefix('--model.')} since sasrec-lightning 0.3)" if renamed else ""
+        sys.exit(f"--option {assignment!r}: expected GROUP.NAME=VALUE, GROUP one of encoder, loss, optimization, "
+                 f"evaluation, speed{hint}")
+    if path[0] == "loss" and path[1] != "init_args":
+        path.insert(1, "init_args")  # loss.NAME is loss.init_args.NAME, as on the command line
+    group = options
+    for key in path[:-1]:
+        group = group.setdefault(key, {})
+    group[path[-1]] = parse_value(text)
+
+
 def bench_train(args) -> dict:
     import lightning as L
     from speed import make_trainer, throughput_callback
 
     from sasrec_lightning import SASRecModule
 
+    # The loss by shorthand; --negatives is sampled softmax's (0.2's sampled_negatives, read by no other loss).
+    negatives = {"negatives": args.negatives} if args.loss == "sampled_softmax" else {}
+    loss = {"class_path": args.loss, "init_args": negatives}
+    options = dict(max_len=50, encoder=dict(hidden_size=args.hidden, num_blocks=2, num_heads=1, dropout=0.2),
+                   loss=loss)
+    for assignment in args.option:  # before the data is built: a misspelt option stops at once
+        set_option(options, assignment)
     L.seed_everything(args.seed, verbose=False)
     data = synthetic_data(args)
-    options = dict(num_items=data.sequences.num_items, max_len=50, hidden_size=args.hidden, num_blocks=2,
-                   num_heads=1, dropout=0.2, loss=args.loss, sampled_negatives=args.negatives)
-    options.update({key: parse_value(value) for key, value in (o.split("=", 1) for o in args.option)})
-    model = SASRecModule(**options)
+    model = SASRecModule(num_items=data.sequences.num_items, **options)
     timer = throughput_callback(args.warmup)
     processes = dict(devices=args.devices, strategy="ddp") if args.devices > 1 else {}
     trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
@@ -152,7 +189,7 @@ def bench_train(args) -> dict:
         sys.exit(0)  # rank 0 reports; each process trains the same number of batches of the same size
     seconds = timer.end - timer.start
     return {"items": data.sequences.num_items, "users": args.users, "actions": len(data.sequences.items),
-            "options": {k: v for k, v in options.items() if k != "num_items"}, "devices": args.devices,
+            "options": options, "devices": args.devices,
             "ms_per_step": seconds / timer.steps * 1e3,
             "sequences_per_s": timer.sequences * args.devices / seconds, "steps": timer.steps}
 
@@ -171,7 +208,8 @@ def main() -> None:
     parser.add_argument("--actions", type=int, default=25)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--loss", default="sampled_softmax", help="train: any loss; loss: sampled_softmax or gbce")
-    parser.add_argument("--option", action="append", default=[], help="more SASRecModule options, name=value")
+    parser.add_argument("--option", action="append", default=[],
+                        help="more SASRecModule options, GROUP.NAME=VALUE (e.g. speed.item_updates=lazy)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)

@@ -75,23 +75,22 @@ def throughput_callback(warmup: int):
     return Throughput()
 
 
-def beauty_data(args, **kwargs):
+def beauty_data(args, **loader):
+    """Amazon Beauty with the paper's batches; ``loader``: more ``data.loader`` options."""
     from sasrec_lightning import SASRecDataModule
 
     if not Path(args.data).exists():
         sys.exit(f"{args.data} not found; pass --data path/to/beauty.txt")
-    options = dict(path=str(args.data), max_len=50, batch_size=128, print_statistics=False, seed=args.seed,
-                   num_workers=args.num_workers)
-    options.update(kwargs)
-    return SASRecDataModule(**options)
+    return SASRecDataModule(path=str(args.data), max_len=50, seed=args.seed, print_statistics=False,
+                            loader=dict(batch_size=128, num_workers=args.num_workers, **loader))
 
 
-def model_for(data, **kwargs):
+def model_for(data, loss="bce", **groups):
+    """The paper's Amazon encoder (d = 50, 2 blocks, 1 head, dropout 0.5); ``groups``: other option groups."""
     from sasrec_lightning import SASRecModule
 
-    options = dict(num_items=data.num_items, max_len=50, hidden_size=50, num_blocks=2, num_heads=1, dropout=0.5)
-    options.update(kwargs)
-    return SASRecModule(**options)
+    encoder = dict(hidden_size=50, num_blocks=2, num_heads=1, dropout=0.5)
+    return SASRecModule(num_items=data.num_items, max_len=50, encoder=encoder, loss=loss, **groups)
 
 
 def bench_train(args) -> dict:
@@ -104,7 +103,13 @@ def bench_train(args) -> dict:
     trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
                            log_every_n_steps=args.log_every_n_steps)
     if args.compile:
-        model.model = __import__("torch").compile(model.model, dynamic=True)
+        import torch
+
+        from sasrec_lightning.fast.speed import apply_speed_parts
+
+        # The speed parts inside the compiled encoder, as 0.2 built them (fit's SpeedParts then finds them in).
+        apply_speed_parts(model.model, model.loss, model.speed, torch.device("cpu"))
+        model.model = torch.compile(model.model, dynamic=True)
     trainer.fit(model, datamodule=data)
     seconds = timer.end - timer.start
     cpu = timer.cpu_end - timer.cpu_start
@@ -117,8 +122,8 @@ def bench_eval(args, protocol: str) -> dict:
 
     L.seed_everything(args.seed, verbose=False)
     data = beauty_data(args, eval_batch_size=args.eval_batch_size)
-    model = model_for(data, eval_protocol=protocol, exclude_seen=True, top_k=(10,),
-                      eval_chunk_size=args.eval_chunk_size)
+    model = model_for(data, evaluation=dict(protocol=protocol, exclude_seen=True, top_k=(10,),
+                                            chunk_size=args.eval_chunk_size))
     trainer = make_trainer(limit_val_batches=1.0)
     data.prepare_data()
     data.setup("validate")
@@ -136,9 +141,11 @@ def bench_eval(args, protocol: str) -> dict:
 def bench_ce_epoch(args) -> dict:
     import lightning as L
 
+    from sasrec_lightning.model.losses import FullCrossEntropyLoss
+
     L.seed_everything(args.seed, verbose=False)
     data = beauty_data(args)
-    model = model_for(data, loss="ce", ce_chunk_size=args.ce_chunk_size)
+    model = model_for(data, loss=FullCrossEntropyLoss(chunk_size=args.ce_chunk_size))
     timer = throughput_callback(0)
     trainer = make_trainer(max_epochs=1, callbacks=[timer], log_every_n_steps=args.log_every_n_steps)
     start = time.perf_counter()
@@ -155,7 +162,7 @@ def bench_accuracy(args) -> dict:
 
     L.seed_everything(args.seed, verbose=False)
     data = beauty_data(args)
-    model = model_for(data, loss="bce", eval_protocol="sampled", top_k=(10,))
+    model = model_for(data, loss="bce", evaluation=dict(protocol="sampled", top_k=(10,)))
     trainer = make_trainer(max_epochs=args.epochs, limit_val_batches=1.0, check_val_every_n_epoch=args.epochs,
                            log_every_n_steps=args.log_every_n_steps)
     start = time.perf_counter()
@@ -171,6 +178,7 @@ def bench_large(args) -> dict:
 
     from sasrec_lightning import SASRecDataModule, SASRecModule
     from sasrec_lightning.data.preprocessing import build_sequences
+    from sasrec_lightning.model.losses import SampledSoftmaxLoss
 
     L.seed_everything(args.seed, verbose=False)
     num_items, num_users = args.large_items, args.large_users
@@ -189,10 +197,12 @@ def bench_large(args) -> dict:
         def sequences(self):
             return sequences
 
-    data = Synthetic(max_len=50, batch_size=128, eval_batch_size=256, print_statistics=False, seed=args.seed)
-    model = SASRecModule(num_items=sequences.num_items, max_len=50, hidden_size=64, num_blocks=2, num_heads=1,
-                         dropout=0.2, loss="sampled_softmax", sampled_negatives=args.sampled_negatives,
-                         eval_protocol="full", exclude_seen=True)
+    data = Synthetic(max_len=50, seed=args.seed, print_statistics=False,
+                     loader=dict(batch_size=128, eval_batch_size=256))
+    model = SASRecModule(num_items=sequences.num_items, max_len=50,
+                         encoder=dict(hidden_size=64, num_blocks=2, num_heads=1, dropout=0.2),
+                         loss=SampledSoftmaxLoss(negatives=args.sampled_negatives),
+                         evaluation=dict(protocol="full", exclude_seen=True))
     timer = throughput_callback(args.warmup)
     trainer = make_trainer(max_steps=args.warmup + args.steps, callbacks=[timer], max_epochs=-1,
                            log_every_n_steps=args.log_every_n_steps)

@@ -19,6 +19,6 @@ echo "fit+test wall time: $(( $(date +%s) - start )) s" | tee -a "$out/fit.log"
 ckpt=$(ls -t "$out"/*/version_*/checkpoints/best-*.ckpt | head -1)
 echo "best checkpoint: $ckpt" | tee -a "$out/fit.log"
 # The same checkpoint under the sampled protocol. Not via `sasrec-lightning test --ckpt_path`:
-# LightningCLI then takes the model hyper-parameters (eval_protocol) from the checkpoint.
+# LightningCLI then takes the model hyper-parameters (evaluation.protocol) from the checkpoint.
 python "$repo/benchmarks/accuracy/test_protocols.py" "$ckpt" --data "$data" \
   --protocols sampled-uniform sampled-popularity 2>"$out/test-protocols.err" | grep '^{' | tee "$out/test-protocols.jsonl"
