@@ -13,4 +13,4 @@ from .serving.prediction import PredictionWriter
 from .training.module import SASRecModule
 
 __all__ = ["SASRec", "SASRecModule", "SASRecDataModule", "AttentionHeatmaps", "PredictionWriter"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
