@@ -61,10 +61,13 @@ def _num_rows(data: Any) -> int | None:
     if isinstance(data, Mapping):  # a dict of columns: the columns' common length
         lengths = {len(column) for column in data.values() if hasattr(column, "__len__")}
         return lengths.pop() if len(lengths) == 1 else None
-    try:
-        return len(data)  # Dataset, DataFrame, Table, RecordBatch (and polars): rows
-    except TypeError:
-        return None
+    if isinstance(data, (datasets.Dataset, pa.Table, pa.RecordBatch)) or _is_dataframe(data) or \
+            hasattr(data, "__arrow_c_stream__"):
+        try:
+            return len(data)  # rows (also a polars DataFrame's)
+        except TypeError:
+            return None
+    return None  # not a table: no rows to count
 
 
 def describe(data: Any, split: str = "train") -> str:
