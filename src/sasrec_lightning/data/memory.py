@@ -178,7 +178,7 @@ def content_digest(table: pa.Table) -> str:
     """SHA-256 of a table's columns: names, types and values, so equal content gives equal digests.
 
     The identity of an in-memory source in the sequence cache key. It reads every byte of the
-    (canonical) columns: about 20 ms for Beauty's 353,962 interactions (docs/datasets.md).
+    (canonical) columns: 28 ms for Beauty's 353,962 interactions on a busy 2-core machine (docs/datasets.md).
     """
     digest = hashlib.sha256()
     for name in table.column_names:
