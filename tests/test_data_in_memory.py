@@ -287,4 +287,4 @@ def test_the_docs_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in_memory.py").write_text(match.group(1))
     runpy.run_path(str(tmp_path / "in_memory.py"), run_name="__main__")
-    assert "'users': 20" in capsys.readouterr().out
+    assert "{'users': 20, 'items': 8," in capsys.readouterr().out  # the toy log, not the synthetic data
