@@ -199,14 +199,15 @@ def canonical_columns(table: pa.Table, source: str, format: str, user_column: st
     wanted = {canonical: original for canonical, original in wanted.items() if original}
     missing = [column for column in wanted.values() if column not in table.column_names]
     if missing:
-        raise DataError(
-            f"{source}: column(s) {missing} not found; the columns are {table.column_names}. "
-            "Set --data.source.user_column / --data.source.item_column / --data.source.timestamp_column / "
-            "--data.source.rating_column "
-            "to the right names"
-        )
+        options = ("--data.source.user_column / --data.source.item_column / --data.source.timestamp_column / "
+                   "--data.source.rating_column")
+        if format == "memory":  # a table passed from Python
+            options = "source=SourceOptions(user_column=..., item_column=..., timestamp_column=..., rating_column=...)"
+        raise DataError(f"{source}: column(s) {missing} not found; the columns are {table.column_names}. Set {options} "
+                        "to the right names")
     if table.num_rows == 0:
-        raise DataError(f"{source}: no interactions found (the file has no data rows); expected at least one "
+        where = "the table has no rows" if format == "memory" else "the file has no data rows"
+        raise DataError(f"{source}: no interactions found ({where}); expected at least one "
                         f"row with the fields {list(wanted.values())}")
     columns = {canonical: _ids(table, wanted[canonical], canonical, source, format) for canonical in ("user", "item")}
     if "timestamp" in wanted:

@@ -12,12 +12,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from ..validation import at_least, option_group
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .loaders import ResumableLoader, batches_done_this_epoch
 from .locations import detect_format, download, local_path, source_identity
+from .memory import check_not_description, content_digest, describe, is_in_memory
 from .options import CacheOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
 from .preprocessing import (
     PreprocessOptions,
@@ -41,13 +42,17 @@ log = logging.getLogger(__name__)
 
 
 class SASRecDataModule(L.LightningDataModule):
-    """Sequences for SASRec from a file, a hub dataset or the built-in synthetic log.
+    """Sequences for SASRec from a file, a hub dataset, a table in memory or the built-in synthetic log.
 
     Args:
         path: interactions file (SASRec ``.txt``, CSV/TSV, Parquet, JSON lines or one Python-literal
             dict per line as in the raw Steam/Amazon files, MovieLens ``ratings.dat`` or ``ml-*.zip``;
             ``.gz`` is read as is), a folder saved with ``save_to_disk``, or a hub dataset id. Empty:
-            ``source.url`` when set, otherwise the built-in synthetic dataset.
+            ``source.url`` when set, otherwise the built-in synthetic dataset. From Python also a table
+            in memory: a ``datasets.Dataset`` or ``DatasetDict`` (split ``source.split``), a pandas
+            ``DataFrame``, a ``pyarrow.Table`` or a dict of columns, read with the same ``source`` column
+            options and checks as a file (a checkpoint records only its description, e.g.
+            ``<pandas.DataFrame 353962 rows>``).
         max_len: maximum sequence length ``n`` (the most recent ``n`` actions are kept).
         seed: seed of the shuffling, the training negatives and the fixed evaluation negatives.
         source: what ``path`` holds: its format, column names, hub configuration, a URL to download,
@@ -81,8 +86,17 @@ class SASRecDataModule(L.LightningDataModule):
         self.holdout = option_group(HoldoutOptions, holdout, "data.holdout")
         self.loader = option_group(LoaderOptions, loader, "data.loader")
         self.cache = option_group(CacheOptions, cache, "data.cache")
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if is_in_memory(path) and self.source.format:
+            raise OptionError(f"--data.source.format {self.source.format!r} names a file format, but path is "
+                              f"{describe(path, self.source.split)}, a table in memory, which is read as it is; "
+                              "leave source.format empty")
         self.path, self.max_len, self.seed = path, max_len, seed
         self.predict_users, self.print_statistics = predict_users, print_statistics
+        # A checkpoint holds plain values (it loads with weights_only=True): a table in memory is saved as its
+        # description, never pickled (save_hyperparameters reads the arguments from these local variables).
+        path = describe(path, self.source.split) if is_in_memory(path) else path
         self.save_hyperparameters()
         self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
                             holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache))
@@ -97,7 +111,7 @@ class SASRecDataModule(L.LightningDataModule):
     def sequences(self) -> SequenceData:
         """Per-user sequences, loaded on first use."""
         if self._sequences is None:
-            if self.path or self.source.url:
+            if is_in_memory(self.path) or self.path or self.source.url:
                 self._sequences = self._load_sequences()
             else:
                 table = synthetic_interactions(self.source.synthetic_users, self.source.synthetic_items, seed=self.seed)
@@ -116,6 +130,10 @@ class SASRecDataModule(L.LightningDataModule):
     def _load_sequences(self) -> SequenceData:
         """Source -> (cached) preprocessing -> sequences; nothing is cached when a step fails."""
         source, cache = self.source, self.cache
+        if is_in_memory(self.path):
+            return self._load_in_memory()
+        if self.path:
+            check_not_description(self.path)  # a checkpoint's record of a table in memory: not a file
         path = local_path(self.path) if self.path else download(source.url, cache.dir)
         format = source.format or detect_format(path if self.path else source.url)  # downloads: a hashed name
         options = self.preprocess_options(format)
@@ -133,10 +151,35 @@ class SASRecDataModule(L.LightningDataModule):
             return build()
         if format != "hub" and not os.path.exists(path):
             return build()  # raises the missing-file error before anything touches the cache
-        recipe = {**asdict(options), "format": format, "user_column": source.user_column,
-                  "item_column": source.item_column, "timestamp_column": timestamp_column,
-                  "rating_column": source.rating_column}
         identity = source_identity(path, format, source.name, source.split, cache.hash_source)
+        return self._cached(identity, options, format, build)
+
+    def _load_in_memory(self) -> SequenceData:
+        """A table passed from Python: the files' canonical columns, cached under a digest of their content.
+
+        A table in memory has no file identity (path, size, modification time), so the cache key holds
+        a SHA-256 of the canonical columns (``memory.content_digest``): the same interactions hit the
+        same entry whichever kind of table brings them, and any change to them builds a new one.
+        """
+        source, cache = self.source, self.cache
+        name, options = describe(self.path, source.split), self.preprocess_options("memory")
+        table = load_interactions(self.path, "memory", source.user_column, source.item_column,
+                                  source.timestamp_column or None, split=source.split,
+                                  rating_column=source.rating_column)
+
+        def build() -> SequenceData:
+            return preprocess_table(table, options, source=name)
+
+        if not cache.use:
+            return build()
+        return self._cached({"in_memory_sha256": content_digest(table)}, options, "memory", build)
+
+    def _cached(self, identity: dict, options: PreprocessOptions, format: str, build) -> SequenceData:
+        """The sequences of ``identity`` under ``options`` from the cache, or ``build()`` them and cache them."""
+        source, cache = self.source, self.cache
+        recipe = {**asdict(options), "format": format, "user_column": source.user_column,
+                  "item_column": source.item_column, "timestamp_column": source.timestamp_column or None,
+                  "rating_column": source.rating_column}
         root = os.path.join(cache.dir, "sequences") if cache.dir else default_cache_root()
         return SequenceCache(root).get_or_build(
             cache_key(identity, recipe), build, meta={"source": identity, "recipe": recipe}, rebuild=cache.rebuild
@@ -147,7 +190,8 @@ class SASRecDataModule(L.LightningDataModule):
         statistics = self.statistics
         log.info("dataset statistics: %s", statistics)
         if self.print_statistics:
-            name = os.path.basename(str(self.path or self.source.url or "synthetic").rstrip("/"))
+            name = self._source_name() if is_in_memory(self.path) else \
+                os.path.basename(str(self.path or self.source.url or "synthetic").rstrip("/"))
             cache = self._sequences.info.get("cache")
             origin = "" if cache is None else f" ({'from cache' if cache['hit'] else 'cached to'} {cache['path']})"
             print(f"[sasrec-lightning] dataset statistics{origin}:\n{format_statistics(statistics, name)}")
@@ -204,6 +248,8 @@ class SASRecDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ who is trained and evaluated
     def _source_name(self) -> str:
+        if is_in_memory(self.path):
+            return describe(self.path, self.source.split)
         return str(self.path or self.source.url or "the synthetic dataset")
 
     def _check_split(self, stage: str | None) -> None:

@@ -27,7 +27,8 @@ from .diagnostics import csv_records, not_utf8, one_paragraph, open_text, read_f
 from .formats import looks_like_literal_dicts, parse_literal_dicts, parse_movielens_lines, parse_sasrec_lines
 from .textfiles import COMPRESSION
 
-__all__ = ["load_file", "read_csv", "ReadRequest", "Reader", "READERS", "FORMATS", "default_min_interactions"]
+__all__ = ["load_file", "read_csv", "ReadRequest", "Reader", "READERS", "FORMATS", "default_min_interactions",
+           "pick_split"]
 
 
 def _is_zip(path: str) -> bool:
@@ -210,10 +211,15 @@ def _read_disk(request: ReadRequest) -> pa.Table:
     except FileNotFoundError as error:
         raise DataError(f"{path}: not a folder written by Dataset.save_to_disk ({error})") from error
     if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise DataError(f"{path}: split {split!r} not found; the splits are {list(dataset)} (--data.source.split)")
-        dataset = dataset[split]
+        dataset = pick_split(dataset, split, path)
     return dataset.data.table
+
+
+def pick_split(dataset: datasets.DatasetDict, split: str, source: str) -> datasets.Dataset:
+    """The ``split`` (``--data.source.split``) of a ``DatasetDict`` read from disk or passed in memory."""
+    if split not in dataset:
+        raise DataError(f"{source}: split {split!r} not found; the splits are {list(dataset)} (--data.source.split)")
+    return dataset[split]
 
 
 _NEVER_RUN = ("dataset scripts are never run (a script is code, not data). Expected data files: convert the data to "

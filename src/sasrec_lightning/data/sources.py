@@ -13,7 +13,8 @@ file is dropped, and a UTF-16/UTF-32 one is named in the error (:mod:`.textfiles
 Supported (``format``): ``sasrec`` (``user item`` text), ``csv``, ``tsv``, ``parquet``, ``json``
 (JSON lines; one Python-literal dict per line is detected and parsed safely: the raw Steam and older
 Amazon files), ``literal`` (force the Python-literal parser), ``movielens`` (``ratings.dat`` or the
-published ``ml-*.zip``), ``disk`` (a ``save_to_disk`` folder) and ``hub`` (a dataset id).
+published ``ml-*.zip``), ``disk`` (a ``save_to_disk`` folder) and ``hub`` (a dataset id); from Python
+also a table in memory (:mod:`.memory`: a Dataset, DataFrame, Arrow table or dict of columns, format ``memory``).
 
 The parts: :mod:`.locations` (paths, URLs, formats, identity, downloads), :mod:`.readers` (one reader per
 format), :mod:`.columns` (typed canonical columns) and :mod:`.diagnostics` (the line and reason of a failure).
@@ -26,12 +27,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from ..errors import DataError
 from .columns import canonical_columns
 from .locations import check_local, detect_format, local_path
+from .memory import describe, is_in_memory, memory_table
 from .readers import READERS, ReadRequest
 
 __all__ = ["load_interactions", "scratch_cache"]
@@ -57,7 +60,7 @@ def scratch_cache() -> Iterator[str]:
 
 
 def load_interactions(
-    path: str,
+    path: str | Any,
     format: str | None = None,
     user_column: str = "user",
     item_column: str = "item",
@@ -68,10 +71,11 @@ def load_interactions(
     rating_column: str | None = None,
     num_proc: int | None = None,
 ) -> pa.Table:
-    """Read interactions from a local file, a ``save_to_disk`` folder or a hub dataset id.
+    """Read interactions from a local file, a ``save_to_disk`` folder, a hub dataset id or a table in memory.
 
     Args:
-        path: file path, folder or hub id.
+        path: file path, folder or hub id; or a table in memory (:data:`~.memory.KINDS`), whose ``format``
+            is ``memory`` and whose ``DatasetDict`` split is ``split``.
         format: a key of :data:`READERS`; detected from the extension when ``None``.
         user_column: user column name in the source (ignored by ``sasrec``/``movielens``).
         item_column: item column name in the source (ignored by ``sasrec``/``movielens``).
@@ -91,6 +95,9 @@ def load_interactions(
     Raises:
         DataError: missing/empty/corrupt file, bad line or value, missing column, unreachable hub id.
     """
+    if is_in_memory(path):  # a table passed from Python: the same typed, checked columns as a file's
+        return canonical_columns(memory_table(path, split), describe(path, split), "memory", user_column, item_column,
+                                 timestamp_column, rating_column)
     path = local_path(path)
     format = format or detect_format(path)
     if format not in READERS:
