@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.cli import SaveConfigCallback
 
 from ..atomic import check_writable_folder, write_text
+from ..data.locations import resolved_path
 
 __all__ = ["RunConfigCallback", "check_run_folders"]
 
@@ -47,7 +48,8 @@ class RunConfigCallback(SaveConfigCallback):
     the checkpoints; without either, nothing is saved (no run folder exists). Only ``fit`` starts a
     run: ``validate``/``test``/``predict`` save nothing.
 
-    The file is written whole or not at all (``atomic.py``).
+    The file is written whole or not at all (``atomic.py``); a relative ``--data.path`` is written absolute, as
+    the checkpoints store it (``data/locations.resolved_path``).
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -79,9 +81,12 @@ class RunConfigCallback(SaveConfigCallback):
         """Write the config to ``path`` atomically (a remote or multi-file config: jsonargparse's own save)."""
         if not self.overwrite and os.path.isfile(path):
             self._refuse_overwrite(path)
+        config = self.config.clone()
+        data_path = config.get("data.init_args.path")
+        if isinstance(data_path, str) and data_path:  # as the checkpoint stores it: usable from any folder
+            config["data.init_args.path"] = resolved_path(data_path)
         if "://" in path or self.multifile:
-            self.parser.save(self.config, path, skip_unset=skip_unset, overwrite=self.overwrite,
-                             multifile=self.multifile)
+            self.parser.save(config, path, skip_unset=skip_unset, overwrite=self.overwrite, multifile=self.multifile)
             return
-        write_text(path, self.parser.dump(self.config, skip_unset=skip_unset), "the run's config", RUN_FOLDER_OPTION)
+        write_text(path, self.parser.dump(config, skip_unset=skip_unset), "the run's config", RUN_FOLDER_OPTION)
 
