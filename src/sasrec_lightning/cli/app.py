@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..data.datamodule import SASRecDataModule
 from ..serving.prediction import PredictionWriter
 from ..training.baselines import most_popular_metrics
-from ..training.callbacks import StopOnSigterm
+from ..training.callbacks import ResumedEpochProgress, SaveOnInterrupt, StopOnSigterm
 from ..training.checkpoint_io import use_safe_checkpoint_io
 from ..training.module import SASRecModule
 from .bounded_yaml import command_line
@@ -96,12 +96,14 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """LightningCLI's Trainer, saving and loading checkpoints through :class:`SafeCheckpointIO`.
 
-        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, and a
-        clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``).
+        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, a
+        clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``), ``last.ckpt`` saved at Ctrl-C and
+        SIGTERM and holding the final state after fit (``callbacks.SaveOnInterrupt``), and the epoch named in
+        the progress bar of a resumed run (``callbacks.ResumedEpochProgress``).
         """
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
-        trainer.callbacks.append(StopOnSigterm())
+        trainer.callbacks.extend([StopOnSigterm(), SaveOnInterrupt(), ResumedEpochProgress()])
         return trainer
 
     def before_instantiate_classes(self) -> None:
