@@ -132,3 +132,11 @@ def test_non_finite_weights_are_not_saved_at_an_interrupt(synthetic_txt, tmp_pat
                       r"\(model.items.embedding.weight: 1 of \d+ weight tensors\)"), pytest.raises(SystemExit):
         trainer.fit(model, datamodule=data)
     assert _saved_step(tmp_path / "last.ckpt") == 2
+
+
+def test_the_version_counter_option_is_read_where_lightning_keeps_it():
+    from sasrec_lightning.training.callbacks import _version_counter_on
+
+    off = ModelCheckpoint(enable_version_counter=False)
+    assert _version_counter_on(ModelCheckpoint()) and not _version_counter_on(off)
+    assert off._enable_version_counter is False  # (fails when Lightning moves it)

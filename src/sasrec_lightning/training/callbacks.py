@@ -85,12 +85,21 @@ def _last_checkpoints(trainer: L.Trainer) -> list[str]:
                        "step": torch.tensor(trainer.global_step)}
             path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST)
             version = callback.STARTING_VERSION
-            while os.path.exists(path):
+            while _version_counter_on(callback) and os.path.exists(path):
                 path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST, ver=version)
                 version += 1
             callback.last_model_path = path  # (part of the state it saves: a resumed run keeps the name)
         paths.append(path)
     return paths
+
+
+def _version_counter_on(callback: ModelCheckpoint) -> bool:
+    """``ModelCheckpoint(enable_version_counter=...)``: whether it names a file ``last-v1.ckpt`` beside an existing one.
+
+    The option is kept only in a private attribute (Lightning 2.6); this is the one place that reads it
+    (``tests/test_interrupt_and_resume.py`` fails when Lightning moves it). Without it: on, Lightning's default.
+    """
+    return bool(getattr(callback, "_enable_version_counter", True))
 
 
 def _saved_step(path: str) -> int | None:
