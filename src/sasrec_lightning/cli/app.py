@@ -31,7 +31,7 @@ from .exit import exit_on_reported_errors
 from .parse_errors import SASRecArgumentParser
 from .run_config import RunConfigCallback, check_run_folders
 from .signals import removing_on_sigterm
-from .warnings import quiet_known_warnings
+from .warnings import no_wandb_anonymous_setting, quiet_known_warnings
 
 __all__ = ["SASRecCLI", "cli_main", "main"]
 
@@ -104,6 +104,8 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
         trainer.callbacks.extend([StopOnSigterm(), SaveOnInterrupt(), ResumedEpochProgress()])
+        for logger in trainer.loggers:
+            no_wandb_anonymous_setting(logger)  # (wandb's notice that the setting is deprecated, on every run)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -199,8 +201,7 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback,
-           "save_config_kwargs": {"overwrite": True}, **kwargs},
+        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback, **kwargs},
     )
 
 
