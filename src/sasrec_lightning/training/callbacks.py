@@ -69,7 +69,7 @@ class StopOnSigterm(L.Callback):
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _stop_if_asked
 
 
-def _last_checkpoints(trainer: L.Trainer) -> list[str]:
+def _last_checkpoints(trainer: L.Trainer, new_names: bool = True) -> list[str]:
     """Where each ``ModelCheckpoint`` with ``save_last`` keeps its ``last.ckpt``.
 
     The file the callback wrote in this run (or the resumed one's); otherwise ``last.ckpt`` in its folder, or
@@ -80,7 +80,7 @@ def _last_checkpoints(trainer: L.Trainer) -> list[str]:
         if not isinstance(callback, ModelCheckpoint) or not callback.save_last or not callback.dirpath:
             continue
         path = callback.last_model_path
-        if not path:
+        if not path and new_names:
             metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
                        "step": torch.tensor(trainer.global_step)}
             path = callback.format_checkpoint_name(metrics, callback.CHECKPOINT_NAME_LAST)
@@ -159,8 +159,8 @@ class SaveOnInterrupt(L.Callback):
             raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception, then exit status 1
 
     # ------------------------------------------------------------------ the saves
-    def _save_last(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str, strategy=None) -> None:
-        paths = _last_checkpoints(trainer)
+    def _save_last(self, trainer: L.Trainer, pl_module: L.LightningModule, paths: list[str], when: str,
+                   strategy=None) -> None:
         if not paths:
             return
         names = nonfinite_parameters(pl_module, strategy)
@@ -177,10 +177,12 @@ class SaveOnInterrupt(L.Callback):
         self._restore_sigint()
         if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING:
             return
-        paths = _last_checkpoints(trainer)
+        # A ModelCheckpoint that wrote no last.ckpt in this run (or the resumed one) writes it in its own
+        # on_train_end, after this one: only the ones it wrote earlier may be behind.
+        paths = [path for path in _last_checkpoints(trainer, new_names=False) if path]
         behind = any(_saved_step(path) != trainer.global_step for path in paths) if trainer.is_global_zero else False
         if trainer.strategy.broadcast(behind):  # (every process saves, or none)
-            self._save_last(trainer, pl_module, "at the end of fit", trainer.strategy)
+            self._save_last(trainer, pl_module, paths, "at the end of fit", trainer.strategy)
         if self.interrupted:  # Ctrl-C during the last validation: fit ended anyway, but stop before testing
             self._stopping = False
             raise KeyboardInterrupt
@@ -195,7 +197,7 @@ class SaveOnInterrupt(L.Callback):
             rank_zero_info("[sasrec-lightning] interrupted: a DDP run saves no checkpoint at the interrupt; "
                            "fit --ckpt_path last resumes from the last periodic one")
             return
-        self._save_last(trainer, pl_module, "at the interrupt")
+        self._save_last(trainer, pl_module, _last_checkpoints(trainer), "at the interrupt")
 
 
 class ResumedEpochProgress(L.Callback):
