@@ -213,7 +213,8 @@ def test_a_checkpoint_beyond_the_file_size_limit_is_one_line_and_keeps_the_old_o
     assert f"cannot write checkpoint {str(last)!r}: File too large (EFBIG" in line
     assert "the previous last.ckpt is left as it was" in line
     assert last.read_bytes() == old
-    assert only_files(last.parent) == ["config.yaml", "last.ckpt"]
+    # (the resumed run's config is kept beside the first run's, never over it: cli/run_config.py)
+    assert only_files(last.parent) == ["config-1.yaml", "config.yaml", "last.ckpt"]
 
 
 class FullDisk(io.RawIOBase):

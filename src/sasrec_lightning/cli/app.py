@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..data.datamodule import SASRecDataModule
 from ..serving.prediction import PredictionWriter
 from ..training.baselines import most_popular_metrics
-from ..training.callbacks import StopOnSigterm
+from ..training.callbacks import ResumedEpochProgress, SaveOnInterrupt, StopOnSigterm
 from ..training.checkpoint_io import use_safe_checkpoint_io
 from ..training.module import SASRecModule
 from .bounded_yaml import command_line
@@ -31,7 +31,7 @@ from .exit import exit_on_reported_errors
 from .parse_errors import SASRecArgumentParser
 from .run_config import RunConfigCallback, check_run_folders
 from .signals import removing_on_sigterm
-from .warnings import quiet_known_warnings
+from .warnings import no_wandb_anonymous_setting, quiet_known_warnings
 
 __all__ = ["SASRecCLI", "cli_main", "main"]
 
@@ -96,12 +96,16 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """LightningCLI's Trainer, saving and loading checkpoints through :class:`SafeCheckpointIO`.
 
-        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, and a
-        clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``).
+        Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, a
+        clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``), ``last.ckpt`` saved at Ctrl-C and
+        SIGTERM and holding the final state after fit (``callbacks.SaveOnInterrupt``), and the epoch named in
+        the progress bar of a resumed run (``callbacks.ResumedEpochProgress``).
         """
         trainer = super().instantiate_trainer(**kwargs)
         use_safe_checkpoint_io(trainer)
-        trainer.callbacks.append(StopOnSigterm())
+        trainer.callbacks.extend([StopOnSigterm(), SaveOnInterrupt(), ResumedEpochProgress()])
+        for logger in trainer.loggers:
+            no_wandb_anonymous_setting(logger)  # (wandb's notice that the setting is deprecated, on every run)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -197,8 +201,7 @@ def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback,
-           "save_config_kwargs": {"overwrite": True}, **kwargs},
+        **{"parser_class": SASRecArgumentParser, "save_config_callback": RunConfigCallback, **kwargs},
     )
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..data.locations import is_local_path
 from ..data.options import RUNTIME_OPTIONS
-from ..errors import CheckpointError, OptionError
+from ..errors import CheckpointError, DataError, OptionError
 from ..model.losses import LOSSES, Loss
 from ..training.checkpoints import check_checkpoint_classes, flat_options, imported_class, plain, read_checkpoint
 from .renamed import RENAMED
@@ -126,10 +127,30 @@ class CheckpointSettings:
                  and plain(value) != plain(current[key])}
         if not taken:
             return
+        if isinstance(taken.get("path"), str):
+            check_checkpoint_data_path(taken["path"], self.config.get(f"{root}ckpt_path"))
         data = {"data": {"class_path": class_path, "init_args": _nested(taken)}}
         self.config = self.parser.parse_object({root.rstrip("."): data} if root else data, self.config)
         print("[sasrec-lightning] data options of the checkpoint's training run: "
               + ", ".join(f"{key}={value!r}" for key, value in taken.items()))
+
+
+def check_checkpoint_data_path(path: str, ckpt_path) -> None:
+    """Refuse, with one line, a local data path taken from a checkpoint that does not exist here.
+
+    Checkpoints store the path absolute (``data/locations.resolved_path``); one written by 0.3.0 may hold
+    it relative to the folder its training ran in, which is then tried from the current folder.
+
+    Raises:
+        DataError: naming the path tried, the checkpoint it came from and ``--data.path``.
+    """
+    if not is_local_path(path) or Path(path).exists():
+        return
+    tried = repr(path) if Path(path).is_absolute() else (
+        f"{str(Path(path).absolute())!r} ({path!r}, relative to the folder its training ran in, tried from here)")
+    raise DataError(f"data file {tried} does not exist: it is the data path stored in --ckpt_path {str(ckpt_path)!r} "
+                    "(where its training run read the data); pass --data.path to override it with where the data "
+                    "is now")
 
 
 def _runtime(key: str) -> bool:

@@ -17,7 +17,7 @@ from ..validation import at_least, option_group
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
 from .loaders import ResumableLoader, batches_done_this_epoch
-from .locations import detect_format, download, local_path, source_identity
+from .locations import detect_format, download, local_path, resolved_path, source_identity
 from .memory import check_not_description, content_digest, describe, is_in_memory
 from .options import CacheOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
 from .preprocessing import (
@@ -100,6 +100,8 @@ class SASRecDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
                             holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache))
+        if isinstance(path, str) and path:  # stored absolute: the checkpoint's data is found from any folder
+            self.hparams["path"] = resolved_path(path)
         self._sequences: SequenceData | None = None
         self._split: Split | None = None
         self._popularity: np.ndarray | None = None

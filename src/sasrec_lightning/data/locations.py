@@ -22,8 +22,8 @@ from .diagnostics import one_paragraph
 from .readers import READERS
 from .textfiles import COMPRESSION
 
-__all__ = ["local_path", "detect_format", "SAMPLE_BLOCK", "SAMPLED_BLOCKS", "source_identity", "download",
-           "check_local"]
+__all__ = ["local_path", "detect_format", "is_local_path", "resolved_path", "SAMPLE_BLOCK", "SAMPLED_BLOCKS",
+           "source_identity", "download", "check_local"]
 
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # a scheme of 2+ letters: not a Windows drive
@@ -72,6 +72,27 @@ def detect_format(path: str) -> str:
             f"{sorted(extensions)} or set --data.source.format to one of {list(READERS)}"
         )
     return "hub"
+
+
+def is_local_path(path: str) -> bool:
+    """Whether ``--data.path`` names a local file or folder rather than a hub dataset id, an ``hf://`` path or a URL.
+
+    As the readers tell them apart: an existing path is local; otherwise a path whose extension names a
+    format (``../my_log.parquet``) is a local file that is missing, and anything else is a hub id
+    (:func:`detect_format`).
+    """
+    if _URL.match(path):
+        return False
+    return os.path.exists(path) or detect_format(path) != "hub"
+
+
+def resolved_path(path: str) -> str:
+    """``path`` as a checkpoint or a run's config stores it: a local path made absolute, anything else as given.
+
+    A relative path means the folder training ran in; stored absolute, ``predict --ckpt_path`` finds the
+    data from any folder. Hub ids, ``hf://`` paths and URLs are kept as they are.
+    """
+    return os.path.abspath(path) if is_local_path(path) else path
 
 
 SAMPLE_BLOCK = 64 << 10  # bytes per sampled block of the default fingerprint
