@@ -12,8 +12,9 @@ block above`` (the nearest fenced ``python`` block before the marker, run as it 
 of the RESULT line`` (``benchmarks/speed.py``'s table of the JSON line quoted in the same block). HOW, optional,
 is ``;``-separated: ``last line`` or ``last N lines`` (compare only the end of what was printed) and ``MODE``
 or ``lines A-B: MODE``, with MODE ``exact`` (the default: every character), ``close`` (the same text, each
-number within 1 %: metrics of a trained model, whose last digits depend on the CPU's kernels and threads) or
-``shape`` (the same text with every number masked: timings, and items ranked by a trained model).
+number within 1 % and with as many decimals: metrics of a trained model, whose last digits depend on the CPU's
+kernels and threads) or ``shape`` (the same text with every number masked: timings, and items ranked by a
+trained model).
 Deterministic outputs (data counts, popularity scores, the most-popular baseline, error lines) are compared
 exactly.
 
@@ -95,6 +96,7 @@ def compare(quoted: Quoted, printed: str) -> None:
             assert want == got, message
         elif mode == "close":
             for a, b in zip(NUMBER.findall(want), NUMBER.findall(got), strict=True):
+                assert len(a.partition(".")[2]) == len(b.partition(".")[2]), message  # as many decimals
                 a, b = float(a.replace(",", "")), float(b.replace(",", ""))
                 assert abs(a - b) <= 0.01 * max(abs(a), abs(b)), message
 
