@@ -8,18 +8,18 @@ A doc marks each quoted output with an HTML comment right before its fenced bloc
     ```
 
 SOURCE is what produced it: a command (``sasrec-lightning fit -c configs/quickstart.yaml``), ``the python
-block above`` (the nearest fenced ``python`` block before the marker, run as it is written), or ``result_table
-of the RESULT line`` (``benchmarks/speed.py``'s table of the JSON line quoted in the same block). HOW, optional,
-is ``;``-separated: ``last line`` or ``last N lines`` (compare only the end of what was printed) and ``MODE``
-or ``lines A-B: MODE``, with MODE ``exact`` (the default: every character), ``close`` (the same text, each
-number within 1 % and with as many decimals: metrics of a trained model, whose last digits depend on the CPU's
-kernels and threads) or ``shape`` (the same text with every number masked: timings, and items ranked by a
-trained model).
-Deterministic outputs (data counts, popularity scores, the most-popular baseline, error lines) are compared
-exactly.
+block above`` or ``the bash block above`` (the nearest fenced block of that language before the marker, run as
+it is written), or ``result_table of the RESULT line`` (``benchmarks/speed.py``'s table of the JSON line quoted
+in the same block). HOW, optional, is ``;``-separated, applied in order: ``without the progress bar`` (drop
+Lightning's progress bar lines and the blank line it ends with), ``last line`` or ``last N lines`` (compare
+only the end of what was printed), and ``MODE`` or ``lines A-B: MODE``, with MODE ``exact`` (the default:
+every character), ``close`` (the same text, each number within 1 % and with as many decimals: metrics of a
+trained model, whose last digits depend on the CPU's kernels and threads) or ``shape`` (the same text with
+every number masked: timings, and items ranked by a trained model). Deterministic outputs (data counts,
+popularity scores, the most-popular baseline, the files written) are compared exactly.
 
-The commands run here as a new user runs them from the docs: the quickstart training of the README and the
-checkpoint of ``docs/predict.md`` (about 25 s each on a 2-core CPU), in a temporary folder.
+The commands run here as a new user runs them from the docs, one folder for all: the quickstart training of the
+README and the checkpoint of ``docs/predict.md`` (about 25 s each on a 2-core CPU), predict and export it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ from conftest import REPO
 
 MARKER = re.compile(r"<!-- output-of: (?P<source>.+?)(?: \((?P<how>[^()]*)\))? -->\n+```[\w ]*\n(?P<text>.*?)```",
                     re.S)
+PROGRESS_BAR = re.compile(r"\|.*\| *\d+/[\d?]+ \[")  # Lightning's TQDM bar, on stdout
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-# The docs that quote outputs, with how many marked blocks each has (a deleted marker is caught too).
-MARKED = {"README.md": 1, "docs/recommend.md": 1, "docs/performance.md": 1}
+# The docs that quote outputs, with how many marked blocks each has (a deleted marker is caught too). Their blocks
+# run in this order and in page order, in one folder, as a reader goes (export.md's python block reads the export).
+MARKED = {"README.md": 1, "docs/predict.md": 1, "docs/recommend.md": 1, "docs/export.md": 2, "docs/performance.md": 1}
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Quoted:
     how: str
     text: str
     python: str | None  # the nearest python block before the marker
+    bash: str | None  # the nearest bash block before the marker
 
     def __str__(self) -> str:
         return f"{self.doc}: output-of {self.source}"
@@ -67,20 +70,24 @@ def quoted_outputs() -> list[Quoted]:
     for doc in MARKED:
         page = (REPO / doc).read_text(encoding="utf-8")
         for match in MARKER.finditer(page):
-            blocks = re.findall(r"```python\n(.*?)```", page[: match.start()], re.S)
+            before = {language: re.findall(rf"```{language}\n(.*?)```", page[: match.start()], re.S)
+                      for language in ("python", "bash")}
             found.append(Quoted(doc, match["source"], match["how"] or "", match["text"],
-                                blocks[-1] if blocks else None))
+                                *(blocks[-1] if blocks else None for blocks in before.values())))
     return found
 
 
 def compare(quoted: Quoted, printed: str) -> None:
     """Assert ``printed`` (the output) matches ``quoted`` under the marker's HOW."""
     expected = quoted.text.rstrip("\n").split("\n")
-    actual = printed.rstrip("\n").split("\n")
+    # What a terminal shows of each line: the part after its last carriage return (the progress bar redraws).
+    actual = [line.rpartition("\r")[2] for line in printed.rstrip("\n").split("\n")]
     modes = ["exact"] * len(expected)
     for clause in filter(None, (part.strip() for part in quoted.how.split(";"))):
         if match := re.fullmatch(r"last (?:(\d+) )?lines?", clause):
             actual = actual[-int(match[1] or 1) :]
+        elif clause == "without the progress bar":
+            actual = [line for line in actual if line.strip() and not PROGRESS_BAR.search(line)]
         elif match := re.fullmatch(r"lines? (\d+)(?:-(\d+))?: (exact|close|shape)", clause):
             first, last = int(match[1]), int(match[2] or match[1])
             modes[first - 1 : last] = [match[3]] * (last - first + 1)
@@ -101,16 +108,23 @@ def compare(quoted: Quoted, printed: str) -> None:
                 assert abs(a - b) <= 0.01 * max(abs(a), abs(b)), message
 
 
-def run_command(command: str, cwd: Path) -> str:
-    """A documented ``sasrec-lightning ...`` command (line continuations allowed), run in ``cwd``; its stdout."""
-    args = shlex.split(command.replace("\\\n", " "))
-    assert args[0] == "sasrec-lightning", command
+# The console scripts, as modules (the tests run the worktree's code, installed or not).
+COMMANDS = {"sasrec-lightning": "sasrec_lightning.cli", "sasrec-lightning-export": "sasrec_lightning.cli.export"}
+
+
+def run_commands(commands: str, cwd: Path) -> str:
+    """Documented commands (one a line, backslash continuations and ``#`` comments allowed), run in ``cwd``; stdout."""
+    printed = []
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
            "SASREC_LIGHTNING_CACHE": str(cwd / "sequence_cache")}
-    result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", *args[1:]], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    for command in commands.replace("\\\n", " ").strip().split("\n"):
+        args = shlex.split(command, comments=True)
+        assert args and args[0] in COMMANDS, f"not a documented command: {command!r}"
+        result = subprocess.run([sys.executable, "-m", COMMANDS[args[0]], *args[1:]], cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+        printed.append(result.stdout)
+    return "".join(printed)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +133,7 @@ def quickstart_checkpoint_folder(tmp_path_factory) -> Path:
     page = (REPO / "docs" / "predict.md").read_text(encoding="utf-8")
     command = re.search(r"```bash\n(sasrec-lightning fit .*?)\n```", page, re.S)[1]
     folder = tmp_path_factory.mktemp("predict_md")
-    run_command(command, folder)
+    run_commands(command, folder)
     assert (folder / "runs" / "quickstart" / "best.ckpt").is_file()
     return folder
 
@@ -156,15 +170,17 @@ def test_every_doc_that_quotes_outputs_marks_them():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quoted", quoted_outputs(), ids=str)
-def test_quoted_output_is_what_the_command_prints(quoted, quickstart_checkpoint_folder, tmp_path):
+def test_quoted_output_is_what_the_command_prints(quoted, quickstart_checkpoint_folder):
     if quoted.source.startswith("sasrec-lightning "):
-        printed = run_command(quoted.source, tmp_path)
-    elif quoted.source == "the python block above":
-        assert quoted.python is not None, f"{quoted}: no python block before the marker"
-        printed = run_python_block(quoted.python, quickstart_checkpoint_folder)
+        printed = run_commands(quoted.source, quickstart_checkpoint_folder)
+    elif quoted.source in ("the python block above", "the bash block above"):
+        block = quoted.python if quoted.source == "the python block above" else quoted.bash
+        assert block is not None, f"{quoted}: no such block before the marker"
+        run = run_python_block if quoted.source == "the python block above" else run_commands
+        printed = run(block, quickstart_checkpoint_folder)
     elif quoted.source == "result_table of the RESULT line":
         printed = speed_result_table(quoted)
     else:
-        raise AssertionError(f"{quoted}: unknown source (a command, 'the python block above' or "
-                             "'result_table of the RESULT line')")
+        raise AssertionError(f"{quoted}: unknown source (a command, 'the python block above', 'the bash block "
+                             "above' or 'result_table of the RESULT line')")
     compare(quoted, printed)
