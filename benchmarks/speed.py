@@ -12,7 +12,8 @@ backward, optimizer step, Lightning's loop.
     python benchmarks/speed.py all              # all of the above, one process each
     python benchmarks/speed.py accuracy         # val metrics after --epochs epochs (before/after checks)
 
-Prints one ``RESULT {json}`` line per benchmark: sequences/s, seconds, peak resident memory
+Prints one ``RESULT {json}`` line per benchmark (for scripts), then the same figures as a two-column Markdown
+table (for a person, :func:`result_table`): sequences/s, seconds, peak resident memory
 (``ru_maxrss``) and the machine load (``os.getloadavg``) at start and end. The machine is shared:
 always report the load next to the number.
 """
@@ -245,6 +246,24 @@ def run_one(args) -> None:
         load_after=[round(x, 2) for x in os.getloadavg()], torch=torch.__version__, compile=args.compile,
     )
     print("RESULT " + json.dumps(result), flush=True)
+    print(result_table(result), flush=True)
+
+
+def _shown(value) -> str:
+    """A measurement as a person reads it: thousands separated, 3-4 significant digits, lists joined."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+        return str(value)
+    if isinstance(value, list):
+        return " / ".join(_shown(item) for item in value)
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def result_table(result: dict) -> str:
+    """The ``RESULT`` line's figures as a two-column Markdown table, for a person (the JSON stays for scripts)."""
+    rows = [f"| {key} | {_shown(value)} |" for key, value in result.items()]
+    return "\n".join([f"| {result.get('benchmark', 'benchmark')} | value |", "|---|---|", *rows])
 
 
 def main() -> None:

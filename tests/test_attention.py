@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -107,3 +108,30 @@ def test_attention_command_on_the_quickstart_config(tmp_path, capsys):
           "--attention.output_dir", str(tmp_path), "--attention.positions", "10"])
     assert "attention_block2_head1.png" in capsys.readouterr().out
     assert (tmp_path / "attention.png").read_bytes().startswith(PNG)
+
+
+def test_attention_command_without_matplotlib_is_one_error_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError, as when absent
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit) as exit_info:
+        # A missing data file too: the missing package is said first, before anything is read.
+        main(["-c", QUICKSTART, "--data.path", str(tmp_path / "absent.txt"), "--attention.output_dir",
+              str(tmp_path / "maps")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("error: attention heatmaps need matplotlib, which is not installed") and \
+        error.count("\n") == 1, error
+    assert 'pip install "sasrec-lightning[plots]"' in error and not (tmp_path / "maps").exists()
+
+
+def test_callback_without_matplotlib_stops_before_training(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    data = SASRecDataModule(max_len=6, print_statistics=False, source=SourceOptions(synthetic_users=40),
+                            cache=CacheOptions(use=False))
+    model = SASRecModule(num_items=data.num_items, max_len=6, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
+    trainer = L.Trainer(max_epochs=1, logger=False, callbacks=[AttentionHeatmaps(on_test_end=False)],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ImportError, match=r"pip install \"sasrec-lightning\[plots\]\"") as error:
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0 and type(error.value).__name__ == "MissingPackageError"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -106,3 +107,67 @@ def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
     assert_scores_match(*loaded(ids), *reference(module.model.eval(), ids))
     with pytest.raises(ValueError, match=r"expected \.onnx"):
         export_checkpoint(tmp_path / "model.ckpt", tmp_path / "model.bin")
+
+
+def tiny_checkpoint(tmp_path):
+    """A saved ``SASRecModule`` (5 items, ``max_len`` 4) with item ids, as ``fit`` writes it."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=5, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
+    module.set_item_vocabulary(["", "a", "b", "c", "d", "e"], [0, 1, 2, 3, 4, 5])
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    return tmp_path / "model.ckpt"
+
+
+def longer_than_max_len() -> list[torch.Tensor]:
+    """Batches wider than ``MAX_LEN``: some rows longer than the model's window, one left-padded, one all padding."""
+    generator = torch.Generator().manual_seed(2)
+    long = torch.randint(1, NUM_ITEMS + 1, (4, MAX_LEN + 5), generator=generator)  # (4, n + 5)
+    long[1, :3] = 0  # still longer than n after its padding
+    long[2, : MAX_LEN + 3] = 0  # 2 items: shorter than n, in a wide batch
+    long[3] = 0
+    return [long, torch.randint(1, NUM_ITEMS + 1, (1, 3 * MAX_LEN), generator=generator)]
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_exports_keep_the_last_max_len_items_of_a_longer_sequence(encoder, format, tmp_path):
+    """As in training, a sequence longer than ``max_len`` is scored on its last ``max_len`` items."""
+    if format == "onnx":
+        pytest.importorskip("onnxscript")
+        session = pytest.importorskip("onnxruntime").InferenceSession(
+            str(export_onnx(encoder, tmp_path / "model.onnx")), providers=["CPUExecutionProvider"])
+        run = lambda ids: session.run(None, {"input_ids": ids.numpy()})  # noqa: E731
+    else:
+        run = torch.jit.load(str(export_torchscript(encoder, tmp_path / "model.pt")))
+    for ids in longer_than_max_len():
+        assert_scores_match(*run(ids), *reference(encoder, ids[:, -MAX_LEN:]))
+
+
+def test_exported_outputs_do_not_require_grad(encoder, tmp_path):
+    """A service calls the model outside ``torch.no_grad()``: no autograd graph is built or returned."""
+    encoder.train()
+    loaded = torch.jit.load(str(export_torchscript(encoder, tmp_path / "model.pt")))
+    serving = ServingModel(encoder)
+    encoder.eval()
+    ids = random_inputs()[0]
+    for scores, hidden in (loaded(ids), serving(ids)):
+        assert not scores.requires_grad and not hidden.requires_grad
+    assert all(parameter.requires_grad for parameter in encoder.parameters())  # the trained model is untouched
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_onnx_export_without_the_extra_is_one_error_line(missing, tmp_path, capsys, monkeypatch):
+    checkpoint = tiny_checkpoint(tmp_path)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import onnx` raises ImportError, as when not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt_path", str(checkpoint), "--output", str(tmp_path / "model.onnx")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("error: ONNX export needs the optional packages onnx and onnxscript, and "
+                            f"{missing} is not installed") and error.count("\n") == 1, error
+    assert 'pip install "sasrec-lightning[onnx]"' in error and "Traceback" not in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.ckpt"]  # nothing written

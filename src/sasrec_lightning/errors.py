@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "CheckpointError", "ModelError", "OutputError", "in_chain"]
+__all__ = [
+    "DataError", "OptionError", "CheckpointError", "ModelError", "OutputError", "MissingPackageError", "in_chain",
+]
 
 
 class DataError(ValueError):
@@ -26,6 +28,13 @@ class OutputError(OSError):
 
     The message names the file and the reason; the previous file, if any, is left as it was and no
     half-written file remains. An ``OSError``, so code catching write errors still catches it.
+    """
+
+
+class MissingPackageError(ImportError):
+    """An optional package a command needs is not installed; the message names the extra that installs it.
+
+    An ``ImportError``, so code catching a missing import still catches it.
     """
 
 

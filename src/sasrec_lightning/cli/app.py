@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ..data.datamodule import SASRecDataModule
 from ..serving.prediction import PredictionWriter
@@ -28,6 +29,7 @@ from .bounded_yaml import command_line
 from .checkpoint_settings import CheckpointSettings
 from .configs import resolve_config_args
 from .exit import exit_on_reported_errors
+from .hardware import missing_gpu_error
 from .parse_errors import SASRecArgumentParser
 from .run_config import RunConfigCallback, check_run_folders
 from .signals import removing_on_sigterm
@@ -99,9 +101,16 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
         Atomic saves and checked loads (``checkpoint_io.py``) unless the config names its own plugin, a
         clean end on SIGTERM, also under DDP (``callbacks.StopOnSigterm``), ``last.ckpt`` saved at Ctrl-C and
         SIGTERM and holding the final state after fit (``callbacks.SaveOnInterrupt``), and the epoch named in
-        the progress bar of a resumed run (``callbacks.ResumedEpochProgress``).
+        the progress bar of a resumed run (``callbacks.ResumedEpochProgress``). A GPU accelerator on a machine
+        without one is an :class:`OptionError` naming the config or flag that set it (``hardware.py``).
         """
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:
+            problem = missing_gpu_error(self.config_dump_value("trainer").get("accelerator"), self._given_args)
+            if problem is None:
+                raise
+            raise problem from error
         use_safe_checkpoint_io(trainer)
         trainer.callbacks.extend([StopOnSigterm(), SaveOnInterrupt(), ResumedEpochProgress()])
         for logger in trainer.loggers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..data.datamodule import SASRecDataModule
-from ..serving.attention import AttentionHeatmaps
+from ..serving.attention import AttentionHeatmaps, require_matplotlib
 from ..training.checkpoints import check_checkpoint_classes, check_item_ids, data_setting_differences, read_checkpoint
 from ..training.module import SASRecModule
 from .app import SASRecCLI
@@ -30,6 +30,7 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _render_checkpoint(args: list[str] | None) -> None:
+    require_matplotlib()  # one error line naming the extra, before the config and the data are read
     class AttentionCLI(SASRecCLI):
         def add_arguments_to_parser(self, parser) -> None:
             super().add_arguments_to_parser(parser)

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..errors import CheckpointError, DataError, ModelError, OptionError, OutputError
+from ..errors import CheckpointError, DataError, MissingPackageError, ModelError, OptionError, OutputError
 from ..training.checkpoints import is_unsafe_refusal, unsafe_checkpoint_error
 
 __all__ = ["exit_on_reported_errors"]
@@ -27,7 +27,7 @@ def _reported_error(error: BaseException) -> BaseException | None:
     """
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (DataError, OptionError, CheckpointError, ModelError, OutputError)):
+        if isinstance(error, (DataError, OptionError, CheckpointError, ModelError, OutputError, MissingPackageError)):
             return error
         if is_unsafe_refusal(error):  # Lightning's own load of --ckpt_path last/best
             return unsafe_checkpoint_error(error)

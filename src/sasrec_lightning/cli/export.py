@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import OptionError
-from ..serving.export import check_exportable, export_onnx, export_torchscript
+from ..serving.export import check_exportable, export_onnx, export_torchscript, require_onnx_exporter
 from ..training.checkpoints import check_checkpoint_classes, read_checkpoint
 from ..training.module import SASRecModule
 from .exit import exit_on_reported_errors
@@ -29,6 +29,8 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, format: str | N
     if format not in ("onnx", "torchscript"):
         raise OptionError(f"--output {str(output)!r}: cannot tell the format from the extension; expected .onnx "
                          "(ONNX) or .pt/.ts (TorchScript), or pass --format onnx|torchscript")
+    if format == "onnx":
+        require_onnx_exporter()  # one error line naming the extra, before the checkpoint is loaded
     # Refuse a checkpoint naming a class that is not an imported SASRecModule before Lightning imports it.
     check_checkpoint_classes(read_checkpoint(ckpt_path).get("hyper_parameters") or {}, SASRecModule, ckpt_path)
     module = SASRecModule.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True)

@@ -28,9 +28,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from ..atomic import atomic_write
+from ..errors import MissingPackageError
 from ..model.encoder import SASRec
 
-__all__ = ["average_attention", "plot_attention", "AttentionHeatmaps"]
+__all__ = ["average_attention", "plot_attention", "AttentionHeatmaps", "require_matplotlib"]
 
 
 @torch.no_grad()
@@ -86,13 +87,25 @@ def average_attention(
     return (sums / counts[:, None]).float(), counts  # (blocks, H, n, n), (n,)
 
 
-def _pyplot_free_figure():
+def require_matplotlib() -> None:
+    """Raise :class:`MissingPackageError` naming the ``plots`` extra when matplotlib is not installed.
+
+    Called before any work (the command's start, the callback's ``setup``), so a missing matplotlib is one
+    error line instead of a traceback after the data is read or the model trained.
+    """
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError as error:
-        raise ImportError(
-            "attention heatmaps need matplotlib: pip install \"sasrec-lightning[plots]\" (or pip install matplotlib)"
+        raise MissingPackageError(
+            f"attention heatmaps need matplotlib, which is not installed ({error}): pip install "
+            "\"sasrec-lightning[plots]\" (or pip install matplotlib)"
         ) from error
+
+
+def _pyplot_free_figure():
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure
 
 
@@ -205,6 +218,9 @@ class AttentionHeatmaps(Callback):
                 logger.log_image(key="attention/heads", images=[str(path) for path in self.written[1:]],
                                  caption=[path.stem for path in self.written[1:]])
         return self.written
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_matplotlib()  # before training, not after it
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.render_on_fit_end and trainer.is_global_zero:

@@ -14,6 +14,7 @@ optional extra: ``pip install "sasrec-lightning[onnx]"``.
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 from pathlib import Path
 
@@ -21,11 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_path, atomic_write
-from ..errors import ModelError
+from ..errors import MissingPackageError, ModelError
 from ..model.divergence import nonfinite_parameters, weights_error
 from ..model.encoder import SASRec
 
-__all__ = ["ServingModel", "check_exportable", "export_torchscript", "export_onnx", "example_input"]
+__all__ = [
+    "ServingModel", "check_exportable", "export_torchscript", "export_onnx", "example_input", "require_onnx_exporter",
+]
 
 INPUT_NAMES = ["input_ids"]
 OUTPUT_NAMES = ["scores", "user_vectors"]
@@ -45,7 +48,9 @@ class ServingModel(nn.Module):
     def __init__(self, encoder: SASRec) -> None:
         super().__init__()
         check_exportable(encoder)
-        self.encoder = copy.deepcopy(encoder).eval()
+        # Inference only: parameters that do not require grad give outputs that do not either (a traced
+        # module otherwise returns scores with requires_grad=True to every caller).
+        self.encoder = copy.deepcopy(encoder).eval().requires_grad_(False)
         self.register_buffer("padding_column", torch.arange(encoder.num_items + 1) == 0, persistent=False)
         self.eval()
 
@@ -53,14 +58,16 @@ class ServingModel(nn.Module):
         """Score every item after each sequence.
 
         Args:
-            input_ids: ``(B, L)`` int64 internal item ids, left-padded with 0, ``L <= max_len``.
+            input_ids: ``(B, L)`` int64 internal item ids, left-padded with 0, any ``L >= 1``: a longer
+                sequence is cut to its last ``max_len`` items, as the data module does in training.
 
         Returns:
             ``scores`` ``(B, num_items + 1)`` (column 0, padding, is ``-inf``) and ``user_vectors``
             ``(B, d)``, the hidden state at the last position (for nearest-neighbour serving against
             the item embeddings).
         """
-        hidden = self.encoder(input_ids)[:, -1]  # (B, d)
+        recent = input_ids[:, -self.encoder.max_len :]  # (B, min(L, n)): the model's window, most recent last
+        hidden = self.encoder(recent)[:, -1]  # (B, d)
         scores = hidden @ self.encoder.output_weight.T  # (B, I + 1)
         return scores.masked_fill(self.padding_column, float("-inf")), hidden  # (B, I + 1), (B, d)
 
@@ -95,6 +102,22 @@ def example_input(encoder: SASRec, batch: int = 2) -> Tensor:
     return ids
 
 
+def require_onnx_exporter() -> None:
+    """Raise :class:`MissingPackageError` naming the ``onnx`` extra when ``onnx`` or ``onnxscript`` is missing.
+
+    Called before any work, so the command fails in one line instead of deep inside ``torch.onnx.export``.
+    """
+    for name in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise MissingPackageError(
+                f"ONNX export needs the optional packages onnx and onnxscript, and {name} is not installed "
+                f"({error}): pip install \"sasrec-lightning[onnx]\" (also installs onnxruntime, to run the "
+                "exported model), or export to TorchScript with --output model.pt, which needs no extra package"
+            ) from error
+
+
 def export_torchscript(encoder: SASRec, path: str | Path) -> Path:
     """Trace :class:`ServingModel` and save it with ``torch.jit.save``.
 
@@ -117,16 +140,11 @@ def export_onnx(encoder: SASRec, path: str | Path, opset_version: int | None = N
     The exporter needs ``onnxscript`` (``pip install "sasrec-lightning[onnx]"``); batch and length
     are dynamic axes, the length bounded by ``max_len``.
     """
-    try:
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise ImportError(
-            "ONNX export needs the optional packages onnx and onnxscript: pip install \"sasrec-lightning[onnx]\""
-        ) from error
+    require_onnx_exporter()
     from torch.export import Dim
 
     model = ServingModel(encoder)
-    batch, length = Dim("batch", min=1), Dim("length", min=1, max=encoder.max_len)
+    batch, length = Dim("batch", min=1), Dim("length", min=1)
     with torch.no_grad():
         program = torch.onnx.export(
             model, (example_input(encoder),), dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,

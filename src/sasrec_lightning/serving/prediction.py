@@ -133,6 +133,15 @@ def write_table(table: pa.Table, path: str) -> None:
                 handle.write((text if text.endswith("\n") or not text else text + "\n").encode("utf-8"))
 
 
+def _say(trainer: L.Trainer, line: str) -> None:
+    """Print ``line`` on a line of its own: through the progress bar when there is one.
+
+    The predict bar is still drawn when the writer finishes; a plain ``print`` would be glued to its last line.
+    """
+    bar = trainer.progress_bar_callback
+    (bar.print if bar is not None else print)(line)
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write every predicted user's top-K items and scores in original ids to a file.
 
@@ -218,8 +227,8 @@ class PredictionWriter(BasePredictionWriter):
             write_table(recommendations_table(users[order], items[order], scores[order], user_ids, item_ids),
                         self.output)
             self._written = True
-            print(f"[sasrec-lightning] wrote the top-{items.shape[1] if items.ndim == 2 else 0} items of "
-                  f"{len(users)} users to {self.output}")
+            _say(trainer, f"[sasrec-lightning] wrote the top-{items.shape[1] if items.ndim == 2 else 0} items of "
+                 f"{len(users)} users to {self.output}")
             return
         # Parts keep internal ids (compact, exact); rank 0 maps them once while merging.
         k = items.shape[1] if items.ndim == 2 else 0
@@ -231,11 +240,12 @@ class PredictionWriter(BasePredictionWriter):
         write_table(part, self.part_path(rank, world_size))
         trainer.strategy.barrier("prediction_writer_parts")
         if rank == 0:
-            self._merge(world_size, user_ids, item_ids)
+            _say(trainer, self._merge(world_size, user_ids, item_ids))
         trainer.strategy.barrier("prediction_writer_merged")
         self._written = True
 
-    def _merge(self, world_size: int, user_ids, item_ids) -> None:
+    def _merge(self, world_size: int, user_ids, item_ids) -> str:
+        """Merge the ranks' parts into the output; returns the line that says so."""
         paths = [self.part_path(r, world_size) for r in range(world_size)]
         tables = [pq.read_table(path) for path in paths if pq.read_metadata(path).num_rows]
         if tables:
@@ -253,5 +263,5 @@ class PredictionWriter(BasePredictionWriter):
         write_table(recommendations_table(rows, items, scores, user_ids, item_ids), self.output)
         for path in paths:
             os.remove(path)
-        print(f"[sasrec-lightning] merged {world_size} ranks: wrote the top-{items.shape[1]} items of "
-              f"{len(rows)} users to {self.output}")
+        return (f"[sasrec-lightning] merged {world_size} ranks: wrote the top-{items.shape[1]} items of "
+                f"{len(rows)} users to {self.output}")
