@@ -85,8 +85,9 @@ def test_unknown_users_get_the_most_popular_items_with_one_warning_or_raise_when
     known = data.sequences.user_ids[2].item()
     assert isinstance(known, int)
     with pytest.warns(UserWarning, match=r"2 unknown user id\(s\) not in the data module's 24 users \(first: "
-                                         r"\[999, 'nobody'\]\)"):
+                                         r"\[999, 'nobody'\]\)") as record:
         out = module.recommend_users([999, known, "nobody"], data, k=3)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     assert out.fallback == [True, False, True]
     popular = np.argsort(-data.item_popularity()[1:], kind="stable")[:3] + 1
     assert out.items[0] == out.items[2] == data.item_ids()[popular].tolist()

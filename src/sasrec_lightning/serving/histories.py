@@ -90,7 +90,7 @@ class UserHistories:
             warnings.warn(
                 f"recommend_users: {count} unknown user id(s) not in the data module's {total} users (first: "
                 f"{unknown}); answered with the most-popular items (fallback True)",
-                stacklevel=4,  # the caller of SASRecModule.recommend_users
+                stacklevel=3,  # the caller of SASRecModule.recommend_users
             )
         starts = np.where(found, self.starts[rows], 0)  # (B,)
         ends = np.where(found, self.ends[rows], 0)  # (B,)
