@@ -160,8 +160,8 @@ def tensor_state(tensor: Tensor) -> tuple[int, int] | None:
 class MostPopular:
     """The fallback answer (a sequence with no known item): the items by training interactions, sorted once.
 
-    Sorting the counts is an ``O(I log I)`` pass that depends on no request (a third of a
-    ``recommend`` call at a million items), so it is done when the counts are first needed and again
+    Sorting the counts is an ``O(I log I)`` pass that depends on no request (in 0.3.0 a ``topk`` per
+    call: a third of a ``recommend`` call at a million items), so it is done when the counts are first needed and again
     only when they changed (:func:`tensor_state`: another buffer, or the same one written in place,
     as ``load_state_dict`` and ``set_item_vocabulary`` do). Ties go to the lower item id.
     """
@@ -202,8 +202,8 @@ def _eval_mode(encoder: SASRec) -> Iterator[None]:
     """Dropout off for the call: the submodules in training mode are switched to eval and back after.
 
     Only those are touched, so a model already in eval mode (a service) pays one walk over its
-    modules, not two ``train()`` calls that set every module's flag (0.3 ms a call, as long as the
-    rest of a call at 10^4 items and one user).
+    modules, not two ``train()`` calls that set every module's flag (about a sixth of a call at 10^4
+    items and one history).
     """
     training = [module for module in encoder.modules() if module.training]
     for module in training:
