@@ -146,8 +146,8 @@ def test_the_most_popular_ranking_is_sorted_once_and_again_when_the_counts_chang
     counts = torch.tensor([0, 5, 9, 9, 1])
     scores, items = ranking.top(counts, 4, 3)
     assert items.tolist() == [2, 3, 1] and scores.tolist() == [9.0, 9.0, 5.0]  # ties: lower id first
-    kept = ranking._items
-    assert ranking.top(counts, 4, 2)[1].tolist() == [2, 3] and ranking._items is kept  # not sorted again
+    kept = ranking._ranking
+    assert ranking.top(counts, 4, 2)[1].tolist() == [2, 3] and ranking._ranking is kept  # not sorted again
     counts.copy_(torch.tensor([0, 1, 2, 3, 4]))  # as load_state_dict and set_item_vocabulary write it
     assert ranking.top(counts, 4, 3)[1].tolist() == [4, 3, 2]
     assert ranking.top(torch.tensor([0, 7, 0, 0, 8]), 4, 2)[1].tolist() == [4, 1]  # another buffer

@@ -169,8 +169,9 @@ class MostPopular:
     def __init__(self) -> None:
         self._source: weakref.ref | None = None  # the counts the ranking was built from
         self._state: tuple[int, int] | None = None
-        self._scores: Tensor | None = None  # (I,) float64 counts, best first
-        self._items: Tensor | None = None  # (I,) int64 their internal ids
+        # (I,) float64 counts, best first, and (I,) int64 their internal ids: one attribute, so a call in
+        # another thread never sees the counts of one ranking with the ids of another
+        self._ranking: tuple[Tensor, Tensor] | None = None
 
     def top(self, popularity: Tensor | None, num_items: int, k: int) -> tuple[Tensor, Tensor]:
         """The ``min(k, num_items)`` most popular items: their counts ``(k,)`` float64 and ids ``(k,)`` int64.
@@ -186,15 +187,16 @@ class MostPopular:
         if not self._holds(popularity):
             counts = popularity.detach().to("cpu", torch.float64)[1:]  # (I,) without the padding id
             order = torch.sort(counts, descending=True, stable=True).indices  # (I,) ties: lower id first
-            self._scores, self._items = counts[order], order + 1
+            self._ranking = counts[order], order + 1
             self._source, self._state = weakref.ref(popularity), tensor_state(popularity)
-        return self._scores[:k], self._items[:k]
+        scores, items = self._ranking
+        return scores[:k], items[:k]
 
     def _holds(self, popularity: Tensor) -> bool:
         """The kept ranking is of these very counts, unchanged since."""
         state = tensor_state(popularity)
-        return (self._source is not None and self._source() is popularity and state is not None
-                and state == self._state)
+        return (self._ranking is not None and self._source is not None and self._source() is popularity
+                and state is not None and state == self._state)
 
 
 @contextmanager
