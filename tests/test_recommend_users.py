@@ -115,6 +115,11 @@ def test_another_data_module_or_none_is_refused():
     other.sequences.item_ids[[1, 2]] = other.sequences.item_ids[[2, 1]]
     with pytest.raises(ValueError, match="the data module's item ids are not the model's \\(internal id 1 is"):
         module.recommend_users([0], other)
+    # The histories kept for a data module are checked again when the model gets other item ids.
+    module.recommend_users(data.sequences.user_ids[:1], data)
+    module.set_item_vocabulary(other.item_ids())
+    with pytest.raises(ValueError, match="the data module's item ids are not the model's"):
+        module.recommend_users(data.sequences.user_ids[:1], data)
 
 
 def test_recommend_restores_each_submodules_mode():

@@ -52,6 +52,7 @@ class UserHistories:
         sequences, split = datamodule.sequences, datamodule.split_data
         _check_items(sequences.item_ids, vocabulary, num_items)
         self.history = history
+        self.vocabulary = vocabulary  # the model's ids it was checked against
         self.items = sequences.items  # (n,) internal ids, users back to back
         self.starts = split.starts  # (U,)
         self.ends = split.history_end(HISTORIES[history])  # (U,)

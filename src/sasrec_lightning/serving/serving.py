@@ -8,6 +8,9 @@ requests rather than trains. It keeps
   module's public ``item_ids()`` at setup;
 * ``item_popularity``: a buffer (saved with the weights) of training interactions per item, the
   data module's ``item_popularity()``, for the answer to a sequence with no known item;
+* the user histories of a data module for ``recommend_users`` (:class:`~sasrec_lightning.serving.histories.
+  UserHistories`) and the most-popular ranking (:class:`~sasrec_lightning.recommend.MostPopular`), built on
+  first use and again when the data module or the counts change;
 * the top-K of ``predict_step``, set by the prediction writer through :meth:`set_prediction`;
 * the count of predicted users whose top-K is not finite: ``predict`` checks the weights when it
   starts and these counts when its last batch is done, before the writer writes (``divergence.py``).
@@ -210,7 +213,7 @@ class ServingMixin:
                              "model was trained on (the same path and preprocessing options), or call it on a module "
                              "attached to a trainer with one")
         kept = self._user_histories.get(history)
-        if kept is None or not kept.of(datamodule):
+        if kept is None or not kept.of(datamodule) or kept.vocabulary is not self.item_vocabulary:
             kept = self._user_histories[history] = UserHistories(datamodule, history, self.item_vocabulary,
                                                                  self.model.num_items)
         return kept
