@@ -144,6 +144,17 @@ def _check_arguments(sequences: Sequence[Sequence], k: int) -> None:
                         "For one user pass [sequence]")
 
 
+def _most_popular(popularity: Tensor | None, num_items: int, k: int) -> tuple[Tensor, Tensor]:
+    """The fallback answer: the ``k`` most popular items (ties: lower id first), ``(k,)`` float64 counts, ``(k,)`` ids.
+
+    ``popularity`` is ``(num_items + 1,)`` (index 0, padding, is never answered) or ``None`` (every item ties).
+    """
+    counts = popularity if popularity is not None else torch.zeros(num_items + 1)
+    counts = counts.detach().to("cpu", torch.float64)[1:]  # (I,) without the padding id
+    order = torch.sort(counts, descending=True, stable=True).indices[:k]  # (k,)
+    return counts[order], order + 1
+
+
 def tensor_state(tensor: Tensor) -> tuple[int, int] | None:
     """Whether ``tensor`` still holds what it held: its identity and its count of in-place writes.
 
@@ -185,9 +196,7 @@ class MostPopular:
         if popularity is None:
             popularity = torch.zeros(num_items + 1, dtype=torch.int64)
         if not self._holds(popularity):
-            counts = popularity.detach().to("cpu", torch.float64)[1:]  # (I,) without the padding id
-            order = torch.sort(counts, descending=True, stable=True).indices  # (I,) ties: lower id first
-            self._ranking = counts[order], order + 1
+            self._ranking = _most_popular(popularity, num_items, num_items)  # (I,), (I,) every item, ranked
             self._source, self._state = weakref.ref(popularity), tensor_state(popularity)
         scores, items = self._ranking
         return scores[:k], items[:k]
