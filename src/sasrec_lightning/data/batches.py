@@ -26,6 +26,7 @@ __all__ = [
     "TrainBatches",
     "TrainingStatistics",
     "EvalBatches",
+    "history_batch",
     "UserBatchSampler",
     "BatchKey",
 ]
@@ -206,20 +207,42 @@ class EvalBatches(Dataset):
 
     def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         users = self.rows[key.rows]  # (B,)
-        starts, ends = self.split.starts[users], self.history_ends[users]
-        width = max(1, int(min(self.max_len, (ends - starts).max(initial=0))))  # (an empty batch: width 1)
-        items = self.split.data.items
-        batch = {
-            "input_ids": torch.from_numpy(left_padded(items, starts, ends, width)),  # (B, L)
-            "users": torch.from_numpy(users),
-        }
-        seen_rows, seen_items = csr_gather(items, starts, ends)  # (S,), (S,) each user's history
-        batch["seen_rows"], batch["seen_items"] = torch.from_numpy(seen_rows), torch.from_numpy(seen_items)
+        batch = history_batch(self.split.data.items, self.split.starts[users], self.history_ends[users],
+                              self.max_len, users)
         if self.candidates is not None:
             candidates = self.candidates[key.rows]  # (B, 1 + n)
             batch["targets"] = torch.from_numpy(candidates[:, 0].copy())
             batch["candidates"] = torch.from_numpy(candidates)
         return batch
+
+
+def history_batch(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int,
+                  users: np.ndarray) -> dict[str, torch.Tensor]:
+    """The input of ``predict_step`` for the histories ``items[starts[b]:ends[b]]`` (the prediction batch).
+
+    The last ``max_len`` items of every history, left-padded to the longest of the batch, and every
+    history item as a (row, item) pair, to exclude under full ranking. ``predict`` builds its batches
+    here (:class:`EvalBatches`) and so does ``recommend_users``, so the two answer alike.
+
+    Args:
+        items: ``(n,)`` flat internal item ids (CSR).
+        starts: ``(B,)`` first index of each history.
+        ends: ``(B,)`` one past its last index (``starts == ends``: an empty history, all padding).
+        max_len: the most recent items kept per history.
+        users: ``(B,)`` the batch's user rows.
+
+    Returns:
+        ``input_ids`` ``(B, L)``, ``users`` ``(B,)``, ``seen_rows``/``seen_items`` ``(S,)``.
+    """
+    width = max(1, int(min(max_len, (ends - starts).max(initial=0))))  # (an empty batch: width 1)
+    source = items if len(items) else np.zeros(1, np.int64)  # a gather of all-padding rows needs one index
+    seen_rows, seen_items = csr_gather(items, starts, ends)  # (S,), (S,) each user's history
+    return {
+        "input_ids": torch.from_numpy(left_padded(source, starts, ends, width)),  # (B, L)
+        "users": torch.from_numpy(np.asarray(users, dtype=np.int64)),
+        "seen_rows": torch.from_numpy(seen_rows),
+        "seen_items": torch.from_numpy(seen_items),
+    }
 
 
 class UserBatchSampler(DistributedSampler):

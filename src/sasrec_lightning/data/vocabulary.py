@@ -58,6 +58,7 @@ class IdMap:
         self.first = first
         self.order = np.argsort(self.ids[first:], kind="stable") + first  # (n,) internal ids sorted by original id
         self.sorted_ids = self.ids[self.order]  # (n,)
+        self._text: tuple[np.ndarray, np.ndarray] | None = None  # the sorted ids as text (see _as_text)
 
     def __len__(self) -> int:
         return len(self.ids) - self.first
@@ -75,14 +76,20 @@ class IdMap:
             # e.g. integer queries against string ids ("12" == 12 would be surprising, but ids read
             # from a CSV may be strings of digits)
             query = query.astype(str)
-            sorted_ids = self.sorted_ids.astype(str)
-            order = np.argsort(sorted_ids, kind="stable")
-            sorted_ids, internal = sorted_ids[order], self.order[order]
+            sorted_ids, internal = self._as_text()
         else:
             query = query.astype(self.sorted_ids.dtype)
             sorted_ids, internal = self.sorted_ids, self.order
         where = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)  # (n,)
         return internal[where].astype(np.int64), sorted_ids[where] == query
+
+    def _as_text(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids as text, sorted, and their internal ids: sorted on the first mixed-type lookup, then kept."""
+        if self._text is None:
+            text = self.sorted_ids.astype(str)  # (n,)
+            order = np.argsort(text, kind="stable")
+            self._text = text[order], self.order[order]
+        return self._text
 
     def to_original(self, internal: np.ndarray) -> np.ndarray:
         """Original ids of internal ids, any shape."""

@@ -10,21 +10,24 @@ sequence left empty gets the most-popular items instead (the encoder has nothing
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.csr import csr_gather, left_padded
+from ..data.batches import history_batch
 from ..data.vocabulary import ItemVocabulary
 from ..errors import ModelError
 from ..model.divergence import described_parameters, nonfinite_parameters, untrusted_rows
 from ..model.encoder import SASRec
 from ..model.ranking import full_top_k
 
-__all__ = ["Recommendations", "recommend", "predict_top_k", "served_items"]
+__all__ = ["Recommendations", "recommend", "recommend_histories", "predict_top_k", "served_items", "MostPopular",
+           "check_k", "tensor_state"]
 
 
 class Recommendations(NamedTuple):
@@ -125,10 +128,15 @@ def _internal_sequences(sequences: Sequence[Sequence], vocabulary: ItemVocabular
     return internal[known], offsets
 
 
-def _check_arguments(sequences: Sequence[Sequence], k: int) -> None:
-    """Refuse ``k < 1`` and a flat sequence or string where a list of sequences is expected."""
+def check_k(k: int) -> None:
+    """Refuse ``k < 1``."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+
+
+def _check_arguments(sequences: Sequence[Sequence], k: int) -> None:
+    """Refuse ``k < 1`` and a flat sequence or string where a list of sequences is expected."""
+    check_k(k)
     if isinstance(sequences, (str, bytes)) or any(
         isinstance(sequence, (str, bytes)) or not hasattr(sequence, "__len__") for sequence in sequences[:1]
     ):
@@ -137,28 +145,85 @@ def _check_arguments(sequences: Sequence[Sequence], k: int) -> None:
 
 
 def _most_popular(popularity: Tensor | None, num_items: int, k: int) -> tuple[Tensor, Tensor]:
-    """The fallback answer: the ``k`` most popular items and their counts, ``(k,)`` float64 and ``(k,)``."""
+    """The fallback answer: the ``k`` most popular items (ties: lower id first), ``(k,)`` float64 counts, ``(k,)`` ids.
+
+    ``popularity`` is ``(num_items + 1,)`` (index 0, padding, is never answered) or ``None`` (every item ties).
+    """
     counts = popularity if popularity is not None else torch.zeros(num_items + 1)
-    counts = counts.detach().to("cpu", torch.float64).clone()  # (I + 1,)
-    counts[0] = float("-inf")  # never the padding id
-    return counts.topk(min(k, num_items))  # (k,), (k,)
+    counts = counts.detach().to("cpu", torch.float64)[1:]  # (I,) without the padding id
+    order = torch.sort(counts, descending=True, stable=True).indices[:k]  # (k,)
+    return counts[order], order + 1
 
 
-def _top_k_batch(encoder: SASRec, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int,
-                 exclude_seen: bool, chunk_size: int | str) -> tuple[Tensor, Tensor]:
-    """Encode one batch of CSR rows ``items[starts[b]:ends[b]]`` and take its top ``k``: ``(B, k)`` x 2 on CPU."""
-    device = encoder.output_weight.device
-    width = max(1, int(min(encoder.max_len, (ends - starts).max(initial=0))))
-    # A trailing 0 keeps the gather valid when every sequence of the batch is empty.
-    padded = left_padded(np.append(items, 0), starts, ends, width)  # (B, L)
-    hidden = encoder(torch.from_numpy(padded).to(device))[:, -1].float()  # (B, d)
-    seen_rows = seen_items = None
-    if exclude_seen:
-        rows, seen = csr_gather(items, starts, ends)  # (S,), (S,)
-        seen_rows, seen_items = torch.from_numpy(rows).to(device), torch.from_numpy(seen).to(device)
-    top_scores, top_items = full_top_k(hidden, encoder.output_weight.float(), k, seen_rows, seen_items,
-                                       chunk=chunk_size)  # (B, k), (B, k)
-    return top_scores.cpu(), top_items.cpu()
+def tensor_state(tensor: Tensor) -> tuple[int, int] | None:
+    """Whether ``tensor`` still holds what it held: its identity and its count of in-place writes.
+
+    ``Tensor._version`` is PyTorch's counter of in-place writes (``copy_``, ``load_state_dict``, an
+    optimizer step, ``+=``). There is no public equivalent, so the private attribute is read here only
+    (``tests/test_recommend_users.py`` checks that it still counts). ``None`` (never equal to a kept
+    state) for an inference tensor, which keeps no counter.
+    """
+    if tensor.is_inference():
+        return None
+    return id(tensor), tensor._version
+
+
+class MostPopular:
+    """The fallback answer (a sequence with no known item): the items by training interactions, sorted once.
+
+    Sorting the counts is an ``O(I log I)`` pass that depends on no request (in 0.3.0 a ``topk`` per
+    call: a third of a ``recommend`` call at a million items), so it is done when the counts are first needed and again
+    only when they changed (:func:`tensor_state`: another buffer, or the same one written in place,
+    as ``load_state_dict`` and ``set_item_vocabulary`` do). Ties go to the lower item id.
+    """
+
+    def __init__(self) -> None:
+        self._source: weakref.ref | None = None  # the counts the ranking was built from
+        self._state: tuple[int, int] | None = None
+        # (I,) float64 counts, best first, and (I,) int64 their internal ids: one attribute, so a call in
+        # another thread never sees the counts of one ranking with the ids of another
+        self._ranking: tuple[Tensor, Tensor] | None = None
+
+    def top(self, popularity: Tensor | None, num_items: int, k: int) -> tuple[Tensor, Tensor]:
+        """The ``min(k, num_items)`` most popular items: their counts ``(k,)`` float64 and ids ``(k,)`` int64.
+
+        Args:
+            popularity: ``(num_items + 1,)`` training interactions per item (index 0: padding), or
+                ``None`` (no counts: every item ties, so the lowest ids).
+            num_items: items of the model.
+            k: items wanted.
+        """
+        if popularity is None:
+            popularity = torch.zeros(num_items + 1, dtype=torch.int64)
+        if not self._holds(popularity):
+            self._ranking = _most_popular(popularity, num_items, num_items)  # (I,), (I,) every item, ranked
+            self._source, self._state = weakref.ref(popularity), tensor_state(popularity)
+        scores, items = self._ranking
+        return scores[:k], items[:k]
+
+    def _holds(self, popularity: Tensor) -> bool:
+        """The kept ranking is of these very counts, unchanged since."""
+        state = tensor_state(popularity)
+        return (self._ranking is not None and self._source is not None and self._source() is popularity
+                and state is not None and state == self._state)
+
+
+@contextmanager
+def _eval_mode(encoder: SASRec) -> Iterator[None]:
+    """Dropout off for the call: the submodules in training mode are switched to eval and back after.
+
+    Only those are touched, so a model already in eval mode (a service) pays one walk over its
+    modules, not two ``train()`` calls that set every module's flag (about a sixth of a call at 10^4
+    items and one history).
+    """
+    training = [module for module in encoder.modules() if module.training]
+    for module in training:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def _as_lists(ids: np.ndarray, scores: Tensor) -> tuple[list[list], list[list[float]]]:
@@ -181,11 +246,12 @@ def recommend(
     batch_size: int = 1024,
     strict: bool = False,
     chunk_size: int | str = "auto",
+    most_popular: MostPopular | None = None,
 ) -> Recommendations:
     """Recommend the top ``k`` items after each item sequence (oldest item first).
 
     Args:
-        encoder: a trained encoder (switched to eval mode for the call and restored after).
+        encoder: a trained encoder (its dropout is off for the call and restored after).
         sequences: item-id sequences, original ids when ``vocabulary`` is given, otherwise internal
             ids ``1..num_items``.
         k: items per sequence.
@@ -197,6 +263,8 @@ def recommend(
             warning). Either way ``Recommendations.fallback`` marks the sequences answered with the
             most-popular items.
         chunk_size: items scored at once, or ``"auto"`` (:func:`~sasrec_lightning.ranking.chunk_items`).
+        most_popular: the fallback's ranking kept between calls (the module's); ``None`` sorts the
+            counts for this call.
 
     Returns:
         :class:`Recommendations`, one entry per input sequence, in input order.
@@ -208,39 +276,65 @@ def recommend(
     """
     _check_arguments(sequences, k)
     items, offsets = _internal_sequences(sequences, vocabulary, encoder.num_items, strict)
-    starts, ends = offsets[:-1], offsets[1:]  # (B,), (B,)
-    empty = ends - starts == 0  # (B,) nothing known to attend to: the most-popular items
-    popular_scores, popular_items = _most_popular(popularity, encoder.num_items, k)  # (k,), (k,)
-    out_items: list[list] = []
-    out_scores: list[list[float]] = []
-    untrusted = 0  # sequences answered by the model whose top-k is not finite
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            for begin in range(0, len(sequences), batch_size):
-                rows = slice(begin, begin + batch_size)
-                top_scores, top_items = _top_k_batch(encoder, items, starts[rows], ends[rows], k,
-                                                     exclude_seen, chunk_size)  # (B, k), (B, k)
-                fallback = torch.from_numpy(empty[rows])  # (B,)
-                excluded = torch.from_numpy(ends[rows] - starts[rows]) if exclude_seen else None  # (B,)
-                untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded) & ~fallback).sum())
-                top_items[fallback] = popular_items
-                top_scores[fallback] = popular_scores.to(top_scores.dtype)
-                ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
-                batch_items, batch_scores = _as_lists(ids, top_scores)
-                out_items += batch_items
-                out_scores += batch_scores
-    finally:
-        encoder.train(was_training)
-    if untrusted:
-        raise _untrusted_error(encoder, untrusted, int((~empty).sum()))
-    if empty.any():
+    out = recommend_histories(encoder, items, offsets[:-1], offsets[1:], k, exclude_seen, vocabulary, popularity,
+                              batch_size, chunk_size, most_popular)
+    empty = sum(out.fallback)
+    if empty:
         warnings.warn(
-            f"recommend: {int(empty.sum())} sequence(s) had no known item; answered with the "
+            f"recommend: {empty} sequence(s) had no known item; answered with the "
             "most-popular items (scores are interaction counts)",
             stacklevel=3,
         )
+    return out
+
+
+def recommend_histories(
+    encoder: SASRec,
+    items: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    k: int,
+    exclude_seen: bool,
+    vocabulary: ItemVocabulary | None,
+    popularity: Tensor | None,
+    batch_size: int = 1024,
+    chunk_size: int | str = "auto",
+    most_popular: MostPopular | None = None,
+) -> Recommendations:
+    """The top ``k`` items after each history ``items[starts[b]:ends[b]]`` (internal ids, CSR), as ``predict`` does.
+
+    Each batch is built by :func:`~sasrec_lightning.batches.history_batch` and scored by
+    :func:`predict_top_k`, the two steps of ``predict``; an empty history gets the most-popular items.
+
+    Raises:
+        ModelError: a history answered by the model got a NaN or infinite score among its top ``k``.
+    """
+    most_popular = most_popular if most_popular is not None else MostPopular()
+    empty = ends - starts == 0  # (B,) nothing known to attend to: the most-popular items
+    popular_scores, popular_items = most_popular.top(popularity, encoder.num_items, k)  # (k,), (k,)
+    device = encoder.output_weight.device
+    out_items: list[list] = []
+    out_scores: list[list[float]] = []
+    untrusted = 0  # histories answered by the model whose top-k is not finite
+    with _eval_mode(encoder), torch.no_grad():
+        for begin in range(0, len(starts), batch_size):
+            rows = slice(begin, begin + batch_size)
+            batch = history_batch(items, starts[rows], ends[rows], encoder.max_len,
+                                  np.arange(begin, begin + len(starts[rows])))
+            batch = {key: value.to(device) for key, value in batch.items()}
+            prediction = predict_top_k(encoder, batch, k, exclude_seen, chunk_size)
+            top_scores, top_items = prediction["scores"].cpu(), prediction["items"].cpu()  # (B, k), (B, k)
+            fallback = torch.from_numpy(empty[rows])  # (B,)
+            excluded = torch.from_numpy(ends[rows] - starts[rows]) if exclude_seen else None  # (B,)
+            untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded) & ~fallback).sum())
+            top_items[fallback] = popular_items
+            top_scores[fallback] = popular_scores.to(top_scores.dtype)
+            ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())
+            batch_items, batch_scores = _as_lists(ids, top_scores)
+            out_items += batch_items
+            out_scores += batch_scores
+    if untrusted:
+        raise _untrusted_error(encoder, untrusted, int((~empty).sum()))
     return Recommendations(out_items, out_scores, empty.tolist())
 
 

@@ -8,6 +8,9 @@ requests rather than trains. It keeps
   module's public ``item_ids()`` at setup;
 * ``item_popularity``: a buffer (saved with the weights) of training interactions per item, the
   data module's ``item_popularity()``, for the answer to a sequence with no known item;
+* the user histories of a data module for ``recommend_users`` (:class:`~sasrec_lightning.serving.histories.
+  UserHistories`) and the most-popular ranking (:class:`~sasrec_lightning.recommend.MostPopular`), built on
+  first use and again when the data module or the counts change;
 * the top-K of ``predict_step``, set by the prediction writer through :meth:`set_prediction`;
 * the count of predicted users whose top-K is not finite: ``predict`` checks the weights when it
   starts and these counts when its last batch is done, before the writer writes (``divergence.py``).
@@ -25,7 +28,16 @@ from torch import Tensor
 from ..data.vocabulary import ItemVocabulary
 from ..errors import ModelError
 from ..model.divergence import nonfinite_parameters, untrusted_rows, weights_error
-from .recommend import Recommendations, predict_top_k, recommend, served_items
+from .histories import UserHistories
+from .recommend import (
+    MostPopular,
+    Recommendations,
+    check_k,
+    predict_top_k,
+    recommend,
+    recommend_histories,
+    served_items,
+)
 
 __all__ = ["ServingMixin"]
 
@@ -39,6 +51,8 @@ class ServingMixin:
         self.predict_k, self.predict_exclude_seen = 10, True  # see set_prediction
         self._untrusted_users: Tensor | None = None  # predicted users with a non-finite top-K, on the device
         self._predicted_users = 0
+        self._most_popular = MostPopular()  # recommend's fallback ranking, sorted once per item_popularity
+        self._user_histories: dict[str, UserHistories] = {}  # recommend_users's, per history, of one data module
 
     def set_prediction(self, k: int = 10, exclude_seen: bool = True) -> None:
         """What ``predict_step`` returns: the top ``k`` items per user, the user's own items excluded or not.
@@ -148,4 +162,58 @@ class ServingMixin:
             scores, and whether it was answered with the most-popular items (no known item).
         """
         return recommend(self.model, sequences, k, exclude_seen, self.item_vocabulary, self.item_popularity,
-                         strict=strict, chunk_size=self.evaluation.chunk_size)
+                         strict=strict, chunk_size=self.evaluation.chunk_size, most_popular=self._most_popular)
+
+    def recommend_users(self, users: Sequence, datamodule=None, k: int = 10, exclude_seen: bool = True,
+                        strict: bool = False, history: str = "full") -> Recommendations:
+        """Top-``k`` items for users of the training data, by their original ids: ``predict`` from Python.
+
+        Each user's history is taken from ``datamodule`` (the data the model was trained on), so no
+        sequence has to be rebuilt from the raw file. With ``history="full"`` the answer is the
+        ``predict`` output's row for that user (the same batches, :func:`~sasrec_lightning.batches.
+        history_batch`, and the same scoring, :func:`~sasrec_lightning.recommend.predict_top_k`).
+
+        Args:
+            users: original user ids (integers or strings, as in the data; an integer id and its text
+                match, as in ``--data.predict_users``).
+            datamodule: a ``SASRecDataModule`` of the training data; ``None``: the trainer's.
+            k: items per user.
+            exclude_seen: never recommend an item of the user's history (the whole history, as
+                ``predict --prediction.exclude_seen``).
+            strict: raise ``KeyError`` on a user id not in the data instead of answering it with the
+                most-popular items (and one warning naming the first five unknown ids).
+            history: ``full``: every interaction of the user (what ``predict`` uses); ``train``: the
+                training part only (the held-out validation and test items left out).
+
+        Returns:
+            ``Recommendations(items, scores, fallback)``, one entry per user id, in input order:
+            original item ids best first, their scores, and ``fallback`` ``True`` for an unknown user
+            (answered with the most-popular items, scores = interaction counts).
+
+        Raises:
+            KeyError: ``strict`` and a user id is not in the data.
+            ValueError: no data module, another dataset's, or an unknown ``history``; a diverged model
+                (``ModelError``).
+        """
+        check_k(k)
+        if isinstance(users, (str, bytes)) or not hasattr(users, "__len__"):
+            raise TypeError(f"users must be a list of user ids, e.g. [17, 42]; got {users!r:.80}. For one user pass "
+                            "[user]")
+        histories = self._histories(datamodule, history)
+        starts, ends = histories.rows(users, strict)  # (B,), (B,)
+        return recommend_histories(self.model, histories.items, starts, ends, k, exclude_seen, self.item_vocabulary,
+                                   self.item_popularity, chunk_size=self.evaluation.chunk_size,
+                                   most_popular=self._most_popular)
+
+    def _histories(self, datamodule, history: str) -> UserHistories:
+        """The user histories of ``datamodule`` (or the trainer's), built on first use and kept while it is the same."""
+        datamodule = datamodule if datamodule is not None else self._datamodule()
+        if datamodule is None:
+            raise ValueError("recommend_users: no data module; pass datamodule=SASRecDataModule(...) of the data the "
+                             "model was trained on (the same path and preprocessing options), or call it on a module "
+                             "attached to a trainer with one")
+        kept = self._user_histories.get(history)
+        if kept is None or not kept.of(datamodule) or kept.vocabulary is not self.item_vocabulary:
+            kept = self._user_histories[history] = UserHistories(datamodule, history, self.item_vocabulary,
+                                                                 self.model.num_items)
+        return kept
