@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -94,3 +98,16 @@ def test_reference_recipes_carry_the_authors_code_settings(name):
         return {"path": options.get("path"), **{key: source.get(key) for key in ("url", "user_column", "item_column")}}
 
     assert where(recommended["data"]["init_args"]) == where(data)
+
+
+def test_the_resumable_fragment_composes_with_a_config_that_turns_checkpointing_off(tmp_path):
+    """`-c quickstart -c trainer/resumable` (quickstart turns checkpointing off) trains and leaves last.ckpt."""
+    tiny = ["--model.init_args.encoder.hidden_size", "8", "--model.init_args.encoder.num_blocks", "1",
+            "--data.max_len", "8", "--data.source.synthetic_users", "40", "--data.source.synthetic_items", "30",
+            "--data.loader.num_eval_negatives", "10", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+            "2", "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"]
+    result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", "fit", "-c", "quickstart", "-c",
+                             "trainer/resumable", *tiny], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "checkpoints" / "last" / "last.ckpt").is_file()
