@@ -111,3 +111,16 @@ def test_the_resumable_fragment_composes_with_a_config_that_turns_checkpointing_
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "checkpoints" / "last" / "last.ckpt").is_file()
+
+
+def test_trainer_options_lightning_refuses_together_are_one_error_line(tmp_path):
+    """Lightning's MisconfigurationException at trainer creation is one `error:` line, exit 2, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "sasrec_lightning.cli", "fit", "-c", "quickstart",
+                             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                             "--data.source.synthetic_users", "40", "--trainer.max_epochs", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "enable_checkpointing=False" in lines[0] and "the trainer options do not fit together" in lines[0]

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ..data.datamodule import SASRecDataModule
+from ..errors import OptionError
 from ..serving.prediction import PredictionWriter
 from ..training.baselines import most_popular_metrics
 from ..training.callbacks import ResumedEpochProgress, SaveOnInterrupt, StopOnSigterm
@@ -108,8 +109,10 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as error:
             problem = missing_gpu_error(self.config_dump_value("trainer").get("accelerator"), self._given_args)
-            if problem is None:
-                raise
+            if problem is None:  # Lightning's own check of trainer options that do not fit together: one line
+                problem = OptionError(f"the trainer options do not fit together: {error} Check the trainer "
+                                      "section of the configs given with -c (a later one overrides an earlier "
+                                      "one) and the --trainer.* flags")
             raise problem from error
         use_safe_checkpoint_io(trainer)
         trainer.callbacks.extend([StopOnSigterm(), SaveOnInterrupt(), ResumedEpochProgress()])
