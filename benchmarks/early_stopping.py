@@ -4,7 +4,7 @@ Train once without early stopping (a patience larger than ``max_epochs``), with 
 replay Lightning's ``EarlyStopping`` rule (mode ``max``, ``min_delta`` 0: a validation counts as an
 improvement only when it beats the best so far) for several patiences on the recorded curve:
 
-    sed -e 's/patience: 10/patience: 1000/' -e 's#save_dir: lightning_logs#save_dir: curves#' \
+    sed -e 's/patience: 20/patience: 1000/' -e 's#save_dir: lightning_logs#save_dir: curves#' \
         configs/beauty.yaml > beauty-nostop.yaml                      # the config, without stopping early
     sasrec-lightning fit -c beauty-nostop.yaml                         # 200 epochs, every validation logged
     python benchmarks/early_stopping.py curves/beauty/version_0/metrics.csv --plot curves.png
