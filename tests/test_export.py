@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +90,8 @@ def test_onnx_export_matches_pytorch(encoder, tmp_path):
         assert_scores_match(scores, hidden, *reference(encoder, ids))
 
 
-def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
+def tiny_checkpoint(tmp_path) -> tuple[Path, SASRecModule]:
+    """A ``SASRecModule`` (5 items, ``max_len`` 4, item ids) saved as ``fit`` saves it: the file and the module."""
     import lightning as L
 
     torch.manual_seed(0)
@@ -99,6 +101,11 @@ def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
                         enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
+    return tmp_path / "model.ckpt", module
+
+
+def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
+    _, module = tiny_checkpoint(tmp_path)
     main(["--ckpt_path", str(tmp_path / "model.ckpt"), "--output", str(tmp_path / "serve" / "model.pt")])
     assert "model.pt.items.json" in capsys.readouterr().out
     assert json.loads((tmp_path / "serve" / "model.pt.items.json").read_text()) == ["", "a", "b", "c", "d", "e"]
@@ -107,20 +114,6 @@ def test_export_command_writes_model_and_item_ids(tmp_path, capsys):
     assert_scores_match(*loaded(ids), *reference(module.model.eval(), ids))
     with pytest.raises(ValueError, match=r"expected \.onnx"):
         export_checkpoint(tmp_path / "model.ckpt", tmp_path / "model.bin")
-
-
-def tiny_checkpoint(tmp_path):
-    """A saved ``SASRecModule`` (5 items, ``max_len`` 4) with item ids, as ``fit`` writes it."""
-    import lightning as L
-
-    torch.manual_seed(0)
-    module = SASRecModule(num_items=5, max_len=4, encoder=EncoderOptions(hidden_size=8, num_blocks=1))
-    module.set_item_vocabulary(["", "a", "b", "c", "d", "e"], [0, 1, 2, 3, 4, 5])
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(tmp_path / "model.ckpt")
-    return tmp_path / "model.ckpt"
 
 
 def longer_than_max_len() -> list[torch.Tensor]:
@@ -161,7 +154,7 @@ def test_exported_outputs_do_not_require_grad(encoder, tmp_path):
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
 def test_onnx_export_without_the_extra_is_one_error_line(missing, tmp_path, capsys, monkeypatch):
-    checkpoint = tiny_checkpoint(tmp_path)
+    checkpoint, _ = tiny_checkpoint(tmp_path)
     monkeypatch.setitem(sys.modules, missing, None)  # `import onnx` raises ImportError, as when not installed
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt_path", str(checkpoint), "--output", str(tmp_path / "model.onnx")])
