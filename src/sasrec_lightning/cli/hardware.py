@@ -14,6 +14,7 @@ import yaml
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
 from ..errors import OptionError
+from . import bounded_yaml
 from .configs import packaged_configs
 
 __all__ = ["missing_gpu_error"]
@@ -40,9 +41,9 @@ def _shown(path: str) -> str:
 
 
 def _sets_accelerator(path: str) -> bool:
-    try:
-        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    try:  # (the CLI's own YAML loader, bounded like every config it reads)
+        content = bounded_yaml.load(Path(path).read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OptionError):
         return False
     trainer = content.get("trainer") if isinstance(content, dict) else None
     return isinstance(trainer, dict) and "accelerator" in trainer
