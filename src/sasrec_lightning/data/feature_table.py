@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..errors import DataError
 from .cache import SequenceCache, _fsync, cache_key
 from .columns import _MISSING_TOKENS, _ids
-from .diagnostics import row_hint
+from .diagnostics import json_problem, row_hint
 from .features import UNKNOWN, FeatureColumn, ItemFeatures
 from .formats import first_false, quote_line
 from .locations import check_local, detect_format, local_path, source_identity
@@ -158,6 +158,11 @@ def read_item_table(path: Any, options: FeatureOptions, cache_dir: str | None = 
     except DataError as error:
         raise _for_features(error) from None
     _check_columns(item_table.table.column_names, options, item_table.source)
+    for name, kind in options.columns.items():
+        if getattr(item_table.table.column(name).type, "extension_name", None) == "arrow.json":  # mixed JSON types
+            problem = json_problem(item_table.source, [name]) if os.path.isfile(item_table.source) else None
+            raise DataError(problem or f"{item_table.source}: {kind} column {name!r} mixes JSON types (e.g. a string "
+                                       "on some lines, a list on others); expected one type per column")
     if item_table.table.num_rows == 0:
         raise DataError(f"{item_table.source}: the item table has no rows; expected one row per item with the "
                         f"columns {_wanted(options)}")
@@ -342,8 +347,8 @@ def _numeric(items: ItemTable, column: str) -> tuple[np.ndarray, tuple[float, fl
     infinite = np.isinf(numbers)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
-        raise DataError(f"{items.source}, {items.where(row)}: numeric column {column!r} is {numbers[row]!r}, not a "
-                        f"finite number; expected {expected}")
+        raise DataError(f"{items.source}, {items.where(row)}: numeric column {column!r} is "
+                        f"{float(numbers[row])!r}, not a finite number; expected {expected}")
     present = numbers[~np.isnan(numbers)]
     mean = float(present.mean()) if len(present) else 0.0
     std = float(present.std()) if len(present) else 0.0
@@ -369,8 +374,8 @@ def _vector(items: ItemTable, column: str) -> np.ndarray:
     if not np.isfinite(numbers).all():
         bad = int(np.flatnonzero(~np.isfinite(numbers))[0])
         raise DataError(f"{items.source}, {items.where(int(parents[bad]))}: vector column {column!r} has the element "
-                        f"{numbers[bad]!r}, not a finite number; expected {expected} (a missing vector: an empty "
-                        "cell or null)")
+                        f"{float(numbers[bad])!r}, not a finite number; expected {expected} (a missing vector: an "
+                        "empty cell or null)")
     present = pc.is_valid(lists).to_numpy(zero_copy_only=False)  # (n,)
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)  # (n,)
     rows = np.flatnonzero(present)
