@@ -188,6 +188,31 @@ def test_a_table_in_memory_gives_what_its_file_gives(tmp_path):
     assert _module(tmp_path, FeatureOptions(path=frame, **KINDS)).item_features.info["cache"]["hit"] is True
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "disk", "tsv"])
+def test_every_format_gives_what_the_csv_gives(tmp_path, kind):
+    rows = {"item": [3, 1, 9], "genre": ["x", None, "y"], "price": [1.0, None, 3.0]}
+    csv = _items(tmp_path, "item,genre,price\n3,x,1\n1,,\n9,y,3\n")
+    if kind == "jsonl":
+        path = _items(tmp_path, _jsonl([dict(zip(rows, values, strict=True)) for values in zip(*rows.values(),
+                                                                                              strict=True)]),
+                      "items.jsonl")
+    elif kind == "parquet":
+        path = tmp_path / "items.parquet"
+        pq.write_table(pa.table(rows), path)
+    elif kind == "tsv":
+        path = _items(tmp_path, "item\tgenre\tprice\n3\tx\t1\n1\t\t\n9\ty\t3\n", "items.tsv")
+    else:
+        path = tmp_path / "items_folder"
+        datasets.DatasetDict({"catalogue": datasets.Dataset.from_dict(rows)}).save_to_disk(str(path))
+    split = "catalogue" if kind == "disk" else "train"
+    expected = _module(tmp_path, FeatureOptions(path=str(csv), categorical=["genre"], numeric=["price"])).item_features
+    features = _module(tmp_path, FeatureOptions(path=str(path), categorical=["genre"], numeric=["price"],
+                                                split=split)).item_features
+    for name, values in expected.values.items():
+        np.testing.assert_array_equal(features.values[name], values)
+    assert features.has_row.tolist() == expected.has_row.tolist() and features.info["cold_items"] == 1
+
+
 def test_features_cached_beside_the_sequences_are_not_read_again(tmp_path, monkeypatch):
     reads = []
     read = feature_table.read_item_table
@@ -304,6 +329,10 @@ BAD_TABLES = {
     "item column not in the table": (
         "items.csv", "item_id,genre\n1,x\n", dict(categorical=["genre"]),
         ["column(s) 'item' (--data.features.item_column) not found; the columns are ['item_id', 'genre']"]),
+    "item ids that are lists": (
+        "items.parquet", _parquet(pa.table({"item": [[1]], "genre": ["x"]})), dict(categorical=["genre"]),
+        ["items.parquet: the item field 'item' has type list<", "expected one integer or text id per row, not a "
+         "list, a record or raw bytes (point --data.features.item_column at a column of plain ids)"]),
     "duplicate item ids": (
         "items.csv", "item,genre\n1,x\n2,y\n\n1,z\n", dict(categorical=["genre"]),
         ["items.csv, line 2 and line 5: item id 1 (column 'item') appears twice; expected one row per item"]),
@@ -352,7 +381,9 @@ BAD_TABLES = {
         "items.parquet", _parquet(pa.table({"item": pa.array([], pa.int64()), "genre": pa.array([], pa.string())})),
         dict(categorical=["genre"]), ["items.parquet: the Parquet file has no rows"]),
     "empty file": (
-        "items.csv", "", dict(categorical=["genre"]), ["data file", "items.csv' is empty"]),
+        "items.csv", "", dict(categorical=["genre"]),
+        ["item table ", "items.csv' is empty; expected one row per item with the columns ['item', 'genre'] (csv "
+         "format)"]),
     "missing file": (
         None, None, dict(categorical=["genre"]),
         ["item table", "absent.csv' does not exist; point --data.features.path at an existing file"]),
@@ -366,11 +397,11 @@ BAD_TABLES = {
          "--data.features.add_cold_items true"]),
     "text ids against integer interactions": (
         "items.csv", "item,genre\n1,x\nB00X,y\n", dict(categorical=["genre"]),
-        ["items.csv, line 3: item id 'B00X' in column 'item' is text (1 of the 2 ids are), but the interactions' "
-         "item ids are integers"]),
+        ["items.csv, line 3: item id 'B00X' in column 'item' is not an integer (1 of the table's 2 ids are not), "
+         "but the interactions' item ids are integers (e.g. [1, 2, 3])"]),
     "ids with leading zeros against integer interactions": (
         "items.csv", "item,genre\n0001,x\n", dict(categorical=["genre"]),
-        ["items.csv, line 2: item id '0001' in column 'item' is text"]),
+        ["items.csv, line 2: item id '0001' in column 'item' is not an integer"]),
     "wrong number of fields": (
         "items.csv", "item,genre\n1,x,extra\n", dict(categorical=["genre"]),
         ["items.csv, line 2: 3 fields, but the header line has 2"]),

@@ -109,6 +109,16 @@ def _check_columns(names: list[str], options: FeatureOptions, source: str) -> No
                         "Expected the names of the item table's columns in those options")
 
 
+def _check_exists(path: str, format: str, options: FeatureOptions) -> None:
+    """A local item table that is missing or empty, named as the item table (``check_local`` names ``--data.path``)."""
+    if not os.path.lexists(path):
+        raise DataError(f"item table {path!r} does not exist; point --data.features.path at an existing file "
+                        "(or a folder saved with save_to_disk, or a hub dataset id with --data.features.format hub)")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise DataError(f"item table {path!r} is empty; expected one row per item with the columns "
+                        f"{_wanted(options)} ({format} format)")
+
+
 def _read_local(path: str, options: FeatureOptions, cache_dir: str | None) -> ItemTable:
     path = local_path(path)
     format = options.format or detect_format(path)
@@ -120,10 +130,7 @@ def _read_local(path: str, options: FeatureOptions, cache_dir: str | None) -> It
                         f"attributes; expected one of {list(ITEM_TABLE_FORMATS)} (set --data.features.format, "
                         "e.g. tsv for a tab-separated .txt file)")
     if format != "hub":
-        if not os.path.lexists(path):
-            raise DataError(f"item table {path!r} does not exist; point --data.features.path at an existing file "
-                            "(or a folder saved with save_to_disk, or a hub dataset id with --data.features.format "
-                            "hub)")
+        _check_exists(path, format, options)
         check_local(path, format)
     wanted = _wanted(options)
     if format in ("csv", "tsv"):
@@ -195,9 +202,9 @@ def _aligned_ids(items: ItemTable, options: FeatureOptions, catalogue: np.ndarra
             bad = first_false(pc.less_equal(pc.utf8_length(text), 18))  # a candidate beyond int64
     count = len(text) - int(pc.sum(pc.fill_null(plain, False)).as_py() or 0)
     raise DataError(f"{items.source}, {items.where(bad)}: item id {quote_line(str(text[bad].as_py()))} in column "
-                    f"{options.item_column!r} is text ({count} of the {len(text)} ids are), but the interactions' "
-                    f"item ids are integers (e.g. {catalogue[1:4].tolist()}); expected the interactions' original "
-                    "item ids, written as they are (an integer without leading zeros)")
+                    f"{options.item_column!r} is not an integer ({count} of the table's {len(text)} ids are not), but "
+                    f"the interactions' item ids are integers (e.g. {catalogue[1:4].tolist()}); expected the "
+                    "interactions' original item ids, written as they are (integers without leading zeros)")
 
 
 def _check_unique(ids: np.ndarray, items: ItemTable, column: str) -> None:
@@ -208,7 +215,7 @@ def _check_unique(ids: np.ndarray, items: ItemTable, column: str) -> None:
         first, second = sorted(order[[repeated[0], repeated[0] + 1]].tolist())
         raise DataError(f"{items.source}, {items.where(first)} and {items.where(second)}: item id "
                         f"{ids[first].item()!r} (column {column!r}) appears twice; expected one row per item "
-                        f"({len(repeated)} repeated ids in all)")
+                        f"({len(repeated)} repeated rows in all)")
 
 
 # ------------------------------------------------------------------------------------ the columns
@@ -558,10 +565,10 @@ def load_item_features(path: Any, options: FeatureOptions, item_ids: np.ndarray,
         if cache_root is not None and not is_in_memory(path):
             check_not_description(os.fspath(path))
             local = local_path(os.fspath(path))
-            if not os.path.lexists(local) and (options.format or detect_format(local)) != "hub":
-                cache_root = None  # a missing file: reading it raises the error, before anything touches the cache
-            else:
-                identity = table_identity(path, options, hash_content)
+            format = options.format or detect_format(local)
+            if format != "hub":
+                _check_exists(local, format, options)  # before the identity reads the file
+            identity = table_identity(path, options, hash_content)
         elif cache_root is not None:  # in memory: read it to know its content
             items = read_item_table(path, options, cache_dir)
             identity = {"in_memory_sha256": content_digest(items.table)}
