@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import re
 import sys
 
 import datasets
@@ -14,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import REPO
 from feature_helpers import make_item_features
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli.app import main
@@ -304,6 +308,13 @@ def test_bad_feature_options_name_the_option(case):
     assert message in str(error.value)
 
 
+def test_an_empty_table_in_memory_is_an_error(tmp_path):
+    empty = pa.table({"item": pa.array([], pa.int64()), "genre": pa.array([], pa.string())})
+    with pytest.raises(DataError, match=r"^<pyarrow.Table 0 rows>: the item table has no rows; expected one row per "
+                                        r"item with the columns \['item', 'genre'\]$"):
+        _module(tmp_path, FeatureOptions(path=empty, categorical=["genre"])).item_features  # noqa: B018
+
+
 def test_columns_without_a_table_are_an_error(tmp_path):
     with pytest.raises(OptionError, match=r"--data.features lists the columns \['genre'\], but --data.features.path "
                                           "is empty"):
@@ -468,3 +479,28 @@ def test_bad_item_table_through_the_cli_exits_2_with_one_line(tmp_path, monkeypa
     assert message.startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1]), err
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def test_the_worked_example_of_docs_features_md(tmp_path, monkeypatch, capsys):
+    """The example's files, config and printed lines are what the package reads and prints."""
+    doc = (REPO / "docs" / "features.md").read_text()
+    example = doc[doc.index("### A worked example"):]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", example, re.S)
+    files = [text for language, text in blocks if language == "csv"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "interactions.csv").write_text(files[0])
+    (tmp_path / "movies.csv").write_text(files[1])
+    config = next(text for language, text in blocks if language == "yaml")
+    (tmp_path / "features.yaml").write_text(config.replace("max_epochs: 1", "max_epochs: 1, fast_dev_run: true"))
+    monkeypatch.setattr(sys, "argv", ["sasrec-lightning", "fit", "-c", "features.yaml", "--test_after_fit", "false",
+                                      "--trainer.enable_progress_bar", "false"])
+    main()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("[sasrec", "|"))]
+    quoted = [text for language, text in blocks if language == "text"][0].splitlines()
+    key = re.compile(r"(sequences(/features)?)/[0-9a-f]{32}")
+    assert [key.sub(r"\1/<key>", line) for line in printed] == quoted
+    code = next(text for language, text in blocks if language == "python")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(code, "docs/features.md", "exec"), {})  # noqa: S102  (the doc's own example)
+    expected = [line.split("  # ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    assert out.getvalue().splitlines() == expected
