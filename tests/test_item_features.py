@@ -189,6 +189,7 @@ def test_a_table_in_memory_gives_what_its_file_gives(tmp_path):
         np.testing.assert_array_equal(features.values[name], values)
     assert features.vocabularies == from_file.vocabularies and features.scaling == from_file.scaling
     assert in_memory.hparams["features"]["path"] == "<pandas.DataFrame 8 rows>"  # a description, never the table
+    assert in_memory.hparams_initial["features"]["path"] == "<pandas.DataFrame 8 rows>"  # what loggers are given
     assert _module(tmp_path, FeatureOptions(path=frame, **KINDS)).item_features.info["cache"]["hit"] is True
 
 

@@ -106,11 +106,11 @@ class SASRecDataModule(L.LightningDataModule):
         # A checkpoint holds plain values (it loads with weights_only=True): a table in memory is saved as its
         # description, never pickled (save_hyperparameters reads the arguments from these local variables).
         path = describe(path, self.source.split) if is_in_memory(path) else path
+        features = self.features.plain(path=_stored_path(self.features.path, self.features.split))  # likewise
         self.save_hyperparameters()
         self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
                             holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache),
-                            features=self.features.plain(path=_stored_path(self.features.path,
-                                                                           self.features.split)))
+                            features=features)
         if isinstance(path, str) and path:  # stored absolute: the checkpoint's data is found from any folder
             self.hparams["path"] = resolved_path(path)
         self._sequences: SequenceData | None = None

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
 
 
 # ------------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
 class ItemTable:
     """A raw item table and where it came from (for the messages).
 
@@ -70,8 +72,9 @@ class ItemTable:
         format: ``csv``, ``tsv``, ``parquet``, ``json``, ``disk``, ``hub`` or ``memory``.
     """
 
-    def __init__(self, table: pa.Table, source: str, format: str) -> None:
-        self.table, self.source, self.format = table, source, format
+    table: pa.Table
+    source: str
+    format: str
 
     def where(self, row: int) -> str:
         """``line 7`` (as the file shows it, the header counted) or ``row 7`` of 0-based data row ``row``."""
