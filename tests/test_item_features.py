@@ -193,7 +193,7 @@ def test_a_table_in_memory_gives_what_its_file_gives(tmp_path):
     assert _module(tmp_path, FeatureOptions(path=frame, **KINDS)).item_features.info["cache"]["hit"] is True
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "parquet", "disk", "tsv"])
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "disk", "tsv", "hub folder"])
 def test_every_format_gives_what_the_csv_gives(tmp_path, kind):
     rows = {"item": [3, 1, 9], "genre": ["x", None, "y"], "price": [1.0, None, 3.0]}
     csv = _items(tmp_path, "item,genre,price\n3,x,1\n1,,\n9,y,3\n")
@@ -206,13 +206,17 @@ def test_every_format_gives_what_the_csv_gives(tmp_path, kind):
         pq.write_table(pa.table(rows), path)
     elif kind == "tsv":
         path = _items(tmp_path, "item\tgenre\tprice\n3\tx\t1\n1\t\t\n9\ty\t3\n", "items.tsv")
+    elif kind == "hub folder":  # a folder of data files read as a hub dataset (offline)
+        path = tmp_path / "hub"
+        path.mkdir()
+        pq.write_table(pa.table(rows), path / "items.parquet")
     else:
         path = tmp_path / "items_folder"
         datasets.DatasetDict({"catalogue": datasets.Dataset.from_dict(rows)}).save_to_disk(str(path))
     split = "catalogue" if kind == "disk" else "train"
     expected = _module(tmp_path, FeatureOptions(path=str(csv), categorical=["genre"], numeric=["price"])).item_features
-    features = _module(tmp_path, FeatureOptions(path=str(path), categorical=["genre"], numeric=["price"],
-                                                split=split)).item_features
+    features = _module(tmp_path, FeatureOptions(path=str(path), categorical=["genre"], numeric=["price"], split=split,
+                                                format="hub" if kind == "hub folder" else None)).item_features
     for name, values in expected.values.items():
         np.testing.assert_array_equal(features.values[name], values)
     assert features.has_row.tolist() == expected.has_row.tolist() and features.info["cold_items"] == 1
