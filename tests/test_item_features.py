@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import sys
 
@@ -421,14 +422,29 @@ BAD_TABLES = {
     "wrong number of fields": (
         "items.csv", "item,genre\n1,x,extra\n", dict(categorical=["genre"]),
         ["items.csv, line 2: 3 fields, but the header line has 2"]),
+    "a named pipe": (
+        "items.csv", lambda path: os.mkfifo(path), dict(categorical=["genre"]),
+        ["data path ", "items.csv' is a named pipe (FIFO), not a regular file", "pass that with --data.features.path"]),
+    "hub id while offline": (
+        "hub:nobody/no-such-items", None, dict(categorical=["genre"], format="hub"),
+        ["hub dataset 'nobody/no-such-items' (name=None, split='train') could not be loaded (offline mode: "
+         "HF_HUB_OFFLINE=1)", "for a local file check --data.features.path"]),
     "JSON types that change": (
         "items.jsonl", _jsonl([{"item": 1, "genre": "x"}, {"item": 2, "genre": ["y"]}]), dict(categorical=["genre"]),
         ["items.jsonl, line 2: field 'genre' is a list (['y']), but on line 1 it is a string"]),
 }
 
 
+@pytest.fixture()
+def offline(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 def _bad_table(tmp_path, case):
     name, content, options, fragments = BAD_TABLES[case]
+    if name and name.startswith("hub:"):
+        return name.removeprefix("hub:"), options, fragments
     path = tmp_path / (name or "absent.csv")
     if callable(content):
         content(path)
@@ -438,7 +454,7 @@ def _bad_table(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", list(BAD_TABLES))
-def test_bad_item_table_is_one_data_error(tmp_path, case):
+def test_bad_item_table_is_one_data_error(tmp_path, offline, case):
     path, options, fragments = _bad_table(tmp_path, case)
     module = _module(tmp_path, FeatureOptions(path=str(path), **options))
     with pytest.raises(DataError) as error:
@@ -449,12 +465,6 @@ def test_bad_item_table_is_one_data_error(tmp_path, case):
     assert "\n" not in message and "--data.source." not in message and "--data.path" not in message
     folder = tmp_path / "cache" / "sequences" / "features"
     assert not folder.exists() or [path.name for path in folder.iterdir()] == []  # nothing cached, no lock left
-
-
-@pytest.fixture()
-def offline(monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _flag(value) -> str:
