@@ -80,11 +80,15 @@ def _annotation(parameter) -> str:
 def table(cls, heading: str, skip: tuple[str, ...] = ()) -> str:
     """A section: the ``__init__`` arguments of a class or option group, with their defaults and docstrings."""
     descriptions = docstring_args(cls)
+    factories = {field.name: field.default_factory for field in dataclasses.fields(cls)
+                 if field.default_factory is not dataclasses.MISSING} if dataclasses.is_dataclass(cls) else {}
     rows = ["| option | type | default | description |", "|---|---|---|---|"]
     for name, parameter in inspect.signature(cls.__init__).parameters.items():
         if name in ("self", *skip) or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
             continue
         default = "" if parameter.default is inspect.Parameter.empty else repr(parameter.default)
+        if name in factories:  # a list default: its value, not dataclasses' "<factory>"
+            default = repr(factories[name]())
         if dataclasses.is_dataclass(parameter.default):
             default = f"{type(parameter.default).__name__}()"
         text = descriptions.get(name, "").replace("``", "`")

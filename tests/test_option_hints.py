@@ -26,7 +26,7 @@ def one_error_line(capsys, args: list[str]) -> str:
      "did you mean encoder.hidden_size?"),
     (["--model.init_args.encoder.num_blockz", "1"], "did you mean encoder.num_blocks?"),
     (["--data.max_lenn", "8"], "--data.max_lenn: Option 'max_lenn' is not accepted by "
-                               "sasrec_lightning.SASRecDataModule; did you mean max_len?"),
+                               "sasrec_lightning.SASRecDataModule; did you mean max_len or features.max_values?"),
     # A prefix of an option is a typo too (no abbreviations): refused, not expanded to the option it starts.
     (["--data.preprocessing.min_user_interaction", "3"], "did you mean preprocessing.min_user_interactions"),
     # A misspelt 0.2 name: the closest option, in its group.

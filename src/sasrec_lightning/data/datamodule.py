@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import lightning as L
 import numpy as np
@@ -16,10 +16,12 @@ from ..errors import DataError, OptionError
 from ..validation import at_least, option_group
 from .batches import EvalBatches, TrainBatches, TrainingStatistics, UserBatchSampler
 from .cache import SequenceCache, cache_key, default_cache_root
+from .feature_table import load_item_features
+from .features import ItemFeatures
 from .loaders import ResumableLoader, batches_done_this_epoch
 from .locations import detect_format, download, local_path, resolved_path, source_identity
 from .memory import check_not_description, content_digest, describe, is_in_memory
-from .options import CacheOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
+from .options import CacheOptions, FeatureOptions, HoldoutOptions, LoaderOptions, PreprocessingOptions, SourceOptions
 from .preprocessing import (
     PreprocessOptions,
     SequenceData,
@@ -61,6 +63,9 @@ class SASRecDataModule(L.LightningDataModule):
         holdout: the split (``leave_one_out``, the paper's, or ``temporal``).
         loader: batch sizes, negatives per training position and per evaluated user, workers.
         cache: where the processed sequences are kept, and how sources are read.
+        features: the item table (attributes of the items: categories, tags, numbers, vectors) and how
+            its columns are encoded; its items without interactions are added as cold-start items
+            (docs/features.md). Empty ``path``: no item features.
         predict_users: ``predict`` only these users: a file with one original user id per line (or
             Parquet / JSON lines with a ``user`` column). Empty: every user.
         print_statistics: print the dataset statistics (paper Table II) when the data is loaded.
@@ -76,6 +81,7 @@ class SASRecDataModule(L.LightningDataModule):
         holdout: HoldoutOptions = HoldoutOptions(),
         loader: LoaderOptions = LoaderOptions(),
         cache: CacheOptions = CacheOptions(),
+        features: FeatureOptions = FeatureOptions(),
         predict_users: str | None = None,
         print_statistics: bool = True,
     ) -> None:
@@ -86,6 +92,9 @@ class SASRecDataModule(L.LightningDataModule):
         self.holdout = option_group(HoldoutOptions, holdout, "data.holdout")
         self.loader = option_group(LoaderOptions, loader, "data.loader")
         self.cache = option_group(CacheOptions, cache, "data.cache")
+        self.features = option_group(FeatureOptions, features, "data.features")
+        if isinstance(self.features.path, os.PathLike):
+            self.features = replace(self.features, path=os.fspath(self.features.path))
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if is_in_memory(path) and self.source.format:
@@ -97,12 +106,15 @@ class SASRecDataModule(L.LightningDataModule):
         # A checkpoint holds plain values (it loads with weights_only=True): a table in memory is saved as its
         # description, never pickled (save_hyperparameters reads the arguments from these local variables).
         path = describe(path, self.source.split) if is_in_memory(path) else path
+        features = self.features.plain(path=_stored_path(self.features.path, self.features.split))  # likewise
         self.save_hyperparameters()
         self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
-                            holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache))
+                            holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache),
+                            features=features)
         if isinstance(path, str) and path:  # stored absolute: the checkpoint's data is found from any folder
             self.hparams["path"] = resolved_path(path)
         self._sequences: SequenceData | None = None
+        self._item_features: ItemFeatures | None = None
         self._split: Split | None = None
         self._popularity: np.ndarray | None = None
         self._eval: dict[str, EvalBatches] = {}
@@ -118,12 +130,62 @@ class SASRecDataModule(L.LightningDataModule):
             else:
                 table = synthetic_interactions(self.source.synthetic_users, self.source.synthetic_items, seed=self.seed)
                 self._sequences = build_sequences(table, timestamp_column="timestamp")
+            self._sequences = self._with_item_features(self._sequences)
             self._report_statistics()
         return self._sequences
 
     def item_ids(self) -> np.ndarray:
-        """``(I + 1,)`` original item ids, internal id -> original id (index 0, padding, is a placeholder)."""
+        """``(I + 1,)`` original item ids, internal id -> original id (index 0, padding, is a placeholder).
+
+        With an item table, the cold-start items (table items without interactions) follow the
+        interactions' items: ids ``I + 1..I + C``, in the order of their original ids.
+        """
         return self.sequences.item_ids
+
+    # ------------------------------------------------------------------------- item features
+    def _item_table_source(self):
+        """The item table to encode: ``features.path`` (a path, a hub id or a table in memory), or ``None``."""
+        path = self.features.path
+        return None if path is None or (isinstance(path, str) and not path) else path
+
+    @property
+    def item_features(self) -> ItemFeatures | None:
+        """The encoded item table aligned with the internal item ids (cold-start items included), or ``None``."""
+        self.sequences  # noqa: B018  (encoded with the sequences: the catalogue depends on it)
+        return self._item_features
+
+    @property
+    def item_feature_spec(self) -> dict | None:
+        """What a model's item representation is built from (``ItemFeatures.spec()``), or ``None`` without features."""
+        features = self.item_features
+        return None if features is None else features.spec()
+
+    def _with_item_features(self, sequences: SequenceData) -> SequenceData:
+        """Encode the item table against ``sequences``' items; the catalogue grows by its cold-start items.
+
+        The interaction sequences (and their cache entry) stay as they are: only ``item_ids`` gets the
+        cold-start items appended, so they have ids but no interaction.
+        """
+        source = self._item_table_source()
+        if source is None:
+            listed = self.features.columns
+            if listed:
+                raise OptionError(f"--data.features lists the columns {list(listed)}, but --data.features.path is "
+                                  "empty; expected the item table holding them (--data.features.path FILE)")
+            return sequences
+        cache = self.cache
+        root = None
+        if cache.use:
+            root = os.path.join(os.path.join(cache.dir, "sequences") if cache.dir else default_cache_root(), "features")
+        features = load_item_features(source, self.features, sequences.item_ids, root, cache.dir,
+                                      cache.hash_source, cache.rebuild)
+        self._item_features = features
+        cold = np.asarray(features.info["cold_item_ids"])
+        if len(cold) == 0:
+            return sequences
+        item_ids = np.concatenate([np.asarray(sequences.item_ids, dtype=object if cold.dtype.kind not in "iu"
+                                              else None), cold])  # (I + C + 1,)
+        return replace(sequences, item_ids=item_ids, info={**sequences.info, "cold_items": len(cold)})
 
     def preprocess_options(self, format: str) -> PreprocessOptions:
         """The preprocessing recipe for a source of ``format`` (its reader's filter default, e.g. 0 for SASRec text)."""
@@ -200,15 +262,34 @@ class SASRecDataModule(L.LightningDataModule):
             filters = format_filters(self._sequences.info)  # what each filter removed, and its option
             if filters:
                 print(filters)
+            if self._item_features is not None:
+                print(self._features_line())
+
+    def _features_line(self) -> str:
+        """What the item table brought: rows, columns by kind, cold-start items, items without a row."""
+        features, num_items = self._item_features, self._sequences.num_items
+        info, cache = features.info, features.info.get("cache")
+        origin = "" if cache is None else f" ({'from cache' if cache['hit'] else 'cached to'} {cache['path']})"
+        kinds = ", ".join(f"{column.kind} {column.name!r}" for column in features.columns)
+        cold = info["cold_items"]
+        added = (f"{cold} cold-start items added (items of the table without interactions: ids "
+                 f"{num_items - cold + 1}..{num_items})") if cold else "no cold-start items"
+        return (f"[sasrec-lightning] item features{origin}: {info['rows']:,} rows of {info['source']} ({kinds}); "
+                f"{added}; {info['items_without_row']} items of the interactions have no row")
 
     @property
     def statistics(self) -> dict[str, float]:
-        """#users, #items, #actions and averages, as in the paper's Table II."""
-        return dataset_statistics(self.sequences)
+        """#users, #items, #actions and averages, as in the paper's Table II (and the cold-start items added)."""
+        sequences = self.sequences
+        cold = sequences.info.get("cold_items", 0)
+        if not cold:
+            return dataset_statistics(sequences)
+        statistics = dataset_statistics(replace(sequences, item_ids=sequences.item_ids[:-cold]))  # the interactions'
+        return {**statistics, "cold_start_items": cold}
 
     @property
     def num_items(self) -> int:
-        """Number of items (ids ``1..num_items``); linked into the model by the CLI."""
+        """Number of items (ids ``1..num_items``, cold-start items included); linked into the model by the CLI."""
         return self.sequences.num_items
 
     @property
@@ -439,6 +520,13 @@ class SASRecDataModule(L.LightningDataModule):
                                            for value in batch.values()):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def _stored_path(path, split: str):
+    """A path as hyper-parameters keep it: a table in memory as its description, a local path absolute."""
+    if is_in_memory(path):
+        return describe(path, split)
+    return resolved_path(path) if isinstance(path, str) and path else path
 
 
 def _time(value: int | str | None, field: str) -> int | None:

@@ -2,21 +2,21 @@
 
 ``--data.source.*`` (what to read and how its columns are named), ``--data.preprocessing.*`` (the
 filters), ``--data.holdout.*`` (the split), ``--data.loader.*`` (batches and negatives) and
-``--data.cache.*`` (where processed data is kept). ``path``, ``max_len`` and ``seed`` stay on the
-data module itself.
+``--data.cache.*`` (where processed data is kept) and ``--data.features.*`` (the item table: attributes of
+the items, docs/features.md). ``path``, ``max_len`` and ``seed`` stay on the data module itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 from ..errors import OptionError
 from ..validation import at_least, one_of
 from .preprocessing import PreprocessOptions
 
 __all__ = ["SourceOptions", "PreprocessingOptions", "HoldoutOptions", "LoaderOptions", "CacheOptions",
-           "RUNTIME_OPTIONS"]
+           "FeatureOptions", "FEATURE_KINDS", "ITEM_TABLE_FORMATS", "RUNTIME_OPTIONS"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,103 @@ class CacheOptions:
 
     def __post_init__(self) -> None:
         at_least("data.cache", "num_proc", self.num_proc, 1, optional=True)
+
+
+#: The kinds of item-feature columns, in the order their options are listed (``--data.features.<kind>``).
+FEATURE_KINDS = ("categorical", "multi", "numeric", "vector")
+
+#: The formats an item table can have (the interaction-only line formats hold no item attributes).
+ITEM_TABLE_FORMATS = ("csv", "tsv", "parquet", "json", "disk", "hub")
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """The item table: attributes of the items, one row per item (``--data.features.*``, docs/features.md).
+
+    Args:
+        path: item table: CSV/TSV, Parquet, JSON lines, a folder saved with ``save_to_disk`` or a hub dataset
+            id; from Python also a table in memory (as ``data.path``). Empty: no item features.
+        format: force a format (``csv``, ``tsv``, ``parquet``, ``json``, ``disk``, ``hub``) instead of
+            detecting it from the extension.
+        item_column: the item id column, in the interactions' original ids.
+        name: hub dataset configuration name.
+        split: hub dataset split (or the split of a ``save_to_disk`` DatasetDict or a DatasetDict in memory).
+        categorical: columns with one value per item (a category, a brand): each value gets a code;
+            empty or missing: the unknown code 0.
+        multi: columns with several values per item (genres, tags): a list, or one text split at
+            ``delimiter`` (``Action|Comedy``); at most ``max_values`` values are kept per item.
+        numeric: columns with one number per item (price, year), standardized with the table's mean and
+            standard deviation; empty, NaN or missing: a learned "missing" value.
+        vector: columns with a dense vector per item (e.g. a text embedding): a list of numbers, or text
+            of numbers separated by spaces or commas (``[0.1, 0.2]``); every row the same length; empty:
+            missing.
+        delimiter: separates the values of a ``multi`` column given as one text.
+        max_values: values kept per item in a ``multi`` column; longer lists are cut (with one warning).
+        add_cold_items: items in the table that have no interaction become cold-start items (internal
+            ids after the interactions' items, in order of their original ids); false: such items are
+            an error.
+    """
+
+    path: str | None = None  # from Python also a table in memory (kept as it is, never copied)
+    format: str | None = None
+    item_column: str = "item"
+    name: str | None = None
+    split: str = "train"
+    categorical: list[str] = field(default_factory=list)
+    multi: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    vector: list[str] = field(default_factory=list)
+    delimiter: str = "|"
+    max_values: int = 10
+    add_cold_items: bool = True
+
+    def __post_init__(self) -> None:
+        section = "data.features"
+        if self.format is not None:
+            one_of(section, "format", self.format, ITEM_TABLE_FORMATS)
+        if not isinstance(self.item_column, str) or not self.item_column:
+            raise OptionError(f"--{section}.item_column {self.item_column!r}: expected the name of the item id column")
+        seen: dict[str, str] = {}
+        for kind in FEATURE_KINDS:
+            names = getattr(self, kind)
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise OptionError(f"--{section}.{kind} {names!r}: expected a list of column names, e.g. [genre]")
+            for name in names:
+                if not name.strip():
+                    raise OptionError(f"--{section}.{kind} {list(names)!r}: a column name is empty; expected the "
+                                      "names of the item table's columns")
+                if name == self.item_column:
+                    raise OptionError(f"--{section}.{kind} lists {name!r}, the item id column "
+                                      f"(--{section}.item_column); expected attribute columns")
+                if name in seen:
+                    where = f"twice under --{section}.{kind}" if seen[name] == kind else \
+                        f"under both --{section}.{seen[name]} and --{section}.{kind}"
+                    raise OptionError(f"--{section}: column {name!r} is listed {where}; expected each column "
+                                      "once, under one kind")
+                seen[name] = kind
+        if not isinstance(self.delimiter, str) or not self.delimiter:
+            raise OptionError(f"--{section}.delimiter {self.delimiter!r}: expected a non-empty separator of the values "
+                              "of a multi column given as text (e.g. '|')")
+        at_least(section, "max_values", self.max_values, 1)
+        if _given(self.path) and not seen:
+            raise OptionError(f"--{section}.path is set, but no column is listed under --{section}.categorical / "
+                              f"multi / numeric / vector; expected at least one feature column of the item table")
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Feature column -> its kind, in the order the kinds and the columns are listed."""
+        return {name: kind for kind in FEATURE_KINDS for name in getattr(self, kind)}
+
+    def plain(self, path: Any = None) -> dict:
+        """The options as plain values (hyper-parameters, a cache key), with ``path`` replaced by ``path``."""
+        values = {option.name: getattr(self, option.name) for option in fields(self)}  # no deepcopy of a table
+        values.update({kind: list(values[kind]) for kind in FEATURE_KINDS}, path=path)
+        return values
+
+
+def _given(path: Any) -> bool:
+    """Whether a feature ``path`` names a table: a non-empty path or a table in memory."""
+    return path is not None and not (isinstance(path, str) and not path)
 
 
 #: Options that say how to run, not which data a model was trained on: never taken from a checkpoint,
