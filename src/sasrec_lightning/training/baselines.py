@@ -28,7 +28,7 @@ from ..errors import OptionError
 from ..model.metrics import RankingMetrics
 from .cold_start import WarmColdMetrics
 
-__all__ = ["most_popular_metrics", "category_popularity_metrics", "category_column"]
+__all__ = ["most_popular_metrics", "category_popularity_metrics", "category_column", "category_scores"]
 
 
 def most_popular_metrics(
