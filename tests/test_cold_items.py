@@ -295,9 +295,10 @@ def test_the_test_summary_prints_overall_warm_and_cold_for_the_model_and_both_ba
     assert lines[0].startswith("[sasrec-lightning] test (full protocol): NDCG@10 0.5000, HR@10 0.7500 | most-popular")
     assert lines[1] == ("[sasrec-lightning] test by target (full protocol; 2 warm and 2 cold targets; cold: no "
                         "training interaction):")
-    assert lines[3] == "  model" + " " * 16 + "0.5000  0.6250  0.3750 |  0.7500  1.0000  0.5000"
-    assert lines[4].startswith("  most-popular ") and lines[5].startswith("  category-popularity ")
-    assert len(lines) == 6
+    assert lines[3] == " " * 21 + "     all    warm    cold |     all    warm    cold"
+    assert lines[4] == "  model" + " " * 16 + "0.5000  0.6250  0.3750 |  0.7500  1.0000  0.5000"
+    assert lines[5].startswith("  most-popular ") and lines[6].startswith("  category-popularity ")
+    assert len(lines) == 7
 
 
 def test_the_warm_cold_table_says_n_a_for_a_group_without_users():

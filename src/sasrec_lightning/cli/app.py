@@ -229,8 +229,10 @@ def warm_cold_table(rows: dict[str, tuple[str, dict[str, float]]], k: int, proto
     users = "" if None in counts else f"; {int(counts[0])} warm and {int(counts[1])} cold targets"
     width = max(len(name) for name in rows) + 2
     groups = ("", "warm/", "cold/")
+    columns = "".join(f"{group or 'all':>8}" for group in ("", "warm", "cold"))
     lines = [f"[sasrec-lightning] test by target ({protocol} protocol{users}; cold: no training interaction):",
-             " " * width + f"{'NDCG@' + str(k):>8}    warm    cold | {'HR@' + str(k):>8}    warm    cold"]
+             (" " * width + f"{'NDCG@' + str(k):^24} |{'HR@' + str(k):^24}").rstrip(),
+             " " * width + f"{columns} |{columns}"]
     for name, (prefix, metrics) in rows.items():
         ndcg = "".join(cell(metrics, f"{prefix}{group}ndcg@{k}") for group in groups)
         hit = "".join(cell(metrics, f"{prefix}{group}hr@{k}") for group in groups)

@@ -150,8 +150,8 @@ def synthetic_item_features(
         ``vector_size`` float32, when ``vector_size`` > 0) and ``late`` (bool: released late; for reading the
         data, not a feature to train on).
     """
-    if num_items < 2 * num_categories or num_categories < 1 or tags_per_category < 1:
-        raise ValueError(f"need num_items >= 2 * num_categories >= 2 and tags_per_category >= 1, got {num_items} "
+    if num_items < num_categories or num_categories < 1 or tags_per_category < 1:
+        raise ValueError(f"need num_items >= num_categories >= 1 and tags_per_category >= 1, got {num_items} "
                          f"items, {num_categories} categories, {tags_per_category} tags per category")
     if not 0 <= late_share < 1 or not 0 <= missing_price <= 1:
         raise ValueError(f"need late_share in [0, 1) and missing_price in [0, 1], got {late_share}, {missing_price}")
