@@ -218,6 +218,7 @@ def _features(categories: list[int], tags: list[list[int]] | None = None) -> Ite
 def _category_ranks(batches: EvalBatches, codes: list[list[int]], exclude_seen: bool) -> np.ndarray:
     """The category-popularity ranks written out with Python loops (the reference)."""
     popularity = batches.popularity.tolist()
+    popularity += [0] * (len(codes) + 1 - len(popularity))  # items after the data's: no interaction
     groups = [c if any(c) else [0] for c in codes]  # item id - 1 -> its codes (none: the unknown group 0)
     totals = {}
     for item, mine in enumerate(groups, start=1):
@@ -259,6 +260,19 @@ def test_an_items_category_score_is_its_most_popular_categorys_training_interact
     # categories: 1 = {1}: 5, 2 = {1, 2}: 6, 3 = {4}: 4, unknown = {3}: 2; item 1 takes its best, 6 (not 5 + 6)
     assert category_scores(multi, popularity).tolist() == [-np.inf, 6, 6, 2, 4]
     assert category_scores(np.array([0, 1, 1, 0, 2]), popularity).tolist() == [-np.inf, 6, 6, 2, 4]
+
+
+def test_the_baselines_rank_the_items_an_item_table_adds_after_the_datas_too():
+    batches = _data(HoldoutOptions(cold_items=0.3)).eval_batches("test")
+    categories = [1, 2, 1, 3, 2, 3, 1, 2, 2, 3]  # items 9 and 10: in the item table, never interacted with
+    got = category_popularity_metrics(batches, _features(categories), None, "full", ks=(1, 3))
+    ranks = _category_ranks(batches, [[c] for c in categories], exclude_seen=True)
+    for group, members in (("", np.ones(4, bool)), ("cold/", batches.cold_targets)):
+        assert got[f"{group}ndcg@3"] == pytest.approx(_reference(ranks[members], 3)[0], rel=1e-6), group
+    unknown = _features([0] * 10)  # one group: the ranking is the most-popular one over the 10 items
+    over_ten = most_popular_metrics(batches, "full", ks=(1, 3), num_items=10)
+    assert category_popularity_metrics(batches, unknown, None, "full", ks=(1, 3)) == over_ten
+    assert over_ten != most_popular_metrics(batches, "full", ks=(1, 3))  # items 9 and 10 pass cold targets
 
 
 def test_category_popularity_without_any_known_category_is_the_most_popular_ranking():

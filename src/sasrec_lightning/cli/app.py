@@ -195,13 +195,14 @@ def print_test_summary(results: dict[str, float], evaluation, datamodule, logger
         return
     batches = datamodule.eval_batches("test")
     options = (evaluation.protocol, evaluation.exclude_seen, evaluation.top_k)
-    baseline = most_popular_metrics(batches, *options, prefix="test_most_popular/")
+    catalogue = getattr(datamodule, "num_items", None)  # with item features: cold-start items after the data's
+    baseline = most_popular_metrics(batches, *options, prefix="test_most_popular/", num_items=catalogue)
     rows = {"model": ("test/", results), "most-popular": ("test_most_popular/", baseline)}
     features = getattr(datamodule, "item_features", None)  # issue 26: a categorical column gives the second baseline
     if getattr(batches, "target_cold", False) and features is not None \
             and category_column(features, getattr(evaluation, "baseline_category", None)) is not None:
         category = category_popularity_metrics(batches, features, evaluation.baseline_category, *options,
-                                               prefix="test_category_popularity/")
+                                               prefix="test_category_popularity/", num_items=catalogue)
         baseline.update(category)
         rows["category-popularity"] = ("test_category_popularity/", category)
     if logger is not None:

@@ -33,7 +33,7 @@ __all__ = ["most_popular_metrics", "category_popularity_metrics", "category_colu
 
 def most_popular_metrics(
     batches: EvalBatches, protocol: str = "sampled", exclude_seen: bool = True, ks: Sequence[int] = (10,),
-    prefix: str = "", seed: int = 0,
+    prefix: str = "", seed: int = 0, num_items: int | None = None,
 ) -> dict[str, float]:
     """HR/NDCG/MRR of ranking items by their training-split popularity.
 
@@ -49,11 +49,13 @@ def most_popular_metrics(
         ks: cut-offs.
         prefix: prepended to metric names.
         seed: seed of the tie-breaking order.
+        num_items: the model's catalogue when it is larger than the sequences' (the cold-start items an item
+            table adds after them: no interaction, so popularity 0); empty: the sequences'.
 
     Returns:
         Metric name -> value (and the warm / cold ones when ``batches.target_cold``).
     """
-    counts = batches.popularity.astype(np.float64)  # (I + 1,)
+    counts = _popularity(batches, num_items)  # (I + 1,)
     counts += np.random.default_rng(seed).random(len(counts)) * 0.5  # strict order, ties broken at random
     counts[0] = -np.inf
     return _metrics(batches, _ranks(batches, counts, protocol, exclude_seen), ks, prefix)
@@ -81,6 +83,7 @@ def category_column(features: ItemFeatures, name: str | None = None) -> FeatureC
 def category_popularity_metrics(
     batches: EvalBatches, features: ItemFeatures, column: str | None = None, protocol: str = "sampled",
     exclude_seen: bool = True, ks: Sequence[int] = (10,), prefix: str = "", seed: int = 0,
+    num_items: int | None = None,
 ) -> dict[str, float]:
     """HR/NDCG/MRR of ranking items by their category's training popularity, then by their own.
 
@@ -97,6 +100,7 @@ def category_popularity_metrics(
         ks: cut-offs.
         prefix: prepended to metric names.
         seed: seed of the tie-breaking order.
+        num_items: the model's catalogue (see :func:`most_popular_metrics`); empty: the item features'.
 
     Returns:
         Metric name -> value (and the warm / cold ones when ``batches.target_cold``).
@@ -105,10 +109,10 @@ def category_popularity_metrics(
     if chosen is None:
         raise OptionError("the category-popularity baseline needs a categorical or multi-valued item feature column; "
                           f"the item features have {[c.name for c in features.columns]}")
-    popularity = batches.popularity.astype(np.float64)  # (I + 1,)
+    popularity = _popularity(batches, features.num_items if num_items is None else num_items)  # (I + 1,)
     if features.num_items != len(popularity) - 1:
-        raise ValueError(f"the item features cover {features.num_items} items, the evaluation batches "
-                         f"{len(popularity) - 1}; expected the same catalogue")
+        raise ValueError(f"the item features cover {features.num_items} items, the catalogue "
+                         f"{len(popularity) - 1}; expected the same items")
     category = category_scores(features.values[chosen.name], popularity)  # (I + 1,)
     tie = np.random.default_rng(seed).random(len(popularity))  # (I + 1,)
     order = np.lexsort((-tie, -popularity, -category))  # best first: category, then own popularity, then random
@@ -139,6 +143,14 @@ def category_scores(codes: np.ndarray, popularity: np.ndarray) -> np.ndarray:
     np.maximum.at(scores, rows, totals[values])
     scores[0] = -np.inf
     return scores
+
+
+def _popularity(batches: EvalBatches, num_items: int | None) -> np.ndarray:
+    """``(I + 1,)`` float64 training interactions per item over ``num_items`` items (0 past the sequences' items)."""
+    counts = batches.popularity.astype(np.float64)  # (I_data + 1,)
+    if num_items is None or num_items + 1 <= len(counts):
+        return counts
+    return np.concatenate([counts, np.zeros(num_items + 1 - len(counts))])
 
 
 def _ranks(batches: EvalBatches, scores: np.ndarray, protocol: str, exclude_seen: bool) -> np.ndarray:
