@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import lightning as L
 import numpy as np
@@ -72,7 +73,11 @@ def test_cold_items_by_time_leave_every_training_part_and_stay_in_evaluation():
     test = _batch(data.eval_batches("test"))
     assert test["input_ids"][3].tolist() == [3, 8, 1, 4]  # evaluation inputs keep the cold item
     assert test["targets"].tolist() == [4, 5, 2, 5]  # and targets can be one
-    assert split.history_end("test").tolist() == LeaveOneOutSplit(data.sequences).history_end("test").tolist()
+    copy = pickle.loads(pickle.dumps(split))  # as DataLoader workers receive it
+    assert _parts(copy) == _parts(split) and copy.stage_users("val").tolist() == split.stage_users("val").tolist()
+    plain = LeaveOneOutSplit(data.sequences)
+    for stage in ("train", "val", "test", "predict"):  # input histories are read from data.items, cold items kept
+        assert split.history_end(stage).tolist() == plain.history_end(stage).tolist(), stage
 
 
 def test_a_cold_item_list_names_the_cold_items_and_an_unknown_id_is_one_error_naming_the_line(tmp_path):

@@ -268,8 +268,12 @@ class ColdItemSplit:
         return self.base.stage_users(stage)
 
     def history_end(self, stage: str) -> np.ndarray:
-        """``train``: the end of each shortened training part; evaluation stages: the wrapped split's."""
-        return self.train_ends if stage == "train" else self.base.history_end(stage)
+        """The wrapped split's: an input history is read from ``data.items``, cold items kept.
+
+        For ``train`` too (``recommend_users(history="train")``): the user's training period in the real
+        sequence. Training itself reads ``train_items[starts:train_ends]``, never this.
+        """
+        return self.base.history_end(stage)
 
     def __getattr__(self, name: str):
         # The wrapped split's own attributes (TemporalSplit's val_cutoff, val_users, ...) read through.
