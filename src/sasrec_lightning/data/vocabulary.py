@@ -210,13 +210,13 @@ def _read_id_list(path: str, ids: IdMap, option: str, column: str
     """
     if not os.path.isfile(path):
         raise DataError(f"{option} {path!r} does not exist; expected a file with one {column} id "
-                        f"per line (or Parquet / JSON lines with a '{column}' column)")
+                        f"per line (or Parquet / JSON lines with {_an(column)} '{column}' column)")
     suffix = Path(path).suffix.lower()
     if suffix not in (".parquet", ".pq"):
         with open(path, "rb") as handle:
             head = handle.read(4)
-        other = other_unicode_error(path, head, f"UTF-8 text: one {column} id per line (or JSON lines with a "
-                                    f"'{column}' key)", label=f"{option} {path!r}")
+        other = other_unicode_error(path, head, f"UTF-8 text: one {column} id per line (or JSON lines with "
+                                    f"{_an(column)} '{column}' key)", label=f"{option} {path!r}")
         if other is not None:
             raise other
     line_numbers = None
@@ -225,7 +225,7 @@ def _read_id_list(path: str, ids: IdMap, option: str, column: str
         try:
             table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
         except (pa.ArrowException, OSError) as error:
-            raise DataError(f"{option} {path!r} is not a readable {kind} file ({error}); expected a "
+            raise DataError(f"{option} {path!r} is not a readable {kind} file ({error}); expected {_an(column)} "
                             f"'{column}' column (or a text file with one {column} id per line)") from error
         if column not in table.column_names:
             raise DataError(f"{option} {path!r}: no '{column}' column; the columns are {table.column_names}")
@@ -247,3 +247,8 @@ def _read_id_list(path: str, ids: IdMap, option: str, column: str
         wanted[known] = given[known].astype(np.int64)
     internal, found = ids.lookup(wanted)  # (N,), (N,)
     return given, line_numbers, internal, found & known
+
+
+def _an(word: str) -> str:
+    """The article of ``word`` in the messages: "a 'user' column", "an 'item' column"."""
+    return "an" if word[:1] in "aeiou" else "a"
