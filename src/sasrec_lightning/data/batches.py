@@ -229,7 +229,9 @@ class EvalBatches(Dataset):
     @property
     def cold_targets(self) -> np.ndarray:
         """``(N,)`` bool over :attr:`rows`: the user's target has no training interaction (``popularity`` 0)."""
-        return self.popularity[self.candidates[:, 0]] == 0
+        if getattr(self, "_cold_targets", None) is None:  # once per stage, not per batch
+            self._cold_targets = self.popularity[self.candidates[:, 0]] == 0
+        return self._cold_targets
 
 
 def history_batch(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int,
