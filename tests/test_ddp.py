@@ -21,7 +21,7 @@ import torch
 
 from conftest import REPO, run_cli, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
-from sasrec_lightning.data.options import LoaderOptions
+from sasrec_lightning.data.options import HoldoutOptions, LoaderOptions
 from sasrec_lightning.model.options import EncoderOptions
 from sasrec_lightning.training.evaluation import EvaluationOptions
 
@@ -65,9 +65,10 @@ SCRIPT = textwrap.dedent(
 
     def main():
         data_path, out, strategy, protocol = sys.argv[1:5]
+        holdout = {"cold_item_list": sys.argv[5]} if len(sys.argv) > 5 else {}  # the cold-item split (issue 26)
         L.seed_everything(3, verbose=False)
         data = SASRecDataModule(path=data_path, max_len=8, loader={"batch_size": 8, "eval_batch_size": 16}, seed=3,
-                                print_statistics=False)
+                                print_statistics=False, holdout=holdout)
         model = SASRecModule(num_items=data.num_items, max_len=8,
                              encoder=EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.2),
                              evaluation=EvaluationOptions(protocol=protocol, top_k=(1, 5)))
@@ -102,14 +103,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run_ddp(tmp_path, data_path, strategy="ddp", protocol="sampled"):
+def _run_ddp(tmp_path, data_path, strategy="ddp", protocol="sampled", cold_item_list=None):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(out), strategy, protocol],
+    cold = [str(cold_item_list)] if cold_item_list else []
+    result = subprocess.run([sys.executable, str(script), str(data_path), str(out), strategy, protocol, *cold],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     seen = {stage: [json.loads((out / f"{stage}_rank{rank}.json").read_text()) for rank in range(2)]
@@ -117,9 +119,10 @@ def _run_ddp(tmp_path, data_path, strategy="ddp", protocol="sampled"):
     return seen, json.loads((out / "results.json").read_text()), out / "ckpt" / "last.ckpt"
 
 
-def _single_process(data_path, ckpt, protocol):
+def _single_process(data_path, ckpt, protocol, cold_item_list=None):
     data = SASRecDataModule(path=str(data_path), max_len=8, seed=3, print_statistics=False,
-                            loader=LoaderOptions(batch_size=8, eval_batch_size=16))
+                            loader=LoaderOptions(batch_size=8, eval_batch_size=16),
+                            holdout=HoldoutOptions(cold_item_list=str(cold_item_list) if cold_item_list else None))
     saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]["evaluation"]
     # The checkpoint's model and evaluation options, under ``protocol``.
     model = SASRecModule.load_from_checkpoint(ckpt, weights_only=True, evaluation={**saved, "protocol": protocol})
@@ -164,6 +167,21 @@ def test_ddp_two_processes_match_single_process(synthetic_txt, tmp_path, strateg
     assert [n for _, _, n, _ in train[0]] != [n for _, _, n, _ in train[1]]
     # The seeds of what a loss samples itself (sampled-softmax negatives) differ between the ranks too.
     assert [seed for *_, seed in train[0]] != [seed for *_, seed in train[1]]
+
+
+def test_ddp_warm_and_cold_metrics_match_single_process(synthetic_txt, tmp_path):
+    cold = tmp_path / "cold.txt"
+    cold.write_text("".join(f"{item}\n" for item in range(1, 41, 5)))  # 8 of the 40 items
+    _, results, ckpt = _run_ddp(tmp_path, synthetic_txt, "ddp", "full", cold)
+    single, data = _single_process(synthetic_txt, ckpt, "full", cold)
+    assert data.split_data.num_cold == 8
+    for stage, prefix in (("validate", "val/"), ("test", "test/")):
+        alone = single[stage]
+        assert alone[f"{prefix}cold/users"] > 0 and alone[f"{prefix}warm/users"] > 0
+        assert alone[f"{prefix}cold/users"] + alone[f"{prefix}warm/users"] == len(data.eval_batches(prefix[:-1]))
+        assert set(results["full"][stage]) == set(alone)
+        for name, value in alone.items():
+            assert results["full"][stage][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (stage, name)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from ..data.datamodule import SASRecDataModule
 from ..errors import OptionError
 from ..serving.prediction import PredictionWriter
-from ..training.baselines import most_popular_metrics
+from ..training.baselines import category_column, category_popularity_metrics, most_popular_metrics
 from ..training.callbacks import ResumedEpochProgress, SaveOnInterrupt, StopOnSigterm
 from ..training.checkpoint_io import use_safe_checkpoint_io
 from ..training.module import SASRecModule
@@ -180,7 +180,10 @@ def print_test_summary(results: dict[str, float], evaluation, datamodule, logger
     """Print the test metrics at K = 10 (or the largest cut-off) beside the most-popular baseline's.
 
     The baseline needs the data module's ``eval_batches("test")`` (``data/contract.py``): without it
-    the metrics are printed alone, with one warning.
+    the metrics are printed alone, with one warning. When the test batches mark cold targets (a
+    cold-item split, or item features) a table follows: NDCG@K and HR@K over all, warm and cold targets
+    for the model, the most-popular baseline and, with a categorical item feature, the category-popularity
+    baseline (``training/baselines.py``).
     """
     k = max(evaluation.top_k) if 10 not in evaluation.top_k else 10
     line = (f"[sasrec-lightning] test ({evaluation.protocol} protocol): "
@@ -190,12 +193,52 @@ def print_test_summary(results: dict[str, float], evaluation, datamodule, logger
                        "computed (see sasrec_lightning.data.contract)")
         print(line)
         return
-    baseline = most_popular_metrics(datamodule.eval_batches("test"), evaluation.protocol, evaluation.exclude_seen,
-                                    evaluation.top_k, prefix="test_most_popular/")
+    batches = datamodule.eval_batches("test")
+    options = (evaluation.protocol, evaluation.exclude_seen, evaluation.top_k)
+    catalogue = getattr(datamodule, "num_items", None)  # with item features: cold-start items after the data's
+    baseline = most_popular_metrics(batches, *options, prefix="test_most_popular/", num_items=catalogue)
+    rows = {"model": ("test/", results), "most-popular": ("test_most_popular/", baseline)}
+    features = getattr(datamodule, "item_features", None)  # issue 26: a categorical column gives the second baseline
+    if getattr(batches, "target_cold", False) and features is not None \
+            and category_column(features, getattr(evaluation, "baseline_category", None)) is not None:
+        category = category_popularity_metrics(batches, features, evaluation.baseline_category, *options,
+                                               prefix="test_category_popularity/", num_items=catalogue)
+        baseline.update(category)
+        rows["category-popularity"] = ("test_category_popularity/", category)
     if logger is not None:
         logger.log_metrics(baseline)
     print(f"{line} | most-popular: NDCG@{k} {baseline[f'test_most_popular/ndcg@{k}']:.4f}, "
           f"HR@{k} {baseline[f'test_most_popular/hr@{k}']:.4f}")
+    if f"test/cold/ndcg@{k}" in results or getattr(batches, "target_cold", False):
+        print(warm_cold_table(rows, k, evaluation.protocol))
+
+
+def warm_cold_table(rows: dict[str, tuple[str, dict[str, float]]], k: int, protocol: str) -> str:
+    """NDCG@K and HR@K over all, warm and cold targets, one line per ranker (``n/a``: no such target, or not logged).
+
+    Args:
+        rows: ranker name -> (its metrics' prefix, its metrics).
+        k: the cut-off shown.
+        protocol: the evaluation protocol, for the title.
+    """
+    def cell(metrics: dict[str, float], key: str) -> str:
+        value = metrics.get(key)
+        return "     n/a" if value is None or value != value else f"{value:8.4f}"  # value != value: nan
+
+    prefix, first = next(iter(rows.values()))
+    counts = [first.get(f"{prefix}{group}/users") for group in ("warm", "cold")]
+    users = "" if None in counts else f"; {int(counts[0])} warm and {int(counts[1])} cold targets"
+    width = max(len(name) for name in rows) + 2
+    groups = ("", "warm/", "cold/")
+    columns = "".join(f"{group or 'all':>8}" for group in ("", "warm", "cold"))
+    lines = [f"[sasrec-lightning] test by target ({protocol} protocol{users}; cold: no training interaction):",
+             (" " * width + f"{'NDCG@' + str(k):^24} |{'HR@' + str(k):^24}").rstrip(),
+             " " * width + f"{columns} |{columns}"]
+    for name, (prefix, metrics) in rows.items():
+        ndcg = "".join(cell(metrics, f"{prefix}{group}ndcg@{k}") for group in groups)
+        hit = "".join(cell(metrics, f"{prefix}{group}hr@{k}") for group in groups)
+        lines.append(f"  {name:<{width - 2}}{ndcg} |{hit}")
+    return "\n".join(lines)
 
 
 def cli_main(args: list[str] | None = None, **kwargs) -> SASRecCLI:

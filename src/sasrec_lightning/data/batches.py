@@ -88,8 +88,11 @@ class TrainBatches(Dataset):
         self.pad_to_max_len = pad_to_max_len
         self.rows = split.train_users
         data = split.data
-        self.index = InteractionIndex.from_csr(data.items, split.starts, split.train_ends, data.num_items) \
+        self.index = InteractionIndex.from_csr(split.train_items, split.starts, split.train_ends, data.num_items) \
             if num_negatives else None
+        # Under a cold-item split the negatives come from the warm items only (a cold item has no training
+        # interaction to be a negative of); without one, uniform over the catalogue as in the paper.
+        self.weights = None if split.cold is None else (~split.cold).astype(np.float64)  # (I + 1,)
         self.lengths = self.sequence_lengths(split, max_len)  # (N,)
 
     @staticmethod
@@ -101,7 +104,7 @@ class TrainBatches(Dataset):
     @staticmethod
     def item_counts(split: Split) -> np.ndarray:
         """``(I + 1,)`` training target counts (see :class:`TrainingStatistics`)."""
-        return item_counts(split.data.items, split.starts + 1, split.train_ends, split.data.num_items)
+        return item_counts(split.train_items, split.starts + 1, split.train_ends, split.data.num_items)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,14 +113,15 @@ class TrainBatches(Dataset):
         users = self.rows[key.rows]  # (B,)
         starts, ends = self.split.starts[users], self.split.train_ends[users]
         width = self.max_len if self.pad_to_max_len else int(min(self.max_len, (ends - starts - 1).max()))
-        items = self.split.data.items
+        items = self.split.train_items
         inputs = left_padded(items, starts, ends - 1, width)  # (B, L)
         targets = left_padded(items, starts + 1, ends, width)  # (B, L)
         rng = np.random.default_rng((self.seed, key.epoch, key.index))
         if self.index is None:
             negatives = np.zeros((len(users), width, 0), dtype=np.int64)  # (B, L, 0)
         else:
-            negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng)  # (B, L, k)
+            negatives = sample_negatives(self.index, users, (width, self.num_negatives), rng,
+                                         probabilities=self.weights)  # (B, L, k)
             negatives[targets == 0] = 0
         return {
             "input_ids": torch.from_numpy(inputs),
@@ -152,7 +156,11 @@ class EvalBatches(Dataset):
 
     Batch keys: ``input_ids`` ``(B, L)``, ``users`` ``(B,)``; with a target also ``targets``
     ``(B,)`` and ``candidates`` ``(B, 1 + num_negatives)``; ``seen_rows``/``seen_items`` ``(S,)``
-    list the items of each user's history (to exclude them under full ranking).
+    list the items of each user's history (to exclude them under full ranking). With
+    ``target_cold`` on (the data module sets it when the data has item features) and always under a
+    :class:`~sasrec_lightning.data.splits.ColdItemSplit`, ``val``/``test`` batches also carry
+    ``target_cold`` ``(B,)`` bool: the target has no training interaction (``popularity`` 0), what the
+    module's ``val/warm/...`` and ``val/cold/...`` metrics and the baselines split on.
 
     ``users`` defaults to ``split.stage_users(stage)``; ``popularity`` (``(I + 1,)``, the data
     module's, computed once) to ``training_popularity(split)``, computed when first needed.
@@ -160,7 +168,7 @@ class EvalBatches(Dataset):
 
     def __init__(self, split: Split, stage: str, max_len: int, num_negatives: int = 100,
                  seed: int = 0, users: np.ndarray | None = None, negative_sampling: str = "uniform",
-                 popularity: np.ndarray | None = None) -> None:
+                 popularity: np.ndarray | None = None, target_cold: bool = False) -> None:
         if negative_sampling not in ("uniform", "popularity"):
             raise ValueError(f"unknown eval negative sampling {negative_sampling!r}; expected uniform or popularity")
         self.split = split
@@ -169,6 +177,7 @@ class EvalBatches(Dataset):
         self.history_ends = split.history_end(stage)
         self.rows = np.asarray(split.stage_users(stage) if users is None else users, dtype=np.int64)
         self._popularity = popularity
+        self.target_cold = stage != "predict" and (target_cold or split.cold is not None)
         self.num_without_negatives = 0  # users left out: they interacted with every item
         self.num_short_of_negatives = 0  # users with fewer unseen items than num_negatives (repeats)
         self.fewest_unseen: int | None = None  # unseen items of the poorest evaluated user
@@ -213,7 +222,16 @@ class EvalBatches(Dataset):
             candidates = self.candidates[key.rows]  # (B, 1 + n)
             batch["targets"] = torch.from_numpy(candidates[:, 0].copy())
             batch["candidates"] = torch.from_numpy(candidates)
+            if self.target_cold:
+                batch["target_cold"] = torch.from_numpy(self.cold_targets[key.rows])  # (B,)
         return batch
+
+    @property
+    def cold_targets(self) -> np.ndarray:
+        """``(N,)`` bool over :attr:`rows`: the user's target has no training interaction (``popularity`` 0)."""
+        if getattr(self, "_cold_targets", None) is None:  # once per stage, not per batch
+            self._cold_targets = self.popularity[self.candidates[:, 0]] == 0
+        return self._cold_targets
 
 
 def history_batch(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int,

@@ -16,6 +16,9 @@ What else a data module may offer, each optional (without it the module warns on
   ``predict`` answer in original ids (else in internal ids);
 * ``eval_batches(stage) -> EvalBatches``: the CLI prints the most-popular baseline beside the test
   metrics (else it prints the model's metrics alone).
+
+Evaluation batches may also mark which targets are cold (``target_cold``, see :class:`EvaluationBatch`):
+the module then logs ``val/warm/...`` and ``val/cold/...`` beside the overall metrics.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class EvaluationBatch(TypedDict, total=False):
             ``exclude_seen``: the pairs (batch row, item) of each user's history, which full ranking
             leaves out (the target itself is never left out).
         users: ``(B,)`` int64, optional.
+        target_cold: ``(B,)`` bool, optional: the target item has no training interaction (a cold-start
+            item). ``SASRecDataModule`` sends it when the data has item features or a cold-item split
+            (``--data.holdout.cold_items``); with it the module logs ``val/warm/...`` and ``val/cold/...``
+            (hr@K, ndcg@K, mrr and the users of each group) beside the overall metrics.
     """
 
     input_ids: Tensor
@@ -72,6 +79,7 @@ class EvaluationBatch(TypedDict, total=False):
     seen_rows: Tensor
     seen_items: Tensor
     users: Tensor
+    target_cold: Tensor
 
 
 class PredictionBatch(TypedDict, total=False):
@@ -138,10 +146,24 @@ def check_batch(batch: Any, stage: str, num_items: int, needs_negatives: bool = 
     for key, why in _required(stage, needs_negatives, protocol, exclude_seen).items():
         if key not in batch:
             raise DataError(f"{where} has no key {key!r} ({why}); it has {sorted(batch)} ({_DOCS})")
+    if "target_cold" in batch and stage in ("validate", "test"):
+        _check_flags(where, "target_cold", batch["target_cold"], batch)
     for key, value in batch.items():
         if key == "sample_seed" or (key not in _SHAPES and key != "targets"):
             continue  # extra keys are the data module's own
         _check_tensor(where, key, value, stage, batch, num_items)
+
+
+def _check_flags(where: str, key: str, value: Any, batch: dict) -> None:
+    """A ``(B,)`` bool key (``target_cold``): one flag per row of ``input_ids``."""
+    inputs = batch["input_ids"].shape if isinstance(batch.get("input_ids"), Tensor) else None
+    if not isinstance(value, Tensor) or value.dtype != torch.bool or value.dim() != 1 or (
+            inputs is not None and value.size(0) != inputs[0]):
+        found = f"a {type(value).__name__}" if not isinstance(value, Tensor) else \
+            f"shape {tuple(value.shape)} and dtype {value.dtype}"
+        given = "" if inputs is None else f" ('input_ids' {tuple(inputs)})"
+        raise DataError(f"{where}: {key!r} has {found}; expected a (B,) bool tensor{given}, True where the target "
+                        f"item has no training interaction ({_DOCS})")
 
 
 def _check_tensor(where: str, key: str, value: Any, stage: str, batch: dict, num_items: int) -> None:

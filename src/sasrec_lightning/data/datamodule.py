@@ -34,9 +34,17 @@ from .preprocessing import preprocess as preprocess_table
 from .readers import default_min_interactions
 from .sampling import InteractionIndex
 from .sources import load_interactions
-from .splits import LeaveOneOutSplit, Split, TemporalSplit, temporal_cutoffs, training_popularity
-from .synthetic import synthetic_interactions
-from .vocabulary import read_user_list
+from .splits import (
+    ColdItemSplit,
+    LeaveOneOutSplit,
+    Split,
+    TemporalSplit,
+    cold_items_by_time,
+    temporal_cutoffs,
+    training_popularity,
+)
+from .synthetic import synthetic_interactions, synthetic_item_features
+from .vocabulary import read_item_list, read_user_list
 
 __all__ = ["SASRecDataModule"]
 
@@ -115,6 +123,7 @@ class SASRecDataModule(L.LightningDataModule):
             self.hparams["path"] = resolved_path(path)
         self._sequences: SequenceData | None = None
         self._item_features: ItemFeatures | None = None
+        self._synthetic_item_table = None  # source.synthetic_features: the generated item table
         self._split: Split | None = None
         self._popularity: np.ndarray | None = None
         self._eval: dict[str, EvalBatches] = {}
@@ -127,6 +136,10 @@ class SASRecDataModule(L.LightningDataModule):
         if self._sequences is None:
             if is_in_memory(self.path) or self.path or self.source.url:
                 self._sequences = self._load_sequences()
+            elif self.source.synthetic_features:  # the same path, with the item table kept for the features
+                table, self._synthetic_item_table = synthetic_item_features(
+                    self.source.synthetic_users, self.source.synthetic_items, seed=self.seed)
+                self._sequences = build_sequences(table, timestamp_column="timestamp")
             else:
                 table = synthetic_interactions(self.source.synthetic_users, self.source.synthetic_items, seed=self.seed)
                 self._sequences = build_sequences(table, timestamp_column="timestamp")
@@ -144,9 +157,18 @@ class SASRecDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------- item features
     def _item_table_source(self):
-        """The item table to encode: ``features.path`` (a path, a hub id or a table in memory), or ``None``."""
+        """The item table to encode, or ``None``.
+
+        ``features.path`` (a path, a hub id or a table in memory) or, with ``source.synthetic_features`` and
+        no data path, the generated item table (a ``pyarrow.Table``).
+        """
         path = self.features.path
-        return None if path is None or (isinstance(path, str) and not path) else path
+        if path is not None and not (isinstance(path, str) and not path):
+            return path
+        if self._synthetic_item_table is None and self.source.synthetic_features and not (
+                is_in_memory(self.path) or self.path or self.source.url):
+            self.sequences  # noqa: B018  (generates the interactions and the item table together)
+        return self._synthetic_item_table  # None unless the synthetic log was generated with its item table
 
     @property
     def item_features(self) -> ItemFeatures | None:
@@ -171,7 +193,10 @@ class SASRecDataModule(L.LightningDataModule):
             listed = self.features.columns
             if listed:
                 raise OptionError(f"--data.features lists the columns {list(listed)}, but --data.features.path is "
-                                  "empty; expected the item table holding them (--data.features.path FILE)")
+                                  "empty; expected the item table holding them (--data.features.path FILE, or "
+                                  "--data.source.synthetic_features true for the synthetic data)")
+            return sequences
+        if not self.features.columns:  # the synthetic item table is used only for the columns a config lists
             return sequences
         cache = self.cache
         root = None
@@ -305,7 +330,31 @@ class SASRecDataModule(L.LightningDataModule):
                 self._split = TemporalSplit(self.sequences, val_cutoff, test_cutoff)
             else:
                 self._split = LeaveOneOutSplit(self.sequences)
+            cold = self._cold_items()
+            if cold is not None:
+                self._split = ColdItemSplit(self._split, cold)
         return self._split
+
+    def _cold_items(self) -> np.ndarray | None:
+        """``(I + 1,)`` bool, the cold items of ``holdout.cold_items`` / ``cold_item_list``; ``None`` when off."""
+        holdout, data = self.holdout, self.sequences
+        if holdout.cold_item_list:
+            cold = np.zeros(data.num_items + 1, dtype=bool)
+            cold[read_item_list(holdout.cold_item_list, data.item_ids)] = True
+        elif holdout.cold_items:
+            cold = cold_items_by_time(data, holdout.cold_items)
+        else:
+            return None
+        chosen = f"--data.holdout.cold_item_list {holdout.cold_item_list!r}" if holdout.cold_item_list else \
+            f"--data.holdout.cold_items {holdout.cold_items}"
+        if cold.sum() >= data.num_items:
+            raise DataError(f"{self._source_name()}: {chosen} makes all {data.num_items} items cold, so nothing is "
+                            "left to train on; expected a smaller share (or fewer listed items)")
+        if not cold.any():
+            rank_zero_warn(f"{self._source_name()}: {chosen} makes no item cold (no item's first interaction is "
+                           "that late), so the cold-item split holds out nothing; the val/cold/ metrics count only "
+                           "the targets no training part has")
+        return cold
 
     def setup(self, stage: str | None = None) -> None:
         self.split_data  # noqa: B018  (load once per process, before the loaders are built)
@@ -325,9 +374,14 @@ class SASRecDataModule(L.LightningDataModule):
             self._eval[stage] = EvalBatches(self.split_data, stage, self.max_len, self.loader.num_eval_negatives,
                                             self.seed, users=users,
                                             negative_sampling=self.loader.eval_negative_sampling,
-                                            popularity=self.item_popularity())
+                                            popularity=self.item_popularity(),
+                                            target_cold=self._marks_cold_targets())
             self._report_eval_users(self._eval[stage])
         return self._eval[stage]
+
+    def _marks_cold_targets(self) -> bool:
+        """Evaluation batches carry ``target_cold`` when the data has item features (a cold split always does)."""
+        return self.item_features is not None
 
     # ------------------------------------------------------------------ who is trained and evaluated
     def _source_name(self) -> str:
@@ -344,7 +398,7 @@ class SASRecDataModule(L.LightningDataModule):
         """
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         split, name = self.split_data, self._source_name()
-        leave_one_out = isinstance(split, LeaveOneOutSplit)
+        leave_one_out = isinstance(getattr(split, "base", split), LeaveOneOutSplit)  # (a cold split wraps one)
         if stage == "fit" and len(split.train_users) == 0:
             lengths = split.ends - split.starts
             need = ("a user whose training part has 2 interactions: one with exactly 2 (trained on, not evaluated) "
@@ -356,11 +410,13 @@ class SASRecDataModule(L.LightningDataModule):
         if stage == "fit":
             # Training negatives come from the items outside a user's training part: none for a user who
             # had every item there (sample_negatives would fail on the first batch with that user).
-            index = InteractionIndex.from_csr(split.data.items, split.starts, split.train_ends, split.data.num_items)
-            full = split.train_users[index.seen_counts(split.train_users) >= split.data.num_items]
+            index = InteractionIndex.from_csr(split.train_items, split.starts, split.train_ends, split.data.num_items)
+            drawable = split.data.num_items - (0 if split.cold is None else int(split.cold.sum()))  # warm items
+            full = split.train_users[index.seen_counts(split.train_users) >= drawable]
             if len(full):
                 raise DataError(f"{name}: {len(full)} users (e.g. {split.data.user_ids[full[:3]].tolist()}) "
-                                f"interacted with every one of the {split.data.num_items} items in their training "
+                                f"interacted with every one of the {drawable} {'' if split.cold is None else 'warm '}"
+                                "items in their training "
                                 "part, so no negative item can be sampled for them; SASRec needs a catalogue "
                                 "larger than any user's history (drop such users or add items)")
         if stage in ("validate", "test"):

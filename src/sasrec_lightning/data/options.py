@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from ..errors import OptionError
-from ..validation import at_least, one_of
+from ..validation import at_least, in_range, one_of
 from .preprocessing import PreprocessOptions
 
 __all__ = ["SourceOptions", "PreprocessingOptions", "HoldoutOptions", "LoaderOptions", "CacheOptions",
@@ -37,6 +37,10 @@ class SourceOptions:
             published with the paper); offline this fails with a message naming the URL.
         synthetic_users: users of the built-in synthetic dataset (used when neither ``path`` nor ``url`` is set).
         synthetic_items: items of the built-in synthetic dataset.
+        synthetic_features: the built-in synthetic dataset with item attributes whose behaviour follows them
+            (``data/synthetic.py`` ``synthetic_item_features``: a category, tags, a price, a small vector, and
+            a tenth of the items released late); its item table is the item features' source when
+            ``features.path`` is empty (docs/features.md).
     """
 
     format: str | None = None
@@ -49,6 +53,7 @@ class SourceOptions:
     url: str | None = None
     synthetic_users: int = 2000
     synthetic_items: int = 500
+    synthetic_features: bool = False
 
     def __post_init__(self) -> None:
         at_least("data.source", "synthetic_users", self.synthetic_users, 1)
@@ -100,15 +105,27 @@ class HoldoutOptions:
             Empty: the ``temporal_quantiles[0]`` quantile of all timestamps.
         test_cutoff: temporal split: test starts at this time. Empty: the ``temporal_quantiles[1]`` quantile.
         temporal_quantiles: default cut-off quantiles of the temporal split.
+        cold_items: the cold-item split (docs/features.md): items whose first interaction, over the whole
+            log, is in the last ``cold_items`` share of time (the ``1 - cold_items`` quantile of all
+            timestamps; needs timestamps) are taken out of every training part, while evaluation keeps
+            them in the inputs and as targets. ``0``: off.
+        cold_item_list: the cold-item split with the cold items named in a file: one original item id per
+            line (or Parquet / JSON lines with an ``item`` column). Empty: off.
     """
 
     scheme: Literal["leave_one_out", "temporal"] = "leave_one_out"
     val_cutoff: int | str | None = None
     test_cutoff: int | str | None = None
     temporal_quantiles: tuple[float, float] = (0.8, 0.9)
+    cold_items: float = 0.0
+    cold_item_list: str | None = None
 
     def __post_init__(self) -> None:
         one_of("data.holdout", "scheme", self.scheme, ("leave_one_out", "temporal"))
+        in_range("data.holdout", "cold_items", self.cold_items, 0, 1, high_open=True)
+        if self.cold_items and self.cold_item_list:
+            raise OptionError(f"--data.holdout.cold_items {self.cold_items!r} and --data.holdout.cold_item_list "
+                              f"{self.cold_item_list!r} both choose the cold items; give one of them")
         quantiles = list(self.temporal_quantiles)
         valid = len(quantiles) == 2 and all(
             isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1 for q in quantiles)

@@ -129,8 +129,9 @@ class ItemVocabulary(IdMap):
         return np.where(found, internal, 0).astype(np.int64)
 
 
-def _not_utf8(path: str, error: UnicodeDecodeError) -> DataError:
-    """The error for a user list that is not UTF-8 text: the line and the byte (only on this error path)."""
+def _not_utf8(path: str, error: UnicodeDecodeError, option: str = "--data.predict_users",
+              column: str = "user") -> DataError:
+    """The error for an id list that is not UTF-8 text: the line and the byte (only on this error path)."""
     with open(path, "rb") as handle:
         data = handle.read().removeprefix(codecs.BOM_UTF8)  # as the reader decoded it (utf-8-sig)
     try:
@@ -140,8 +141,8 @@ def _not_utf8(path: str, error: UnicodeDecodeError) -> DataError:
         line, byte = data[: found.start].count(b"\n") + 1, data[found.start]
     name = os.path.basename(path)
     where = "" if line is None else f", line {line}"
-    return DataError(f"--data.predict_users {path!r}{where}: byte 0x{byte:02x} is not valid UTF-8 (the file is "
-                     "probably Latin-1, Windows-1252 or another 8-bit encoding); expected UTF-8 text, one user id "
+    return DataError(f"{option} {path!r}{where}: byte 0x{byte:02x} is not valid UTF-8 (the file is "
+                     f"probably Latin-1, Windows-1252 or another 8-bit encoding); expected UTF-8 text, one {column} id "
                      f"per line. Convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`")
 
 
@@ -159,42 +160,7 @@ def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, li
     Returns:
         ``(N,)`` int64 user rows. Ids not in the data are skipped with a warning.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"--data.predict_users {path!r} does not exist; expected a file with one user id "
-                                "per line (or Parquet / JSON lines with a 'user' column)")
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".parquet", ".pq"):
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-        other = other_unicode_error(path, head, "UTF-8 text: one user id per line (or JSON lines with a 'user' key)",
-                                    label=f"--data.predict_users {path!r}")
-        if other is not None:
-            raise other
-    if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
-        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
-        try:
-            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
-        except (pa.ArrowException, OSError) as error:
-            raise DataError(f"--data.predict_users {path!r} is not a readable {kind} file ({error}); expected a "
-                            "'user' column (or a text file with one user id per line)") from error
-        if "user" not in table.column_names:
-            raise DataError(f"--data.predict_users {path!r}: no 'user' column; the columns are {table.column_names}")
-        wanted = table.column("user").to_numpy(zero_copy_only=False)
-    else:
-        try:  # a UTF-8 byte-order mark (Windows Notepad) is not part of the first id
-            with open(path, encoding=TEXT_ENCODING) as handle:
-                wanted = np.array([line.strip() for line in handle if line.strip()])
-        except UnicodeDecodeError as error:
-            raise _not_utf8(path, error) from None
-    wanted = np.asarray(wanted)
-    given = wanted.astype(str)  # (N,) as written, for the warning
-    known = np.ones(len(wanted), dtype=bool)  # (N,)
-    if np.asarray(user_ids).dtype.kind in "iu":  # ids written as text: parse the ones that are integers
-        known = np.char.isdigit(np.char.lstrip(given, "-"))  # (N,) ids that can be integers at all
-        wanted = np.zeros(len(given), dtype=np.int64)
-        wanted[known] = given[known].astype(np.int64)
-    rows, found = IdMap(user_ids).lookup(wanted)  # (N,), (N,)
-    found &= known
+    given, _, rows, found = _read_id_list(path, IdMap(user_ids), "--data.predict_users", "user")
     if not found.all():
         missing = given[~found][:5].tolist()
         reasons = []
@@ -206,3 +172,83 @@ def read_user_list(path: str, user_ids: np.ndarray, filtered_users: dict[str, li
         log.warning("data.predict_users %s: %d id(s) not in the data were skipped (first: %s)%s",
                     path, int((~found).sum()), missing, why)
     return np.unique(rows[found]).astype(np.int64)
+
+
+def read_item_list(path: str, item_ids: np.ndarray, option: str = "--data.holdout.cold_item_list") -> np.ndarray:
+    """Internal ids of the original item ids listed in a file, sorted, each once (read as :func:`read_user_list`).
+
+    Args:
+        path: a text file with one original item id per line, or a Parquet / JSON-lines file with
+            an ``item`` column.
+        item_ids: ``(I + 1,)`` original item ids, internal id -> original id (index 0 unused).
+        option: the option that named the file, for the messages.
+
+    Returns:
+        ``(N,)`` int64 internal item ids in ``1..I``.
+
+    Raises:
+        DataError: the file cannot be read, or an id is not an item of the data (naming its line).
+    """
+    given, lines, items, found = _read_id_list(path, ItemVocabulary(item_ids), option, "item")
+    if not found.all():
+        where = "row" if lines is None else "line"
+        first = int(np.flatnonzero(~found)[0])
+        number = first + 1 if lines is None else int(lines[first])
+        raise DataError(f"{option} {path!r}, {where} {number}: item {str(given[first])!r} is not an item of the data "
+                        f"({int((~found).sum())} of the {len(given)} listed ids are not: "
+                        f"{given[~found][:5].tolist()}); expected original item ids of the interactions (an item "
+                        "the preprocessing filters removed is not in the data either)")
+    return np.unique(items).astype(np.int64)
+
+
+def _read_id_list(path: str, ids: IdMap, option: str, column: str
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The ids a list file names, looked up: ``(given (N,) as text, line numbers (N,), internal (N,), found (N,))``.
+
+    ``line numbers`` are 1-based lines of a text file (blank lines are skipped, not renumbered); ``None``
+    for Parquet / JSON lines, whose ids are numbered by row.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{option} {path!r} does not exist; expected a file with one {column} id "
+                        f"per line (or Parquet / JSON lines with {_an(column)} '{column}' column)")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".parquet", ".pq"):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        other = other_unicode_error(path, head, f"UTF-8 text: one {column} id per line (or JSON lines with "
+                                    f"{_an(column)} '{column}' key)", label=f"{option} {path!r}")
+        if other is not None:
+            raise other
+    line_numbers = None
+    if suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "JSON lines"
+        try:
+            table = pq.read_table(path) if kind == "Parquet" else pyarrow.json.read_json(path)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{option} {path!r} is not a readable {kind} file ({error}); expected {_an(column)} "
+                            f"'{column}' column (or a text file with one {column} id per line)") from error
+        if column not in table.column_names:
+            raise DataError(f"{option} {path!r}: no '{column}' column; the columns are {table.column_names}")
+        wanted = table.column(column).to_numpy(zero_copy_only=False)
+    else:
+        try:  # a UTF-8 byte-order mark (Windows Notepad) is not part of the first id
+            with open(path, encoding=TEXT_ENCODING) as handle:
+                lines = [line.strip() for line in handle]
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error, option, column) from None
+        line_numbers = np.flatnonzero([bool(line) for line in lines]) + 1  # (N,)
+        wanted = np.array([line for line in lines if line])
+    wanted = np.asarray(wanted)
+    given = wanted.astype(str)  # (N,) as written, for the messages
+    known = np.ones(len(wanted), dtype=bool)  # (N,)
+    if np.asarray(ids.ids).dtype.kind in "iu":  # ids written as text: parse the ones that are integers
+        known = np.char.isdigit(np.char.lstrip(given, "-"))  # (N,) ids that can be integers at all
+        wanted = np.zeros(len(given), dtype=np.int64)
+        wanted[known] = given[known].astype(np.int64)
+    internal, found = ids.lookup(wanted)  # (N,), (N,)
+    return given, line_numbers, internal, found & known
+
+
+def _an(word: str) -> str:
+    """The article of ``word`` in the messages: "a 'user' column", "an 'item' column"."""
+    return "an" if word[:1] in "aeiou" else "a"

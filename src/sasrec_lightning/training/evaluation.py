@@ -39,12 +39,15 @@ class EvaluationOptions:
             (bounds memory to one users x items block). ``auto``: a block of about 2M scores (8 MB) and
             at least 4096 items, the catalogue split into chunks of equal width
             (:func:`~sasrec_lightning.model.ranking.chunk_items`); or a number of items.
+        baseline_category: the item-feature column (categorical or multi-valued) the category-popularity
+            baseline printed after ``test`` ranks by; empty: the first such column (docs/features.md).
     """
 
     protocol: Literal["sampled", "full"] = "sampled"
     exclude_seen: bool = True
     top_k: tuple[int, ...] = (10,)
     chunk_size: int | Literal["auto"] = "auto"
+    baseline_category: str | None = None
 
     def __post_init__(self) -> None:
         section = "model.evaluation"

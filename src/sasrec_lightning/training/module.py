@@ -36,6 +36,7 @@ from ..serving.serving import ServingMixin
 from ..validation import at_least, option_group
 from .callbacks import CheckBatches
 from .checkpoints import check_checkpoint_data, restore_rng_states, save_rng_states
+from .cold_start import WarmColdMetrics
 from .evaluation import EvaluationOptions, Ranker
 from .memory import check_fit_memory, check_parameter_memory
 from .optimization import OptimizationOptions, build_optimizer, check_item_updates, scaled_loss
@@ -98,6 +99,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.ranker = Ranker(self.evaluation)
         self.val_metrics = RankingMetrics(self.evaluation.top_k, prefix="val/")
         self.test_metrics = RankingMetrics(self.evaluation.top_k, prefix="test/")
+        # Warm and cold targets apart (val/warm/..., val/cold/...), when the batches mark them (target_cold).
+        self.val_groups = WarmColdMetrics(self.evaluation.top_k, prefix="val/")
+        self.test_groups = WarmColdMetrics(self.evaluation.top_k, prefix="test/")
         self._init_serving(num_items)  # item ids, item popularity, predict's top-K (serving.py)
         self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
@@ -246,6 +250,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.val_metrics.update(ranks, torch.isfinite(target_scores))
+        if "target_cold" in batch:  # optional (data/contract.py): the data has item features or a cold split
+            self.val_groups.update(ranks, batch["target_cold"])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.state.fn == "fit":  # a diverged model stops before this epoch's checkpoint
@@ -253,14 +259,24 @@ class SASRecModule(ServingMixin, L.LightningModule):
                                     self.current_epoch, self.global_step)
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
+        self._log_groups(self.val_groups)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         ranks, target_scores = self.target_ranks(batch, return_target_scores=True)
         self.test_metrics.update(ranks, torch.isfinite(target_scores))
+        if "target_cold" in batch:
+            self.test_groups.update(ranks, batch["target_cold"])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
+        self._log_groups(self.test_groups)
+
+    def _log_groups(self, groups: WarmColdMetrics) -> None:
+        """Log the warm and cold metrics of a pass whose batches marked them (every process got the key)."""
+        if groups.update_called:
+            self.log_dict(groups.compute())
+        groups.reset()
 
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
