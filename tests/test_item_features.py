@@ -546,3 +546,79 @@ def test_cli_links_the_item_table_and_predicts_from_the_checkpoint(synthetic_txt
     assert isinstance(cli.model.model.items, FeatureItems) and cli.model.features.combine == "concat"
     assert not cli.model.model.items.id_known[3]
     assert output.is_file()
+
+
+# ------------------------------------------------------------------------------------------------------- DDP
+DDP_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_item_features import feature_data, feature_module, trainer
+
+
+def main():
+    data_path, out = sys.argv[1:3]
+    L.seed_everything(3, verbose=False)
+    data = feature_data(data_path, cold=(3, 4), no_row=(4,))
+    module = feature_module(data, features={{"combine": "concat", "id_dropout": 0.2}})
+    checkpoint = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), save_last=True, save_top_k=0)
+    fit = trainer(devices=2, strategy="ddp", max_epochs=2, enable_checkpointing=True, callbacks=[checkpoint])
+    fit.fit(module, datamodule=data)
+    ckpt = os.path.join(out, "ckpt", "last.ckpt")
+    results = {{"world_size": fit.world_size,
+                "validate": fit.validate(module, datamodule=data, ckpt_path=ckpt, verbose=False)[0],
+                "test": fit.test(module, datamodule=data, ckpt_path=ckpt, verbose=False)[0]}}
+    if fit.global_rank == 0:
+        with open(os.path.join(out, "results.json"), "w") as handle:
+            json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_ddp_two_processes_with_features_match_one_process(synthetic_txt, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp_features.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, str(script), str(synthetic_txt), str(out)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    data = feature_data(synthetic_txt, cold=(3, 4), no_row=(4,))
+    model = SASRecModule.load_from_checkpoint(out / "ckpt" / "last.ckpt", weights_only=True)
+    assert isinstance(model.model.items, FeatureItems) and not model.model.items.id_known[[3, 4]].any()
+    single = trainer()
+    for stage, run in (("validate", single.validate), ("test", single.test)):
+        alone = run(model, datamodule=data, verbose=False)[0]
+        assert set(alone) == set(results[stage])
+        for name, value in alone.items():
+            assert results[stage][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (stage, name)
+
+
+@pytest.mark.parametrize("updates", ["dense", "lazy"])
+def test_features_only_model_trains_and_scores(synthetic_txt, updates):
+    """``use_ids: false``: no id table at all (the speed parts and ``l2_emb`` skip it); every item from its features."""
+    L.seed_everything(0, verbose=False)
+    data = feature_data(synthetic_txt)
+    optimization = {"l2_emb": 0.01} if updates == "dense" else {}
+    module = feature_module(data, features={"use_ids": False}, speed={"item_updates": updates},
+                            optimization=optimization)
+    assert module.model.items.embedding is None
+    assert not any("embedding.weight" == name.split("items.")[-1] for name, _ in module.named_parameters())
+    trainer(max_steps=2).fit(module, datamodule=data)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    answer = module.recommend([[data.item_ids()[1].item()]], k=3)
+    assert len(answer.items[0]) == 3 and all(np.isfinite(answer.scores[0]))

@@ -63,6 +63,15 @@ def _column_module(column: dict, hidden_size: int) -> nn.Module:
                      "numeric or vector")
 
 
+def _lookup(weight: Tensor, codes: Tensor) -> Tensor:
+    """Rows ``weight[codes]``: ``(...) -> (..., d)``.
+
+    ``index_select``, whose backward adds the rows into a zero gradient, rather than ``nn.Embedding``,
+    whose backward sorts the codes first: for the small feature tables the sort was most of the cost.
+    """
+    return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.size(-1))
+
+
 class CategoricalColumn(nn.Module):
     """One value per item: ``E[code]``, code 0 (unknown or missing) a learned vector of its own.
 
@@ -78,7 +87,7 @@ class CategoricalColumn(nn.Module):
 
     def forward(self, item_ids: Tensor) -> Tensor:
         """``(...) -> (..., d)``."""
-        return self.embedding(self.values[item_ids])
+        return _lookup(self.embedding.weight, self.values[item_ids])
 
 
 class MultiColumn(nn.Module):
@@ -99,10 +108,14 @@ class MultiColumn(nn.Module):
     def forward(self, item_ids: Tensor) -> Tensor:
         """``(...) -> (..., d)``."""
         codes = self.values[item_ids.reshape(-1)]  # (N, w)
-        # The mean over the non-zero codes in one fused op (code 0 is left out of the sum and the count).
-        mean = F.embedding_bag(codes, self.embedding.weight, mode="mean", padding_idx=0)  # (N, d)
-        none = (codes == 0).all(dim=-1, keepdim=True)  # (N, 1) an item with no value
-        mean = torch.where(none, self.embedding.weight[0], mean)  # (N, d)
+        present = (codes != 0).float()  # (N, w)
+        count = present.sum(dim=-1, keepdim=True)  # (N, 1)
+        # Weights 1 / count on the values, and for an item with none weight 1 on its first code (0, unknown):
+        # the mean, or E[0], as one weighted sum (the weights are small: (N, w)).
+        weights = (present / count.clamp(min=1.0)).index_add_(1, present.new_zeros(1, dtype=torch.long),
+                                                               (count == 0).float())  # (N, w)
+        vectors = _lookup(self.embedding.weight, codes)  # (N, w, d)
+        mean = (vectors * weights.unsqueeze(-1)).sum(dim=1)  # (N, d)
         return mean.view(*item_ids.shape, -1)
 
 
@@ -269,7 +282,21 @@ class FeatureItems(ItemRepresentation):
         return self._vectors(torch.arange(self.num_items + 1, device=self.id_known.device))
 
     def _vectors(self, item_ids: Tensor) -> Tensor:
-        """The vectors computed from the id and the features: ``(...) -> (..., d)``."""
+        """The vectors computed from the id and the features: ``(...) -> (..., d)``; padding (id 0) is zero.
+
+        Only the real ids are computed (input sequences are mostly padding on short-sequence data), then
+        put in place among zero rows.
+        """
+        flat = item_ids.reshape(-1)  # (N,)
+        real = torch.nonzero(flat).squeeze(1)  # (n,)
+        if real.numel() == flat.numel():
+            return self._real_vectors(item_ids)
+        vectors = self._real_vectors(flat.index_select(0, real))  # (n, d)
+        out = vectors.new_zeros(flat.numel(), vectors.size(-1)).index_copy(0, real, vectors)  # (N, d)
+        return out.view(*item_ids.shape, -1)
+
+    def _real_vectors(self, item_ids: Tensor) -> Tensor:
+        """The vectors of ids that are all non-zero: ``(...) -> (..., d)``."""
         parts = [column(item_ids) for column in self.columns]  # F x (..., d)
         if self.options.use_ids:
             parts.insert(0, self._id_vectors(item_ids))
@@ -279,7 +306,7 @@ class FeatureItems(ItemRepresentation):
             vectors = parts[0]
             for part in parts[1:]:
                 vectors = vectors + part  # (..., d)
-        return vectors.masked_fill((item_ids == 0).unsqueeze(-1), 0.0)  # padding: exactly zero
+        return vectors
 
     def _uniform(self, shape: torch.Size, device: torch.device) -> Tensor:
         """Uniform ``[0, 1)`` numbers of ``shape``, the next draw of the id dropout's own stream."""
@@ -292,7 +319,6 @@ class FeatureItems(ItemRepresentation):
         unknown = ~self.id_known[item_ids]  # (...)
         if self.training and self.options.id_dropout > 0:
             unknown = unknown | (self._uniform(item_ids.shape, item_ids.device) < self.options.id_dropout)
-        unknown = unknown & (item_ids != 0)  # padding stays padding
         # An unknown id looks up the padding row (zero, no gradient): its own row learns nothing from it.
         ids = self.embedding(item_ids.masked_fill(unknown, 0))  # (..., d)
         return torch.where(unknown.unsqueeze(-1), self.unknown_id[0], ids)
