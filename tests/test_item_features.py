@@ -541,8 +541,8 @@ def test_cli_links_the_item_table_and_predicts_from_the_checkpoint(synthetic_txt
     assert saved["hyper_parameters"]["item_features"] == cli.datamodule.item_feature_spec
     assert saved["item_features"]["vocabularies"]["tags"][1] == "t"
     output = tmp_path / "predictions.parquet"
-    cli = cli_main(["predict", "--ckpt_path", str(checkpoint), "--data", "test_item_features.FeatureData", *TINY_TRAINER,
-                    "--prediction.output", str(output)])  # the data options (path, cold) from the checkpoint
+    cli = cli_main(["predict", "--ckpt_path", str(checkpoint), "--data", "test_item_features.FeatureData",
+                    *TINY_TRAINER, "--prediction.output", str(output)])  # data options (path, cold): the checkpoint's
     assert isinstance(cli.model.model.items, FeatureItems) and cli.model.features.combine == "concat"
     assert not cli.model.model.items.id_known[3]
     assert output.is_file()
