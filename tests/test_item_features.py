@@ -622,3 +622,18 @@ def test_features_only_model_trains_and_scores(synthetic_txt, updates):
     assert all(torch.isfinite(p).all() for p in module.parameters())
     answer = module.recommend([[data.item_ids()[1].item()]], k=3)
     assert len(answer.items[0]) == 3 and all(np.isfinite(answer.scores[0]))
+
+
+def test_multi_valued_mean_has_the_gradient_of_the_written_out_mean():
+    """``MultiColumn``'s weighted bag (its own backward) against the mean written out, in float64."""
+    torch.manual_seed(0)
+    table = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    codes = torch.tensor([[1, 2, 0], [0, 0, 0], [3, 3, 5], [4, 0, 0]])
+    present = (codes != 0).double()
+    count = present.sum(-1, keepdim=True)
+    weights = present / count.clamp(min=1)
+    weights[:, 0] += (count[:, 0] == 0).double()
+    assert torch.autograd.gradcheck(lambda w: items_module._WeightedBag.apply(w, codes, weights), (table,))
+    expected = (table[codes] * weights.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(items_module._WeightedBag.apply(table, codes, weights), expected)
+    assert torch.equal(expected[1], table[0])  # no value: the unknown vector

@@ -72,6 +72,30 @@ def _lookup(weight: Tensor, codes: Tensor) -> Tensor:
     return weight.index_select(0, codes.reshape(-1)).view(*codes.shape, weight.size(-1))
 
 
+class _WeightedBag(torch.autograd.Function):
+    """``sum_j weights[n, j] * weight[codes[n, j]]``: ``(N, w)`` codes and weights -> ``(N, d)``.
+
+    The forward is ``F.embedding_bag``'s (no ``(N, w, d)`` block); its own backward sorts the codes, so
+    the gradient of the (small) table is added here row by row, for the entries of non-zero weight only.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, codes: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(codes, weights)
+        ctx.rows = weight.size(0)
+        return F.embedding_bag(codes, weight, mode="sum", per_sample_weights=weights.to(weight.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        codes, weights = ctx.saved_tensors
+        flat = weights.reshape(-1)  # (N * w,)
+        entries = torch.nonzero(flat).squeeze(1)  # (E,) the values (weight 0: no value)
+        rows = torch.div(entries, codes.size(1), rounding_mode="floor")  # (E,) the item of each
+        contributions = grad.index_select(0, rows) * flat[entries].to(grad.dtype).unsqueeze(-1)  # (E, d)
+        grad_weight = grad.new_zeros(ctx.rows, grad.size(1)).index_add_(0, codes.reshape(-1)[entries], contributions)
+        return grad_weight, None, None
+
+
 class CategoricalColumn(nn.Module):
     """One value per item: ``E[code]``, code 0 (unknown or missing) a learned vector of its own.
 
@@ -114,8 +138,7 @@ class MultiColumn(nn.Module):
         # the mean, or E[0], as one weighted sum (the weights are small: (N, w)).
         weights = (present / count.clamp(min=1.0)).index_add_(1, present.new_zeros(1, dtype=torch.long),
                                                                (count == 0).float())  # (N, w)
-        vectors = _lookup(self.embedding.weight, codes)  # (N, w, d)
-        mean = (vectors * weights.unsqueeze(-1)).sum(dim=1)  # (N, d)
+        mean = _WeightedBag.apply(self.embedding.weight, codes, weights)  # (N, d)
         return mean.view(*item_ids.shape, -1)
 
 
@@ -320,8 +343,8 @@ class FeatureItems(ItemRepresentation):
         if self.training and self.options.id_dropout > 0:
             unknown = unknown | (self._uniform(item_ids.shape, item_ids.device) < self.options.id_dropout)
         # An unknown id looks up the padding row (zero, no gradient): its own row learns nothing from it.
-        ids = self.embedding(item_ids.masked_fill(unknown, 0))  # (..., d)
-        return torch.where(unknown.unsqueeze(-1), self.unknown_id[0], ids)
+        ids = self.embedding(item_ids.masked_fill(unknown, 0))  # (..., d), zero where unknown
+        return torch.addcmul(ids, unknown.unsqueeze(-1).to(ids.dtype), self.unknown_id[0])  # one pass, not a where
 
 
 def _autocast_state(device: torch.device) -> tuple:
