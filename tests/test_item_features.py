@@ -23,6 +23,8 @@ from sasrec_lightning.model.options import EncoderOptions, ItemFeatureOptions
 from sasrec_lightning.training.evaluation import EvaluationOptions
 
 TINY = EncoderOptions(hidden_size=8, num_blocks=1, dropout=0.2)
+LOSSES = ["bce", "bpr", "gbce", {"class_path": "sampled_softmax", "init_args": {"negatives": 10}},
+          {"class_path": "gbce", "init_args": {"shared_negatives": 10}}, "ce"]
 
 
 def hand_features(num_items: int, vectors: bool = True) -> ItemFeatures:
@@ -220,6 +222,46 @@ def test_the_table_is_computed_once_while_the_weights_stay(monkeypatch):
     assert calls() == 2
 
 
+def test_eval_vectors_are_rows_of_the_computed_table(monkeypatch):
+    """In eval mode without autograd the vectors of ids are read from the table, not computed again."""
+    encoder = feature_encoder(combine="concat").eval()
+    computed = []
+    vectors = FeatureItems._vectors
+    monkeypatch.setattr(FeatureItems, "_vectors", lambda self, ids: computed.append(ids.shape) or vectors(self, ids))
+    with torch.no_grad():
+        table = encoder.items.table()
+        encoder.items(torch.tensor([[0, 1, 2], [3, 4, 5]]))
+        encoder.item_vectors(torch.tensor([7, 8]))
+    assert computed == [torch.Size([13])]  # only the table, on 0..I
+    with torch.no_grad():
+        table[4] += 1.0  # (the kept table itself)
+        assert torch.equal(encoder.items(torch.tensor([4])), table[[4]])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "written_out"])
+@pytest.mark.parametrize("loss", LOSSES, ids=["bce", "bpr", "gbce", "sampled_softmax", "gbce_shared", "ce"])
+def test_every_loss_reaches_every_feature_parameter(loss, fused):
+    """The loss alone (no input side): the gradient reaches the id table and every feature part."""
+    from sasrec_lightning.fast.speed import use_fused_losses
+    from sasrec_lightning.model.losses import resolve_loss
+
+    encoder = feature_encoder(combine="concat", id_dropout=0.3).train()
+    module = resolve_loss(loss)
+    if fused:
+        use_fused_losses(module)
+    torch.manual_seed(0)
+    hidden = torch.randn(20, 8)
+    targets = torch.randint(1, 13, (20,))
+    negatives = torch.randint(1, 13, (20, 1))
+    rows = torch.arange(20) // 5
+    value = module(encoder.items, hidden, targets, negatives, torch.Generator().manual_seed(0), rows)
+    value.backward()
+    for name, parameter in encoder.items.named_parameters():
+        if loss == "bpr" and name == "project.bias":
+            continue  # BPR scores differences of two items: a bias shared by all of them cancels
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} gets no gradient from {loss}"
+
+
 def test_weights_version_changes_with_every_write():
     """The one private attribute (``Tensor._version``), isolated in ``_weights_version``."""
     encoder = feature_encoder()
@@ -291,8 +333,6 @@ def trainer(root=None, **kwargs) -> L.Trainer:
     return L.Trainer(default_root_dir=root, **{**options, **kwargs})
 
 
-LOSSES = ["bce", "bpr", "gbce", {"class_path": "sampled_softmax", "init_args": {"negatives": 10}},
-          {"class_path": "gbce", "init_args": {"shared_negatives": 10}}, "ce"]
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "written_out"])
