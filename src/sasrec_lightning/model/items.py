@@ -181,7 +181,7 @@ def _weights_version(module: nn.Module) -> tuple:
 
     The one use of a private attribute (``Tensor._version``, the autograd version counter that every
     in-place write bumps: optimizer steps, ``load_state_dict``, ``copy_``); there is no public way to
-    ask whether a tensor was written. ``tests/test_item_features.py`` checks it.
+    ask whether a tensor was written. ``tests/test_feature_model.py`` checks it.
     """
     return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape))
                  for t in (*module.parameters(), *module.buffers()))

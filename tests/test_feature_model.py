@@ -572,7 +572,7 @@ def test_cli_links_the_item_table_and_predicts_from_the_checkpoint(synthetic_txt
     from sasrec_lightning.cli.app import cli_main
 
     monkeypatch.chdir(tmp_path)
-    data = ["--data", "test_item_features.FeatureData", "--data.path", str(synthetic_txt), "--data.cold", "[3]"]
+    data = ["--data", "test_feature_model.FeatureData", "--data.path", str(synthetic_txt), "--data.cold", "[3]"]
     cli = cli_main(["fit", *data, *TINY_MODEL, *TINY_TRAINER, "--trainer.max_steps", "2", "--test_after_fit", "false",
                     "--trainer.default_root_dir", str(tmp_path), "--model.init_args.features.combine", "concat"])
     assert isinstance(cli.model.model.items, FeatureItems) and cli.model.features.combine == "concat"
@@ -581,7 +581,7 @@ def test_cli_links_the_item_table_and_predicts_from_the_checkpoint(synthetic_txt
     assert saved["hyper_parameters"]["item_features"] == cli.datamodule.item_feature_spec
     assert saved["item_features"]["vocabularies"]["tags"][1] == "t"
     output = tmp_path / "predictions.parquet"
-    cli = cli_main(["predict", "--ckpt_path", str(checkpoint), "--data", "test_item_features.FeatureData",
+    cli = cli_main(["predict", "--ckpt_path", str(checkpoint), "--data", "test_feature_model.FeatureData",
                     *TINY_TRAINER, "--prediction.output", str(output)])  # data options (path, cold): the checkpoint's
     assert isinstance(cli.model.model.items, FeatureItems) and cli.model.features.combine == "concat"
     assert not cli.model.model.items.id_known[3]
@@ -594,7 +594,7 @@ import json, os, sys
 sys.path.insert(0, {tests!r})
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_item_features import feature_data, feature_module, trainer
+from test_feature_model import feature_data, feature_module, trainer
 
 
 def main():
