@@ -677,3 +677,30 @@ def test_multi_valued_mean_has_the_gradient_of_the_written_out_mean():
     expected = (table[codes] * weights.unsqueeze(-1)).sum(1)
     torch.testing.assert_close(items_module._WeightedBag.apply(table, codes, weights), expected)
     assert torch.equal(expected[1], table[0])  # no value: the unknown vector
+
+
+class DataWithFeatureOptions(FeatureData):
+    """Records its item-table options under ``features``, as ``SASRecDataModule`` does with ``--data.features.*``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters({"features": {"path": "items.csv", "categorical": ["category"]}})
+
+
+def test_loggers_get_the_model_and_data_feature_options_apart(synthetic_txt, tmp_path):
+    """Lightning refuses one hyper-parameter name with two values; the model's are logged as ``model_features``."""
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0, verbose=False)
+    data = DataWithFeatureOptions(path=str(synthetic_txt), max_len=8, seed=3, print_statistics=False)
+    module = feature_module(data, features={"combine": "concat"})
+    trainer(max_steps=1, limit_val_batches=0, logger=CSVLogger(tmp_path)).fit(module, datamodule=data)
+    class Loader(yaml.SafeLoader):  # the test data module's tuples are written as python/tuple
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    logged = yaml.load(next(tmp_path.rglob("hparams.yaml")).read_text(), Loader=Loader)
+    assert logged["model_features"] == {"combine": "concat", "id_dropout": 0.1, "use_ids": True}
+    assert logged["features"] == {"path": "items.csv", "categorical": ["category"]}
+    assert module.hparams["features"]["combine"] == "concat"  # checkpoints keep the argument's name

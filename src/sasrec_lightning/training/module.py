@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import Tensor
 
 from ..data.batches import TrainingStatistics
@@ -112,6 +112,19 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self._blocked_warned = False
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What the loggers record: the hyper-parameters, the item-feature options under ``model_features``.
+
+        The data module records the item table's options under ``features`` too, and Lightning refuses to log
+        two values under one name (``RuntimeError: Error while merging hparams``), so the model's are logged
+        under another name. Only the loggers read this; checkpoints keep ``hparams`` as they are.
+        """
+        hparams = super().hparams_initial
+        if "features" in hparams:
+            hparams["model_features"] = hparams.pop("features")
+        return hparams
 
     # ----------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
