@@ -72,6 +72,8 @@ class SASRecCLI(CheckpointSettings, LightningCLI):
         # (subclass mode: the source must be spelled data.init_args.*; "data.max_len" silently linked nothing)
         parser.link_arguments("data.init_args.max_len", "model.init_args.max_len")
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
+        # The item table's spec (None without one); a data class without the attribute links nothing.
+        parser.link_arguments("data.item_feature_spec", "model.init_args.item_features", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="after fit, test (the best checkpoint when checkpointing is on) and print the "

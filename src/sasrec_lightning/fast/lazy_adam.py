@@ -424,7 +424,8 @@ def item_table_lazy_adam(
     Returns:
         The optimizer, fused for the dense parameters when they are all floating point on CPU/CUDA.
     """
-    tables = [items.embedding for items in module.modules() if isinstance(items, ItemRepresentation)]
+    tables = [items.embedding for items in module.modules()
+              if isinstance(items, ItemRepresentation) and items.embedding is not None]  # None: features only
     table_weights = {id(table.weight) for table in tables}
     dense = [p for p in module.parameters() if id(p) not in table_weights]
     fused = fused_adam_supported(dense)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .items import ItemRepresentation
-from .options import BlockLayout, EncoderOptions
+from .items import FeatureItems, ItemRepresentation
+from .options import BlockLayout, EncoderOptions, ItemFeatureOptions
 
 __all__ = ["SASRec", "SASRecBlock", "CausalSelfAttention", "PointWiseFeedForward", "Residual", "attention_bias"]
 
@@ -197,9 +197,14 @@ class SASRec(nn.Module):
         max_len: maximum sequence length ``n``; longer inputs must be cut to their last ``n`` items.
         options: the encoder's options (:class:`~sasrec_lightning.model.options.EncoderOptions`; its
             defaults when not given).
+        item_features: the item table's spec (:meth:`~sasrec_lightning.data.features.ItemFeatures.spec`):
+            items are then represented by their id and features (:class:`~.items.FeatureItems`) on both
+            sides; ``None`` (the paper's model): by their id alone.
+        feature_options: how ids and features are combined (with ``item_features``).
     """
 
-    def __init__(self, num_items: int, max_len: int, options: EncoderOptions | None = None) -> None:
+    def __init__(self, num_items: int, max_len: int, options: EncoderOptions | None = None,
+                 item_features: dict | None = None, feature_options: ItemFeatureOptions | None = None) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be at least 1, got {num_items}")
@@ -208,9 +213,10 @@ class SASRec(nn.Module):
         options = options or EncoderOptions()
         d = options.hidden_size
         self.num_items, self.max_len, self.hidden_size, self.options = num_items, max_len, d, options
-        self.items = ItemRepresentation(num_items, d)  # M: the input items, and the scored ones when shared
+        self.item_features, self.feature_options = item_features, feature_options
+        self.items = self.item_representation()  # M: the input items, and the scored ones when shared
         self.position_embedding = nn.Embedding(max_len, d) if options.use_positional else None
-        self.output_items = None if options.share_item_embedding else ItemRepresentation(num_items, d)
+        self.output_items = None if options.share_item_embedding else self.item_representation()
         self.embedding_dropout = nn.Dropout(options.dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(d, options.num_heads, options.dropout, options.use_residual, options.block_layout)
@@ -236,8 +242,14 @@ class SASRec(nn.Module):
                     xavier(matrix)
         with torch.no_grad():
             for items in (self.items, self.output_items):
-                if items is not None:
+                if items is not None and items.embedding is not None:
                     items.embedding.weight[0].zero_()
+
+    def item_representation(self) -> ItemRepresentation:
+        """The id table of the paper, or ids and side features when the item table's spec is given."""
+        if self.item_features is None:
+            return ItemRepresentation(self.num_items, self.hidden_size)
+        return FeatureItems(self.num_items, self.hidden_size, self.item_features, self.feature_options)
 
     @property
     def scoring_items(self) -> ItemRepresentation:

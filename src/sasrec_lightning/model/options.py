@@ -8,10 +8,11 @@ from typing import Literal
 from ..errors import OptionError
 from ..validation import at_least, in_range, one_of, positive
 
-__all__ = ["EncoderOptions", "BlockLayout", "Init"]
+__all__ = ["EncoderOptions", "ItemFeatureOptions", "BlockLayout", "Init", "Combine"]
 
 BlockLayout = Literal["paper", "reference"]
 Init = Literal["normal", "xavier", "xavier_uniform"]
+Combine = Literal["sum", "concat"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,36 @@ class EncoderOptions:
         positive(section, "init_std", self.init_std)
         one_of(section, "block_layout", self.block_layout, BlockLayout)
 
+
+
+@dataclass(frozen=True)
+class ItemFeatureOptions:
+    """How an item's vector is built from its id and its features (``--model.features.*``).
+
+    Used only when the data gives an item table (``--data.features.*``); without one the model is the
+    paper's, and these options change nothing. See ``docs/features.md``.
+
+    Args:
+        combine: ``sum``: the id vector plus one vector per feature column; ``concat``: the id and
+            feature vectors side by side, mapped to ``hidden_size`` by a learned linear layer.
+        id_dropout: share of item ids replaced, in each training step, by the learned "unknown id"
+            vector (each position and each scored item drawn independently), so that the model learns
+            to score an item from its features alone, as it must for a cold-start item (no training
+            interaction). The default 0.1 keeps 90 % of each item's id signal (warm items lose little)
+            while the unknown-id vector and the features alone are trained on a tenth of every step's
+            positions and negatives, thousands per batch; 0 trains the unknown-id vector only on
+            cold items (none unless the data has some). Ignored with ``use_ids: false``.
+        use_ids: learn an id vector per item; ``false``: items are represented by their features
+            only (every item is scored like a cold-start item).
+    """
+
+    combine: Combine = "sum"
+    id_dropout: float = 0.1
+    use_ids: bool = True
+
+    def __post_init__(self) -> None:
+        section = "model.features"
+        one_of(section, "combine", self.combine, Combine)
+        in_range(section, "id_dropout", self.id_dropout, 0.0, 1.0, high_open=True)
+        if not isinstance(self.use_ids, bool):
+            raise OptionError(f"--{section}.use_ids {self.use_ids!r}: expected true or false")

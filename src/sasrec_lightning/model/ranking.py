@@ -405,7 +405,8 @@ def _group_size(chunk: int, k: int) -> int:
 
 
 def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None = None,
-               seen_items: Tensor | None = None, chunk: int | str = "auto") -> tuple[Tensor, Tensor]:
+               seen_items: Tensor | None = None, chunk: int | str = "auto",
+               blocked: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` best items of every row over the whole table, scored in chunks so memory stays bounded.
 
     The same result as ``(hidden @ weight.T)`` with column 0 and the seen pairs set to ``-inf``,
@@ -429,6 +430,7 @@ def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None 
         seen_rows: ``(S,)`` row of each excluded (row, item) pair.
         seen_items: ``(S,)`` item id of each excluded pair.
         chunk: items scored at once, or ``"auto"`` (:func:`chunk_items`).
+        blocked: ``(I + 1,)`` bool, items never returned to any row (scored ``-inf``), or ``None``.
 
     Returns:
         ``(B, k)`` scores and ``(B, k)`` int64 item ids, best first.
@@ -460,6 +462,8 @@ def full_top_k(hidden: Tensor, weight: Tensor, k: int, seen_rows: Tensor | None 
         pairs = None if excluded is None else excluded.of_chunk(index, start)
         if pairs is not None:
             flat.index_fill_(0, pairs, float("-inf"))
+        if blocked is not None:
+            block.masked_fill_(blocked[start : start + chunk], float("-inf"))  # (C,) over every row
         maxima = groups.amax(dim=1)  # (B, G) NaN where a group holds a NaN
         if index == 0 and k <= spread:
             # The k-th best group maximum: k items score at least that much, so the k-th best item

@@ -25,9 +25,11 @@ from ..atomic import atomic_path, atomic_write
 from ..errors import MissingPackageError, ModelError
 from ..model.divergence import nonfinite_parameters, weights_error
 from ..model.encoder import SASRec
+from ..model.items import FeatureItems
 
 __all__ = [
-    "ServingModel", "check_exportable", "export_torchscript", "export_onnx", "example_input", "require_onnx_exporter",
+    "ServingModel", "freeze_item_features", "check_exportable", "export_torchscript", "export_onnx", "example_input",
+    "require_onnx_exporter",
 ]
 
 INPUT_NAMES = ["input_ids"]
@@ -51,7 +53,11 @@ class ServingModel(nn.Module):
         # Inference only: parameters that do not require grad give outputs that do not either (a traced
         # module otherwise returns scores with requires_grad=True to every caller).
         self.encoder = copy.deepcopy(encoder).eval().requires_grad_(False)
-        self.register_buffer("padding_column", torch.arange(encoder.num_items + 1) == 0, persistent=False)
+        # Padding, and items the model never recommends (no trained id and no features), score -inf.
+        blocked = torch.arange(encoder.num_items + 1, device=encoder.output_weight.device) == 0  # (I + 1,)
+        never = encoder.scoring_items.blocked_items()
+        self.register_buffer("padding_column", blocked if never is None else blocked | never, persistent=False)
+        freeze_item_features(self.encoder)
         self.eval()
 
     def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,6 +76,18 @@ class ServingModel(nn.Module):
         hidden = self.encoder(recent)[:, -1]  # (B, d)
         scores = hidden @ self.encoder.output_weight.T  # (B, I + 1)
         return scores.masked_fill(self.padding_column, float("-inf")), hidden  # (B, I + 1), (B, d)
+
+
+def freeze_item_features(encoder: SASRec) -> None:
+    """Replace item representations with side features by their computed item table (an id table).
+
+    The exported graph then looks up and scores rows of one fixed ``(I + 1, d)`` table, as the model
+    in eval mode does (``FeatureItems.table``), with no feature arrays or per-request feature work.
+    """
+    for name in ("items", "output_items"):
+        items = getattr(encoder, name)
+        if isinstance(items, FeatureItems):
+            setattr(encoder, name, items.frozen().requires_grad_(False))
 
 
 def check_exportable(encoder: SASRec, where: str = "export") -> None:

@@ -27,7 +27,7 @@ from ..model.encoder import SASRec
 from ..model.ranking import full_top_k
 
 __all__ = ["Recommendations", "recommend", "recommend_histories", "predict_top_k", "served_items", "MostPopular",
-           "check_k", "tensor_state"]
+           "check_k", "servable_items", "tensor_state"]
 
 
 class Recommendations(NamedTuple):
@@ -65,9 +65,15 @@ def predict_top_k(encoder: SASRec, batch: dict[str, Tensor], k: int, exclude_see
     hidden = encoder.last_hidden(batch["input_ids"]).float()  # (B, d)
     seen = (batch["seen_rows"], batch["seen_items"]) if exclude_seen else (None, None)
     with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 scores under mixed precision
-        top_scores, top_items = full_top_k(hidden, encoder.output_weight.float(), k, *seen,
-                                           chunk=chunk_size)  # (B, k), (B, k)
+        top_scores, top_items = full_top_k(hidden, encoder.output_weight.float(), k, *seen, chunk=chunk_size,
+                                           blocked=encoder.scoring_items.blocked_items())  # (B, k), (B, k)
     return {"users": batch["users"], "items": top_items, "scores": top_scores}
+
+
+def servable_items(encoder: SASRec) -> int:
+    """How many items ``predict`` and ``recommend`` may answer with: all but the blocked ones (``blocked_items``)."""
+    blocked = encoder.scoring_items.blocked_items()
+    return encoder.num_items - (0 if blocked is None else int(blocked.sum()))
 
 
 def served_items(item_ids: Sequence, popularity: Sequence | Tensor | None,
@@ -312,11 +318,12 @@ def recommend_histories(
     most_popular = most_popular if most_popular is not None else MostPopular()
     empty = ends - starts == 0  # (B,) nothing known to attend to: the most-popular items
     popular_scores, popular_items = most_popular.top(popularity, encoder.num_items, k)  # (k,), (k,)
-    device = encoder.output_weight.device
     out_items: list[list] = []
     out_scores: list[list[float]] = []
     untrusted = 0  # histories answered by the model whose top-k is not finite
     with _eval_mode(encoder), torch.no_grad():
+        device = encoder.output_weight.device  # in eval mode: the item table every batch scores with
+        served = servable_items(encoder)
         for begin in range(0, len(starts), batch_size):
             rows = slice(begin, begin + batch_size)
             batch = history_batch(items, starts[rows], ends[rows], encoder.max_len,
@@ -326,7 +333,7 @@ def recommend_histories(
             top_scores, top_items = prediction["scores"].cpu(), prediction["items"].cpu()  # (B, k), (B, k)
             fallback = torch.from_numpy(empty[rows])  # (B,)
             excluded = torch.from_numpy(ends[rows] - starts[rows]) if exclude_seen else None  # (B,)
-            untrusted += int((untrusted_rows(top_scores, encoder.num_items, excluded) & ~fallback).sum())
+            untrusted += int((untrusted_rows(top_scores, served, excluded) & ~fallback).sum())
             top_items[fallback] = popular_items
             top_scores[fallback] = popular_scores.to(top_scores.dtype)
             ids = top_items.numpy() if vocabulary is None else vocabulary.to_original(top_items.numpy())

@@ -36,6 +36,7 @@ from .recommend import (
     predict_top_k,
     recommend,
     recommend_histories,
+    servable_items,
     served_items,
 )
 
@@ -72,7 +73,7 @@ class ServingMixin:
                                    self.evaluation.chunk_size)
         scores = prediction["scores"]  # (B, k)
         excluded = batch["seen_rows"].bincount(minlength=scores.size(0)) if self.predict_exclude_seen else None  # (B,)
-        untrusted = untrusted_rows(scores, self.model.num_items, excluded).sum()
+        untrusted = untrusted_rows(scores, servable_items(self.model), excluded).sum()
         self._untrusted_users = untrusted if self._untrusted_users is None else self._untrusted_users + untrusted
         self._predicted_users += scores.size(0)
         return prediction

@@ -35,7 +35,7 @@ from ..errors import CheckpointError
 
 __all__ = ["read_checkpoint", "check_archive", "imported_class", "check_checkpoint_classes", "check_state_shapes",
            "check_state_dtypes", "check_item_ids", "check_checkpoint_data", "is_unsafe_refusal",
-           "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states",
+           "unsafe_checkpoint_error", "save_rng_states", "restore_rng_states", "check_checkpoint_features",
            "DATA_OPTIONS", "data_setting_differences", "plain", "flat_options"]
 
 # The instantiator LightningCLI writes into checkpoints (``load_from_checkpoint`` imports it by name).
@@ -465,3 +465,59 @@ def restore_rng_states(checkpoint: Mapping, device: torch.device) -> None:
         torch.set_rng_state(checkpoint["torch_rng_state"])
         if checkpoint.get("cuda_rng_state") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], device)
+
+
+def check_checkpoint_features(saved: Mapping | None, model_has_features: bool, data: Mapping | None,
+                              with_data: bool) -> None:
+    """Refuse a checkpoint whose item features (``checkpoint["item_features"]``) do not fit the model or the data.
+
+    Args:
+        saved: the checkpoint's item-table state (``ItemFeatures.state()``: spec, vocabularies, scaling), or
+            ``None`` for a model trained without item features.
+        model_has_features: the model was built with an item table's spec.
+        data: the data module's item-table state, or ``None`` when it has none.
+        with_data: a data module is attached (without one, e.g. ``load_from_checkpoint``, only the model is checked).
+
+    Raises:
+        CheckpointError: naming the first column that differs, or saying which side has no item table.
+    """
+    if saved is None:
+        if model_has_features or (with_data and data is not None):
+            columns = [column["name"] for column in (data or {}).get("spec", {}).get("columns", ())]
+            raise CheckpointError(
+                f"the checkpoint was trained without item features, but the data gives an item table (columns "
+                f"{columns}): the model would not fit its weights. Use the data options of the training run "
+                "(no --data.features.path), or train a model with the item table")
+        return
+    names = [column["name"] for column in saved.get("spec", {}).get("columns", ())]
+    if not model_has_features or (with_data and data is None):
+        raise CheckpointError(
+            f"the checkpoint was trained with item features (columns {names}) but the data gives no item table: "
+            "pass the --data.features.* options of the training run (the table's path and its columns)")
+    if data is None:
+        return
+    theirs = {column["name"]: column for column in data.get("spec", {}).get("columns", ())}
+    for column in saved["spec"]["columns"]:
+        name = column["name"]
+        other = theirs.get(name)
+        if other is None:
+            problem = "is not in the data's item table"
+        elif other != column:
+            problem = (f"is {other['kind']} of size {other['size']} (width {other['width']}) in the data but "
+                       f"{column['kind']} of size {column['size']} (width {column['width']}) in the checkpoint")
+        elif list(data.get("vocabularies", {}).get(name, [])) != list(saved.get("vocabularies", {}).get(name, [])):
+            problem = "has other values (its vocabulary differs: the item table changed)"
+        elif [float(v) for v in data.get("scaling", {}).get(name, [])] != [
+                float(v) for v in saved.get("scaling", {}).get(name, [])]:
+            problem = "is scaled differently (its mean or standard deviation differs: the item table changed)"
+        else:
+            continue
+        raise CheckpointError(
+            f"item feature column {name!r} {problem}: the checkpoint was trained with another item table "
+            f"(columns {names}). Use the item table and --data.features.* options of the training run, or train "
+            "a model on this one")
+    extra = [name for name in theirs if name not in names]
+    if extra:
+        raise CheckpointError(
+            f"item feature column {extra[0]!r} is in the data's item table but the checkpoint was trained without "
+            f"it (columns {names}). Use the --data.features.* options of the training run")

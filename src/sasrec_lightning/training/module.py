@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import Tensor
 
 from ..data.batches import TrainingStatistics
@@ -29,13 +29,14 @@ from ..model.divergence import (
     weights_error,
 )
 from ..model.encoder import SASRec
+from ..model.items import FeatureItems
 from ..model.losses import Loss, loss_spec, resolve_loss
 from ..model.metrics import RankingMetrics
-from ..model.options import EncoderOptions
+from ..model.options import EncoderOptions, ItemFeatureOptions
 from ..serving.serving import ServingMixin
 from ..validation import at_least, option_group
 from .callbacks import CheckBatches
-from .checkpoints import check_checkpoint_data, restore_rng_states, save_rng_states
+from .checkpoints import check_checkpoint_data, check_checkpoint_features, restore_rng_states, save_rng_states
 from .cold_start import WarmColdMetrics
 from .evaluation import EvaluationOptions, Ranker
 from .memory import check_fit_memory, check_parameter_memory
@@ -62,6 +63,10 @@ class SASRecModule(ServingMixin, L.LightningModule):
         optimization: Adam's learning rate, betas and weight decay, ``l2_emb``, ``loss_normalization``.
         evaluation: the protocol (``sampled`` / ``full``), ``top_k``, ``exclude_seen``, ``chunk_size``.
         speed: the CPU speed parts (pooled dropout, row gradients, fused losses, row-sparse Adam).
+        item_features: the item table's spec (``ItemFeatures.spec()``); linked from the data module's
+            ``item_feature_spec``, never typed by hand. ``None``: items are ids only (the paper's model).
+        features: how ids and item features make an item's vector (``combine``, ``id_dropout``,
+            ``use_ids``); used only with ``item_features``.
         optimizer: any optimizer factory (LightningCLI ``--model.optimizer``); replaces Adam.
         lr_scheduler: optional scheduler factory.
     """
@@ -75,6 +80,8 @@ class SASRecModule(ServingMixin, L.LightningModule):
         optimization: OptimizationOptions = OptimizationOptions(),
         evaluation: EvaluationOptions = EvaluationOptions(),
         speed: SpeedOptions = SpeedOptions(),
+        item_features: dict | None = None,
+        features: ItemFeatureOptions = ItemFeatureOptions(),
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -83,18 +90,19 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.optimization = option_group(OptimizationOptions, optimization, "model.optimization")
         self.evaluation = option_group(EvaluationOptions, evaluation, "model.evaluation")
         self.speed = option_group(SpeedOptions, speed, "model.speed")
+        self.features = option_group(ItemFeatureOptions, features, "model.features")
         at_least("model", "num_items", num_items, 1)  # the encoder's own check names no flag
         at_least("model", "max_len", max_len, 1)
         self.evaluation.check_catalogue(num_items)
         check_item_updates(self.speed, self.optimization, custom_optimizer=optimizer is not None)
         check_parameter_memory(num_items, max_len, self.encoder_options)  # before allocating them (memory.py)
-        self.model = SASRec(num_items, max_len, self.encoder_options)
+        self.model = SASRec(num_items, max_len, self.encoder_options, item_features, self.features)
         self.loss = resolve_loss(loss)
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])  # the loss: as its spec, below
         # Plain values, saved (not only updated) so that the copy the loggers record has them and the loss too.
         self.save_hyperparameters(dict(encoder=asdict(self.encoder_options), loss=loss_spec(self.loss),
                                        optimization=asdict(self.optimization), evaluation=asdict(self.evaluation),
-                                       speed=asdict(self.speed)))
+                                       speed=asdict(self.speed), features=asdict(self.features)))
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.ranker = Ranker(self.evaluation)
         self.val_metrics = RankingMetrics(self.evaluation.top_k, prefix="val/")
@@ -104,16 +112,63 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self.test_groups = WarmColdMetrics(self.evaluation.top_k, prefix="test/")
         self._init_serving(num_items)  # item ids, item popularity, predict's top-K (serving.py)
         self.statistics: TrainingStatistics | None = None  # the data module's, set at fit start
+        self.feature_state: dict | None = None  # the item table's vocabularies and scaling, for checkpoints
+        self._blocked_warned = False
         self._train_loss_sum: Tensor | None = None  # train/loss summed since it was last logged
         self._train_loss_steps = 0
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What the loggers record: the hyper-parameters, the item-feature options under ``model_features``.
+
+        The data module records the item table's options under ``features`` too, and Lightning refuses to log
+        two values under one name (``RuntimeError: Error while merging hparams``), so the model's are logged
+        under another name. Only the loggers read this; checkpoints keep ``hparams`` as they are.
+        """
+        hparams = super().hparams_initial
+        if "features" in hparams:
+            hparams["model_features"] = hparams.pop("features")
+        return hparams
 
     # ----------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         """Take the item ids from the data module, and tell it whether training draws negatives per position."""
         datamodule = self._datamodule()
         self.attach_item_ids(datamodule)
+        self.attach_item_features(datamodule)
         if stage == "fit" and hasattr(datamodule, "draw_training_negatives"):
             datamodule.draw_training_negatives(self.loss.needs_negatives)
+
+    def attach_item_features(self, datamodule) -> None:
+        """Copy the data module's item table (``item_features``) into the item representations, with the trained ids.
+
+        An item is "trained" when it has training interactions (``item_popularity() > 0``); the others
+        (cold-start items) are scored from their features. Items with neither are never recommended,
+        with one warning.
+        """
+        features = getattr(datamodule, "item_features", None)
+        representations = [items for items in (self.model.items, self.model.output_items)
+                           if isinstance(items, FeatureItems)]
+        if features is None or not representations:
+            if features is not None:
+                rank_zero_warn("the data module gives an item table but the model was built without item_features, "
+                               "so it uses item ids only; pass item_features=datamodule.item_feature_spec to use it")
+            return
+        popularity = getattr(datamodule, "item_popularity", None)
+        trained = None if popularity is None else torch.as_tensor(popularity()) > 0  # (I + 1,)
+        for items in representations:
+            items.load_features(features, trained)
+        self.feature_state = features.state()
+        blocked = torch.nonzero(representations[-1].blocked_items()).squeeze(1)  # (U,) internal ids
+        if blocked.numel() and not self._blocked_warned:
+            self._blocked_warned = True
+            ids = datamodule.item_ids() if hasattr(datamodule, "item_ids") else None
+            examples = [ids[i].item() if hasattr(ids[i], "item") else ids[i] for i in blocked[:5].tolist()] if (
+                ids is not None) else blocked[:5].tolist()
+            rank_zero_warn(f"{blocked.numel()} item(s) have no training interaction and no row in the item table "
+                           f"(e.g. {examples}): the model knows nothing of them, so they are never recommended or "
+                           "predicted (their score is -inf; the evaluation protocol still ranks them). Add their rows "
+                           "to the item table to score them from their features")
 
     def configure_callbacks(self) -> list[L.Callback]:
         sharded = self._trainer is not None and shards_parameters(self.trainer.strategy)
@@ -177,8 +232,9 @@ class SASRecModule(ServingMixin, L.LightningModule):
         self._log_train_loss(loss.detach(), batch_idx)
         per_batch = self.statistics.positions_per_batch if self.statistics is not None else None
         loss = scaled_loss(loss, rows.numel(), per_batch, self.optimization)
-        if self.optimization.l2_emb:
-            loss = loss + self.optimization.l2_emb * self.model.items.table().square().sum() / 2
+        ids = self.model.items.embedding  # M, the paper's penalty; never the feature vectors (None without ids)
+        if self.optimization.l2_emb and ids is not None:
+            loss = loss + self.optimization.l2_emb * ids.weight.square().sum() / 2
         return loss
 
     def _log_train_loss(self, loss: Tensor, batch_idx: int) -> None:
@@ -292,11 +348,18 @@ class SASRecModule(ServingMixin, L.LightningModule):
             raise weights_error(where, names, self, "the model diverged, and the checkpoints saved before keep its "
                                 "last finite weights", remedy)
         self._save_item_ids(checkpoint)
+        if self.feature_state is not None:
+            checkpoint["item_features"] = self.feature_state  # plain values: vocabularies and scaling
         save_rng_states(checkpoint, self.device)  # a resumed run draws the same dropout masks
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Check that ``checkpoint`` fits the model and the data (before its weights load); resume its state."""
         datamodule = self._datamodule()
+        data_features = getattr(datamodule, "item_features", None)
+        check_checkpoint_features(checkpoint.get("item_features"), isinstance(self.model.items, FeatureItems),
+                                  None if data_features is None else data_features.state(), datamodule is not None)
+        if checkpoint.get("item_features") is not None:
+            self.feature_state = checkpoint["item_features"]
         data_ids = datamodule.item_ids() if hasattr(datamodule, "item_ids") else (
             None if self.item_vocabulary is None else self.item_vocabulary.item_ids)
         check_checkpoint_data(checkpoint, self.state_dict(), self.model.num_items,
