@@ -358,3 +358,12 @@ def test_the_data_module_generates_the_synthetic_features_and_their_item_table()
     assert table.equals(items) and data.sequences.items.size == interactions.num_rows
     assert data.sequences.timestamps is not None
     assert SASRecDataModule(print_statistics=False)._item_table_source() is None
+
+
+def test_a_cold_item_list_is_stored_absolute_so_a_checkpoint_finds_it_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cold.txt").write_text("3\n")
+    data = SASRecDataModule(path="log.txt", holdout=HoldoutOptions(cold_item_list="cold.txt"), print_statistics=False)
+    assert data.hparams["holdout"]["cold_item_list"] == str(tmp_path / "cold.txt")
+    assert data.holdout.cold_item_list == "cold.txt"  # this run reads it as given
+    assert SASRecDataModule(print_statistics=False).hparams["holdout"]["cold_item_list"] is None

@@ -115,9 +115,12 @@ class SASRecDataModule(L.LightningDataModule):
         # description, never pickled (save_hyperparameters reads the arguments from these local variables).
         path = describe(path, self.source.split) if is_in_memory(path) else path
         features = self.features.plain(path=_stored_path(self.features.path, self.features.split))  # likewise
+        holdout = asdict(self.holdout)
+        if holdout["cold_item_list"]:  # which items train: found from any folder, like the data path
+            holdout["cold_item_list"] = resolved_path(holdout["cold_item_list"])
         self.save_hyperparameters()
         self.hparams.update(source=asdict(self.source), preprocessing=asdict(self.preprocessing),  # plain values
-                            holdout=asdict(self.holdout), loader=asdict(self.loader), cache=asdict(self.cache),
+                            holdout=holdout, loader=asdict(self.loader), cache=asdict(self.cache),
                             features=features)
         if isinstance(path, str) and path:  # stored absolute: the checkpoint's data is found from any folder
             self.hparams["path"] = resolved_path(path)
