@@ -211,25 +211,28 @@ class SequenceCache:
         if not (folder / "meta.json").is_file():
             return None
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
-                items, offsets = arrays["items"], arrays["offsets"]
-                timestamps = arrays["timestamps"] if "timestamps" in arrays.files else None
-            user_ids = pq.read_table(folder / "user_ids.parquet").column(0).to_numpy()
-            item_ids = pq.read_table(folder / "item_ids.parquet").column(0).to_numpy()
-            if (offsets[0] != 0 or offsets[-1] != len(items) or len(user_ids) != len(offsets) - 1
-                    or (timestamps is not None and len(timestamps) != len(items))):
-                raise ValueError(f"inconsistent arrays ({len(items)} items, {len(offsets)} offsets, "
-                                 f"{len(user_ids)} users)")
-            info = dict(meta.get("info", {}))
+            data = self._read(folder, json.loads((folder / "meta.json").read_text()))
         except Exception as error:  # noqa: BLE001  (any damage means: rebuild; see the docstring)
             log.warning("removing unreadable cache entry %s (%s: %s); it will be rebuilt", folder,
                         type(error).__name__, error)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        info["cache"] = {"key": key, "path": str(folder), "hit": True}
+        data.info["cache"] = {"key": key, "path": str(folder), "hit": True}
+        return data
+
+    def _read(self, folder: Path, meta: dict) -> SequenceData:
+        """An entry's data from its files (``meta``: its ``meta.json``); any error means a damaged entry."""
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            items, offsets = arrays["items"], arrays["offsets"]
+            timestamps = arrays["timestamps"] if "timestamps" in arrays.files else None
+        user_ids = pq.read_table(folder / "user_ids.parquet").column(0).to_numpy()
+        item_ids = pq.read_table(folder / "item_ids.parquet").column(0).to_numpy()
+        if (offsets[0] != 0 or offsets[-1] != len(items) or len(user_ids) != len(offsets) - 1
+                or (timestamps is not None and len(timestamps) != len(items))):
+            raise ValueError(f"inconsistent arrays ({len(items)} items, {len(offsets)} offsets, "
+                             f"{len(user_ids)} users)")
         return SequenceData(items=items, offsets=offsets, user_ids=user_ids, item_ids=item_ids,
-                            timestamps=timestamps, info=info)
+                            timestamps=timestamps, info=dict(meta.get("info", {})))
 
     def save(self, key: str, data: SequenceData, meta: dict | None = None) -> Path:
         """Write an entry atomically: a temporary folder, flushed to disk, then :func:`os.replace`."""
@@ -238,17 +241,10 @@ class SequenceCache:
         folder = self.path(key)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
         try:
-            arrays = {"items": data.items, "offsets": data.offsets}
-            if data.timestamps is not None:
-                arrays["timestamps"] = data.timestamps
-            np.savez(temporary / "arrays.npz", **arrays)
-            pq.write_table(pa.table({"user_id": pa.array(data.user_ids)}), temporary / "user_ids.parquet")
-            pq.write_table(pa.table({"item_id": pa.array(data.item_ids)}), temporary / "item_ids.parquet")
-            info = {k: v for k, v in data.info.items() if k != "cache"}
-            (temporary / "meta.json").write_text(json.dumps({**(meta or {}), "info": info}, indent=1, default=str))
+            names = self._write(temporary, data, meta or {})
             # The rename must not reach the disk before the data: after a crash the entry would
             # exist with empty or partial files.
-            for name in ("arrays.npz", "user_ids.parquet", "item_ids.parquet", "meta.json", "."):
+            for name in (*names, "meta.json", "."):
                 _fsync(temporary / name)
             if folder.exists():  # a forced rebuild replaces the old entry
                 shutil.rmtree(folder, ignore_errors=True)
@@ -261,6 +257,18 @@ class SequenceCache:
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return folder
+
+    def _write(self, folder: Path, data: SequenceData, meta: dict) -> tuple[str, ...]:
+        """Write ``data`` and ``meta.json`` into ``folder``; the names of the other files written."""
+        arrays = {"items": data.items, "offsets": data.offsets}
+        if data.timestamps is not None:
+            arrays["timestamps"] = data.timestamps
+        np.savez(folder / "arrays.npz", **arrays)
+        pq.write_table(pa.table({"user_id": pa.array(data.user_ids)}), folder / "user_ids.parquet")
+        pq.write_table(pa.table({"item_id": pa.array(data.item_ids)}), folder / "item_ids.parquet")
+        info = {k: v for k, v in data.info.items() if k != "cache"}
+        (folder / "meta.json").write_text(json.dumps({**meta, "info": info}, indent=1, default=str))
+        return "arrays.npz", "user_ids.parquet", "item_ids.parquet"
 
     def get_or_build(self, key: str, build: Callable[[], SequenceData], meta: dict | None = None,
                      rebuild: bool = False) -> SequenceData:

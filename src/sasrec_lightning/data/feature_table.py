@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ import pyarrow.parquet as pq
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..errors import DataError
-from .cache import SequenceCache, _fsync, cache_key
+from .cache import SequenceCache, cache_key
 from .columns import _MISSING_TOKENS, _ids
 from .diagnostics import json_problem, row_hint
 from .features import UNKNOWN, FeatureColumn, ItemFeatures
@@ -499,59 +497,29 @@ class FeatureCache(SequenceCache):
     vocabularies, scaling and provenance), written to a temporary folder and renamed into place.
     """
 
-    def load(self, key: str) -> ItemFeatures | None:
-        self.remove_stale_temporaries()
-        folder = self.path(key)
-        if not (folder / "meta.json").is_file():
-            return None
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            columns = tuple(FeatureColumn(**column) for column in meta["spec"]["columns"])
-            with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
-                values = {column.name: arrays[f"column_{index}"] for index, column in enumerate(columns)}
-                has_row = arrays["has_row"]
-            cold = pq.read_table(folder / "cold_item_ids.parquet").column(0).to_numpy(zero_copy_only=False)
-            if any(len(array) != len(has_row) for array in values.values()):
-                raise ValueError("arrays of different lengths")
-            info = {**meta.get("info", {}), "cold_item_ids": np.asarray(cold)}
-            features = ItemFeatures(columns, values, meta["vocabularies"],
-                                    {name: tuple(pair) for name, pair in meta["scaling"].items()}, has_row, info)
-        except Exception as error:  # noqa: BLE001  (any damage means: rebuild)
-            log.warning("removing unreadable cache entry %s (%s: %s); it will be rebuilt", folder,
-                        type(error).__name__, error)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        features.info["cache"] = {"key": key, "path": str(folder), "hit": True}
-        return features
+    def _read(self, folder: Path, meta: dict) -> ItemFeatures:
+        columns = tuple(FeatureColumn(**column) for column in meta["spec"]["columns"])
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            values = {column.name: arrays[f"column_{index}"] for index, column in enumerate(columns)}
+            has_row = arrays["has_row"]
+        cold = pq.read_table(folder / "cold_item_ids.parquet").column(0).to_numpy(zero_copy_only=False)
+        if any(len(array) != len(has_row) for array in values.values()):
+            raise ValueError("arrays of different lengths")
+        info = {**meta.get("info", {}), "cold_item_ids": np.asarray(cold)}
+        return ItemFeatures(columns, values, meta["vocabularies"],
+                            {name: tuple(pair) for name, pair in meta["scaling"].items()}, has_row, info)
 
-    def save(self, key: str, data: ItemFeatures, meta: dict | None = None) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.remove_stale_temporaries()
-        folder = self.path(key)
-        temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self.root))
-        try:
-            arrays = {f"column_{index}": data.values[column.name] for index, column in enumerate(data.columns)}
-            np.savez(temporary / "arrays.npz", has_row=data.has_row, **arrays)
-            cold = np.asarray(data.info["cold_item_ids"])
-            pq.write_table(pa.table({"item_id": pa.array(cold)}), temporary / "cold_item_ids.parquet")
-            info = {k: v for k, v in data.info.items() if k not in ("cache", "cold_item_ids")}
-            state = data.state()
-            (temporary / "meta.json").write_text(json.dumps(
-                {**(meta or {}), "spec": state["spec"], "vocabularies": state["vocabularies"],
-                 "scaling": state["scaling"], "info": info}, indent=1, default=str))
-            for name in ("arrays.npz", "cold_item_ids.parquet", "meta.json", "."):
-                _fsync(temporary / name)
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.replace(temporary, folder)
-            except OSError:
-                if not (folder / "meta.json").is_file():
-                    raise
-            _fsync(self.root)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-        return folder
+    def _write(self, folder: Path, data: ItemFeatures, meta: dict) -> tuple[str, ...]:
+        arrays = {f"column_{index}": data.values[column.name] for index, column in enumerate(data.columns)}
+        np.savez(folder / "arrays.npz", has_row=data.has_row, **arrays)
+        cold = np.asarray(data.info["cold_item_ids"])
+        pq.write_table(pa.table({"item_id": pa.array(cold)}), folder / "cold_item_ids.parquet")
+        info = {k: v for k, v in data.info.items() if k not in ("cache", "cold_item_ids")}
+        state = data.state()
+        (folder / "meta.json").write_text(json.dumps(
+            {**meta, "spec": state["spec"], "vocabularies": state["vocabularies"],
+             "scaling": state["scaling"], "info": info}, indent=1, default=str))
+        return "arrays.npz", "cold_item_ids.parquet"
 
 
 def load_item_features(path: Any, options: FeatureOptions, item_ids: np.ndarray, cache_root: str | None,
