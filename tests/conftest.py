@@ -87,3 +87,14 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"sasrec-lightning {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def assert_one_error_line(err: str, fragments=()) -> str:
+    """The CLI's stderr ends with its one ``error:`` line, no traceback and no other ``error:`` line; return it."""
+    assert "Traceback" not in err
+    lines = err.rstrip("\n").split("\n")
+    message = lines[-1]
+    assert message.startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1]), err
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message

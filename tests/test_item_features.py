@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_one_error_line
 from feature_helpers import make_item_features
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli.app import main
@@ -487,13 +487,7 @@ def test_bad_item_table_through_the_cli_exits_2_with_one_line(tmp_path, monkeypa
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.rstrip("\n").split("\n")
-    message = lines[-1]
-    assert message.startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1]), err
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
+    assert_one_error_line(capsys.readouterr().err, fragments)
 
 
 def test_the_worked_example_of_docs_features_md(tmp_path, monkeypatch, capsys):

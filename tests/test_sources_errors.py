@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import assert_one_error_line
 from sasrec_lightning import SASRecDataModule
 from sasrec_lightning.cli.app import main
 from sasrec_lightning.data.options import CacheOptions, PreprocessingOptions, SourceOptions
@@ -377,13 +378,7 @@ def test_cli_exits_2_without_traceback(tmp_path, monkeypatch, capsys, offline, c
         main()
     assert exit_info.value.code == 2
     assert exit_info.value.__suppress_context__  # raised "from None": nothing chained to print
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.rstrip("\n").split("\n")
-    message = lines[-1]
-    assert message.startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1]), err
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
+    assert_one_error_line(capsys.readouterr().err, fragments)
     _assert_cache_empty(tmp_path / "cache")
 
 
