@@ -89,6 +89,20 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     return result
 
 
+def run_ddp_script(script: Path, args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a test's multi-process script (``python script args...``) as a launcher would start it; fail with its output.
+
+    ``LOCAL_RANK`` is removed from the environment: inherited from a launched pytest it would make the
+    script a worker instead of the process that starts the others.
+    """
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
 def assert_one_error_line(err: str, fragments=()) -> str:
     """The CLI's stderr ends with its one ``error:`` line, no traceback and no other ``error:`` line; return it."""
     assert "Traceback" not in err

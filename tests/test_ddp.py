@@ -9,9 +9,6 @@ compares.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import lightning as L
@@ -19,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, write_sasrec_txt
+from conftest import REPO, run_cli, run_ddp_script, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.data.options import HoldoutOptions, LoaderOptions
 from sasrec_lightning.model.options import EncoderOptions
@@ -108,12 +105,8 @@ def _run_ddp(tmp_path, data_path, strategy="ddp", protocol="sampled", cold_item_
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)
-    cold = [str(cold_item_list)] if cold_item_list else []
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(out), strategy, protocol, *cold],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    cold = [cold_item_list] if cold_item_list else []
+    run_ddp_script(script, [data_path, out, strategy, protocol, *cold], tmp_path)
     seen = {stage: [json.loads((out / f"{stage}_rank{rank}.json").read_text()) for rank in range(2)]
             for stage in ("fit", "validate", "test", "predict")}
     return seen, json.loads((out / "results.json").read_text()), out / "ckpt" / "last.ckpt"
@@ -257,11 +250,7 @@ def test_ddp_with_fewer_evaluated_users_than_processes(tmp_path):
     data_path = write_sasrec_txt(tmp_path / "few.txt", [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (3, 7), (3, 8)])
     script = tmp_path / "few_users.py"
     script.write_text(FEW_USERS_SCRIPT)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    run_ddp_script(script, [data_path, tmp_path], tmp_path, timeout=300)
     results = json.loads((tmp_path / "results.json").read_text())
     data = SASRecDataModule(path=str(data_path), max_len=8, seed=3, print_statistics=False,
                             loader=LoaderOptions(eval_batch_size=16, num_eval_negatives=3))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_ddp_script
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.data.features import FeatureColumn, ItemFeatures
 from sasrec_lightning.data.options import LoaderOptions
@@ -621,20 +622,13 @@ if __name__ == "__main__":
 
 def test_ddp_two_processes_with_features_match_one_process(synthetic_txt, tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = tmp_path / "ddp_features.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(synthetic_txt), str(out)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    run_ddp_script(script, [synthetic_txt, out], tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2
     data = feature_data(synthetic_txt, cold=(3, 4), no_row=(4,))

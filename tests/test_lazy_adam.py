@@ -6,9 +6,6 @@ with the parameter's step count; every other row (its weights and both moments) 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import lightning as L
@@ -19,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from conftest import CONFIGS, write_sasrec_txt
+from conftest import CONFIGS, run_ddp_script, write_sasrec_txt
 from sasrec_lightning import SASRecDataModule, SASRecModule
 from sasrec_lightning.cli.app import main
 from sasrec_lightning.data.options import CacheOptions, LoaderOptions, SourceOptions
@@ -434,11 +431,7 @@ def test_ddp_lazy_updates_use_the_rows_of_the_averaged_gradient(tmp_path, item_u
                                                                 log.column("item").to_pylist(), strict=True)))
     script = tmp_path / "ddp_lazy.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCAL_RANK", None)
-    result = subprocess.run([sys.executable, str(script), str(data_path), str(tmp_path / "run"), item_updates],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"DDP run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    run_ddp_script(script, [data_path, tmp_path / "run", item_updates], tmp_path)
     ranks = [torch.load(tmp_path / f"run.rank{rank}.pt", weights_only=True) for rank in range(2)]
     for name, value in ranks[0]["final"].items():
         assert torch.equal(value, ranks[1]["final"][name]), name  # the replicas did not drift apart
