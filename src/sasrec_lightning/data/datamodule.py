@@ -137,7 +137,7 @@ class SASRecDataModule(L.LightningDataModule):
     def sequences(self) -> SequenceData:
         """Per-user sequences, loaded on first use."""
         if self._sequences is None:
-            if is_in_memory(self.path) or self.path or self.source.url:
+            if self._reads_a_source():
                 self._sequences = self._load_sequences()
             elif self.source.synthetic_features:  # the same path, with the item table kept for the features
                 table, self._synthetic_item_table = synthetic_item_features(
@@ -158,6 +158,14 @@ class SASRecDataModule(L.LightningDataModule):
         """
         return self.sequences.item_ids
 
+    def _reads_a_source(self) -> bool:
+        """The interactions come from ``path`` (a file, hub id or table in memory) or ``source.url``: not generated."""
+        return bool(is_in_memory(self.path) or self.path or self.source.url)
+
+    def _sequence_cache_root(self) -> str:
+        """The processed sequences' cache folder (item tables go to its ``features`` folder)."""
+        return os.path.join(self.cache.dir, "sequences") if self.cache.dir else default_cache_root()
+
     # ------------------------------------------------------------------------- item features
     def _item_table_source(self):
         """The item table to encode, or ``None``.
@@ -168,8 +176,7 @@ class SASRecDataModule(L.LightningDataModule):
         path = self.features.path
         if path is not None and not (isinstance(path, str) and not path):
             return path
-        if self._synthetic_item_table is None and self.source.synthetic_features and not (
-                is_in_memory(self.path) or self.path or self.source.url):
+        if self._synthetic_item_table is None and self.source.synthetic_features and not self._reads_a_source():
             self.sequences  # noqa: B018  (generates the interactions and the item table together)
         return self._synthetic_item_table  # None unless the synthetic log was generated with its item table
 
@@ -202,9 +209,7 @@ class SASRecDataModule(L.LightningDataModule):
         if not self.features.columns:  # the synthetic item table is used only for the columns a config lists
             return sequences
         cache = self.cache
-        root = None
-        if cache.use:
-            root = os.path.join(os.path.join(cache.dir, "sequences") if cache.dir else default_cache_root(), "features")
+        root = os.path.join(self._sequence_cache_root(), "features") if cache.use else None
         features = load_item_features(source, self.features, sequences.item_ids, root, cache.dir,
                                       cache.hash_source, cache.rebuild)
         self._item_features = features
@@ -272,8 +277,7 @@ class SASRecDataModule(L.LightningDataModule):
         recipe = {**asdict(options), "format": format, "user_column": source.user_column,
                   "item_column": source.item_column, "timestamp_column": source.timestamp_column or None,
                   "rating_column": source.rating_column}
-        root = os.path.join(cache.dir, "sequences") if cache.dir else default_cache_root()
-        return SequenceCache(root).get_or_build(
+        return SequenceCache(self._sequence_cache_root()).get_or_build(
             cache_key(identity, recipe), build, meta={"source": identity, "recipe": recipe}, rebuild=cache.rebuild
         )
 
